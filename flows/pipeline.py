@@ -1,0 +1,132 @@
+"""The Prefect flow: one task per DVC stage, in dependency order.
+
+Each task runs `dvc repro --single-item <stage>`, so DVC decides what is stale and the cache is shared
+with a plain `dvc repro`. The flow opens a parent MLflow run and passes its id to the stage processes,
+which open nested runs under it. It ends with a per-stage summary (ran or cached, seconds), printed and
+published as a Prefect artifact.
+
+    python -m flows.pipeline            # ephemeral Prefect, no server needed
+"""
+
+from __future__ import annotations
+
+import argparse
+import collections
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+from prefect import flow, get_run_logger, task
+from prefect.artifacts import create_markdown_artifact
+from prefect.cache_policies import NO_CACHE
+from prefect.runtime import flow_run
+
+from llmpipe.cli import STAGES
+from llmpipe.config import load_params
+from llmpipe.tracking import FLOW_RUN_ENV, PARENT_ENV, Tracker, git_commit
+
+REPO_ROOT = Path(__file__).resolve().parent.parent
+
+
+class StageFailed(RuntimeError):
+    pass
+
+
+def run_dvc_stage(stage: str, root: Path, env: dict[str, str], force: bool = False) -> dict:
+    """Reproduce one DVC stage, streaming its output; returns {stage, status, seconds}."""
+    cmd = ["dvc", "repro", "--single-item", stage] + (["--force"] if force else [])
+    t0 = time.perf_counter()
+    tail: collections.deque[str] = collections.deque(maxlen=40)
+    skipped = False
+    with subprocess.Popen(cmd, cwd=root, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                          text=True, bufsize=1) as proc:
+        for line in proc.stdout:
+            sys.stdout.write(line)
+            tail.append(line.rstrip())
+            if f"Stage '{stage}' didn't change" in line:
+                skipped = True
+        code = proc.wait()
+    seconds = round(time.perf_counter() - t0, 1)
+    if code != 0:
+        cause = next((ln for ln in reversed(tail) if "error" in ln.lower() or "failed" in ln.lower()),
+                     tail[-1] if tail else "no output")
+        raise StageFailed(f"stage '{stage}' failed (exit {code}): {cause}")
+    return {"stage": stage, "status": "cached" if skipped else "ran", "seconds": seconds}
+
+
+@task(name="dvc-stage", cache_policy=NO_CACHE, task_run_name="{stage}")
+def stage_task(stage: str, root: str, env: dict[str, str], force: bool = False) -> dict:
+    result = run_dvc_stage(stage, Path(root), env, force)
+    get_run_logger().info("%s: %s in %.1f s", stage, result["status"], result["seconds"])
+    return result
+
+
+def summary_markdown(rows: list[dict], headline: dict) -> str:
+    lines = ["| stage | status | seconds |", "|---|---|---|"]
+    lines += [f"| {r['stage']} | {r['status']} | {r['seconds']} |" for r in rows]
+    if headline:
+        lines += ["", "| metric | value |", "|---|---|"]
+        lines += [f"| {k} | {v} |" for k, v in headline.items()]
+    return "\n".join(lines)
+
+
+def headline_metrics(root: Path) -> dict:
+    import json
+
+    out = {}
+    for stage, key in (("evaluate", "val_loss"), ("evaluate", "bits_per_byte"), ("evaluate", "perplexity"),
+                       ("pretrain", "tokens_per_s"), ("tokenize", "train_tokens")):
+        path = root / "data" / "metrics" / f"{stage}.json"
+        if path.exists():
+            value = json.loads(path.read_text()).get(key)
+            if value is not None:
+                out[f"{stage}.{key}"] = round(value, 4) if isinstance(value, float) else value
+    return out
+
+
+@flow(name="llmpipe", log_prints=True)
+def pipeline(root: str = str(REPO_ROOT), force: bool = False, scrape_retries: int = 2) -> list[dict]:
+    """Run the eight stages through DVC; returns the per-stage summary."""
+    logger = get_run_logger()
+    root_path = Path(root).resolve()
+    params = load_params(root_path / "params.yaml")  # bad params stop the flow before any work
+    parent = Tracker(root_path, params.tracking.experiment, "pipeline",
+                     tags={"llmpipe.kind": "pipeline", "git.commit": git_commit(root_path) or "unknown",
+                           "prefect.flow_run_id": str(flow_run.get_id() or "")})
+    env = dict(os.environ)
+    if parent.run_id:
+        env[PARENT_ENV] = parent.run_id
+    if flow_run.get_id():
+        env[FLOW_RUN_ENV] = str(flow_run.get_id())
+    rows: list[dict] = []
+    status = "FAILED"
+    try:
+        for stage in STAGES:
+            # Scraping talks to the network: transient failures there are retried.
+            runner = stage_task.with_options(retries=scrape_retries, retry_delay_seconds=5) if stage == "scrape" else stage_task
+            rows.append(runner(stage, str(root_path), env, force))
+        status = "FINISHED"
+    finally:
+        headline = headline_metrics(root_path)
+        parent.log_metrics({k: v for k, v in headline.items()})
+        parent.end(status)
+        table = summary_markdown(rows, headline)
+        create_markdown_artifact(key="llmpipe-summary", markdown=f"# llmpipe run\n\n{table}",
+                                 description="per-stage status and headline metrics")
+        logger.info("pipeline summary:\n%s", table)
+    return rows
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description="Run the llmpipe pipeline as a Prefect flow.")
+    parser.add_argument("--root", default=str(REPO_ROOT))
+    parser.add_argument("--force", action="store_true", help="re-run every stage even if DVC finds it up to date")
+    args = parser.parse_args()
+    rows = pipeline(root=args.root, force=args.force)
+    print("\n".join(f"{r['stage']:>10}  {r['status']:>6}  {r['seconds']:>7.1f} s" for r in rows))
+
+
+if __name__ == "__main__":
+    main()

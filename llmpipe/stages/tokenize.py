@@ -1,0 +1,79 @@
+"""Stage 5, tokenize: encode every document, `<|endoftext|>` after each, into llm.c token shards."""
+
+from __future__ import annotations
+
+import logging
+import time
+from pathlib import Path
+
+import pyarrow.parquet as pq
+from tokenizers import Tokenizer
+from tqdm import tqdm
+
+from .. import layout
+from ..config import Params, SplitParams, TokenizeParams
+from ..io import InputError, atomic_dir
+from ..tokens import EOT, ShardWriter, token_dtype, tokenizer_hash, val_mask, write_manifest
+from .base import StageResult
+
+log = logging.getLogger(__name__)
+
+
+def tokenize_corpus(docs_path: Path, tokenizer_path: Path, out_dir: Path, split: SplitParams,
+                    cfg: TokenizeParams, batch_rows: int = 32) -> dict:
+    """Core: Parquet documents -> train/val shards + manifest in out_dir. Returns stats."""
+    tok = Tokenizer.from_file(str(tokenizer_path))
+    eot = tok.token_to_id(EOT)
+    if eot is None:
+        raise InputError(f"{tokenizer_path}: has no {EOT} token")
+    dtype = token_dtype(tok.get_vocab_size())
+    pf = pq.ParquetFile(docs_path)
+    ids = pf.read(columns=["id"]).column("id").to_pylist()
+    mask = val_mask(ids, split.val_fraction, split.seed)
+    writers = {s: ShardWriter(out_dir, s, cfg.shard_tokens, dtype) for s in ("train", "val")}
+    n_bytes = {"train": 0, "val": 0}
+    row = 0
+    with tqdm(total=len(ids), desc="tokenize", unit="doc", mininterval=2.0, disable=len(ids) < 100) as bar:
+        for batch in pf.iter_batches(batch_size=batch_rows, columns=["text"]):
+            texts = batch.column("text").to_pylist()
+            # encode_batch runs on all cores (Rayon); the order of its results is the input order.
+            for text, enc in zip(texts, tok.encode_batch_fast(texts, add_special_tokens=False)):
+                split_name = "val" if mask[row] else "train"
+                writers[split_name].add(enc.ids + [eot])
+                n_bytes[split_name] += len(text.encode("utf-8"))
+                row += 1
+            bar.update(len(texts))
+    shards = []
+    for split_name, w in writers.items():
+        for s in w.close():
+            shards.append({**s, "split": split_name})
+    write_manifest(out_dir, {
+        "format": "llm.c",
+        "tokenizer_sha256": tokenizer_hash(tokenizer_path),
+        "eot_id": eot,
+        "vocab_size": tok.get_vocab_size(),
+        "dtype": dtype.name,
+        "shards": shards,
+        "docs": {s: writers[s].docs_total for s in writers},
+        "bytes": n_bytes,
+    })
+    stats = {f"{s}_{k}": v for s in writers for k, v in (
+        ("tokens", sum(x["tokens"] for x in shards if x["split"] == s)),
+        ("docs", writers[s].docs_total), ("bytes", n_bytes[s]))}
+    stats["shards"] = len(shards)
+    return stats
+
+
+def run(params: Params, root: Path, sink=None) -> StageResult:
+    t0 = time.perf_counter()
+    src, tok_path = root / layout.DEDUP_DOCS, root / layout.TOKENIZER
+    for p in (src, tok_path):
+        if not p.exists():
+            raise InputError(f"{p}: file not found (did the upstream stage run?)")
+    with atomic_dir(root / layout.TOKENS) as tmp:
+        stats = tokenize_corpus(src, tok_path, tmp, params.split, params.tokenize)
+    stats["seconds"] = round(time.perf_counter() - t0, 3)
+    stats["tokens_per_s"] = round((stats["train_tokens"] + stats["val_tokens"]) / max(stats["seconds"], 1e-9))
+    log.info("tokenize: %d train / %d val tokens in %d shards", stats["train_tokens"], stats["val_tokens"],
+             stats["shards"])
+    return StageResult(stats)

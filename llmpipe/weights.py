@@ -1,0 +1,44 @@
+"""A trained model on disk: config.json + model.safetensors (no pickle anywhere)."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import torch
+from safetensors import SafetensorError
+from safetensors.torch import load_file, save_file
+
+from .io import InputError, atomic_path, read_json, write_json
+from .model import GPT, GPTConfig
+from .train import model_state
+
+WEIGHTS, CONFIG = "model.safetensors", "config.json"
+
+
+def save_model(model: GPT, out_dir: Path, extra: dict | None = None) -> None:
+    out_dir.mkdir(parents=True, exist_ok=True)
+    with atomic_path(out_dir / WEIGHTS) as tmp:
+        save_file(model_state(model), str(tmp), metadata={"format": "pt", "config": json.dumps(model.cfg.to_dict())})
+    write_json(out_dir / CONFIG, {**model.cfg.to_dict(), **(extra or {})})
+
+
+def load_model(model_dir: Path | str, device: str | torch.device = "cpu") -> GPT:
+    model_dir = Path(model_dir)
+    raw = read_json(model_dir / CONFIG)
+    fields = GPTConfig.__dataclass_fields__
+    cfg = GPTConfig(**{k: v for k, v in raw.items() if k in fields})
+    model = GPT(cfg)
+    try:
+        state = load_file(str(model_dir / WEIGHTS))
+    except FileNotFoundError:
+        raise InputError(f"{model_dir / WEIGHTS}: file not found") from None
+    except (SafetensorError, OSError) as err:
+        raise InputError(f"{model_dir / WEIGHTS}: not a safetensors file ({err}); "
+                         "weights are never read from pickles") from None
+    missing, unexpected = model.load_state_dict(state, strict=False)
+    tied = {"lm_head.weight"} if cfg.tie_embeddings else set()
+    if set(missing) - tied or unexpected:
+        raise InputError(f"{model_dir / WEIGHTS}: does not match {CONFIG} "
+                         f"(missing {sorted(set(missing) - tied)}, unexpected {unexpected})")
+    return model.to(device).eval()

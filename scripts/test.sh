@@ -1,0 +1,6 @@
+#!/usr/bin/env bash
+# Set up (first time) and run the test suite.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+source scripts/setup.sh
+python -m pytest "$@"
