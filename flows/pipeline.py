@@ -28,6 +28,9 @@ from llmpipe.config import load_params
 from llmpipe.tracking import FLOW_RUN_ENV, PARENT_ENV, Tracker, git_commit
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
+# DVC's advice after each stage ("git add dvc.lock ...") is noise inside a flow.
+DVC_HINTS = ("To track the changes with git", "\tgit add ", "To enable auto staging", "dvc config core.autostage",
+             "Use `dvc push`")
 
 
 class StageFailed(RuntimeError):
@@ -43,15 +46,18 @@ def run_dvc_stage(stage: str, root: Path, env: dict[str, str], force: bool = Fal
     with subprocess.Popen(cmd, cwd=root, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
                           text=True, bufsize=1) as proc:
         for line in proc.stdout:
-            sys.stdout.write(line)
+            if not line.startswith(DVC_HINTS) and not (line.strip() == "" and tail and tail[-1] == ""):
+                sys.stdout.write(line)
             tail.append(line.rstrip())
             if f"Stage '{stage}' didn't change" in line:
                 skipped = True
         code = proc.wait()
     seconds = round(time.perf_counter() - t0, 1)
     if code != 0:
-        cause = next((ln for ln in reversed(tail) if "error" in ln.lower() or "failed" in ln.lower()),
-                     tail[-1] if tail else "no output")
+        # Prefer the stage's own message ("llmpipe <stage>: error: ...") over DVC's summary line.
+        ours = [ln for ln in tail if ln.startswith(f"llmpipe {stage}: ")]
+        theirs = [ln for ln in tail if "error" in ln.lower() or "failed" in ln.lower()]
+        cause = (ours or theirs or list(tail) or ["no output"])[-1]
         raise StageFailed(f"stage '{stage}' failed (exit {code}): {cause}")
     return {"stage": stage, "status": "cached" if skipped else "ran", "seconds": seconds}
 

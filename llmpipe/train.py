@@ -249,6 +249,9 @@ def train(cfg: PretrainParams, token_dir: Path, ckpt_dir: Path, vocab_size: int,
                  model.num_params() / 1e6, str(dtype).removeprefix("torch."), device, tokens_per_step, cfg.max_steps)
 
     def checkpoint(step: int) -> None:
+        # Never let a diverged state overwrite the last good checkpoint.
+        if not all(torch.isfinite(p).all() for p in model.parameters()):
+            raise TrainingDiverged(f"non-finite weights at step {step}; the last good checkpoint in {ckpt_dir} is kept")
         if ddp.is_main:
             save_checkpoint(ckpt_dir, model, opt, step, identity, history)
         if ddp.world > 1:

@@ -1,0 +1,59 @@
+import subprocess
+import sys
+
+import pytest
+import yaml
+
+from llmpipe.config import Params, ParamsError, load_params, parse_params
+
+REPO_PARAMS = "params.yaml"
+
+
+def test_repo_params_are_valid():
+    params = load_params(REPO_PARAMS)
+    assert params.pretrain.model.n_layer >= 1
+    assert params.dedup.num_perm == params.dedup.bands * params.dedup.rows
+
+
+@pytest.mark.parametrize("data, key", [
+    ({"pretrain": {"lr": "fast"}}, "pretrain.lr"),
+    ({"pretrain": {"model": {"d_model": 0}}}, "pretrain.model.d_model"),
+    ({"filter": {"min_lang_score": 1.5}}, "filter.min_lang_score"),
+    ({"tokenizer": {"vocab_sise": 100}}, "tokenizer.vocab_sise"),
+    ({"nonsense": {}}, "nonsense"),
+    ({"split": {"val_fraction": 0.0}}, "split.val_fraction"),
+    ({"scrape": {"sources": [{"kind": "demo", "max_docs": -1}]}}, "scrape.sources.0.max_docs"),
+    ({"scrape": {"sources": [{"kind": "ftp"}]}}, "scrape.sources.0"),
+])
+def test_bad_params_name_the_key(data, key):
+    with pytest.raises(ParamsError) as err:
+        parse_params(data)
+    assert key in str(err.value)
+
+
+def test_cross_field_rules():
+    with pytest.raises(ParamsError, match="n_head"):
+        parse_params({"pretrain": {"model": {"d_model": 100, "n_head": 3}}})
+    with pytest.raises(ParamsError, match="warmup_steps"):
+        parse_params({"pretrain": {"max_steps": 10, "warmup_steps": 20}})
+
+
+def test_defaults_equal_an_empty_file():
+    assert parse_params({}) == Params()
+
+
+def test_cli_exits_2_naming_the_key_before_any_work(tmp_path):
+    params = tmp_path / "params.yaml"
+    params.write_text(yaml.safe_dump({"pretrain": {"max_steps": "many"}}))
+    proc = subprocess.run([sys.executable, "-m", "llmpipe.cli", "--root", str(tmp_path), "scrape"],
+                          capture_output=True, text=True)
+    assert proc.returncode == 2
+    assert "pretrain.max_steps" in proc.stderr
+    assert not (tmp_path / "data").exists()  # nothing was started, nothing written
+
+
+def test_unreadable_yaml(tmp_path):
+    p = tmp_path / "params.yaml"
+    p.write_text("pretrain: [unclosed\n")
+    with pytest.raises(ParamsError, match="not valid YAML"):
+        load_params(p)

@@ -1,0 +1,26 @@
+import pandas as pd
+
+from llmpipe.config import FilterParams
+from llmpipe.stages.filter import filter_documents
+
+EN = "The quick brown fox jumps over the lazy dog while the farmer watches from the old wooden fence."
+FR = "Le renard brun rapide saute par-dessus le chien paresseux pendant que le fermier regarde la scène."
+DE = "Der schnelle braune Fuchs springt über den faulen Hund, während der Bauer vom alten Zaun zusieht."
+
+
+def test_keeps_target_language_and_accounts_for_the_rest():
+    df = pd.DataFrame({"id": ["en", "fr", "de", "short"], "text": [EN * 3, FR * 3, DE * 3, "Hi."]})
+    kept, stats = filter_documents(df, FilterParams(languages=["en"], min_chars=50))
+    assert list(kept["id"]) == ["en"]
+    assert kept.loc[0, "lang"] == "en" and 0.5 <= kept.loc[0, "score"] <= 1.0
+    assert stats["removed_language_docs"] == 2
+    assert stats["removed_too_short_docs"] == 1
+    assert stats["removed_too_short_chars"] == 3
+
+
+def test_several_languages_and_threshold():
+    df = pd.DataFrame({"id": ["en", "fr"], "text": [EN * 3, FR * 3]})
+    kept, _ = filter_documents(df, FilterParams(languages=["en", "fr"], min_chars=10))
+    assert set(kept["lang"]) == {"en", "fr"}
+    kept, stats = filter_documents(df, FilterParams(languages=["en", "fr"], min_chars=10, min_lang_score=1.0))
+    assert stats["removed_low_language_score_docs"] + len(kept) == 2

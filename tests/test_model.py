@@ -1,0 +1,72 @@
+import math
+
+import pytest
+import torch
+
+from llmpipe.generate import generate, sample_next
+from llmpipe.model import GPT, GPTConfig
+
+
+def tiny(**kw):
+    torch.manual_seed(0)
+    cfg = GPTConfig(vocab_size=97, n_layer=2, n_head=4, d_model=32, block_size=32, **kw)
+    return GPT(cfg).eval()
+
+
+@pytest.mark.parametrize("kw", [{}, {"n_kv_head": 2}, {"pos": "learned", "norm": "layernorm", "mlp": "gelu"},
+                                {"tie_embeddings": False}])
+def test_shapes_and_initial_loss(kw):
+    model = tiny(**kw)
+    x, y = torch.randint(0, 97, (3, 16)), torch.randint(0, 97, (3, 16))
+    logits, loss = model(x, y)
+    assert logits.shape == (3, 16, 97)
+    assert abs(loss.item() - math.log(97)) < 0.5  # near-uniform predictions at init
+
+
+def test_causal_future_does_not_change_past():
+    model = tiny()
+    x = torch.randint(0, 97, (1, 20))
+    y = x.clone()
+    y[0, 10:] = (y[0, 10:] + 1) % 97
+    a, _ = model(x)
+    b, _ = model(y)
+    assert torch.allclose(a[0, :10], b[0, :10], atol=1e-5)
+    assert not torch.allclose(a[0, 10:], b[0, 10:])
+
+
+@pytest.mark.parametrize("kw", [{}, {"n_kv_head": 1}, {"pos": "learned"}])
+def test_greedy_identical_with_and_without_kv_cache(kw):
+    model = tiny(**kw)
+    prompt = [5, 17, 3, 42, 8]
+    with_cache = generate(model, prompt, 20, temperature=0.0, use_cache=True)
+    without = generate(model, prompt, 20, temperature=0.0, use_cache=False)
+    assert with_cache == without and len(with_cache) == 20
+
+
+def test_long_generation_and_long_prompt_fit_the_context():
+    model = tiny()
+    out = generate(model, list(range(90)), 50, temperature=1.0, top_k=10, seed=3)
+    assert len(out) == 50  # a 90-token prompt is cut to the context, generation slides past block_size
+
+
+def test_stops_at_eot():
+    model = tiny()
+    first = generate(model, [1, 2, 3], 1, temperature=0.0)[0]
+    assert generate(model, [1, 2, 3], 10, eot_id=first, temperature=0.0) == []
+
+
+def test_top_k_and_top_p_restrict_the_choice():
+    logits = torch.tensor([[0.0, 1.0, 2.0, 3.0, 10.0]])
+    g = torch.Generator().manual_seed(0)
+    picks = {int(sample_next(logits, 1.0, 2, 1.0, g)) for _ in range(200)}
+    assert picks <= {3, 4}
+    picks = {int(sample_next(logits, 1.0, 0, 0.5, g)) for _ in range(200)}
+    assert picks == {4}  # token 4 alone holds more than half the mass
+    assert int(sample_next(logits, 0.0, 0, 1.0, g)) == 4
+
+
+def test_param_count_and_flops():
+    model = tiny()
+    n = model.num_params()
+    assert n == sum(p.numel() for p in model.parameters())  # tied: the embedding is the output layer
+    assert model.flops_per_token() == 6 * n + 12 * 2 * 32 * 32

@@ -1,0 +1,104 @@
+"""The whole pipeline under a real `dvc repro`, on the tiny params, in a temporary git copy of the repo."""
+
+import json
+import time
+
+import numpy as np
+import pytest
+import yaml
+from mlflow.tracking import MlflowClient
+from tokenizers import Tokenizer
+
+from llmpipe.cli import STAGES
+from llmpipe.tokens import load_manifest
+
+from .conftest import TINY_PARAMS, copy_repo, run
+
+pytestmark = pytest.mark.integration
+
+
+@pytest.fixture(scope="module")
+def repro_repo(tmp_path_factory):
+    repo = copy_repo(tmp_path_factory.mktemp("dvc") / "repo", TINY_PARAMS)
+    t0 = time.perf_counter()
+    proc = run(["dvc", "repro"], repo)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    return repo, time.perf_counter() - t0
+
+
+def test_every_stage_output_is_there(repro_repo):
+    repo, _ = repro_repo
+    data = repo / "data"
+    for stage in STAGES:
+        assert (data / "metrics" / f"{stage}.json").exists(), stage
+    manifest = load_manifest(data / "tokens", data / "tokenizer" / "tokenizer.json")
+    assert manifest.eot_id == 0 and manifest.shards("train") and manifest.shards("val")
+    tok = Tokenizer.from_file(str(data / "tokenizer" / "tokenizer.json"))
+    assert tok.get_vocab_size() == TINY_PARAMS["tokenizer"]["vocab_size"]
+    assert (data / "model" / "model.safetensors").exists() and (data / "checkpoints" / "state.json").exists()
+    train_tsv = (data / "plots" / "train.tsv").read_text().splitlines()
+    assert train_tsv[0].split("\t")[:3] == ["step", "tokens", "loss"] and len(train_tsv) == 1 + 30 // 5
+    ev = json.loads((data / "metrics" / "evaluate.json").read_text())
+    assert 0 < ev["bits_per_byte"] < 8 and ev["tokens"] == TINY_PARAMS["evaluate"]["max_tokens"]
+    assert np.isclose(ev["bits_per_byte"], ev["val_loss"] / np.log(2) / ev["bytes_per_token"])
+    samples = [json.loads(s) for s in (data / "samples" / "samples.jsonl").read_text().splitlines()]
+    assert [s["prompt"] for s in samples] == TINY_PARAMS["sample"]["prompts"]
+    assert all(0 < s["new_tokens"] <= 24 or s["stopped_at_eot"] for s in samples)
+    lock = yaml.safe_load((repo / "dvc.lock").read_text())
+    assert set(lock["stages"]) == set(STAGES)
+
+
+def test_each_stage_has_an_mlflow_run_with_lineage(repro_repo):
+    repo, _ = repro_repo
+    client = MlflowClient(f"sqlite:///{repo / 'mlflow.db'}")
+    exp = client.get_experiment_by_name("llmpipe-test")
+    runs = client.search_runs([exp.experiment_id])
+    by_stage = {r.data.tags["llmpipe.stage"]: r for r in runs}
+    assert set(by_stage) == set(STAGES)
+    head = run(["git", "rev-parse", "HEAD"], repo).stdout.strip()
+    assert all(r.data.tags["git.commit"] == head for r in runs)
+    assert all(r.info.status == "FINISHED" for r in runs)
+    assert "dvc.dep.data/tokens" in by_stage["pretrain"].data.tags
+    assert by_stage["pretrain"].data.params["pretrain.model.d_model"] == "64"
+    assert len(client.get_metric_history(by_stage["pretrain"].info.run_id, "loss")) == 30 // 5
+    assert "bits_per_byte" in by_stage["evaluate"].data.metrics
+    assert {a.path for a in client.list_artifacts(by_stage["tokenizer"].info.run_id)} == {"tokenizer.json"}
+    assert "model.safetensors" in {a.path for a in client.list_artifacts(by_stage["pretrain"].info.run_id)}
+
+
+def test_second_repro_does_nothing_quickly(repro_repo):
+    repo, _ = repro_repo
+    t0 = time.perf_counter()
+    proc = run(["dvc", "repro"], repo)
+    elapsed = time.perf_counter() - t0
+    assert proc.returncode == 0
+    assert "Running stage" not in proc.stdout
+    assert elapsed < 15  # ~2 s on an idle machine; generous for a loaded CI box
+
+
+def test_pretrain_params_invalidate_only_downstream(repro_repo):
+    repo, _ = repro_repo
+    params = yaml.safe_load((repo / "params.yaml").read_text())
+    params["pretrain"]["lr"] = 0.004
+    (repo / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
+    try:
+        status = json.loads(run(["dvc", "status", "--json"], repo).stdout)
+        assert set(status) == {"pretrain", "evaluate", "sample"}
+    finally:
+        (repo / "params.yaml").write_text(yaml.safe_dump(TINY_PARAMS, sort_keys=False))
+
+
+def test_bad_params_stop_dvc_repro_with_the_key(repro_repo, tmp_path):
+    repo, _ = repro_repo
+    bad = {**TINY_PARAMS, "scrape": {"sources": [{"kind": "demo", "max_docs": 8}], "max_doc_bytez": 1}}
+    (repo / "params.yaml").write_text(yaml.safe_dump(bad, sort_keys=False))
+    try:
+        before = (repo / "data" / "scrape" / "docs.parquet").read_bytes()
+        proc = run(["dvc", "repro", "scrape"], repo)
+        assert proc.returncode != 0
+        assert "scrape.max_doc_bytez: unknown key" in proc.stderr + proc.stdout
+    finally:
+        (repo / "params.yaml").write_text(yaml.safe_dump(TINY_PARAMS, sort_keys=False))
+    # the old output was not touched: DVC restores it from its cache, and it is byte-identical
+    run(["dvc", "checkout", "-q"], repo)
+    assert (repo / "data" / "scrape" / "docs.parquet").read_bytes() == before

@@ -1,0 +1,101 @@
+import json
+
+import numpy as np
+import pytest
+
+from llmpipe.io import InputError
+from llmpipe.tokens import (HEADER_BYTES, ShardWriter, TokenData, load_manifest, read_shard, val_mask,
+                            write_manifest)
+
+
+def make_shards(tmp_path, docs_train, docs_val, shard_tokens=50, vocab=1000):
+    dtype = np.dtype(np.uint16) if vocab <= 65536 else np.dtype(np.uint32)
+    shards = []
+    for split, docs in (("train", docs_train), ("val", docs_val)):
+        w = ShardWriter(tmp_path, split, shard_tokens, dtype)
+        for d in docs:
+            w.add(d)
+        shards += [{**s, "split": split} for s in w.close()]
+    tok_file = tmp_path / "tokenizer.json"
+    tok_file.write_text("{}")
+    import hashlib
+    write_manifest(tmp_path, {"tokenizer_sha256": hashlib.sha256(b"{}").hexdigest(), "eot_id": 0,
+                              "vocab_size": vocab, "dtype": dtype.name, "shards": shards})
+    return tok_file
+
+
+def test_llmc_header_and_round_trip(tmp_path):
+    docs = [list(range(1, 31)) + [0], list(range(100, 140)) + [0]]
+    make_shards(tmp_path, docs, [[5, 6, 0]])
+    header = np.fromfile(tmp_path / "train_000000.bin", dtype=np.int32, count=256)
+    assert header[0] == 20240520 and header[1] == 1 and header[2] == 50
+    flat = np.concatenate([read_shard(tmp_path / f"train_{i:06d}.bin") for i in range(2)])
+    assert flat.tolist() == docs[0] + docs[1]
+    starts = np.load(tmp_path / "train_000000.bin.idx.npy", allow_pickle=False)
+    assert starts.tolist() == [0, 31]
+
+
+def test_uint32_variant(tmp_path):
+    make_shards(tmp_path, [[70000, 1, 0]], [[2, 0]], vocab=100_000)
+    header = np.fromfile(tmp_path / "train_000000.bin", dtype=np.int32, count=3)
+    assert header.tolist() == [20240801, 7, 3]
+    assert read_shard(tmp_path / "train_000000.bin").tolist() == [70000, 1, 0]
+
+
+def test_truncated_and_wrong_magic_are_named(tmp_path):
+    make_shards(tmp_path, [list(range(1, 40))], [[1, 0]])
+    shard = tmp_path / "train_000000.bin"
+    raw = shard.read_bytes()
+    shard.write_bytes(raw[:-2])
+    with pytest.raises(InputError, match="train_000000.bin.*header says"):
+        read_shard(shard)
+    shard.write_bytes(b"\x01\x02\x03\x04" + raw[4:])
+    with pytest.raises(InputError, match="wrong magic"):
+        read_shard(shard)
+    shard.write_bytes(raw[: HEADER_BYTES - 1])
+    with pytest.raises(InputError, match="truncated"):
+        read_shard(shard)
+
+
+def test_manifest_checks_shards_and_tokenizer(tmp_path):
+    tok = make_shards(tmp_path, [list(range(1, 40))], [[1, 0]])
+    load_manifest(tmp_path, tok)
+    other = tmp_path / "other.json"
+    other.write_text('{"different": 1}')
+    with pytest.raises(InputError, match="different tokenizer|not with"):
+        load_manifest(tmp_path, other)
+    m = json.loads((tmp_path / "manifest.json").read_text())
+    m["shards"][0]["tokens"] += 1
+    (tmp_path / "manifest.json").write_text(json.dumps(m))
+    with pytest.raises(InputError, match="disagrees with shard train_000000.bin"):
+        load_manifest(tmp_path)
+
+
+def test_val_mask_is_deterministic_per_id():
+    ids = [f"doc{i}" for i in range(200)]
+    m1 = val_mask(ids, 0.1, seed=0)
+    m2 = val_mask(list(reversed(ids)), 0.1, seed=0)[::-1]
+    assert (m1 == m2).all() and 5 < m1.sum() < 40
+    assert val_mask(["a", "b"], 0.01, 0).sum() == 1  # each side gets at least one document
+
+
+def test_random_batches_are_a_function_of_step_and_split_by_rank(tmp_path):
+    make_shards(tmp_path, [list(range(1, 400))], [[1, 2, 3, 0]], shard_tokens=150)
+    data = TokenData(tmp_path, "train")
+    x1, y1 = data.random_batch(3, 0, rows=4, block=8, seed=1)
+    x2, _ = data.random_batch(3, 0, rows=4, block=8, seed=1)
+    assert (x1 == x2).all() and (y1[:, :-1] == x1[:, 1:]).all()
+    whole, _ = data.random_batch(3, 0, rows=4, block=8, seed=1, world=2, rank=0)
+    other, _ = data.random_batch(3, 0, rows=4, block=8, seed=1, world=2, rank=1)
+    both, _ = data.random_batch(3, 0, rows=8, block=8, seed=1)
+    assert (np.concatenate([whole, other]) == both.numpy()).all()
+
+
+def test_windows_cover_split_in_order(tmp_path):
+    make_shards(tmp_path, [[1, 0]], [list(range(1, 30))], shard_tokens=100)
+    data = TokenData(tmp_path, "val")
+    wins = list(data.windows(block=8))
+    targets = np.concatenate([w[1:] for w in wins])
+    assert targets.tolist() == list(range(2, 30))
+    capped = list(data.windows(block=8, max_tokens=10))
+    assert sum(len(w) - 1 for w in capped) == 10

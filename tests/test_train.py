@@ -1,0 +1,90 @@
+import json
+
+import numpy as np
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from llmpipe.config import PretrainParams
+from llmpipe.evaluate import evaluate_model
+from llmpipe.tokens import TokenData, ShardWriter, write_manifest
+from llmpipe.train import TrainingDiverged, lr_at, train
+
+VOCAB = 64
+
+
+@pytest.fixture()
+def token_dir(tmp_path):
+    """A learnable toy language: repeated arithmetic sequences."""
+    rng = np.random.default_rng(0)
+    out = tmp_path / "tokens"
+    out.mkdir()
+    shards = []
+    for split, n_docs in (("train", 300), ("val", 30)):
+        w = ShardWriter(out, split, 4000, np.dtype(np.uint16))
+        for _ in range(n_docs):
+            start, step = rng.integers(1, VOCAB), rng.integers(1, 4)
+            w.add([int((start + step * i) % (VOCAB - 1)) + 1 for i in range(40)] + [0])
+        shards += [{**s, "split": split} for s in w.close()]
+    write_manifest(out, {"tokenizer_sha256": "t", "eot_id": 0, "vocab_size": VOCAB, "dtype": "uint16",
+                         "shards": shards})
+    return out
+
+
+def cfg(**kw):
+    base = dict(model={"n_layer": 2, "n_head": 2, "d_model": 32, "block_size": 32}, micro_batch_size=8,
+                max_steps=40, warmup_steps=4, lr=0.01, eval_interval=20, eval_batches=2, log_interval=5,
+                checkpoint_interval=10, threads=1)
+    base.update(kw)
+    return PretrainParams.model_validate(base)
+
+
+def test_lr_schedule_warmup_then_cosine_to_floor():
+    c = cfg(max_steps=100, warmup_steps=10, lr=1.0, min_lr_ratio=0.1)
+    assert lr_at(0, c) == pytest.approx(0.1)
+    assert lr_at(9, c) == pytest.approx(1.0)
+    assert lr_at(55, c) == pytest.approx(0.55)
+    assert lr_at(100, c) == pytest.approx(0.1)
+
+
+def test_training_learns_and_logs(token_dir, tmp_path):
+    seen = []
+    res = train(cfg(), token_dir, tmp_path / "ckpt", VOCAB, {"id": 1}, sink=lambda m, s: seen.append((s, m)))
+    losses = [r["loss"] for r in res.history["train"]]
+    assert losses[-1] < losses[0] - 1.0
+    assert [r["step"] for r in res.history["val"]] == [20, 40]
+    assert any("val_loss" in m for _, m in seen) and any("tokens_per_s" in m for _, m in seen)
+    assert (tmp_path / "ckpt" / "model.safetensors").exists()
+    assert json.loads((tmp_path / "ckpt" / "state.json").read_text())["step"] == 40
+    ev = evaluate_model(res.model, TokenData(token_dir, "val"), np.ones(VOCAB, dtype=np.int64), 4)
+    assert ev["bits_per_byte"] == pytest.approx(ev["val_loss"] / np.log(2), rel=1e-9)
+
+
+def test_resume_is_bitwise_identical(token_dir, tmp_path):
+    c = cfg(max_steps=30, checkpoint_interval=10, model={"n_layer": 2, "n_head": 2, "d_model": 32,
+                                                         "block_size": 32, "dropout": 0.1})
+    full = train(c, token_dir, tmp_path / "a", VOCAB, {"id": 1})
+    train(c, token_dir, tmp_path / "b", VOCAB, {"id": 1}, stop_after=20)  # "killed" after step 20
+    resumed = train(c, token_dir, tmp_path / "b", VOCAB, {"id": 1})
+    a, b = load_file(str(tmp_path / "a" / "model.safetensors")), load_file(str(tmp_path / "b" / "model.safetensors"))
+    assert a.keys() == b.keys()
+    assert all(torch.equal(a[k], b[k]) for k in a)
+    assert resumed.history["train"][-1]["loss"] == full.history["train"][-1]["loss"]
+
+
+def test_checkpoint_of_other_params_is_not_resumed(token_dir, tmp_path):
+    train(cfg(max_steps=10), token_dir, tmp_path / "c", VOCAB, {"id": 1})
+    res = train(cfg(max_steps=10), token_dir, tmp_path / "c", VOCAB, {"id": 2})
+    assert res.history["train"][0]["step"] == 5  # started again from step 0
+
+
+def test_nan_loss_stops_with_clear_error_and_keeps_checkpoint(token_dir, tmp_path):
+    with pytest.raises(TrainingDiverged, match="loss is|non-finite weights"):
+        # an absurd learning rate (past the params bound, so set around validation) blows the weights up
+        diverging = cfg(max_steps=40, warmup_steps=0, grad_clip=0.0, checkpoint_interval=1).model_copy(
+            update={"lr": 1e30, "min_lr_ratio": 1.0})
+        train(diverging, token_dir,
+              tmp_path / "d", VOCAB, {"id": 1})
+    if (tmp_path / "d" / "state.json").exists():  # whatever was kept holds finite weights only
+        weights = load_file(str(tmp_path / "d" / "model.safetensors"))
+        assert all(torch.isfinite(w).all() for w in weights.values())
