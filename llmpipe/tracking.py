@@ -98,13 +98,17 @@ class Tracker:
             self._fail(f"MLflow server {uri} is unreachable")
             return
         try:
-            import mlflow
+            # An explicit client, not mlflow.set_tracking_uri: that one exports MLFLOW_TRACKING_URI to
+            # every child process, which would send other repositories' runs to this database.
             from mlflow.tracking import MlflowClient
 
-            mlflow.set_tracking_uri(uri)
             self._client = MlflowClient(tracking_uri=uri)
             exp = self._client.get_experiment_by_name(experiment)
-            exp_id = exp.experiment_id if exp else self._client.create_experiment(experiment)
+            if exp:
+                exp_id = exp.experiment_id
+            else:  # beside a local database, artifacts go to mlartifacts/ in the repository
+                location = None if "://" in uri.removeprefix("sqlite://") else (root / "mlartifacts").resolve().as_uri()
+                exp_id = self._client.create_experiment(experiment, artifact_location=location)
             all_tags = {"mlflow.runName": run_name, **(tags or {})}
             if parent_run_id:
                 all_tags["mlflow.parentRunId"] = parent_run_id
