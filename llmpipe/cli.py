@@ -33,6 +33,8 @@ def run_stage(stage: str, params_path: Path, root: Path) -> dict:
 
     params = load_params(params_path)
     module = importlib.import_module(f"llmpipe.stages.{stage}")
+    if int(os.environ.get("RANK", "0")) != 0:  # under torchrun, rank 0 alone writes metrics and tracks
+        return module.run(params, root, sink=None).metrics
     section_params = {s: getattr(params, s).model_dump(mode="json") for s in sections_of(stage)}
     tracker = start_stage_run(root, params.tracking.experiment, stage, section_params)
     t0 = time.perf_counter()
@@ -47,6 +49,14 @@ def run_stage(stage: str, params_path: Path, root: Path) -> dict:
     tracker.set_tags({f"metric.{k}": v for k, v in result.metrics.items() if isinstance(v, str)})
     for artifact in result.artifacts:
         tracker.log_artifact(artifact)
+    if result.model_dir is not None:
+        from .tracking import dvc_lineage_tags, git_commit
+
+        # The model version links back to the data and code that made it.
+        lineage = {**dvc_lineage_tags(root, stage), "git.commit": git_commit(root) or "unknown"}
+        version = tracker.log_model(result.model_dir, params.tracking.registered_model, lineage)
+        if version:
+            log.info("registered model %s version %s", params.tracking.registered_model, version)
     tracker.end("FINISHED")
     return result.metrics
 
@@ -67,6 +77,9 @@ def main(argv: list[str] | None = None) -> int:
     for stage in STAGES:
         sub.add_parser(stage, help=f"run the {stage} stage")
     sub.add_parser("validate", help="check params.yaml and exit")
+    exp = sub.add_parser("export", help="export the trained model for other tools")
+    exp.add_argument("out", type=Path, help="output folder")
+    exp.add_argument("--format", choices=["hf"], default="hf", help="hf: a Hugging Face (Llama) model folder")
     gen = sub.add_parser("generate", help="generate text from the trained model")
     gen.add_argument("prompts", nargs="+")
     gen.add_argument("--max-new-tokens", type=int, default=None)
@@ -83,6 +96,12 @@ def main(argv: list[str] | None = None) -> int:
         if args.command == "validate":
             load_params(params_path)
             print(f"{params_path}: ok")
+        elif args.command == "export":
+            from .export import export_hf
+            from .weights import load_model
+
+            out = export_hf(load_model(root / layout.MODEL), root / layout.TOKENIZER, args.out)
+            print(f"wrote a Hugging Face model folder to {out}")
         elif args.command == "generate":
             from .stages.sample import generate_cli
 

@@ -176,6 +176,8 @@ class SampleParams(Section):
 
 class TrackingParams(Section):
     experiment: str = Field(default="llmpipe", min_length=1)
+    # Each trained model becomes a new version of this registered model (null: do not register).
+    registered_model: Annotated[str, Field(min_length=1)] | None = "llmpipe-gpt"
 
 
 class Params(Section):

@@ -33,37 +33,56 @@ def sample_next(logits: torch.Tensor, temperature: float, top_k: int, top_p: flo
 
 
 @torch.no_grad()
-def generate(model: GPT, prompt: list[int], max_new_tokens: int, eot_id: int | None = None,
-             temperature: float = 1.0, top_k: int = 0, top_p: float = 1.0, seed: int | None = None,
-             use_cache: bool = True, on_token=None) -> list[int]:
-    """Generate up to max_new_tokens after `prompt`; stops early at eot_id (not included)."""
+def generate_batch(model: GPT, prompts: list[list[int]], max_new_tokens: int, eot_id: int | None = None,
+                   temperature: float = 1.0, top_k: int = 0, top_p: float = 1.0, seed: int | None = None,
+                   use_cache: bool = True, on_token=None) -> list[list[int]]:
+    """Generate for several prompts at once (left-padded); each row stops at eot_id (not included).
+
+    on_token(row, token) is called for every token as it is produced (for streaming)."""
     model.eval()
-    device = next(model.parameters()).device
-    block = model.cfg.block_size
-    if not prompt:
-        prompt = [eot_id] if eot_id is not None else [0]
-    ctx = list(prompt[-(block - 1):])
+    first = next(model.parameters())
+    device, block = first.device, model.cfg.block_size
+    filler = eot_id if eot_id is not None else 0
+    ctxs = [list(p[-(block - 1):]) or [filler] for p in prompts]
+    outs: list[list[int]] = [[] for _ in prompts]
+    done = [False] * len(prompts)
     gen = torch.Generator(device=device)
     if seed is not None:
         gen.manual_seed(seed)
-    out: list[int] = []
-    cache = None
-    pending = ctx  # tokens not yet fed to the model
+    cache, pad = None, None
     for _ in range(max_new_tokens):
-        if use_cache:
-            if cache is None or cache.pos + len(pending) > block:
-                ctx = ctx[-(block // 2):] if cache is not None else ctx
-                cache = KVCache(model.cfg, 1, device, next(model.parameters()).dtype)
-                pending = ctx
-            logits, _ = model(torch.tensor([pending], device=device), cache=cache, last_only=True)
+        if not use_cache or cache is None or cache.pos + 1 > block:
+            if use_cache and cache is not None:  # context full: restart from the latest half
+                ctxs = [c[-(block // 2):] for c in ctxs]
+            window = [c[-block:] for c in ctxs]
+            width = max(len(w) for w in window)
+            pad_list = [width - len(w) for w in window]
+            pad = torch.tensor(pad_list, device=device) if any(pad_list) else None
+            idx = torch.tensor([[filler] * p + w for p, w in zip(pad_list, window)], device=device)
+            cache = KVCache(model.cfg, len(prompts), device, first.dtype) if use_cache else None
         else:
-            logits, _ = model(torch.tensor([ctx[-block:]], device=device), last_only=True)
-        nxt = int(sample_next(logits[:, -1, :], temperature, top_k, top_p, gen)[0])
-        if eot_id is not None and nxt == eot_id:
+            idx = torch.tensor([[c[-1]] for c in ctxs], device=device)
+        logits, _ = model(idx, cache=cache, last_only=True, pad=pad)
+        nxt = sample_next(logits[:, -1, :], temperature, top_k, top_p, gen).tolist()
+        for row, token in enumerate(nxt):
+            ctxs[row].append(token)
+            if done[row]:
+                continue
+            if token == eot_id:
+                done[row] = True
+                continue
+            outs[row].append(token)
+            if on_token is not None:
+                on_token(row, token)
+        if all(done):
             break
-        out.append(nxt)
-        ctx.append(nxt)
-        pending = [nxt]
-        if on_token is not None:
-            on_token(nxt)
-    return out
+    return outs
+
+
+def generate(model: GPT, prompt: list[int], max_new_tokens: int, eot_id: int | None = None,
+             temperature: float = 1.0, top_k: int = 0, top_p: float = 1.0, seed: int | None = None,
+             use_cache: bool = True, on_token=None) -> list[int]:
+    """One prompt; on_token(token) streams."""
+    stream = (lambda _row, tok: on_token(tok)) if on_token is not None else None
+    return generate_batch(model, [prompt], max_new_tokens, eot_id, temperature, top_k, top_p, seed,
+                          use_cache, stream)[0]

@@ -71,9 +71,10 @@ def rope_tables(head_dim: int, length: int, base: float) -> tuple[torch.Tensor, 
 
 
 def apply_rope(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
-    """Rotate pairs (first half, second half) of each head's channels; x is (B, H, T, hd)."""
+    """Rotate pairs (first half, second half) of each head's channels; x is (B, H, T, hd), the tables
+    (T, hd/2) shared by the batch or (B, T, hd/2) per row."""
     x1, x2 = x.float().chunk(2, dim=-1)
-    cos, sin = cos[None, None], sin[None, None]
+    cos, sin = (cos[None, None], sin[None, None]) if cos.dim() == 2 else (cos[:, None], sin[:, None])
     return torch.cat((x1 * cos - x2 * sin, x1 * sin + x2 * cos), dim=-1).type_as(x)
 
 
@@ -104,22 +105,17 @@ class CausalSelfAttention(nn.Module):
         self.o_proj = nn.Linear(cfg.n_head * hd, cfg.d_model, bias=False)
         self.o_proj.residual_scale = True
 
-    def forward(self, x, rope, cache: KVCache | None = None):
+    def forward(self, x, rope, cache: KVCache | None = None, mask: torch.Tensor | None = None):
         B, T, _ = x.shape
         cfg, hd = self.cfg, self.cfg.head_dim
         q = self.q_proj(x).view(B, T, cfg.n_head, hd).transpose(1, 2)
         k, v = self.kv_proj(x).view(B, T, 2, cfg.kv_heads, hd).permute(2, 0, 3, 1, 4)
         if rope is not None:
             q, k = apply_rope(q, *rope), apply_rope(k, *rope)
-        start = 0
         if cache is not None:
-            start = cache.pos
             k, v = cache.update(self.layer, k, v)
-        if start == 0:  # training, or the first chunk of a generation: a plain causal mask
-            mask, causal = None, True
-        else:  # later chunks attend to every cached position and causally among themselves
-            q_pos = torch.arange(start, start + T, device=x.device)[:, None]
-            mask, causal = q_pos >= torch.arange(k.size(2), device=x.device)[None, :], False
+        # No mask: plain causal over the chunk, or a single new token that sees the whole cache.
+        causal = mask is None and (cache is None or cache.pos == 0)
         y = F.scaled_dot_product_attention(
             q, k, v, attn_mask=mask, is_causal=causal,
             dropout_p=cfg.dropout if self.training else 0.0,
@@ -153,8 +149,8 @@ class Block(nn.Module):
         self.norm2, self.mlp = make_norm(cfg), MLP(cfg)
         self.drop = nn.Dropout(cfg.dropout)
 
-    def forward(self, x, rope, cache=None):
-        x = x + self.drop(self.attn(self.norm1(x), rope, cache))
+    def forward(self, x, rope, cache=None, mask=None):
+        x = x + self.drop(self.attn(self.norm1(x), rope, cache, mask))
         return x + self.drop(self.mlp(self.norm2(x)))
 
 
@@ -197,22 +193,42 @@ class GPT(nn.Module):
         T = seq_len or self.cfg.block_size
         return 6 * self.num_params(non_embedding=True) + 12 * self.cfg.n_layer * self.cfg.d_model * T
 
+    @staticmethod
+    def attention_mask(T: int, start: int, pad: torch.Tensor | None, device) -> torch.Tensor | None:
+        """Boolean mask (True = attend) for a chunk of T queries after `start` cached positions; None
+        when SDPA's own causal flag (start 0) or no mask at all (one query) says the same."""
+        if pad is None and (start == 0 or T == 1):
+            return None
+        q_pos = torch.arange(start, start + T, device=device)[:, None]
+        k_pos = torch.arange(start + T, device=device)[None, :]
+        mask = q_pos >= k_pos
+        if pad is not None:  # never attend to left padding
+            mask = (mask[None] & (k_pos[None] >= pad[:, None, None]))[:, None]  # (B, 1, T, Tk)
+        return mask
+
     def forward(self, idx: torch.Tensor, targets: torch.Tensor | None = None, cache: KVCache | None = None,
-                last_only: bool = False):
-        """Logits (B, T, V), or (B, 1, V) with last_only (generation), and the loss when targets are given."""
+                last_only: bool = False, pad: torch.Tensor | None = None):
+        """Logits (B, T, V), or (B, 1, V) with last_only (generation), and the loss when targets are given.
+
+        `pad` (B,) counts left-padding tokens per row (batched generation of prompts of unequal length):
+        padding is never attended to and each row's positions start at its first real token."""
         B, T = idx.shape
         start = cache.pos if cache is not None else 0
         if start + T > self.cfg.block_size:
             raise ValueError(f"sequence of {start + T} positions exceeds block_size {self.cfg.block_size}")
+        pos = torch.arange(start, start + T, device=idx.device)
+        if pad is not None:
+            pos = (pos[None, :] - pad[:, None]).clamp(min=0)  # (B, T)
         x = self.tok_emb(idx)
         rope = None
         if self.pos_emb is not None:
-            x = x + self.pos_emb(torch.arange(start, start + T, device=idx.device))
+            x = x + self.pos_emb(pos)
         else:
-            rope = (self.rope_cos[start : start + T], self.rope_sin[start : start + T])
+            rope = (self.rope_cos[pos], self.rope_sin[pos])
         x = self.drop(x)
+        mask = self.attention_mask(T, start, pad, idx.device)
         for block in self.blocks:
-            x = block(x, rope, cache)
+            x = block(x, rope, cache, mask)
         if cache is not None:
             cache.pos += T
         x = self.norm_f(x)

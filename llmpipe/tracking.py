@@ -165,6 +165,28 @@ class Tracker:
         if path.exists():
             self._call(self._client.log_artifact if self._client else None, self.run_id, str(path), artifact_path)
 
+    def log_model(self, model_dir: Path, registered_name: str | None, tags: dict[str, str]) -> str | None:
+        """Log a model folder (safetensors + config, no pickle) as the artifact "model" and, when a name
+        is given, register it as a new version of that model; returns the version."""
+        if self._client is None or not model_dir.exists():
+            return None
+        self._call(self._client.log_artifacts, self.run_id, str(model_dir), "model")
+        if not registered_name or self._client is None:
+            return None
+        try:
+            from mlflow.exceptions import MlflowException
+
+            try:
+                self._client.create_registered_model(registered_name)
+            except MlflowException:
+                pass  # it exists already
+            source = f"{self._client.get_run(self.run_id).info.artifact_uri}/model"
+            version = self._client.create_model_version(registered_name, source, run_id=self.run_id, tags=tags)
+            return version.version
+        except Exception as err:  # noqa: BLE001
+            self._fail(f"model registration failed ({err.__class__.__name__}: {err})")
+            return None
+
     def end(self, status: str = "FINISHED") -> None:
         self.flush()
         self._call(lambda: self._client.set_terminated(self.run_id, status=status))

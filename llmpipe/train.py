@@ -49,6 +49,11 @@ class Dist:
         return self.rank == 0
 
 
+def is_main_process() -> bool:
+    """Rank 0 under torchrun, or a plain single process: the one that writes outputs and tracks."""
+    return int(os.environ.get("RANK", "0")) == 0
+
+
 def init_distributed(device_type: str) -> Dist:
     world = int(os.environ.get("WORLD_SIZE", "1"))
     if world == 1:
@@ -200,18 +205,22 @@ class TrainResult:
 
 
 @torch.no_grad()
-def estimate_val_loss(model, val: TokenData, cfg: PretrainParams, device, dtype) -> float:
-    """Mean loss on a fixed set of val batches (the same batches at every evaluation)."""
+def estimate_val_loss(model, val: TokenData, cfg: PretrainParams, device, dtype, ddp: Dist = Dist()) -> float:
+    """Mean loss on a fixed set of val batches (the same batches at every evaluation and for any number
+    of ranks: each rank scores its rows of the global batch, then the ranks average)."""
     model.eval()
     losses = []
     for i in range(cfg.eval_batches):
-        x, y = val.random_batch(step=0, micro_step=i, rows=cfg.micro_batch_size,
-                                block=model.cfg.block_size, seed=cfg.seed, stream=1)
+        x, y = val.random_batch(step=0, micro_step=i, rows=cfg.micro_batch_size, block=model.cfg.block_size,
+                                seed=cfg.seed, rank=ddp.rank, world=ddp.world, stream=1)
         with torch.autocast(device.type, dtype=dtype, enabled=dtype != torch.float32):
             _, loss = model(x.to(device), y.to(device))
-        losses.append(loss.item())
+        losses.append(loss.float())
+    mean = torch.stack(losses).mean()
+    if ddp.world > 1:
+        dist.all_reduce(mean, op=dist.ReduceOp.AVG)
     model.train()
-    return sum(losses) / len(losses)
+    return mean.item()
 
 
 def train(cfg: PretrainParams, token_dir: Path, ckpt_dir: Path, vocab_size: int, identity: dict,
@@ -301,7 +310,7 @@ def train(cfg: PretrainParams, token_dir: Path, ckpt_dir: Path, vocab_size: int,
                 if sink:
                     sink({k: v for k, v in row.items() if k != "step"}, done)
         if done % cfg.eval_interval == 0 or done == cfg.max_steps:
-            vl = estimate_val_loss(model, val_data, cfg, device, dtype)
+            vl = estimate_val_loss(model, val_data, cfg, device, dtype, ddp)
             history["val"].append({"step": done, "tokens": done * tokens_per_step, "val_loss": round(vl, 6)})
             if ddp.is_main:
                 log.info("step %d val loss %.4f", done, vl)

@@ -12,13 +12,17 @@ fi
 STAMP="$VENV/.llmpipe-installed"
 WANT="$(sha256sum "$ROOT/pyproject.toml" | cut -d' ' -f1)"
 if [ ! -f "$STAMP" ] || [ "$(cat "$STAMP")" != "$WANT" ]; then
-  echo "[setup] installing llmpipe and its dependencies (about 2 minutes on a fresh machine)"
-  "$VENV/bin/python" -m pip install -q --disable-pip-version-check --upgrade pip 2>&1 | grep -v "^WARNING: Location" || true
-  # torch first, pinned: the CPU build of 2.13.0 lies on disk here; an open range would pull CUDA wheels.
-  "$VENV/bin/python" -m pip install -q --disable-pip-version-check "torch==2.13.0" 2>&1 | grep -v "^WARNING: Location" || true
-  "$VENV/bin/python" -m pip install -q --disable-pip-version-check -e "$ROOT[dev]" 2>&1 | grep -v "^WARNING: Location" || true
+  echo "[setup] installing llmpipe and its dependencies (about 2 minutes on a fresh machine; log: $VENV/install.log)"
+  LOG="$VENV/install.log"
+  PIP=("$VENV/bin/python" -m pip install --disable-pip-version-check)
+  {
+    "${PIP[@]}" --upgrade pip &&
+    # torch first, pinned: the CPU build of 2.13.0 lies on disk here; an open range pulls CUDA wheels.
+    "${PIP[@]}" "torch==2.13.0" &&
+    "${PIP[@]}" -e "$ROOT[dev]"
+  } > "$LOG" 2>&1 || { tail -40 "$LOG" >&2; echo "[setup] install failed (full log: $LOG)" >&2; exit 1; }
   "$VENV/bin/python" -c "import llmpipe, torch, prefect, dvc, mlflow, datasketch, tokenizers, pandas" \
-    || { echo "[setup] install failed" >&2; exit 1; }
+    || { echo "[setup] install incomplete (log: $LOG)" >&2; exit 1; }
   echo "$WANT" > "$STAMP"
 fi
 export PATH="$VENV/bin:$PATH"

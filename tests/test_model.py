@@ -3,7 +3,7 @@ import math
 import pytest
 import torch
 
-from llmpipe.generate import generate, sample_next
+from llmpipe.generate import generate, generate_batch, sample_next
 from llmpipe.model import GPT, GPTConfig
 
 
@@ -70,3 +70,22 @@ def test_param_count_and_flops():
     n = model.num_params()
     assert n == sum(p.numel() for p in model.parameters())  # tied: the embedding is the output layer
     assert model.flops_per_token() == 6 * n + 12 * 2 * 32 * 32
+
+
+@pytest.mark.parametrize("kw", [{}, {"pos": "learned"}])
+def test_batched_prompts_of_unequal_length_match_one_at_a_time(kw):
+    model = tiny(**kw)
+    prompts = [[5, 17, 3, 42, 8], [9], [1, 2, 3]]
+    batched = generate_batch(model, prompts, 12, temperature=0.0)
+    single = [generate(model, p, 12, temperature=0.0) for p in prompts]
+    assert batched == single
+    assert generate_batch(model, prompts, 12, temperature=0.0, use_cache=False) == single
+
+
+def test_padding_is_invisible_to_logits():
+    model = tiny()
+    x = torch.tensor([[4, 5, 6, 7]])
+    padded = torch.tensor([[0, 0, 4, 5, 6, 7]])
+    a, _ = model(x, last_only=True)
+    b, _ = model(padded, last_only=True, pad=torch.tensor([2]))
+    assert torch.allclose(a, b, atol=1e-5)

@@ -63,7 +63,12 @@ def test_each_stage_has_an_mlflow_run_with_lineage(repro_repo):
     assert len(client.get_metric_history(by_stage["pretrain"].info.run_id, "loss")) == 30 // 5
     assert "bits_per_byte" in by_stage["evaluate"].data.metrics
     assert {a.path for a in client.list_artifacts(by_stage["tokenizer"].info.run_id)} == {"tokenizer.json"}
-    assert "model.safetensors" in {a.path for a in client.list_artifacts(by_stage["pretrain"].info.run_id)}
+    pretrain_id = by_stage["pretrain"].info.run_id
+    assert {a.path for a in client.list_artifacts(pretrain_id, "model")} == {"model/model.safetensors",
+                                                                             "model/config.json"}
+    versions = client.search_model_versions("name='llmpipe-gpt'")
+    assert [v.run_id for v in versions] == [pretrain_id]
+    assert versions[0].tags["dvc.dep.data/tokens"] == by_stage["pretrain"].data.tags["dvc.dep.data/tokens"]
 
 
 def test_second_repro_does_nothing_quickly(repro_repo):

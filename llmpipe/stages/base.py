@@ -14,6 +14,8 @@ MetricsSink = Callable[[dict[str, float], int], None]
 class StageResult:
     metrics: dict[str, float | int | str]
     artifacts: list[Path] = field(default_factory=list)
+    # A model folder to log as the run's "model" artifact and register in the MLflow Model Registry.
+    model_dir: Path | None = None
 
 
 class Stage(Protocol):

@@ -13,7 +13,7 @@ from .. import layout
 from ..config import Params
 from ..io import atomic_path
 from ..tokens import MANIFEST, load_manifest
-from ..train import train
+from ..train import is_main_process, train
 from ..weights import save_model
 from .base import StageResult
 
@@ -53,10 +53,12 @@ def run(params: Params, root: Path, sink=None) -> StageResult:
         "data_dvc_md5": dvc_out_hash(root, str(layout.TOKENS)),
     }
     result = train(params.pretrain, token_dir, root / layout.CHECKPOINTS, manifest.vocab_size, identity, sink)
+    metrics = {**result.metrics, "seconds": round(time.perf_counter() - t0, 3)}
+    if not is_main_process():  # under torchrun only rank 0 writes
+        return StageResult(metrics)
     save_model(result.model, root / layout.MODEL, extra={"eot_id": manifest.eot_id,
                                                          "tokenizer_sha256": manifest.data["tokenizer_sha256"]})
     write_tsv(root / layout.TRAIN_PLOT, result.history["train"], TRAIN_COLUMNS)
     write_tsv(root / layout.VAL_PLOT, result.history["val"], VAL_COLUMNS)
-    metrics = {**result.metrics, "seconds": round(time.perf_counter() - t0, 3)}
-    return StageResult(metrics, artifacts=[root / layout.MODEL / "model.safetensors", root / layout.MODEL / "config.json",
-                                           root / layout.TRAIN_PLOT])
+    return StageResult(metrics, artifacts=[root / layout.TRAIN_PLOT, root / layout.VAL_PLOT],
+                       model_dir=root / layout.MODEL)

@@ -11,7 +11,7 @@ from tokenizers import Tokenizer
 
 from .. import layout
 from ..config import Params, SampleParams
-from ..generate import generate
+from ..generate import generate, generate_batch
 from ..io import atomic_path
 from ..model import GPT
 from ..tokens import EOT
@@ -22,17 +22,16 @@ log = logging.getLogger(__name__)
 
 
 def sample_texts(model: GPT, tok: Tokenizer, cfg: SampleParams) -> list[dict]:
-    """Core: one completion per prompt, each with its own seed (seed + prompt index)."""
+    """Core: one completion per prompt, the prompts generated together as one batch."""
     eot = tok.token_to_id(EOT)
-    out = []
-    for i, prompt in enumerate(cfg.prompts):
-        t0 = time.perf_counter()
-        ids = generate(model, tok.encode(prompt).ids, cfg.max_new_tokens, eot_id=eot,
-                       temperature=cfg.temperature, top_k=cfg.top_k, top_p=cfg.top_p, seed=cfg.seed + i)
-        out.append({"prompt": prompt, "completion": tok.decode(ids), "new_tokens": len(ids),
-                    "stopped_at_eot": len(ids) < cfg.max_new_tokens,
-                    "seconds": round(time.perf_counter() - t0, 3)})
-    return out
+    t0 = time.perf_counter()
+    completions = generate_batch(model, [tok.encode(p).ids for p in cfg.prompts], cfg.max_new_tokens,
+                                 eot_id=eot, temperature=cfg.temperature, top_k=cfg.top_k, top_p=cfg.top_p,
+                                 seed=cfg.seed)
+    seconds = round(time.perf_counter() - t0, 3)
+    return [{"prompt": prompt, "completion": tok.decode(ids), "new_tokens": len(ids),
+             "stopped_at_eot": len(ids) < cfg.max_new_tokens, "seconds": seconds}
+            for prompt, ids in zip(cfg.prompts, completions)]
 
 
 def run(params: Params, root: Path, sink=None) -> StageResult:
@@ -48,7 +47,7 @@ def run(params: Params, root: Path, sink=None) -> StageResult:
     new_tokens = sum(s["new_tokens"] for s in samples)
     seconds = time.perf_counter() - t0
     metrics = {"samples": len(samples), "new_tokens": new_tokens,
-               "tokens_per_s": round(new_tokens / max(sum(s["seconds"] for s in samples), 1e-9), 1),
+               "tokens_per_s": round(new_tokens / max(samples[0]["seconds"], 1e-9), 1),
                "seconds": round(seconds, 3)}
     return StageResult(metrics, artifacts=[dest])
 
@@ -62,19 +61,23 @@ def generate_cli(params: Params, root: Path, args) -> None:
     model = load_model(root / layout.MODEL)
     tok = Tokenizer.from_file(str(root / layout.TOKENIZER))
     eot = tok.token_to_id(EOT)
-    for i, prompt in enumerate(cfg.prompts):
-        print(prompt, end="", flush=True)
-        ids: list[int] = []
-        shown = ""
+    if len(cfg.prompts) > 1:  # a batch: print each completion when the batch is done
+        for s in sample_texts(model, tok, cfg):
+            print(f"--- {s['prompt']!r}\n{s['prompt']}{s['completion']}\n", flush=True)
+        return
+    prompt = cfg.prompts[0]
+    print(prompt, end="", flush=True)
+    ids: list[int] = []
+    shown = ""
 
-        def stream(token: int) -> None:
-            nonlocal shown
-            ids.append(token)
-            text = tok.decode(ids)
-            if not text.endswith("\ufffd"):  # wait until a multi-byte character is complete
-                print(text[len(shown):], end="", flush=True)
-                shown = text
+    def stream(token: int) -> None:
+        nonlocal shown
+        ids.append(token)
+        text = tok.decode(ids)
+        if not text.endswith("\ufffd"):  # wait until a multi-byte character is complete
+            print(text[len(shown):], end="", flush=True)
+            shown = text
 
-        generate(model, tok.encode(prompt).ids, cfg.max_new_tokens, eot_id=eot, temperature=cfg.temperature,
-                 top_k=cfg.top_k, top_p=cfg.top_p, seed=cfg.seed + i, on_token=stream)
-        print("\n", flush=True)
+    generate(model, tok.encode(prompt).ids, cfg.max_new_tokens, eot_id=eot, temperature=cfg.temperature,
+             top_k=cfg.top_k, top_p=cfg.top_p, seed=cfg.seed, on_token=stream)
+    print("\n", flush=True)

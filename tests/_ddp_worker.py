@@ -1,0 +1,14 @@
+"""Run by tests/test_distributed.py under torchrun: train on a token dir, rank 0 writes the loss curve."""
+
+import json
+import sys
+from pathlib import Path
+
+from llmpipe.config import PretrainParams
+from llmpipe.train import is_main_process, train
+
+token_dir, ckpt_dir, out, cfg_json = sys.argv[1:5]
+cfg = PretrainParams.model_validate_json(cfg_json)
+res = train(cfg, Path(token_dir), Path(ckpt_dir), 64, {"id": "ddp"})
+if is_main_process():
+    Path(out).write_text(json.dumps(res.history))

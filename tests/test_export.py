@@ -1,0 +1,65 @@
+"""Export to a Hugging Face Llama folder: transformers loads it and agrees with our model."""
+
+import pytest
+import torch
+
+from llmpipe.config import TokenizerParams
+from llmpipe.export import export_hf
+from llmpipe.generate import generate
+from llmpipe.io import InputError
+from llmpipe.model import GPT, GPTConfig
+from llmpipe.stages.tokenizer import train_tokenizer
+from llmpipe.tokens import EOT
+
+transformers = pytest.importorskip("transformers")
+
+TEXTS = ["To be, or not to be, that is the question.", "Whether 'tis nobler in the mind to suffer."] * 10
+
+
+@pytest.fixture(scope="module")
+def tokenizer_file(tmp_path_factory):
+    path = tmp_path_factory.mktemp("tok") / "tokenizer.json"
+    train_tokenizer(iter(TEXTS), TokenizerParams(vocab_size=320)).save(str(path))
+    return path
+
+
+@pytest.mark.parametrize("kw", [{}, {"n_kv_head": 1}, {"tie_embeddings": False}])
+def test_logits_and_greedy_generation_match_transformers(tmp_path, tokenizer_file, kw):
+    torch.manual_seed(0)
+    model = GPT(GPTConfig(vocab_size=320, n_layer=2, n_head=4, d_model=64, block_size=64, **kw)).eval()
+    with torch.no_grad():  # non-trivial norm weights, so a mapping mistake would show
+        for block in model.blocks:
+            block.norm1.weight.uniform_(0.5, 1.5)
+            block.norm2.weight.uniform_(0.5, 1.5)
+    out = export_hf(model, tokenizer_file, tmp_path / "hf")
+    hf = transformers.AutoModelForCausalLM.from_pretrained(out, torch_dtype=torch.float32).eval()
+    x = torch.randint(0, 320, (2, 40))
+    with torch.no_grad():
+        ours, _ = model(x)
+        theirs = hf(x).logits
+    assert (ours - theirs).abs().max().item() < 1e-4
+
+    prompt = [5, 17, 3, 42]
+    mine = generate(model, prompt, 20, temperature=0.0)
+    ref = hf.generate(torch.tensor([prompt]), max_new_tokens=20, do_sample=False, eos_token_id=None,
+                      pad_token_id=0)[0, len(prompt):].tolist()
+    assert mine == ref
+
+
+def test_tokenizer_loads_in_transformers_with_special_tokens(tmp_path, tokenizer_file):
+    torch.manual_seed(0)
+    model = GPT(GPTConfig(vocab_size=320, n_layer=1, n_head=2, d_model=32, block_size=32))
+    out = export_hf(model, tokenizer_file, tmp_path / "hf")
+    tok = transformers.AutoTokenizer.from_pretrained(out)
+    assert tok.eos_token == EOT and tok.eos_token_id == 0
+    text = "Whether 'tis nobler, café 🤖"
+    assert tok.decode(tok(text)["input_ids"]) == text
+    fast = transformers.PreTrainedTokenizerFast(tokenizer_file=str(tokenizer_file), eos_token=EOT)
+    assert fast.convert_tokens_to_ids(EOT) == 0
+
+
+def test_architectures_llama_cannot_express_are_refused(tmp_path, tokenizer_file):
+    model = GPT(GPTConfig(vocab_size=320, n_layer=1, n_head=2, d_model=32, block_size=32, mlp="gelu"))
+    with pytest.raises(InputError, match="mlp"):
+        export_hf(model, tokenizer_file, tmp_path / "hf")
+    assert not (tmp_path / "hf").exists()
