@@ -172,6 +172,8 @@ class SampleParams(Section):
     top_k: Annotated[int, Field(ge=0)] = 50
     top_p: Annotated[float, Field(gt=0.0, le=1.0)] = 1.0
     seed: int = 1
+    # Generation also stops when one of these strings appears (it is not included in the output).
+    stop: list[Annotated[str, Field(min_length=1)]] = Field(default_factory=list)
 
 
 class TrackingParams(Section):

@@ -32,17 +32,17 @@ def check_llama_compatible(model: GPT) -> None:
 
 def llama_state_dict(model: GPT) -> dict[str, torch.Tensor]:
     cfg = model.cfg
-    kv_rows, ffn = cfg.kv_heads * cfg.head_dim, cfg.ffn_dim
+    q_rows, kv_rows, ffn = cfg.n_head * cfg.head_dim, cfg.kv_heads * cfg.head_dim, cfg.ffn_dim
     out = {"model.embed_tokens.weight": model.tok_emb.weight, "model.norm.weight": model.norm_f.weight}
     for i, block in enumerate(model.blocks):
         p = f"model.layers.{i}."
-        kv = block.attn.kv_proj.weight
+        qkv = block.attn.qkv_proj.weight  # rows: [q; k; v]
         up = block.mlp.up.weight  # rows: [gate; value], as our SwiGLU chunks them
         out.update({
             p + "input_layernorm.weight": block.norm1.weight,
-            p + "self_attn.q_proj.weight": block.attn.q_proj.weight,
-            p + "self_attn.k_proj.weight": kv[:kv_rows],
-            p + "self_attn.v_proj.weight": kv[kv_rows:],
+            p + "self_attn.q_proj.weight": qkv[:q_rows],
+            p + "self_attn.k_proj.weight": qkv[q_rows : q_rows + kv_rows],
+            p + "self_attn.v_proj.weight": qkv[q_rows + kv_rows :],
             p + "self_attn.o_proj.weight": block.attn.o_proj.weight,
             p + "post_attention_layernorm.weight": block.norm2.weight,
             p + "mlp.gate_proj.weight": up[:ffn],

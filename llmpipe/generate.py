@@ -32,13 +32,14 @@ def sample_next(logits: torch.Tensor, temperature: float, top_k: int, top_p: flo
     return torch.multinomial(probs, 1, generator=generator).squeeze(-1)
 
 
-@torch.no_grad()
+@torch.inference_mode()
 def generate_batch(model: GPT, prompts: list[list[int]], max_new_tokens: int, eot_id: int | None = None,
                    temperature: float = 1.0, top_k: int = 0, top_p: float = 1.0, seed: int | None = None,
-                   use_cache: bool = True, on_token=None) -> list[list[int]]:
+                   use_cache: bool = True, on_token=None, stop_fn=None) -> list[list[int]]:
     """Generate for several prompts at once (left-padded); each row stops at eot_id (not included).
 
-    on_token(row, token) is called for every token as it is produced (for streaming)."""
+    on_token(row, token) is called for every token as it is produced (for streaming);
+    stop_fn(row, generated_ids) -> True ends that row (stop strings are checked this way)."""
     model.eval()
     first = next(model.parameters())
     device, block = first.device, model.cfg.block_size
@@ -74,6 +75,8 @@ def generate_batch(model: GPT, prompts: list[list[int]], max_new_tokens: int, eo
             outs[row].append(token)
             if on_token is not None:
                 on_token(row, token)
+            if stop_fn is not None and stop_fn(row, outs[row]):
+                done[row] = True
         if all(done):
             break
     return outs

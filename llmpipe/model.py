@@ -75,7 +75,8 @@ def apply_rope(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.T
     (T, hd/2) shared by the batch or (B, T, hd/2) per row."""
     x1, x2 = x.float().chunk(2, dim=-1)
     cos, sin = (cos[None, None], sin[None, None]) if cos.dim() == 2 else (cos[:, None], sin[:, None])
-    return torch.cat((x1 * cos - x2 * sin, x1 * sin + x2 * cos), dim=-1).type_as(x)
+    out = torch.cat((x1 * cos - x2 * sin, x1 * sin + x2 * cos), dim=-1)
+    return out if out.dtype == x.dtype else out.to(x.dtype)
 
 
 class KVCache:
@@ -100,16 +101,18 @@ class CausalSelfAttention(nn.Module):
         super().__init__()
         self.cfg, self.layer = cfg, layer
         hd = cfg.head_dim
-        self.q_proj = nn.Linear(cfg.d_model, cfg.n_head * hd, bias=False)
-        self.kv_proj = nn.Linear(cfg.d_model, 2 * cfg.kv_heads * hd, bias=False)
+        # q, k and v in one matmul: one weight read per token matters when decoding is memory-bound
+        self.qkv_proj = nn.Linear(cfg.d_model, (cfg.n_head + 2 * cfg.kv_heads) * hd, bias=False)
         self.o_proj = nn.Linear(cfg.n_head * hd, cfg.d_model, bias=False)
         self.o_proj.residual_scale = True
 
     def forward(self, x, rope, cache: KVCache | None = None, mask: torch.Tensor | None = None):
         B, T, _ = x.shape
         cfg, hd = self.cfg, self.cfg.head_dim
-        q = self.q_proj(x).view(B, T, cfg.n_head, hd).transpose(1, 2)
-        k, v = self.kv_proj(x).view(B, T, 2, cfg.kv_heads, hd).permute(2, 0, 3, 1, 4)
+        q, k, v = self.qkv_proj(x).split([cfg.n_head * hd, cfg.kv_heads * hd, cfg.kv_heads * hd], dim=-1)
+        q = q.view(B, T, cfg.n_head, hd).transpose(1, 2)
+        k = k.view(B, T, cfg.kv_heads, hd).transpose(1, 2)
+        v = v.view(B, T, cfg.kv_heads, hd).transpose(1, 2)
         if rope is not None:
             q, k = apply_rope(q, *rope), apply_rope(k, *rope)
         if cache is not None:

@@ -89,3 +89,11 @@ def test_padding_is_invisible_to_logits():
     a, _ = model(x, last_only=True)
     b, _ = model(padded, last_only=True, pad=torch.tensor([2]))
     assert torch.allclose(a, b, atol=1e-5)
+
+
+def test_stop_function_ends_only_its_row():
+    model = tiny()
+    free = generate_batch(model, [[1, 2], [3, 4]], 10, temperature=0.0)
+    stopped = generate_batch(model, [[1, 2], [3, 4]], 10, temperature=0.0,
+                             stop_fn=lambda row, ids: row == 0 and len(ids) == 3)
+    assert stopped == [free[0][:3], free[1]]

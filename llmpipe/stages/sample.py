@@ -11,7 +11,7 @@ from tokenizers import Tokenizer
 
 from .. import layout
 from ..config import Params, SampleParams
-from ..generate import generate, generate_batch
+from ..generate import generate_batch
 from ..io import atomic_path
 from ..model import GPT
 from ..tokens import EOT
@@ -21,17 +21,28 @@ from .base import StageResult
 log = logging.getLogger(__name__)
 
 
+def cut_at_stop(text: str, stops: list[str]) -> tuple[str, bool]:
+    """The text before the first stop string, and whether one was found."""
+    hits = [i for i in (text.find(s) for s in stops) if i >= 0]
+    return (text[: min(hits)], True) if hits else (text, False)
+
+
 def sample_texts(model: GPT, tok: Tokenizer, cfg: SampleParams) -> list[dict]:
     """Core: one completion per prompt, the prompts generated together as one batch."""
     eot = tok.token_to_id(EOT)
+    stop_fn = (lambda _row, ids: cut_at_stop(tok.decode(ids), cfg.stop)[1]) if cfg.stop else None
     t0 = time.perf_counter()
     completions = generate_batch(model, [tok.encode(p).ids for p in cfg.prompts], cfg.max_new_tokens,
                                  eot_id=eot, temperature=cfg.temperature, top_k=cfg.top_k, top_p=cfg.top_p,
-                                 seed=cfg.seed)
+                                 seed=cfg.seed, stop_fn=stop_fn)
     seconds = round(time.perf_counter() - t0, 3)
-    return [{"prompt": prompt, "completion": tok.decode(ids), "new_tokens": len(ids),
-             "stopped_at_eot": len(ids) < cfg.max_new_tokens, "seconds": seconds}
-            for prompt, ids in zip(cfg.prompts, completions)]
+    out = []
+    for prompt, ids in zip(cfg.prompts, completions):
+        text, stopped = cut_at_stop(tok.decode(ids), cfg.stop)
+        out.append({"prompt": prompt, "completion": text, "new_tokens": len(ids),
+                    "stopped_at_eot": len(ids) < cfg.max_new_tokens and not stopped,
+                    "stopped_at_string": stopped, "seconds": seconds})
+    return out
 
 
 def run(params: Params, root: Path, sink=None) -> StageResult:
@@ -55,7 +66,7 @@ def run(params: Params, root: Path, sink=None) -> StageResult:
 def generate_cli(params: Params, root: Path, args) -> None:
     """`llmpipe generate "prompt" ...`: stream completions to the terminal."""
     overrides = {"max_new_tokens": args.max_new_tokens, "temperature": args.temperature,
-                 "top_k": args.top_k, "top_p": args.top_p, "seed": args.seed}
+                 "top_k": args.top_k, "top_p": args.top_p, "seed": args.seed, "stop": args.stop}
     cfg = SampleParams.model_validate({**params.sample.model_dump(), "prompts": args.prompts,
                                        **{k: v for k, v in overrides.items() if v is not None}})
     model = load_model(root / layout.MODEL)
@@ -67,17 +78,17 @@ def generate_cli(params: Params, root: Path, args) -> None:
         return
     prompt = cfg.prompts[0]
     print(prompt, end="", flush=True)
-    ids: list[int] = []
     shown = ""
 
-    def stream(token: int) -> None:
+    def stream(_row: int, ids: list[int]) -> bool:
+        """Print what is new; end the row at a stop string (never printing it)."""
         nonlocal shown
-        ids.append(token)
-        text = tok.decode(ids)
+        text, stopped = cut_at_stop(tok.decode(ids), cfg.stop)
         if not text.endswith("\ufffd"):  # wait until a multi-byte character is complete
             print(text[len(shown):], end="", flush=True)
             shown = text
+        return stopped
 
-    generate(model, tok.encode(prompt).ids, cfg.max_new_tokens, eot_id=eot, temperature=cfg.temperature,
-             top_k=cfg.top_k, top_p=cfg.top_p, seed=cfg.seed, on_token=stream)
+    generate_batch(model, [tok.encode(prompt).ids], cfg.max_new_tokens, eot_id=eot, temperature=cfg.temperature,
+                   top_k=cfg.top_k, top_p=cfg.top_p, seed=cfg.seed, stop_fn=stream)
     print("\n", flush=True)
