@@ -23,10 +23,10 @@ from .tokens import EOT
 
 def check_llama_compatible(model: GPT) -> None:
     cfg = model.cfg
-    wrong = {k: v for k, v in {"norm": cfg.norm, "mlp": cfg.mlp, "pos": cfg.pos}.items()
-             if v != {"norm": "rmsnorm", "mlp": "swiglu", "pos": "rope"}[k]}
+    need = {"norm": "rmsnorm", "mlp": "swiglu", "pos": "rope", "attention_pattern": "dense"}
+    wrong = {k: getattr(cfg, k) for k, v in need.items() if getattr(cfg, k) != v}
     if wrong:
-        raise InputError(f"export --format hf maps onto Llama, which needs norm=rmsnorm, mlp=swiglu, pos=rope; "
+        raise InputError(f"export --format hf maps onto Llama, which needs {need}; "
                          f"this model has {wrong}")
 
 

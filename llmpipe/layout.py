@@ -7,6 +7,7 @@ METRICS = DATA / "metrics"
 
 SCRAPE_DOCS = DATA / "scrape" / "docs.parquet"
 FILTER_DOCS = DATA / "filter" / "docs.parquet"
+FILTER_REPORT = DATA / "filter" / "report.json"
 DEDUP_DOCS = DATA / "dedup" / "docs.parquet"
 DEDUP_REMOVED = DATA / "dedup" / "removed.parquet"
 TOKENIZER = DATA / "tokenizer" / "tokenizer.json"

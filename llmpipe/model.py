@@ -31,6 +31,13 @@ class GPTConfig:
     rope_base: float = 10000.0
     tie_embeddings: bool = True
     dropout: float = 0.0
+    # "alternating": odd layers attend only to the last attention_window positions (local, banded),
+    # even layers to all of them, as in GPT-3's sparse layers and GPT-Neo.
+    attention_pattern: str = "dense"
+    attention_window: int = 128
+
+    def is_local(self, layer: int) -> bool:
+        return self.attention_pattern == "alternating" and layer % 2 == 1
 
     @property
     def kv_heads(self) -> int:
@@ -197,14 +204,18 @@ class GPT(nn.Module):
         return 6 * self.num_params(non_embedding=True) + 12 * self.cfg.n_layer * self.cfg.d_model * T
 
     @staticmethod
-    def attention_mask(T: int, start: int, pad: torch.Tensor | None, device) -> torch.Tensor | None:
+    def attention_mask(T: int, start: int, pad: torch.Tensor | None, device,
+                       window: int | None = None) -> torch.Tensor | None:
         """Boolean mask (True = attend) for a chunk of T queries after `start` cached positions; None
-        when SDPA's own causal flag (start 0) or no mask at all (one query) says the same."""
-        if pad is None and (start == 0 or T == 1):
+        when SDPA's own causal flag (start 0) or no mask at all (one query) says the same. With a
+        window, a query sees only the `window` most recent positions (itself included)."""
+        if pad is None and window is None and (start == 0 or T == 1):
             return None
         q_pos = torch.arange(start, start + T, device=device)[:, None]
         k_pos = torch.arange(start + T, device=device)[None, :]
         mask = q_pos >= k_pos
+        if window is not None:
+            mask = mask & (q_pos - k_pos < window)
         if pad is not None:  # never attend to left padding
             mask = (mask[None] & (k_pos[None] >= pad[:, None, None]))[:, None]  # (B, 1, T, Tk)
         return mask
@@ -230,8 +241,11 @@ class GPT(nn.Module):
             rope = (self.rope_cos[pos], self.rope_sin[pos])
         x = self.drop(x)
         mask = self.attention_mask(T, start, pad, idx.device)
-        for block in self.blocks:
-            x = block(x, rope, cache, mask)
+        local = None
+        if self.cfg.attention_pattern != "dense":
+            local = self.attention_mask(T, start, pad, idx.device, window=self.cfg.attention_window)
+        for i, block in enumerate(self.blocks):
+            x = block(x, rope, cache, local if self.cfg.is_local(i) else mask)
         if cache is not None:
             cache.pos += T
         x = self.norm_f(x)

@@ -1,7 +1,11 @@
 import pandas as pd
 
-from llmpipe.config import FilterParams
+from llmpipe.config import FilterParams, QualityParams
+from llmpipe.quality import RULES
 from llmpipe.stages.filter import filter_documents
+
+# language tests switch the quality rules off: repeated sentences would fail the repetition rules
+NO_QUALITY = QualityParams.model_validate({name: {"enabled": False} for name in RULES})
 
 EN = "The quick brown fox jumps over the lazy dog while the farmer watches from the old wooden fence."
 FR = "Le renard brun rapide saute par-dessus le chien paresseux pendant que le fermier regarde la scène."
@@ -10,17 +14,28 @@ DE = "Der schnelle braune Fuchs springt über den faulen Hund, während der Baue
 
 def test_keeps_target_language_and_accounts_for_the_rest():
     df = pd.DataFrame({"id": ["en", "fr", "de", "short"], "text": [EN * 3, FR * 3, DE * 3, "Hi."]})
-    kept, stats = filter_documents(df, FilterParams(languages=["en"], min_chars=50))
+    kept, stats, report = filter_documents(df, FilterParams(languages=["en"], min_chars=50, quality=NO_QUALITY))
     assert list(kept["id"]) == ["en"]
     assert kept.loc[0, "lang"] == "en" and 0.5 <= kept.loc[0, "score"] <= 1.0
     assert stats["removed_language_docs"] == 2
     assert stats["removed_too_short_docs"] == 1
     assert stats["removed_too_short_chars"] == 3
+    assert report["language"]["docs"] == 2 and {e["id"] for e in report["language"]["examples"]} == {"fr", "de"}
 
 
 def test_several_languages_and_threshold():
     df = pd.DataFrame({"id": ["en", "fr"], "text": [EN * 3, FR * 3]})
-    kept, _ = filter_documents(df, FilterParams(languages=["en", "fr"], min_chars=10))
+    kept, _, _ = filter_documents(df, FilterParams(languages=["en", "fr"], min_chars=10, quality=NO_QUALITY))
     assert set(kept["lang"]) == {"en", "fr"}
-    kept, stats = filter_documents(df, FilterParams(languages=["en", "fr"], min_chars=10, min_lang_score=1.0))
+    kept, stats, _ = filter_documents(df, FilterParams(languages=["en", "fr"], min_chars=10, min_lang_score=1.0,
+                                                        quality=NO_QUALITY))
     assert stats["removed_low_language_score_docs"] + len(kept) == 2
+
+
+def test_quality_rules_are_charged_in_the_report():
+    from .test_quality import GOOD
+
+    df = pd.DataFrame({"id": ["good", "lorem"], "text": [GOOD, GOOD + "\nLorem ipsum dolor sit amet."]})
+    kept, stats, report = filter_documents(df, FilterParams(min_chars=10, min_lang_score=0.0))
+    assert list(kept["id"]) == ["good"]
+    assert stats["removed_c4_lorem_ipsum_docs"] == 1 and report["c4_lorem_ipsum"]["examples"][0]["id"] == "lorem"

@@ -97,3 +97,24 @@ def test_stop_function_ends_only_its_row():
     stopped = generate_batch(model, [[1, 2], [3, 4]], 10, temperature=0.0,
                              stop_fn=lambda row, ids: row == 0 and len(ids) == 3)
     assert stopped == [free[0][:3], free[1]]
+
+
+def test_local_layers_see_only_their_window():
+    mask = GPT.attention_mask(6, 0, None, "cpu", window=2)
+    assert mask.tolist()[5] == [False, False, False, False, True, True]
+    decode = GPT.attention_mask(1, 9, None, "cpu", window=3)  # one new token after 9 cached
+    assert decode.tolist() == [[False] * 7 + [True] * 3]
+    dense, local = tiny(), tiny(attention_pattern="alternating", attention_window=4)
+    local.load_state_dict(dense.state_dict())
+    x = torch.randint(0, 97, (1, 20))
+    a, _ = dense(x)
+    b, _ = local(x)
+    assert torch.allclose(a[0, :4], b[0, :4], atol=1e-5)  # inside the window nothing differs
+    assert not torch.allclose(a[0, 10:], b[0, 10:])      # beyond it the local layer sees less
+
+
+def test_local_attention_greedy_matches_with_and_without_cache():
+    model = tiny(attention_pattern="alternating", attention_window=5)
+    prompt = [5, 17, 3, 42, 8, 9, 11]
+    assert generate(model, prompt, 15, temperature=0.0) == generate(model, prompt, 15, temperature=0.0,
+                                                                      use_cache=False)
