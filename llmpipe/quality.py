@@ -16,10 +16,11 @@ Sources:
 from __future__ import annotations
 
 import re
-from collections import Counter
 from dataclasses import dataclass
 from functools import cached_property
 from typing import Callable
+
+import numpy as np
 
 from .config import QualityParams
 
@@ -52,6 +53,16 @@ class DocView:
     def lower_words(self) -> list[str]:
         return [w.lower() for w in self.words]
 
+    @cached_property
+    def word_ids(self) -> np.ndarray:
+        """Lower-cased words as small integers (for n-gram statistics in numpy)."""
+        vocab: dict[str, int] = {}
+        return np.array([vocab.setdefault(w, len(vocab)) for w in self.lower_words], dtype=np.uint64)
+
+    @cached_property
+    def word_lens(self) -> np.ndarray:
+        return np.array([len(w) for w in self.words], dtype=np.int64)
+
 
 def _dup_fraction(items: list[str]) -> tuple[float, float]:
     """(share of items that repeat an earlier one, share of characters in those repeats)."""
@@ -69,29 +80,41 @@ def _dup_fraction(items: list[str]) -> tuple[float, float]:
     return dup_items / len(items), dup_chars / total_chars
 
 
-def _top_ngram_char_fraction(words: list[str], n: int) -> float:
+def _ngram_hashes(ids: np.ndarray, n: int) -> np.ndarray:
+    """One 64-bit polynomial hash per word n-gram (collisions are negligible at document sizes)."""
+    h = np.zeros(len(ids) - n + 1, dtype=np.uint64)
+    with np.errstate(over="ignore"):
+        for k in range(n):
+            h = h * np.uint64(1_000_003) + ids[k : len(ids) - n + 1 + k]
+    return h
+
+
+def _top_ngram_char_fraction(d: DocView, n: int) -> float:
     """Characters covered by the most frequent word n-gram, over all word characters (Gopher)."""
-    if len(words) < n:
+    if len(d.word_ids) < n:
         return 0.0
-    counts = Counter(tuple(words[i : i + n]) for i in range(len(words) - n + 1))
-    gram, count = counts.most_common(1)[0]
-    if count < 2:
+    hashes = _ngram_hashes(d.word_ids, n)
+    _, first, counts = np.unique(hashes, return_index=True, return_counts=True)
+    best = counts.max()
+    if best < 2:
         return 0.0
-    return count * sum(len(w) for w in gram) / (sum(len(w) for w in words) or 1)
+    # among equally frequent n-grams, the one covering the most characters (ties are otherwise arbitrary)
+    chars = max(int(d.word_lens[i : i + n].sum()) for i in first[counts == best])
+    return float(best * chars / max(d.word_lens.sum(), 1))
 
 
-def _dup_ngram_char_fraction(words: list[str], n: int) -> float:
+def _dup_ngram_char_fraction(d: DocView, n: int) -> float:
     """Characters of words inside any n-gram that occurs more than once, over all word characters."""
-    if len(words) < n:
+    if len(d.word_ids) < n:
         return 0.0
-    grams = [tuple(words[i : i + n]) for i in range(len(words) - n + 1)]
-    counts = Counter(grams)
-    covered = [False] * len(words)
-    for i, g in enumerate(grams):
-        if counts[g] > 1:
-            for j in range(i, i + n):
-                covered[j] = True
-    return sum(len(w) for w, c in zip(words, covered) if c) / (sum(len(w) for w in words) or 1)
+    hashes = _ngram_hashes(d.word_ids, n)
+    _, inverse, counts = np.unique(hashes, return_inverse=True, return_counts=True)
+    starts = np.flatnonzero(counts[inverse] > 1)
+    cover = np.zeros(len(d.word_ids) + 1, dtype=np.int64)
+    np.add.at(cover, starts, 1)
+    np.add.at(cover, starts + n, -1)
+    covered = np.cumsum(cover[:-1]) > 0
+    return float(d.word_lens[covered].sum() / max(d.word_lens.sum(), 1))
 
 
 # --- the rules ---------------------------------------------------------------------------------------
@@ -161,11 +184,11 @@ def gopher_repetition(d: DocView, p) -> str | None:
     if para_chars > p.max_dup_paragraph_char_fraction:
         return f"characters in duplicate paragraphs {para_chars:.0%}"
     for n, limit in p.top_ngram_max_fraction.items():
-        share = _top_ngram_char_fraction(d.lower_words, int(n))
+        share = _top_ngram_char_fraction(d, int(n))
         if share > limit:
             return f"top {n}-gram covers {share:.0%}"
     for n, limit in p.dup_ngram_max_fraction.items():
-        share = _dup_ngram_char_fraction(d.lower_words, int(n))
+        share = _dup_ngram_char_fraction(d, int(n))
         if share > limit:
             return f"duplicated {n}-grams cover {share:.0%}"
     return None

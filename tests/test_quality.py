@@ -66,3 +66,27 @@ def test_one_split_shared_by_all_rules():
     for name, rule in RULES.items():
         rule(view, getattr(P, name))
     assert "words" in view.__dict__ and "lines" in view.__dict__  # computed once, cached on the view
+
+
+def naive_dup_ngram_fraction(words, n):
+    grams = [tuple(words[i : i + n]) for i in range(len(words) - n + 1)]
+    covered = [False] * len(words)
+    for i, g in enumerate(grams):
+        if grams.count(g) > 1:
+            covered[i : i + n] = [True] * n
+    return sum(len(w) for w, c in zip(words, covered) if c) / sum(len(w) for w in words)
+
+
+@pytest.mark.parametrize("seed", [1, 2, 3])
+def test_vectorised_ngram_statistics_match_a_naive_count(seed):
+    from llmpipe.quality import _dup_ngram_char_fraction, _top_ngram_char_fraction
+
+    r = random.Random(seed)
+    words = [r.choice(WORDS[:8]) for _ in range(300)]
+    view = DocView(" ".join(words))
+    for n in (2, 5, 8):
+        assert _dup_ngram_char_fraction(view, n) == pytest.approx(naive_dup_ngram_fraction(words, n))
+    grams = [tuple(words[i : i + 3]) for i in range(len(words) - 2)]
+    top = max(set(grams), key=lambda g: (grams.count(g), sum(map(len, g))))
+    expected = grams.count(top) * sum(map(len, top)) / sum(map(len, words))
+    assert _top_ngram_char_fraction(view, 3) == pytest.approx(expected)
