@@ -9,8 +9,14 @@ if [ ! -x "$VENV/bin/python" ]; then
   echo "[setup] creating $VENV"
   "$PY" -m venv "$VENV"
 fi
+# LLMPIPE_EXTRAS=dev (set by test.sh) adds the test dependencies; the demo needs only the runtime ones.
+EXTRAS="${LLMPIPE_EXTRAS:-}"
 STAMP="$VENV/.llmpipe-installed"
-WANT="$(sha256sum "$ROOT/pyproject.toml" | cut -d' ' -f1)"
+WANT="$(sha256sum "$ROOT/pyproject.toml" | cut -d' ' -f1) extras=$EXTRAS"
+# an install that already has the dev extra serves a runtime-only request too
+if [ -z "$EXTRAS" ] && [ -f "$STAMP" ] && [ "$(cat "$STAMP")" = "$(sha256sum "$ROOT/pyproject.toml" | cut -d' ' -f1) extras=dev" ]; then
+  WANT="$(cat "$STAMP")"
+fi
 if [ ! -f "$STAMP" ] || [ "$(cat "$STAMP")" != "$WANT" ]; then
   echo "[setup] installing llmpipe and its dependencies (about 2 minutes on a fresh machine; log: $VENV/install.log)"
   LOG="$VENV/install.log"
@@ -19,7 +25,7 @@ if [ ! -f "$STAMP" ] || [ "$(cat "$STAMP")" != "$WANT" ]; then
     "${PIP[@]}" --upgrade pip &&
     # torch first, pinned: the CPU build of 2.13.0 lies on disk here; an open range pulls CUDA wheels.
     "${PIP[@]}" "torch==2.13.0" &&
-    "${PIP[@]}" -e "$ROOT[dev]"
+    "${PIP[@]}" -e "$ROOT${EXTRAS:+[$EXTRAS]}"
   } > "$LOG" 2>&1 || { tail -40 "$LOG" >&2; echo "[setup] install failed (full log: $LOG)" >&2; exit 1; }
   "$VENV/bin/python" -c "import llmpipe, torch, prefect, dvc, mlflow, datasketch, tokenizers, pandas" \
     || { echo "[setup] install incomplete (log: $LOG)" >&2; exit 1; }

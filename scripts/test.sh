@@ -2,5 +2,5 @@
 # Set up (first time) and run the test suite.
 set -euo pipefail
 cd "$(dirname "$0")/.."
-source scripts/setup.sh
+LLMPIPE_EXTRAS=dev source scripts/setup.sh
 python -m pytest "$@"
