@@ -97,6 +97,25 @@ def test_bad_params_stop_dvc_repro_with_the_key(repro_repo, tmp_path):
     assert (repo / "data" / "scrape" / "docs.parquet").read_bytes() == before
 
 
+def test_push_to_a_local_remote_and_pull_back(repro_repo, tmp_path):
+    """dvc push / pull through a local-directory remote (object stores work by the same mechanism)."""
+    import shutil
+
+    repo, _ = repro_repo
+    remote = tmp_path / "remote"
+    assert run(["dvc", "remote", "add", "-d", "--local", "backup", str(remote)], repo).returncode == 0
+    proc = run(["dvc", "push"], repo)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    model = repo / "data" / "model" / "model.safetensors"
+    before = model.read_bytes()
+    shutil.rmtree(repo / ".dvc" / "cache")
+    shutil.rmtree(repo / "data" / "model")
+    proc = run(["dvc", "pull"], repo)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert model.read_bytes() == before
+    assert "Running stage" not in run(["dvc", "repro"], repo).stdout  # everything is current again
+
+
 def test_pretrain_params_rerun_only_pretrain_and_downstream(repro_repo):
     """Runs last in this module: it leaves the copy at other params."""
     repo, _ = repro_repo
