@@ -248,7 +248,8 @@ def train(cfg: PretrainParams, token_dir: Path, ckpt_dir: Path, vocab_size: int,
     if resumed is not None:
         start, history = resumed
         log.info("resuming from %s at step %d", ckpt_dir, start)
-    net = DDP(model) if ddp.world > 1 else model
+    net = torch.compile(model) if cfg.compile else model
+    net = DDP(net) if ddp.world > 1 else net
     rows = cfg.micro_batch_size
     tokens_per_step = rows * mcfg.block_size * cfg.grad_accum_steps * ddp.world
     flops_per_step = model.flops_per_token() * tokens_per_step

@@ -88,3 +88,12 @@ def test_nan_loss_stops_with_clear_error_and_keeps_checkpoint(token_dir, tmp_pat
     if (tmp_path / "d" / "state.json").exists():  # whatever was kept holds finite weights only
         weights = load_file(str(tmp_path / "d" / "model.safetensors"))
         assert all(torch.isfinite(w).all() for w in weights.values())
+
+
+def test_compiled_model_trains_like_the_eager_one(token_dir, tmp_path):
+    eager = train(cfg(max_steps=5, log_interval=1), token_dir, tmp_path / "e", VOCAB, {"id": 1})
+    compiled = train(cfg(max_steps=5, log_interval=1, compile=True), token_dir, tmp_path / "c", VOCAB, {"id": 1})
+    a = [r["loss"] for r in eager.history["train"]]
+    b = [r["loss"] for r in compiled.history["train"]]
+    assert b == pytest.approx(a, rel=1e-3)
+    assert (tmp_path / "c" / "model.safetensors").exists()  # saved from the uncompiled module: plain keys
