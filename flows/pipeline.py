@@ -116,7 +116,7 @@ def pipeline(root: str = str(REPO_ROOT), force: bool = False, scrape_retries: in
         status = "FINISHED"
     finally:
         headline = headline_metrics(root_path)
-        parent.log_metrics({k: v for k, v in headline.items()})
+        parent.log_metrics(headline)
         parent.end(status)
         table = summary_markdown(rows, headline)
         create_markdown_artifact(key="llmpipe-summary", markdown=f"# llmpipe run\n\n{table}",

@@ -45,7 +45,7 @@ def run_stage(stage: str, params_path: Path, root: Path) -> dict:
         raise
     result.metrics.setdefault("seconds", round(time.perf_counter() - t0, 3))
     write_json(root / layout.metrics_file(stage), result.metrics)
-    tracker.log_metrics({k: v for k, v in result.metrics.items()}, step=0)
+    tracker.log_metrics(result.metrics, step=0)
     tracker.set_tags({f"metric.{k}": v for k, v in result.metrics.items() if isinstance(v, str)})
     for artifact in result.artifacts:
         tracker.log_artifact(artifact)

@@ -116,6 +116,19 @@ def require_columns(df: pd.DataFrame, columns: list[str], path: Path | str) -> N
         raise InputError(f"{path}: missing column(s) {missing}")
 
 
+def dvc_lock_out_hashes(root: Path | str) -> dict[str, str]:
+    """{out path: md5} for every out that dvc.lock records (empty without a lock file)."""
+    import yaml
+
+    lock = Path(root) / "dvc.lock"
+    try:
+        data = yaml.safe_load(lock.read_text()) or {}
+    except (OSError, yaml.YAMLError):
+        return {}
+    return {out["path"]: out["md5"] for stage in (data.get("stages") or {}).values()
+            for out in stage.get("outs", []) if out.get("md5")}
+
+
 def file_sha256(path: Path | str, chunk: int = 1 << 20) -> str:
     h = hashlib.sha256()
     with open(path, "rb") as f:

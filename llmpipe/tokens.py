@@ -10,7 +10,6 @@ manifest.json describes the whole set (tokenizer hash, end-of-text id, dtype, pe
 from __future__ import annotations
 
 import hashlib
-import json
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterator
@@ -19,7 +18,7 @@ import numpy as np
 import torch
 import xxhash
 
-from .io import InputError, atomic_path, read_json
+from .io import InputError, atomic_path, read_json, write_json
 
 EOT = "<|endoftext|>"
 HEADER_INTS = 256
@@ -52,6 +51,11 @@ def val_mask(ids: list[str], val_fraction: float, seed: int) -> np.ndarray:
     if len(ids) >= 2 and mask.all():
         mask[int(np.argmax(u))] = False
     return mask
+
+
+def parquet_val_mask(pf, val_fraction: float, seed: int) -> np.ndarray:
+    """val_mask for the documents of an open pyarrow ParquetFile, in row order (reads the ids only)."""
+    return val_mask(pf.read(columns=["id"]).column("id").to_pylist(), val_fraction, seed)
 
 
 # --- writing shards ------------------------------------------------------------------------------
@@ -178,7 +182,8 @@ class TokenData:
         self.arrays = [read_shard(Path(token_dir) / s["file"]) for s in self.manifest.shards(split)]
         if not self.arrays:
             raise InputError(f"{Path(token_dir) / MANIFEST}: no {split} shards")
-        self.n_tokens = sum(len(a) for a in self.arrays)
+        self.lengths = np.array([len(a) for a in self.arrays], dtype=np.int64)
+        self.n_tokens = int(self.lengths.sum())
 
     def random_batch(self, step: int, micro_step: int, rows: int, block: int, seed: int,
                      rank: int = 0, world: int = 1, stream: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
@@ -187,7 +192,7 @@ class TokenData:
         The global batch is a pure function of (seed, step, micro_step): no loader state to save, a
         resumed run draws exactly the batches the uninterrupted run would, and N ranks together draw
         exactly the rows one process would. `stream` separates independent uses (0 training, 1 eval)."""
-        usable = np.array([max(len(a) - block - 1, 0) for a in self.arrays], dtype=np.float64)
+        usable = np.maximum(self.lengths - block - 1, 0).astype(np.float64)
         if usable.sum() == 0:
             raise InputError(f"{self.split} split has no shard longer than block_size + 1 = {block + 1} tokens")
         rng = np.random.default_rng([seed, stream, step, micro_step])
@@ -217,5 +222,4 @@ class TokenData:
 
 
 def write_manifest(token_dir: Path, info: dict) -> None:
-    with atomic_path(token_dir / MANIFEST) as tmp:
-        tmp.write_text(json.dumps(info, indent=2, sort_keys=True) + "\n")
+    write_json(token_dir / MANIFEST, info)

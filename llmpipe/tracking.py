@@ -18,6 +18,8 @@ from typing import Any
 
 import yaml
 
+from .io import dvc_lock_out_hashes
+
 log = logging.getLogger(__name__)
 
 PARENT_ENV = "LLMPIPE_PARENT_RUN_ID"
@@ -56,22 +58,13 @@ def git_commit(root: Path) -> str | None:
 
 
 def dvc_lineage_tags(root: Path, stage: str) -> dict[str, str]:
-    """dvc.lock hashes of the stage's deps (the upstream data versions it reads) and of its last outs."""
-    tags: dict[str, str] = {}
+    """dvc.lock hashes of the stage's deps that are upstream outs: the data versions it reads."""
     try:
-        spec = yaml.safe_load((root / "dvc.yaml").read_text())["stages"][stage]
-        lock_path = root / "dvc.lock"
-        lock = yaml.safe_load(lock_path.read_text()) if lock_path.exists() else {}
+        deps = yaml.safe_load((root / "dvc.yaml").read_text())["stages"][stage].get("deps", [])
     except (OSError, KeyError, TypeError, yaml.YAMLError):
-        return tags
-    outs_by_path = {}
-    for entry in (lock.get("stages") or {}).values():
-        for out in entry.get("outs", []):
-            outs_by_path[out["path"]] = out.get("md5")
-    for dep in spec.get("deps", []):
-        if dep in outs_by_path and outs_by_path[dep]:
-            tags[f"dvc.dep.{dep}"] = outs_by_path[dep]
-    return tags
+        return {}
+    hashes = dvc_lock_out_hashes(root)
+    return {f"dvc.dep.{dep}": hashes[dep] for dep in deps if dep in hashes}
 
 
 def flatten(prefix: str, obj: Any) -> dict[str, Any]:
@@ -162,8 +155,8 @@ class Tracker:
         self._buffer = []
 
     def log_artifact(self, path: Path, artifact_path: str | None = None) -> None:
-        if path.exists():
-            self._call(self._client.log_artifact if self._client else None, self.run_id, str(path), artifact_path)
+        if self._client is not None and path.exists():
+            self._call(self._client.log_artifact, self.run_id, str(path), artifact_path)
 
     def log_model(self, model_dir: Path, registered_name: str | None, tags: dict[str, str]) -> str | None:
         """Log a model folder (safetensors + config, no pickle) as the artifact "model" and, when a name

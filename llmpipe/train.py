@@ -159,6 +159,14 @@ def model_state(model: torch.nn.Module) -> dict[str, torch.Tensor]:
     return out
 
 
+def load_weights(model, state: dict[str, torch.Tensor], source: Path | str) -> None:
+    """Load weights saved by model_state (tied copies dropped); refuse any other mismatch by name."""
+    missing, unexpected = model.load_state_dict(state, strict=False)
+    missing = sorted(set(missing) - ({"lm_head.weight"} if model.cfg.tie_embeddings else set()))
+    if missing or unexpected:
+        raise InputError(f"{source}: does not match the model (missing {missing}, unexpected {unexpected})")
+
+
 def save_checkpoint(path: Path, model, opt, step: int, identity: dict, history: dict) -> None:
     tensors, opt_meta = _optimizer_tensors(opt)
     rng = {"torch_cpu": torch.get_rng_state()}
@@ -181,10 +189,7 @@ def load_checkpoint(path: Path, model, opt, identity: dict) -> tuple[int, dict] 
     if state.get("identity") != identity:
         log.warning("checkpoint in %s belongs to other params or data; starting fresh", path)
         return None
-    missing, unexpected = model.load_state_dict(load_file(str(path / "model.safetensors")), strict=False)
-    tied = {"lm_head.weight"} if model.cfg.tie_embeddings else set()
-    if set(missing) - tied or unexpected:
-        raise InputError(f"{path}/model.safetensors: does not match the model (missing {missing}, unexpected {unexpected})")
+    load_weights(model, load_file(str(path / "model.safetensors")), path / "model.safetensors")
     _load_optimizer(opt, load_file(str(path / "optimizer.safetensors")), state["optimizer"])
     rng = load_file(str(path / "rng.safetensors"))
     torch.set_rng_state(rng["torch_cpu"])

@@ -11,7 +11,7 @@ from safetensors.torch import load_file, save_file
 
 from .io import InputError, atomic_path, read_json, write_json
 from .model import GPT, GPTConfig
-from .train import model_state
+from .train import load_weights, model_state
 
 WEIGHTS, CONFIG = "model.safetensors", "config.json"
 
@@ -36,9 +36,5 @@ def load_model(model_dir: Path | str, device: str | torch.device = "cpu") -> GPT
     except (SafetensorError, OSError) as err:
         raise InputError(f"{model_dir / WEIGHTS}: not a safetensors file ({err}); "
                          "weights are never read from pickles") from None
-    missing, unexpected = model.load_state_dict(state, strict=False)
-    tied = {"lm_head.weight"} if cfg.tie_embeddings else set()
-    if set(missing) - tied or unexpected:
-        raise InputError(f"{model_dir / WEIGHTS}: does not match {CONFIG} "
-                         f"(missing {sorted(set(missing) - tied)}, unexpected {unexpected})")
+    load_weights(model, state, model_dir / WEIGHTS)
     return model.to(device).eval()

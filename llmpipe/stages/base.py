@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable, Protocol
+from typing import Callable
 
 # (metrics, step) -> None. The CLI passes one that buffers into MLflow; tests pass None.
 MetricsSink = Callable[[dict[str, float], int], None]
@@ -17,6 +17,3 @@ class StageResult:
     # A model folder to log as the run's "model" artifact and register in the MLflow Model Registry.
     model_dir: Path | None = None
 
-
-class Stage(Protocol):
-    def __call__(self, params, root: Path, sink: MetricsSink | None = None) -> StageResult: ...

@@ -7,11 +7,9 @@ import logging
 import time
 from pathlib import Path
 
-import yaml
-
 from .. import layout
 from ..config import Params
-from ..io import atomic_path
+from ..io import atomic_path, dvc_lock_out_hashes
 from ..tokens import MANIFEST, load_manifest
 from ..train import is_main_process, train
 from ..weights import save_model
@@ -21,19 +19,6 @@ log = logging.getLogger(__name__)
 
 TRAIN_COLUMNS = ["step", "tokens", "loss", "lr", "grad_norm", "tokens_per_s"]
 VAL_COLUMNS = ["step", "tokens", "val_loss"]
-
-
-def dvc_out_hash(root: Path, out_path: str) -> str | None:
-    """The hash dvc.lock records for an out, when the lock file has it."""
-    lock = root / "dvc.lock"
-    if not lock.exists():
-        return None
-    data = yaml.safe_load(lock.read_text()) or {}
-    for stage in (data.get("stages") or {}).values():
-        for out in stage.get("outs", []):
-            if out.get("path") == out_path:
-                return out.get("md5")
-    return None
 
 
 def write_tsv(path: Path, rows: list[dict], columns: list[str]) -> None:
@@ -50,7 +35,7 @@ def run(params: Params, root: Path, sink=None) -> StageResult:
     identity = {
         "pretrain": params.pretrain.model_dump(mode="json"),
         "data_sha256": hashlib.sha256((token_dir / MANIFEST).read_bytes()).hexdigest(),
-        "data_dvc_md5": dvc_out_hash(root, str(layout.TOKENS)),
+        "data_dvc_md5": dvc_lock_out_hashes(root).get(str(layout.TOKENS)),
     }
     result = train(params.pretrain, token_dir, root / layout.CHECKPOINTS, manifest.vocab_size, identity, sink)
     metrics = {**result.metrics, "seconds": round(time.perf_counter() - t0, 3)}

@@ -13,7 +13,7 @@ from tqdm import tqdm
 from .. import layout
 from ..config import Params, SplitParams, TokenizeParams
 from ..io import InputError, atomic_dir
-from ..tokens import EOT, ShardWriter, token_dtype, tokenizer_hash, val_mask, write_manifest
+from ..tokens import EOT, ShardWriter, parquet_val_mask, token_dtype, tokenizer_hash, write_manifest
 from .base import StageResult
 
 log = logging.getLogger(__name__)
@@ -28,12 +28,11 @@ def tokenize_corpus(docs_path: Path, tokenizer_path: Path, out_dir: Path, split:
         raise InputError(f"{tokenizer_path}: has no {EOT} token")
     dtype = token_dtype(tok.get_vocab_size())
     pf = pq.ParquetFile(docs_path)
-    ids = pf.read(columns=["id"]).column("id").to_pylist()
-    mask = val_mask(ids, split.val_fraction, split.seed)
+    mask = parquet_val_mask(pf, split.val_fraction, split.seed)
     writers = {s: ShardWriter(out_dir, s, cfg.shard_tokens, dtype) for s in ("train", "val")}
     n_bytes = {"train": 0, "val": 0}
     row = 0
-    with tqdm(total=len(ids), desc="tokenize", unit="doc", mininterval=2.0, disable=len(ids) < 100) as bar:
+    with tqdm(total=len(mask), desc="tokenize", unit="doc", mininterval=2.0, disable=len(mask) < 100) as bar:
         for batch in pf.iter_batches(batch_size=batch_rows, columns=["text"]):
             texts = batch.column("text").to_pylist()
             # encode_batch runs on all cores (Rayon); the order of its results is the input order.

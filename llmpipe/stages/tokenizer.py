@@ -19,7 +19,7 @@ from tokenizers import Tokenizer, decoders, models, normalizers, pre_tokenizers,
 from .. import layout
 from ..config import Params, SplitParams, TokenizerParams
 from ..io import InputError, atomic_path
-from ..tokens import EOT, val_mask
+from ..tokens import EOT, parquet_val_mask
 from .base import StageResult
 
 log = logging.getLogger(__name__)
@@ -60,8 +60,7 @@ def iter_split_texts(path: Path, split: SplitParams, want_val: bool, batch_rows:
         pf = pq.ParquetFile(path)
     except FileNotFoundError:
         raise InputError(f"{path}: file not found (did the dedup stage run?)") from None
-    ids = pf.read(columns=["id"]).column("id").to_pylist()
-    mask = val_mask(ids, split.val_fraction, split.seed)
+    mask = parquet_val_mask(pf, split.val_fraction, split.seed)
     row = 0
     for batch in pf.iter_batches(batch_size=batch_rows, columns=["text"]):
         for text in batch.column("text").to_pylist():
