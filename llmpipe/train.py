@@ -292,16 +292,22 @@ def train(cfg: PretrainParams, token_dir: Path, ckpt_dir: Path, vocab_size: int,
         loss_t = loss_sum / cfg.grad_accum_steps
         if ddp.world > 1:
             dist.all_reduce(loss_t, op=dist.ReduceOp.AVG)
-        loss_val = float(loss_t)
-        if not math.isfinite(loss_val):
-            raise TrainingDiverged(f"loss is {loss_val} at step {step}; the last good checkpoint in {ckpt_dir} is kept")
-        grad_norm = float(torch.nn.utils.clip_grad_norm_(model.parameters(),
-                                                         cfg.grad_clip if cfg.grad_clip > 0 else float("inf")))
+        grad_norm = torch.nn.utils.clip_grad_norm_(model.parameters(),
+                                                   cfg.grad_clip if cfg.grad_clip > 0 else float("inf"))
         opt.step()
         opt.zero_grad(set_to_none=True)
         steps_here += 1
         step = done = step + 1
-        if done % cfg.log_interval == 0 or done == cfg.max_steps:
+        is_log = done % cfg.log_interval == 0 or done == cfg.max_steps
+        # Reading the loss waits for the device; on a GPU that would stall the queue every step, so it
+        # is read at log steps only (a NaN spreads to the weights, which checkpoint() refuses to save).
+        if device.type == "cpu" or is_log:
+            loss_val = float(loss_t)
+            if not math.isfinite(loss_val):
+                raise TrainingDiverged(f"loss is {loss_val} at step {done - 1}; "
+                                       f"the last good checkpoint in {ckpt_dir} is kept")
+        if is_log:
+            grad_norm = float(grad_norm)
             now = time.perf_counter()
             n_steps = cfg.log_interval if done % cfg.log_interval == 0 else done % cfg.log_interval
             tps = tokens_per_step * min(n_steps, steps_here) / (now - t_last)
