@@ -168,6 +168,8 @@ class TokenizerParams(Section):
 
 class TokenizeParams(Section):
     shard_tokens: Annotated[int, Field(ge=1024)] = 100_000_000
+    workers: Annotated[int, Field(ge=0, le=1024)] = 0  # encoding threads; 0: one per core
+    batch_bytes: Annotated[int, Field(ge=1024)] = 16_000_000  # text encoded at once (bounds memory)
 
 
 # --- model and training ------------------------------------------------------------------------

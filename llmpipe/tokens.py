@@ -83,8 +83,13 @@ class ShardWriter:
         self.shards: list[dict] = []
         self.docs_total = 0
 
-    def add(self, ids: list[int]) -> None:
-        arr = np.asarray(ids, dtype=self.dtype)
+    def add(self, ids, eot: int | None = None) -> None:
+        """Append one document's ids (a list or array), followed by `eot` when given."""
+        if eot is None:
+            arr = np.asarray(ids, dtype=self.dtype)
+        else:
+            arr = np.empty(len(ids) + 1, dtype=self.dtype)
+            arr[:-1], arr[-1] = ids, eot
         self.starts.append(self.fill)
         self.docs_total += 1
         pos = 0

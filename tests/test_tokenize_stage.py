@@ -2,6 +2,7 @@
 round-trips, the split follows the document ids."""
 
 import hashlib
+import json
 import os
 import subprocess
 import sys
@@ -37,27 +38,29 @@ import sys
 from pathlib import Path
 from llmpipe.config import SplitParams, TokenizeParams
 from llmpipe.stages.tokenize import tokenize_corpus
-tokenize_corpus(Path(sys.argv[1]), Path(sys.argv[2]), Path(sys.argv[3]), SplitParams(val_fraction=0.2),
-                TokenizeParams(shard_tokens=5000))
+stats = tokenize_corpus(Path(sys.argv[1]), Path(sys.argv[2]), Path(sys.argv[3]), SplitParams(val_fraction=0.2),
+                        TokenizeParams(shard_tokens=5000, workers=int(sys.argv[4]), batch_bytes=20000))
 """
 
 
-def test_shards_identical_across_reruns_and_thread_counts(corpus, tmp_path):
+def test_shards_identical_across_reruns_and_worker_counts(corpus, tmp_path):
     docs, tok = corpus
     outs = []
-    for threads in ("1", "2", "2"):
-        out = tmp_path / f"t{threads}-{len(outs)}"
+    for workers in ("1", "2", "2"):
+        out = tmp_path / f"w{workers}-{len(outs)}"
         out.mkdir()
-        env = {**os.environ, "RAYON_RS_NUM_CPUS": threads, "RAYON_NUM_THREADS": threads}
-        subprocess.run([sys.executable, "-c", SCRIPT, str(docs), str(tok), str(out)], env=env, check=True)
+        env = {**os.environ, "RAYON_RS_NUM_CPUS": workers, "RAYON_NUM_THREADS": workers}
+        subprocess.run([sys.executable, "-c", SCRIPT, str(docs), str(tok), str(out), workers], env=env, check=True)
         outs.append(digest(out))
     assert outs[0] == outs[1] == outs[2]
     assert sum(name.startswith("train_") and name.endswith(".bin") for name in outs[0]) >= 2  # several shards
+    assert json.loads((tmp_path / "w1-0" / "manifest.json").read_text())["encoder"] == "tiktoken"
 
 
 def test_every_document_round_trips_in_order(corpus, tmp_path):
     docs, tok_path = corpus
-    stats = tokenize_corpus(docs, tok_path, tmp_path, SplitParams(val_fraction=0.2), TokenizeParams(shard_tokens=5000))
+    stats = tokenize_corpus(docs, tok_path, tmp_path, SplitParams(val_fraction=0.2),
+                            TokenizeParams(shard_tokens=5000, batch_bytes=30000))
     from tokenizers import Tokenizer
 
     tok = Tokenizer.from_file(str(tok_path))

@@ -44,3 +44,13 @@ def test_token_bytes_sum_to_utf8_length(tok, text):
     lengths = token_byte_lengths(tok)
     assert sum(int(lengths[i]) for i in tok.encode(text).ids) == len(text.encode("utf-8"))
     assert lengths[0] == 0  # <|endoftext|> stands for no bytes
+
+
+def test_loads_in_transformers_with_special_tokens(tok, tmp_path):
+    transformers = pytest.importorskip("transformers")
+    tok.save(str(tmp_path / "tokenizer.json"))
+    fast = transformers.PreTrainedTokenizerFast(tokenizer_file=str(tmp_path / "tokenizer.json"), eos_token=EOT)
+    assert fast.eos_token_id == 0 and fast.convert_ids_to_tokens(0) == EOT
+    for text in CORPUS[:2] + HARD:
+        assert fast.encode(text) == tok.encode(text).ids
+        assert fast.decode(fast.encode(text)) == text

@@ -5,6 +5,7 @@ from __future__ import annotations
 import logging
 import time
 from pathlib import Path
+from typing import Iterator
 
 import pyarrow.parquet as pq
 from tokenizers import Tokenizer
@@ -12,6 +13,7 @@ from tqdm import tqdm
 
 from .. import layout
 from ..config import Params, SplitParams, TokenizeParams
+from ..encoder import load_encoder
 from ..io import InputError, atomic_dir
 from ..tokens import EOT, ShardWriter, parquet_val_mask, token_dtype, tokenizer_hash, write_manifest
 from .base import StageResult
@@ -19,8 +21,34 @@ from .base import StageResult
 log = logging.getLogger(__name__)
 
 
+def iter_text_batches(pf, batch_bytes: int, rows: int = 256) -> Iterator[list[str]]:
+    """Documents in file order, in lists of about `batch_bytes` of text (memory stays bounded)."""
+    texts, size = [], 0
+    for batch in pf.iter_batches(batch_size=rows, columns=["text"]):
+        for text in batch.column("text").to_pylist():
+            texts.append(text)
+            size += len(text)
+            if size >= batch_bytes:
+                yield texts
+                texts, size = [], 0
+    if texts:
+        yield texts
+
+
+def check_sample(texts: list[str], budget: int = 1 << 19, piece: int = 1 << 14) -> list[str]:
+    """Up to `budget` characters from the first documents (their first `piece` characters each), on
+    which the fast encoder must agree with tokenizers before it is used."""
+    out, used = [], 0
+    for t in texts:
+        if used >= budget:
+            break
+        out.append(t[:piece])
+        used += len(out[-1])
+    return out
+
+
 def tokenize_corpus(docs_path: Path, tokenizer_path: Path, out_dir: Path, split: SplitParams,
-                    cfg: TokenizeParams, batch_rows: int = 32) -> dict:
+                    cfg: TokenizeParams) -> dict:
     """Core: Parquet documents -> train/val shards + manifest in out_dir. Returns stats."""
     tok = Tokenizer.from_file(str(tokenizer_path))
     eot = tok.token_to_id(EOT)
@@ -31,14 +59,15 @@ def tokenize_corpus(docs_path: Path, tokenizer_path: Path, out_dir: Path, split:
     mask = parquet_val_mask(pf, split.val_fraction, split.seed)
     writers = {s: ShardWriter(out_dir, s, cfg.shard_tokens, dtype) for s in ("train", "val")}
     n_bytes = {"train": 0, "val": 0}
-    row = 0
+    row, encoder = 0, None
     with tqdm(total=len(mask), desc="tokenize", unit="doc", mininterval=2.0, disable=len(mask) < 100) as bar:
-        for batch in pf.iter_batches(batch_size=batch_rows, columns=["text"]):
-            texts = batch.column("text").to_pylist()
-            # encode_batch runs on all cores (Rayon); the order of its results is the input order.
-            for text, enc in zip(texts, tok.encode_batch_fast(texts, add_special_tokens=False)):
+        for texts in iter_text_batches(pf, cfg.batch_bytes):
+            if encoder is None:
+                encoder = load_encoder(tokenizer_path, cfg.workers, check_sample(texts))
+            # the engines return ids in input order whatever the thread count: shards do not depend on it
+            for text, ids in zip(texts, encoder.encode_batch(texts)):
                 split_name = "val" if mask[row] else "train"
-                writers[split_name].add(enc.ids + [eot])
+                writers[split_name].add(ids, eot)
                 n_bytes[split_name] += len(text.encode("utf-8"))
                 row += 1
             bar.update(len(texts))
@@ -55,6 +84,7 @@ def tokenize_corpus(docs_path: Path, tokenizer_path: Path, out_dir: Path, split:
         "shards": shards,
         "docs": {s: writers[s].docs_total for s in writers},
         "bytes": n_bytes,
+        "encoder": encoder.engine if encoder else "none",
     })
     stats = {f"{s}_{k}": v for s in writers for k, v in (
         ("tokens", sum(x["tokens"] for x in shards if x["split"] == s)),
