@@ -11,6 +11,8 @@ Last line: RESULT kv_speedup=<x> ratio_vs_transformers=<x>
 
 from __future__ import annotations
 
+import _root  # noqa: F401  (first: takes bench/ off the import path, see bench/_root.py)
+
 import argparse
 import sys
 import tempfile
@@ -20,7 +22,6 @@ from pathlib import Path
 import torch
 
 ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(ROOT))
 
 from llmpipe.config import load_params  # noqa: E402
 from llmpipe.export import export_hf  # noqa: E402

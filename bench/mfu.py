@@ -17,6 +17,8 @@ Last line: RESULT mfu=<x> tokens_per_s=<x> params=<n> peak_tflops=<x>
 
 from __future__ import annotations
 
+import _root  # noqa: F401  (first: takes bench/ off the import path, see bench/_root.py)
+
 import argparse
 import logging
 import sys
@@ -27,7 +29,6 @@ import numpy as np
 import torch
 
 ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(ROOT))
 
 from llmpipe.config import ModelParams, PretrainParams  # noqa: E402
 from llmpipe.tokens import ShardWriter, write_manifest  # noqa: E402

@@ -20,15 +20,10 @@ Last line: RESULT throughput_ratio_vs_tiktoken=<x> shard_tokens_per_s=<x> bytes_
 
 from __future__ import annotations
 
-import os
-import sys
-
-# This file's name shadows the standard library's `tokenize` (imported by logging, linecache, ...):
-# take bench/ off the import path before anything imports it.
-_HERE = os.path.dirname(os.path.abspath(__file__))
-sys.path[:] = [p for p in sys.path if os.path.abspath(p or os.curdir) != _HERE]
+import _root  # noqa: F401  (first: takes bench/ off the import path, see bench/_root.py)
 
 import argparse  # noqa: E402
+import sys  # noqa: E402
 import logging  # noqa: E402
 import tarfile  # noqa: E402
 import tempfile  # noqa: E402
@@ -36,7 +31,6 @@ import time  # noqa: E402
 from pathlib import Path  # noqa: E402
 
 ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(ROOT))
 
 import pyarrow.parquet as pq  # noqa: E402
 from tokenizers import Tokenizer  # noqa: E402

@@ -18,6 +18,8 @@ Last line: RESULT throughput_ratio_vs_reference=<x> bpb=<x> reference_bpb=<x> to
 
 from __future__ import annotations
 
+import _root  # noqa: F401  (first: takes bench/ off the import path, see bench/_root.py)
+
 import argparse
 import json
 import math
@@ -33,7 +35,6 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(ROOT))
 
 from llmpipe import layout  # noqa: E402
 from llmpipe.config import PretrainParams, load_params  # noqa: E402
