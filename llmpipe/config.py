@@ -227,6 +227,9 @@ class PretrainParams(Section):
     threads: Annotated[int, Field(ge=0)] = 0  # 0: torch's default
     # torch.compile the model: worth it on GPUs; on CPU it adds ~2% after a 30-50 s compile.
     compile: bool = False
+    # Under torchrun: ddp replicates the model on every rank; fsdp shards parameters, gradients and
+    # optimizer state across ranks (FSDP2), for models that do not fit one device.
+    parallel: Literal["ddp", "fsdp"] = "ddp"
 
     @model_validator(mode="after")
     def _warmup_fits(self) -> "PretrainParams":

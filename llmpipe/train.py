@@ -1,15 +1,13 @@
-"""The training loop: AdamW, warmup + cosine schedule, accumulation, clipping, checkpoints, resume, DDP.
+"""The training loop: AdamW, warmup + cosine schedule, accumulation, clipping, checkpoints, resume.
 
-Parallelism lives at the edges: under `torchrun` each rank wraps the model in DDP and reads its own
-rows of every global batch; nothing else in the loop knows how many processes there are.
+Parallelism lives in llmpipe.parallel: under `torchrun` the model is replicated (DDP) or sharded (FSDP)
+and each rank reads its own rows of every global batch; the loop itself does not change.
 """
 
 from __future__ import annotations
 
-import contextlib
 import logging
 import math
-import os
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -18,11 +16,12 @@ from typing import Callable
 import torch
 import torch.distributed as dist
 from safetensors.torch import load_file, save_file
-from torch.nn.parallel import DistributedDataParallel as DDP
 
 from .config import PretrainParams
 from .io import InputError, atomic_dir, read_json, write_json
 from .model import GPT, GPTConfig
+from .parallel import (Dist, all_finite, full, gather_model_state, gather_optimizer_state, init_distributed,
+                       is_main_process, load_model_state, load_optimizer_state, set_grad_sync, shard, wrap)
 from .tokens import TokenData
 
 log = logging.getLogger(__name__)
@@ -36,32 +35,6 @@ class TrainingDiverged(RuntimeError):
 
 
 # --- environment ---------------------------------------------------------------------------------
-
-
-@dataclass
-class Dist:
-    rank: int = 0
-    world: int = 1
-    local_rank: int = 0
-
-    @property
-    def is_main(self) -> bool:
-        return self.rank == 0
-
-
-def is_main_process() -> bool:
-    """Rank 0 under torchrun, or a plain single process: the one that writes outputs and tracks."""
-    return int(os.environ.get("RANK", "0")) == 0
-
-
-def init_distributed(device_type: str) -> Dist:
-    world = int(os.environ.get("WORLD_SIZE", "1"))
-    if world == 1:
-        return Dist()
-    d = Dist(int(os.environ["RANK"]), world, int(os.environ.get("LOCAL_RANK", "0")))
-    if not dist.is_initialized():
-        dist.init_process_group(backend="nccl" if device_type == "cuda" else "gloo")
-    return d
 
 
 def cpu_has_native_bf16() -> bool:
@@ -125,55 +98,45 @@ def lr_at(step: int, cfg: PretrainParams) -> float:
 # --- checkpoints: safetensors for tensors, JSON for the rest; nothing is pickled -------------------
 
 
-def _optimizer_tensors(opt: torch.optim.Optimizer) -> tuple[dict[str, torch.Tensor], dict]:
-    sd = opt.state_dict()
+def _optimizer_tensors(sd: dict) -> tuple[dict[str, torch.Tensor], dict]:
+    """An optimizer state dict as flat tensors ("<param>.<name>") plus JSON for the rest."""
     tensors, scalars = {}, {}
     for pid, state in sd["state"].items():
         for k, v in state.items():
             if torch.is_tensor(v):
-                tensors[f"{pid}.{k}"] = v.detach().cpu().contiguous()
+                tensors[f"{pid}.{k}"] = full(v).detach().cpu().contiguous()
             else:
                 scalars[f"{pid}.{k}"] = v
     return tensors, {"param_groups": sd["param_groups"], "scalars": scalars}
 
 
-def _load_optimizer(opt: torch.optim.Optimizer, tensors: dict[str, torch.Tensor], meta: dict) -> None:
-    state: dict[int, dict] = {}
-    for key, v in tensors.items():
-        pid, name = key.split(".", 1)
-        state.setdefault(int(pid), {})[name] = v
-    for key, v in meta["scalars"].items():
-        pid, name = key.split(".", 1)
-        state.setdefault(int(pid), {})[name] = v
-    opt.load_state_dict({"state": state, "param_groups": meta["param_groups"]})
+def _optimizer_state(tensors: dict[str, torch.Tensor], meta: dict) -> dict:
+    state: dict = {}
+    for key, v in [*tensors.items(), *meta["scalars"].items()]:
+        pid, name = key.rsplit(".", 1)  # parameter index, or its dotted name under FSDP
+        state.setdefault(int(pid) if pid.isdigit() else pid, {})[name] = v
+    return {"state": state, "param_groups": meta["param_groups"]}
 
 
 def model_state(model: torch.nn.Module) -> dict[str, torch.Tensor]:
-    """Weights without tied duplicates (safetensors refuses shared storage)."""
-    sd, seen, out = model.state_dict(), set(), {}
-    for k, v in sd.items():
-        if v.data_ptr() in seen:
-            continue
-        seen.add(v.data_ptr())
-        out[k] = v.detach().cpu().contiguous()
-    return out
+    """Weights of an unsharded model, without tied duplicates (safetensors refuses shared storage)."""
+    return gather_model_state(model, Dist())
 
 
-def load_weights(model, state: dict[str, torch.Tensor], source: Path | str) -> None:
+def load_weights(model, state: dict[str, torch.Tensor], source: Path | str, d: Dist = Dist()) -> None:
     """Load weights saved by model_state (tied copies dropped); refuse any other mismatch by name."""
-    missing, unexpected = model.load_state_dict(state, strict=False)
-    missing = sorted(set(missing) - ({"lm_head.weight"} if model.cfg.tie_embeddings else set()))
+    missing, unexpected = load_model_state(model, state, d)
     if missing or unexpected:
         raise InputError(f"{source}: does not match the model (missing {missing}, unexpected {unexpected})")
 
 
-def save_checkpoint(path: Path, model, opt, step: int, identity: dict, history: dict) -> None:
-    tensors, opt_meta = _optimizer_tensors(opt)
+def save_checkpoint(path: Path, weights: dict, optimizer: dict, step: int, identity: dict, history: dict) -> None:
+    tensors, opt_meta = _optimizer_tensors(optimizer)
     rng = {"torch_cpu": torch.get_rng_state()}
     if torch.cuda.is_available():
         rng["torch_cuda"] = torch.cuda.get_rng_state()
     with atomic_dir(path) as tmp:
-        save_file(model_state(model), str(tmp / "model.safetensors"))
+        save_file(weights, str(tmp / "model.safetensors"))
         save_file(tensors, str(tmp / "optimizer.safetensors"))
         save_file(rng, str(tmp / "rng.safetensors"))
         # The data loader's position is the step: batches are a pure function of (seed, step).
@@ -181,16 +144,18 @@ def save_checkpoint(path: Path, model, opt, step: int, identity: dict, history: 
                                         "history": history})
 
 
-def load_checkpoint(path: Path, model, opt, identity: dict) -> tuple[int, dict] | None:
-    """Restore from `path` when it holds a checkpoint of this very run; else None (start fresh)."""
+def load_checkpoint(path: Path, model, opt, identity: dict, d: Dist = Dist()) -> tuple[int, dict] | None:
+    """Restore from `path` when it holds a checkpoint of this very run; else None (start fresh).
+    Every rank reads the whole checkpoint and keeps its part."""
     if not (path / "state.json").exists():
         return None
     state = read_json(path / "state.json")
     if state.get("identity") != identity:
         log.warning("checkpoint in %s belongs to other params or data; starting fresh", path)
         return None
-    load_weights(model, load_file(str(path / "model.safetensors")), path / "model.safetensors")
-    _load_optimizer(opt, load_file(str(path / "optimizer.safetensors")), state["optimizer"])
+    load_weights(model, load_file(str(path / "model.safetensors")), path / "model.safetensors", d)
+    optimizer = _optimizer_state(load_file(str(path / "optimizer.safetensors")), state["optimizer"])
+    load_optimizer_state(model, opt, optimizer, d)
     rng = load_file(str(path / "rng.safetensors"))
     torch.set_rng_state(rng["torch_cpu"])
     if "torch_cuda" in rng and torch.cuda.is_available():
@@ -236,7 +201,7 @@ def train(cfg: PretrainParams, token_dir: Path, ckpt_dir: Path, vocab_size: int,
     if cfg.threads:
         torch.set_num_threads(cfg.threads)
     device = resolve_device(cfg)
-    ddp = init_distributed(device.type)
+    ddp = init_distributed(device.type, cfg.parallel)
     if device.type == "cuda":
         device = torch.device("cuda", ddp.local_rank)
         torch.cuda.set_device(device)
@@ -244,17 +209,17 @@ def train(cfg: PretrainParams, token_dir: Path, ckpt_dir: Path, vocab_size: int,
     torch.manual_seed(cfg.seed)
     mcfg = GPTConfig(vocab_size=vocab_size, **cfg.model.model_dump())
     model = GPT(mcfg).to(device)
+    shard(model, ddp)  # FSDP: before the optimizer, which then holds only this rank's shards
     opt = make_optimizer(model, cfg, device)
     train_data = TokenData(token_dir, "train")
     val_data = TokenData(token_dir, "val")
 
     start, history = 0, {"train": [], "val": []}
-    resumed = load_checkpoint(ckpt_dir, model, opt, identity)
+    resumed = load_checkpoint(ckpt_dir, model, opt, identity, ddp)
     if resumed is not None:
         start, history = resumed
         log.info("resuming from %s at step %d", ckpt_dir, start)
-    net = torch.compile(model) if cfg.compile else model
-    net = DDP(net) if ddp.world > 1 else net
+    net = wrap(torch.compile(model) if cfg.compile else model, ddp)
     rows = cfg.micro_batch_size
     tokens_per_step = rows * mcfg.block_size * cfg.grad_accum_steps * ddp.world
     flops_per_step = model.flops_per_token() * tokens_per_step
@@ -265,10 +230,11 @@ def train(cfg: PretrainParams, token_dir: Path, ckpt_dir: Path, vocab_size: int,
 
     def checkpoint(step: int) -> None:
         # Never let a diverged state overwrite the last good checkpoint.
-        if not all(torch.isfinite(p).all() for p in model.parameters()):
+        if not all_finite(model, ddp):
             raise TrainingDiverged(f"non-finite weights at step {step}; the last good checkpoint in {ckpt_dir} is kept")
+        weights, optimizer = gather_model_state(model, ddp), gather_optimizer_state(model, opt, ddp)
         if ddp.is_main:
-            save_checkpoint(ckpt_dir, model, opt, step, identity, history)
+            save_checkpoint(ckpt_dir, weights, optimizer, step, identity, history)
         if ddp.world > 1:
             dist.barrier()
 
@@ -283,8 +249,7 @@ def train(cfg: PretrainParams, token_dir: Path, ckpt_dir: Path, vocab_size: int,
         for micro in range(cfg.grad_accum_steps):
             x, y = train_data.random_batch(step, micro, rows, mcfg.block_size, cfg.seed, ddp.rank, ddp.world)
             x, y = x.to(device, non_blocking=True), y.to(device, non_blocking=True)
-            sync = micro == cfg.grad_accum_steps - 1 or ddp.world == 1
-            ctx = net.no_sync() if not sync else contextlib.nullcontext()
+            ctx = set_grad_sync(net, model, ddp, sync=micro == cfg.grad_accum_steps - 1)
             with ctx, torch.autocast(device.type, dtype=dtype, enabled=dtype != torch.float32):
                 _, loss = net(x, y)
                 (loss / cfg.grad_accum_steps).backward()
@@ -307,7 +272,7 @@ def train(cfg: PretrainParams, token_dir: Path, ckpt_dir: Path, vocab_size: int,
                 raise TrainingDiverged(f"loss is {loss_val} at step {done - 1}; "
                                        f"the last good checkpoint in {ckpt_dir} is kept")
         if is_log:
-            grad_norm = float(grad_norm)
+            grad_norm = float(full(grad_norm))
             now = time.perf_counter()
             n_steps = cfg.log_interval if done % cfg.log_interval == 0 else done % cfg.log_interval
             tps = tokens_per_step * min(n_steps, steps_here) / (now - t_last)
@@ -339,4 +304,10 @@ def train(cfg: PretrainParams, token_dir: Path, ckpt_dir: Path, vocab_size: int,
         metrics["tokens_per_s"] = round(sum(r["tokens_per_s"] for r in history["train"]) / len(history["train"]), 1)
     if history["val"]:
         metrics["final_val_loss"] = history["val"][-1]["val_loss"]
+    if ddp.fsdp:  # hand back a whole model: gathered on rank 0 (a collective), shards elsewhere
+        weights = gather_model_state(model, ddp)
+        if ddp.is_main:
+            model = GPT(mcfg)
+            load_weights(model, weights, "gathered FSDP state")
+    metrics["parallel"] = "fsdp" if ddp.fsdp else ("ddp" if ddp.world > 1 else "none")
     return TrainResult(model, final_step, history, metrics)

@@ -6,9 +6,12 @@ from pathlib import Path
 
 from llmpipe.config import PretrainParams
 from llmpipe.train import is_main_process, train
+from llmpipe.weights import save_model
 
 token_dir, ckpt_dir, out, cfg_json = sys.argv[1:5]
+stop_after = int(sys.argv[5]) if len(sys.argv) > 5 else None
 cfg = PretrainParams.model_validate_json(cfg_json)
-res = train(cfg, Path(token_dir), Path(ckpt_dir), 64, {"id": "ddp"})
+res = train(cfg, Path(token_dir), Path(ckpt_dir), 64, {"id": "ddp"}, stop_after=stop_after)
 if is_main_process():
     Path(out).write_text(json.dumps(res.history))
+    save_model(res.model, Path(out).with_suffix(".model"))

@@ -6,17 +6,19 @@ import sys
 from pathlib import Path
 
 import pytest
+import torch
+from safetensors.torch import load_file
 
 from .test_train import VOCAB, cfg, token_dir  # noqa: F401  (fixture)
 
 pytestmark = pytest.mark.integration
 
 
-def run_worker(token_dir, tmp_path, name, nproc, c):
+def run_worker(token_dir, tmp_path, name, nproc, c, stop_after=None, ckpt=None):
     out = tmp_path / f"{name}.json"
     cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", str(nproc),
-           str(Path(__file__).with_name("_ddp_worker.py")), str(token_dir), str(tmp_path / f"ckpt-{name}"),
-           str(out), c.model_dump_json()]
+           str(Path(__file__).with_name("_ddp_worker.py")), str(token_dir), str(tmp_path / f"ckpt-{ckpt or name}"),
+           str(out), c.model_dump_json()] + ([str(stop_after)] if stop_after else [])
     if nproc == 1:
         cmd = [sys.executable] + cmd[cmd.index(str(Path(__file__).with_name("_ddp_worker.py"))):]
     proc = subprocess.run(cmd, capture_output=True, text=True, timeout=600)
@@ -24,11 +26,14 @@ def run_worker(token_dir, tmp_path, name, nproc, c):
     return json.loads(out.read_text())
 
 
-def test_two_ranks_match_one_process(token_dir, tmp_path):
+COMMON = dict(max_steps=12, log_interval=1, eval_interval=6, checkpoint_interval=6, threads=1)
+
+
+@pytest.mark.parametrize("parallel", ["ddp", "fsdp"])
+def test_two_ranks_match_one_process(token_dir, tmp_path, parallel):
     assert VOCAB == 64
-    common = dict(max_steps=12, log_interval=1, eval_interval=6, checkpoint_interval=6, threads=1)
-    single = run_worker(token_dir, tmp_path, "single", 1, cfg(micro_batch_size=8, **common))
-    double = run_worker(token_dir, tmp_path, "ddp", 2, cfg(micro_batch_size=4, **common))
+    single = run_worker(token_dir, tmp_path, "single", 1, cfg(micro_batch_size=8, **COMMON))
+    double = run_worker(token_dir, tmp_path, parallel, 2, cfg(micro_batch_size=4, parallel=parallel, **COMMON))
     a = [r["loss"] for r in single["train"]]
     b = [r["loss"] for r in double["train"]]
     assert len(a) == len(b) == 12
@@ -36,3 +41,19 @@ def test_two_ranks_match_one_process(token_dir, tmp_path):
     va = [r["val_loss"] for r in single["val"]]
     vb = [r["val_loss"] for r in double["val"]]
     assert max(abs(x - y) for x, y in zip(va, vb)) < 1e-5
+    # the model handed back (gathered from the shards under FSDP) is the one the single process trained
+    a_w, b_w = (load_file(str(tmp_path / f"{n}.model" / "model.safetensors")) for n in ("single", parallel))
+    assert a_w.keys() == b_w.keys()
+    assert max((a_w[k] - b_w[k]).abs().max().item() for k in a_w) < 1e-4
+
+
+def test_fsdp_resume_continues_exactly(token_dir, tmp_path):
+    c = cfg(micro_batch_size=4, parallel="fsdp", grad_accum_steps=2, **COMMON)
+    whole = run_worker(token_dir, tmp_path, "whole", 2, c)
+    run_worker(token_dir, tmp_path, "first", 2, c, stop_after=6, ckpt="split")  # checkpoint at step 6, then exit
+    resumed = run_worker(token_dir, tmp_path, "rest", 2, c, ckpt="split")
+    assert [r["loss"] for r in resumed["train"]] == [r["loss"] for r in whole["train"]]
+    groups = json.loads((tmp_path / "ckpt-split" / "state.json").read_text())["optimizer"]["param_groups"]
+    assert "tok_emb.weight" in groups[0]["params"]  # FSDP's optimizer state, keyed by parameter name
+    a_w, b_w = (load_file(str(tmp_path / f"{n}.model" / "model.safetensors")) for n in ("whole", "rest"))
+    assert all(torch.equal(a_w[k], b_w[k]) for k in a_w)
