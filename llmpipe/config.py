@@ -208,6 +208,8 @@ class PretrainParams(Section):
     model: ModelParams = ModelParams()
     micro_batch_size: Annotated[int, Field(ge=1)] = 16
     grad_accum_steps: Annotated[int, Field(ge=1)] = 1
+    # The global batch in tokens; when set, grad_accum_steps follows from it and the number of ranks.
+    batch_tokens: Annotated[int, Field(ge=1)] | None = None
     max_steps: Annotated[int, Field(ge=1)] = 200
     lr: Annotated[float, Field(gt=0.0, le=1.0)] = 2e-3
     min_lr_ratio: Annotated[float, Field(ge=0.0, le=1.0)] = 0.1
@@ -235,6 +237,8 @@ class PretrainParams(Section):
     def _warmup_fits(self) -> "PretrainParams":
         if self.warmup_steps > self.max_steps:
             raise ValueError(f"warmup_steps ({self.warmup_steps}) exceeds max_steps ({self.max_steps})")
+        if self.batch_tokens is not None and self.grad_accum_steps != 1:
+            raise ValueError("set either batch_tokens or grad_accum_steps, not both")
         return self
 
 

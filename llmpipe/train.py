@@ -86,6 +86,17 @@ def make_optimizer(model: torch.nn.Module, cfg: PretrainParams, device: torch.de
                              fused=device.type == "cuda")
 
 
+def accumulation_steps(cfg: PretrainParams, world: int) -> int:
+    """Micro-batches per optimizer step: grad_accum_steps, or what batch_tokens asks for on `world` ranks."""
+    if cfg.batch_tokens is None:
+        return cfg.grad_accum_steps
+    per_micro = cfg.micro_batch_size * cfg.model.block_size * world
+    if cfg.batch_tokens % per_micro:
+        raise InputError(f"pretrain.batch_tokens: {cfg.batch_tokens} is not a multiple of micro_batch_size x "
+                         f"block_size x ranks = {cfg.micro_batch_size} x {cfg.model.block_size} x {world}")
+    return cfg.batch_tokens // per_micro
+
+
 def lr_at(step: int, cfg: PretrainParams) -> float:
     min_lr = cfg.lr * cfg.min_lr_ratio
     if step < cfg.warmup_steps:
@@ -221,7 +232,8 @@ def train(cfg: PretrainParams, token_dir: Path, ckpt_dir: Path, vocab_size: int,
         log.info("resuming from %s at step %d", ckpt_dir, start)
     net = wrap(torch.compile(model) if cfg.compile else model, ddp)
     rows = cfg.micro_batch_size
-    tokens_per_step = rows * mcfg.block_size * cfg.grad_accum_steps * ddp.world
+    accum = accumulation_steps(cfg, ddp.world)
+    tokens_per_step = rows * mcfg.block_size * accum * ddp.world
     flops_per_step = model.flops_per_token() * tokens_per_step
     peak = peak_flops(device)
     if ddp.is_main:
@@ -246,15 +258,15 @@ def train(cfg: PretrainParams, token_dir: Path, ckpt_dir: Path, vocab_size: int,
         for group in opt.param_groups:
             group["lr"] = lr
         loss_sum = 0.0
-        for micro in range(cfg.grad_accum_steps):
+        for micro in range(accum):
             x, y = train_data.random_batch(step, micro, rows, mcfg.block_size, cfg.seed, ddp.rank, ddp.world)
             x, y = x.to(device, non_blocking=True), y.to(device, non_blocking=True)
-            ctx = set_grad_sync(net, model, ddp, sync=micro == cfg.grad_accum_steps - 1)
+            ctx = set_grad_sync(net, model, ddp, sync=micro == accum - 1)
             with ctx, torch.autocast(device.type, dtype=dtype, enabled=dtype != torch.float32):
                 _, loss = net(x, y)
-                (loss / cfg.grad_accum_steps).backward()
+                (loss / accum).backward()
             loss_sum += loss.detach()
-        loss_t = loss_sum / cfg.grad_accum_steps
+        loss_t = loss_sum / accum
         if ddp.world > 1:
             dist.all_reduce(loss_t, op=dist.ReduceOp.AVG)
         grad_norm = torch.nn.utils.clip_grad_norm_(model.parameters(),

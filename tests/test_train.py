@@ -97,3 +97,16 @@ def test_compiled_model_trains_like_the_eager_one(token_dir, tmp_path):
     b = [r["loss"] for r in compiled.history["train"]]
     assert b == pytest.approx(a, rel=1e-3)
     assert (tmp_path / "c" / "model.safetensors").exists()  # saved from the uncompiled module: plain keys
+
+
+def test_batch_tokens_sets_accumulation(token_dir, tmp_path):
+    from llmpipe.io import InputError
+    from llmpipe.train import accumulation_steps
+    c = cfg(micro_batch_size=4, batch_tokens=4 * 32 * 3, max_steps=2, warmup_steps=1, log_interval=1)
+    assert accumulation_steps(c, world=1) == 3
+    with pytest.raises(InputError, match="pretrain.batch_tokens"):
+        accumulation_steps(c, world=2)
+    same = cfg(micro_batch_size=4, grad_accum_steps=3, max_steps=2, warmup_steps=1, log_interval=1)
+    a = train(c, token_dir, tmp_path / "a", VOCAB, {"id": 1}).history["train"]
+    b = train(same, token_dir, tmp_path / "b", VOCAB, {"id": 1}).history["train"]
+    assert [r["loss"] for r in a] == [r["loss"] for r in b] and a[-1]["tokens"] == 2 * 4 * 32 * 3
