@@ -20,6 +20,7 @@ from __future__ import annotations
 import _root  # noqa: F401  (first: takes bench/ off the import path, see bench/_root.py)
 
 import argparse
+import contextlib
 import logging
 import sys
 import tempfile
@@ -54,6 +55,8 @@ def main() -> None:
     ap.add_argument("--micro-batch", type=int, default=32)
     ap.add_argument("--log-interval", type=int, default=10)
     ap.add_argument("--no-compile", action="store_true")
+    ap.add_argument("--sdpa", choices=["auto", "cudnn", "flash"], default="auto",
+                    help="attention kernel: torch's choice, cuDNN's or FlashAttention-2's")
     args = ap.parse_args()
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s")
     if not torch.cuda.is_available():
@@ -68,13 +71,16 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as tmp:
         tmp = Path(tmp)
         synthetic_shards(tmp / "tokens", tokens=max(args.steps * args.micro_batch * 1025, 10**6) * 2)
-        result = train(cfg, tmp / "tokens", tmp / "ckpt", VOCAB, identity={"bench": "mfu"})
+        from torch.nn.attention import SDPBackend, sdpa_kernel
+        backends = {"cudnn": [SDPBackend.CUDNN_ATTENTION], "flash": [SDPBackend.FLASH_ATTENTION]}
+        with sdpa_kernel(backends[args.sdpa]) if args.sdpa != "auto" else contextlib.nullcontext():
+            result = train(cfg, tmp / "tokens", tmp / "ckpt", VOCAB, identity={"bench": "mfu"})
     rows = result.history["train"][1:] or result.history["train"]  # the first interval holds the compile
     tps = len(rows) / sum(1.0 / r["tokens_per_s"] for r in rows)  # intervals are equal in tokens
     peak = peak_flops(torch.device("cuda"))
     mfu = result.model.flops_per_token() * tps / peak if peak else float("nan")
     print(f"device {torch.cuda.get_device_name()}, {result.model.num_params() / 1e6:.1f}M parameters, "
-          f"{result.model.flops_per_token() / 1e9:.3f} GFLOP/token, batch {args.micro_batch}x1024, "
+          f"{result.model.flops_per_token() / 1e9:.3f} GFLOP/token, batch {args.micro_batch}x1024, sdpa {args.sdpa}, "
           f"peak memory {torch.cuda.max_memory_allocated() / 2**30:.1f} GiB")
     for r in result.history["train"]:
         print(f"  step {r['step']:>4}  loss {r['loss']:.4f}  {r['tokens_per_s']:>10,.0f} tok/s  mfu {r.get('mfu')}")

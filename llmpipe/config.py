@@ -133,6 +133,14 @@ class FilterParams(Section):
 # --- dedup --------------------------------------------------------------------------------------
 
 
+class BoilerplateParams(Section):
+    """Lines repeated across many documents (menus, headers, licences), removed before dedup (CCNet, Dolma)."""
+
+    enabled: bool = False
+    min_docs: Annotated[int, Field(ge=2)] = 10  # a line in at least this many documents is boilerplate
+    min_chars: Annotated[int, Field(ge=1)] = 20  # shorter lines ("Exit.", blank) are never counted
+
+
 class DedupParams(Section):
     exact: bool = True
     near: bool = True
@@ -144,6 +152,12 @@ class DedupParams(Section):
     # Confirm each LSH candidate pair by the exact Jaccard of its shingle sets (raises precision).
     verify: bool = True
     jaccard_threshold: Annotated[float, Field(gt=0.0, le=1.0)] = 0.75
+    shard_docs: Annotated[int, Field(ge=1)] = 10_000  # documents read and hashed at once (bounds memory)
+    report_examples: Annotated[int, Field(ge=0)] = 10  # removed pairs listed in report.json
+    # The index (data/dedup/index of an earlier run, copied aside) of a corpus accepted before: new
+    # documents that duplicate it are removed, without reading or hashing that corpus again.
+    reference_index: str | None = None
+    boilerplate: BoilerplateParams = BoilerplateParams()
 
     @property
     def num_perm(self) -> int:

@@ -251,8 +251,10 @@ class GPT(nn.Module):
         x = self.norm_f(x)
         if last_only:
             x = x[:, -1:, :]
-        logits = self.lm_head(x).float()
-        loss = None
-        if targets is not None:
-            loss = F.cross_entropy(logits.view(-1, logits.size(-1)), targets.reshape(-1))
+        logits = self.lm_head(x)
+        if targets is None:
+            return logits.float(), None
+        # The loss upcasts to fp32 inside; the logits go back as computed (bf16 under autocast), so a
+        # compiled training step never writes an fp32 copy of its largest activation.
+        loss = F.cross_entropy(logits.float().view(-1, logits.size(-1)), targets.reshape(-1))
         return logits, loss

@@ -1,4 +1,4 @@
-"""Text helpers shared by the data stages: normalization, language ID, shingles."""
+"""Text helpers shared by the data stages: normalization for hashing, language ID."""
 
 from __future__ import annotations
 
@@ -8,21 +8,22 @@ from functools import lru_cache
 
 import numpy as np
 
-_PUNCT_OR_SPACE = re.compile(r"[\W_]+", re.UNICODE)
+_SEPARATORS = re.compile(r"[\W_]+", re.UNICODE)  # anything but letters and digits
+# ASCII fast path (most web text): NFKC is the identity and casefold is lower(); every other ASCII
+# character (punctuation, "_", whitespace) becomes a space, exactly as the regex path treats it.
+_ASCII_SEPARATORS = str.maketrans({chr(c): " " for c in range(128) if not chr(c).isalnum()})
+
+
+def normalized_text(text: str) -> str:
+    """Case, Unicode compatibility forms and punctuation folded; words separated by runs of spaces."""
+    if text.isascii():
+        return text.lower().translate(_ASCII_SEPARATORS)
+    return _SEPARATORS.sub(" ", unicodedata.normalize("NFKC", text).casefold())
 
 
 def normalize_for_hash(text: str) -> str:
-    """Fold case, Unicode compatibility forms, punctuation and whitespace, for exact-duplicate hashing."""
-    text = unicodedata.normalize("NFKC", text).casefold()
-    return _PUNCT_OR_SPACE.sub(" ", text).strip()
-
-
-def word_shingles(text: str, n: int) -> list[bytes]:
-    """Word n-grams of the normalized text, as bytes; a text shorter than n words gives one shingle."""
-    words = normalize_for_hash(text).split()
-    if len(words) <= n:
-        return [" ".join(words).encode("utf-8")] if words else []
-    return [" ".join(words[i : i + n]).encode("utf-8") for i in range(len(words) - n + 1)]
+    """normalized_text with single spaces and no leading or trailing space."""
+    return " ".join(normalized_text(text).split())
 
 
 @lru_cache(maxsize=1)

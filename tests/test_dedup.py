@@ -3,7 +3,13 @@ import random
 import pandas as pd
 
 from llmpipe.config import DedupParams
-from llmpipe.stages.dedup import dedup_documents
+import numpy as np
+import pytest
+from datasketch import MinHash
+
+from llmpipe.config import BoilerplateParams
+from llmpipe.minhash import ShingleHasher, signatures
+from llmpipe.stages.dedup import DedupIndex, dedup_documents, find_duplicates, removed_table
 
 random.seed(0)
 VOCAB = [f"w{i}" for i in range(5000)]
@@ -30,7 +36,8 @@ def test_exact_near_and_distinct():
     })
     kept, removed, stats = dedup_documents(docs, DedupParams())
     assert list(kept["id"]) == ["a", "b", "c"]
-    assert stats == {"docs_in": 5, "exact_dups": 1, "near_dups": 1, "docs_out": 3}
+    assert {k: stats[k] for k in ("docs_in", "exact_dups", "near_dups", "docs_out")} == \
+        {"docs_in": 5, "exact_dups": 1, "near_dups": 1, "docs_out": 3}
     rows = removed.set_index("id")
     assert rows.loc["a-case", "duplicate_of"] == "a" and rows.loc["a-case", "kind"] == "exact"
     assert rows.loc["a-near", "duplicate_of"] == "a" and rows.loc["a-near", "kind"] == "near"
@@ -60,3 +67,74 @@ def test_cluster_keeps_first_document():
     kept, removed, _ = dedup_documents(docs, DedupParams(exact=False))
     assert list(kept["id"]) == ["first"]
     assert set(removed["duplicate_of"]) == {"first"}
+
+
+def test_signatures_are_datasketch_minhashes():
+    hasher = ShingleHasher(5, seed=1)
+    docs = [text(400, seed=s) for s in range(5)] + ["short", ""]
+    shingles = [hasher(d) for d in docs]
+    sigs = signatures(shingles, 112, seed=1, chunk=64)  # small chunks: long documents span several
+    for sh, sig in zip(shingles, sigs):
+        m = MinHash(num_perm=112, seed=1, hashfunc=int)
+        m.update_batch(sh.tolist())
+        assert np.array_equal(m.hashvalues, sig)
+
+
+def test_spaceless_scripts_use_character_shingles():
+    hasher = ShingleHasher(5, seed=1)
+    zh = "".join(chr(0x4E00 + (i * 7919) % 20000) + ("。" if i % 40 == 39 else "") for i in range(400))
+    assert len(hasher(zh)) > 350  # character 5-grams, not the few shingles of ten giant "words"
+    near = zh[:100] + "研究" + zh[102:]  # J about 0.95
+    docs = pd.DataFrame({"id": ["zh", "zh-near", "ja"], "text": [zh, near, "日本語の文章は空白で区切られません。" * 4]})
+    kept, removed, _ = dedup_documents(docs, DedupParams())
+    assert list(kept["id"]) == ["zh", "ja"] and removed.iloc[0]["duplicate_of"] == "zh"
+
+
+@pytest.mark.parametrize("shard_docs", [1, 3, 1000])
+def test_decisions_do_not_depend_on_shard_size(shard_docs):
+    base = [text(seed=s) for s in range(4)]
+    docs = pd.DataFrame({"id": [f"d{i}" for i in range(10)],
+                         "text": base + [perturb(base[0], 3, 1), base[1], perturb(base[2], 2, 2), "",
+                                         perturb(base[0], 2, 3), text(seed=99)]})
+    kept, removed, stats = dedup_documents(docs, DedupParams(), shard_docs=shard_docs)
+    assert list(kept["id"]) == ["d0", "d1", "d2", "d3", "d7", "d9"]
+    assert dict(zip(removed["id"], removed["duplicate_of"])) == {"d4": "d0", "d5": "d1", "d6": "d2", "d8": "d0"}
+
+
+def test_report_histogram_and_all_or_no_duplicates():
+    d = find_duplicates(lambda: iter([pd.DataFrame({"id": list("abcd"), "text": [text(seed=1)] * 4})]), DedupParams())
+    assert d.stats["docs_out"] == 1 and d.report["cluster_size_histogram"] == {"4": 1}
+    assert len(d.report["sample_pairs"]) == 3
+    d = find_duplicates(lambda: iter([pd.DataFrame({"id": list("abc"), "text": [text(seed=s) for s in (1, 2, 3)]})]),
+                        DedupParams())
+    assert d.stats["docs_out"] == 3 and d.report["cluster_size_histogram"] == {}
+
+
+def test_incremental_against_reference_index(tmp_path):
+    cfg = DedupParams()
+    old = pd.DataFrame({"id": ["o1", "o2"], "text": [text(seed=1), text(seed=2)]})
+    find_duplicates(lambda: iter([old]), cfg, index_out=tmp_path / "index")
+    index = DedupIndex.load(tmp_path / "index", cfg)
+    assert index.ids == ["o1", "o2"] and index.sigs.shape == (2, 112)
+    new = pd.DataFrame({"id": ["n1", "n2", "n3"],
+                        "text": [perturb(text(seed=1), 2, 5), text(seed=3), text(seed=2)]})
+    # only the new batch is read: the old texts are not given at all
+    d = find_duplicates(lambda: iter([new]), cfg, reference=index, index_out=tmp_path / "index2")
+    table = removed_table(d).set_index("id")
+    assert table.loc["n1", "duplicate_of"] == "o1" and table.loc["n1", "kind"] == "near"
+    assert table.loc["n3", "duplicate_of"] == "o2" and table.loc["n3", "kind"] == "exact"
+    assert d.stats["removed_as_duplicate_of_reference"] == 2
+    assert DedupIndex.load(tmp_path / "index2", cfg).ids == ["o1", "o2", "n2"]
+    with pytest.raises(Exception, match="shingle_size"):
+        DedupIndex.load(tmp_path / "index", DedupParams(shingle_size=3))
+
+
+def test_boilerplate_lines_removed_before_dedup():
+    footer = "Copyright 2026 Example Corp. All rights reserved. Privacy policy."
+    docs = pd.DataFrame({"id": [f"p{i}" for i in range(4)],
+                         "text": [f"{text(60, seed=i)}\n{footer}" for i in range(4)]})
+    cfg = DedupParams(boilerplate=BoilerplateParams(enabled=True, min_docs=3))
+    kept, _, _ = dedup_documents(docs, cfg)
+    assert len(kept) == 4 and not any(footer in t for t in kept["text"])
+    kept, _, _ = dedup_documents(docs, DedupParams())
+    assert all(footer in t for t in kept["text"])

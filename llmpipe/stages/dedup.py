@@ -1,143 +1,328 @@
-"""Stage 3, dedup: exact duplicates by normalized-text hash, then MinHash LSH near-duplicates.
+"""Stage 3, dedup: exact duplicates by normalized-text hash, then MinHash LSH near-duplicates
+(llmpipe/minhash.py), optionally against the index of a corpus accepted earlier (incremental), with an
+optional removal of boilerplate lines repeated across many documents first (as CCNet and Dolma do).
 
-Rule for which document survives: in every duplicate cluster the first document in input order is
-kept (the earliest scraped), every other member is removed and recorded with the id it duplicates.
+The input is read in shards of `dedup.shard_docs` documents, in three passes (shingles and
+fingerprints; shingles again for the documents of candidate pairs only, to verify them; writing).
+Between shards only compact per-document fingerprints stay in memory (an id, the exact hash, the band
+keys: about 130 bytes); the signatures go to a memory-mapped file on disk. An in-memory LSH index of
+Python objects costs about 5 kB per document.
+
+Which document survives: in every duplicate cluster (the connected components of verified pairs) the
+document with the lowest index is kept: a document of the reference index before any new one, then
+input order (the earliest scraped). Every other member is removed and recorded with the id of the
+kept document it duplicates and its similarity (1.0 for exact; the exact Jaccard of the shingle sets
+when verified; the MinHash estimate against reference documents, whose texts are not kept).
 """
 
 from __future__ import annotations
 
 import logging
+import tempfile
 import time
-from collections import defaultdict
+from collections import Counter
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Callable, Iterator
 
 import numpy as np
 import pandas as pd
+import pyarrow as pa
+import pyarrow.parquet as pq
 import xxhash
-from datasketch import MinHash
 
 from .. import layout
 from ..config import DedupParams, Params
-from ..io import InputError, read_parquet, require_columns, write_parquet
-from ..text import normalize_for_hash, word_shingles
+from ..io import InputError, atomic_dir, atomic_path, read_json, require_columns, write_json, write_parquet
+from ..minhash import ShingleHasher, UnionFind, band_keys, candidate_pairs, jaccard, signatures_flat
 from .base import StageResult
 
 log = logging.getLogger(__name__)
 
-
-def exact_hash(text: str) -> int:
-    return xxhash.xxh3_64_intdigest(normalize_for_hash(text).encode("utf-8"))
+Batches = Callable[[], Iterator[pd.DataFrame]]  # a fresh pass over the corpus, shard by shard
 
 
-def minhash_signatures(shingle_sets: list[list[bytes]], cfg: DedupParams) -> np.ndarray:
-    """(n_docs, num_perm) uint64 MinHash signatures, from datasketch with a seeded xxhash."""
-    seed = cfg.seed
-
-    def hashfunc(b: bytes) -> int:
-        return xxhash.xxh32_intdigest(b, seed)
-
-    sigs = np.empty((len(shingle_sets), cfg.num_perm), dtype=np.uint64)
-    for i, m in enumerate(MinHash.generator(shingle_sets, num_perm=cfg.num_perm, seed=seed, hashfunc=hashfunc)):
-        sigs[i] = m.hashvalues
-    return sigs
+# --- boilerplate lines ---------------------------------------------------------------------------
 
 
-def candidate_pairs(sigs: np.ndarray, bands: int, rows: int) -> set[tuple[int, int]]:
-    """Pairs of documents that share at least one whole band of their signatures."""
-    pairs: set[tuple[int, int]] = set()
-    for b in range(bands):
-        buckets: dict[bytes, list[int]] = defaultdict(list)
-        block = np.ascontiguousarray(sigs[:, b * rows : (b + 1) * rows])
-        for i in range(len(block)):
-            buckets[block[i].tobytes()].append(i)
-        for members in buckets.values():
-            first = members[0]
-            pairs.update((first, j) for j in members[1:])  # a star per bucket suffices for clustering
-    return pairs
+def _line_hash(line: str) -> int:
+    return xxhash.xxh3_64_intdigest(" ".join(line.split()).casefold().encode("utf-8"))
 
 
-class UnionFind:
-    def __init__(self, n: int):
-        self.parent = list(range(n))
-
-    def find(self, i: int) -> int:
-        while self.parent[i] != i:
-            self.parent[i] = self.parent[self.parent[i]]
-            i = self.parent[i]
-        return i
-
-    def union(self, i: int, j: int) -> None:
-        ri, rj = self.find(i), self.find(j)
-        if ri != rj:  # the lower index becomes the root, so it is the one kept
-            self.parent[max(ri, rj)] = min(ri, rj)
+def boilerplate_lines(batches: Batches, cfg: DedupParams) -> set[int]:
+    """Hashes of lines (at least min_chars long) that occur in at least min_docs documents."""
+    counts: Counter[int] = Counter()
+    for df in batches():
+        for text in df["text"]:
+            counts.update({_line_hash(ln) for ln in text.splitlines() if len(ln.strip()) >= cfg.boilerplate.min_chars})
+    return {h for h, c in counts.items() if c >= cfg.boilerplate.min_docs}
 
 
-def jaccard(a: set, b: set) -> float:
-    return len(a & b) / len(a | b) if a or b else 1.0
+def strip_lines(text: str, drop: set[int]) -> str:
+    return "\n".join(ln for ln in text.split("\n") if len(ln.strip()) == 0 or _line_hash(ln) not in drop)
 
 
-def dedup_documents(df: pd.DataFrame, cfg: DedupParams) -> tuple[pd.DataFrame, pd.DataFrame, dict]:
-    """Core: returns (kept documents, removed [id, duplicate_of, kind, similarity], stats)."""
-    n = len(df)
-    texts = df["text"].tolist()
-    ids = df["id"].tolist()
+# --- the index of an accepted corpus ---------------------------------------------------------------
+
+
+@dataclass
+class DedupIndex:
+    """Fingerprints of accepted documents, kept between runs (numpy arrays on disk) so that a new batch
+    is deduplicated against the corpus without reading or hashing it again."""
+
+    ids: list[str]
+    exact: np.ndarray  # (n,) uint64
+    keys: np.ndarray  # (n, bands) uint64
+    sigs: np.ndarray  # (n, num_perm) uint32
+    meta: dict
+
+    @staticmethod
+    def meta_for(cfg: DedupParams) -> dict:
+        return {"shingle_size": cfg.shingle_size, "bands": cfg.bands, "rows": cfg.rows, "seed": cfg.seed}
+
+    @classmethod
+    def empty(cls, cfg: DedupParams) -> "DedupIndex":
+        return cls([], np.empty(0, np.uint64), np.empty((0, cfg.bands), np.uint64),
+                   np.empty((0, cfg.num_perm), np.uint32), cls.meta_for(cfg))
+
+    def save_with(self, folder: Path, ids: list[str], exact: np.ndarray, keys: np.ndarray, sigs: np.ndarray,
+                  rows: np.ndarray, chunk: int = 65536) -> None:
+        """Write this index plus the given `rows` of new fingerprints to `folder` (signatures copied
+        chunk by chunk from their memory map, never whole in memory)."""
+        with atomic_dir(folder) as tmp:
+            np.save(tmp / "exact.npy", np.concatenate([np.asarray(self.exact), exact[rows]]))
+            np.save(tmp / "keys.npy", np.concatenate([np.asarray(self.keys), keys[rows]]))
+            out = np.lib.format.open_memmap(tmp / "sigs.npy", mode="w+", dtype=np.uint32,
+                                            shape=(len(self.ids) + len(rows), sigs.shape[1]))
+            for start in range(0, len(self.ids), chunk):
+                end = min(start + chunk, len(self.ids))
+                out[start:end] = self.sigs[start:end]
+            for start in range(0, len(rows), chunk):
+                part = rows[start : start + chunk]
+                out[len(self.ids) + start : len(self.ids) + start + len(part)] = sigs[part]
+            out.flush()
+            del out
+            all_ids = list(self.ids) + [ids[i] for i in rows]
+            pq.write_table(pa.table({"id": pa.array(all_ids, pa.string())}), tmp / "ids.parquet")
+            write_json(tmp / "meta.json", {**self.meta, "docs": len(all_ids)})
+
+    @classmethod
+    def load(cls, folder: Path, cfg: DedupParams) -> "DedupIndex":
+        meta = read_json(folder / "meta.json")
+        want = cls.meta_for(cfg)
+        if {k: meta.get(k) for k in want} != want:
+            raise InputError(f"{folder / 'meta.json'}: index made with {({k: meta.get(k) for k in want})}, "
+                             f"but dedup params say {want}; rebuild it with the same settings")
+        ids = pq.read_table(folder / "ids.parquet").column("id").to_pylist()
+        idx = cls(ids, np.load(folder / "exact.npy", mmap_mode="r"), np.load(folder / "keys.npy", mmap_mode="r"),
+                  np.load(folder / "sigs.npy", mmap_mode="r"), meta)
+        if not (len(ids) == len(idx.exact) == len(idx.keys) == len(idx.sigs)):
+            raise InputError(f"{folder}: ids, hashes, keys and signatures disagree in length")
+        return idx
+
+
+# --- the core ------------------------------------------------------------------------------------
+
+
+@dataclass
+class Decisions:
+    removed: dict[int, tuple[int, str, float]]  # new-doc index -> (global index kept, kind, similarity)
+    ids: list[str]  # new documents
+    reference_ids: list[str]
+    stats: dict
+    report: dict
+
+
+def find_duplicates(batches: Batches, cfg: DedupParams, reference: DedupIndex | None = None,
+                    transform: Callable[[str], str] | None = None, index_out: Path | None = None,
+                    workdir: Path | None = None) -> Decisions:
+    """Decide which documents of the corpus are duplicates (of each other or of `reference`), and write
+    the index of reference + accepted documents to `index_out` when given."""
+    ref = reference or DedupIndex.empty(cfg)
+    hasher = ShingleHasher(cfg.shingle_size, cfg.seed)
+    ids: list[str] = []
+    exact, keys, n_shingles, sizes, sig_files = [], [], [], [], []
+    with tempfile.TemporaryDirectory(dir=workdir) as tmp:
+        # pass 1: fingerprints, shard by shard; signatures to disk
+        for k, df in enumerate(batches()):
+            texts = [transform(t) for t in df["text"]] if transform else list(df["text"])
+            exact_hashes, flat, offsets = hasher.shard(texts)
+            s = signatures_flat(flat, offsets, cfg.num_perm, cfg.seed)
+            ids.extend(df["id"])
+            exact.append(exact_hashes)
+            keys.append(band_keys(s, cfg.bands, cfg.rows))
+            sig_files.append(Path(tmp) / f"sigs-{k}.npy")
+            np.save(sig_files[-1], s)
+            n_shingles.append(np.diff(offsets))
+            sizes.append(np.array([len(t.encode("utf-8")) for t in texts], dtype=np.int64))
+        N = len(ids)
+        cat = (lambda parts, empty: np.concatenate(parts) if parts else empty)
+        exact_new = cat(exact, np.empty(0, np.uint64))
+        keys_new = cat(keys, np.empty((0, cfg.bands), np.uint64))
+        n_shingles_new, sizes_new = cat(n_shingles, np.empty(0, np.int64)), cat(sizes, np.empty(0, np.int64))
+        del exact, keys
+        sigs_new = np.lib.format.open_memmap(Path(tmp) / "sigs.npy", mode="w+", dtype=np.uint32,
+                                             shape=(N, cfg.num_perm))
+        row = 0
+        for f in sig_files:
+            part = np.load(f)
+            sigs_new[row : row + len(part)] = part
+            row += len(part)
+            f.unlink()
+        d = _decide(batches, cfg, ref, hasher, transform, ids, exact_new, keys_new, sigs_new, n_shingles_new,
+                    sizes_new)
+        if index_out is not None:
+            kept = np.setdiff1d(np.arange(N), np.fromiter(d.removed, dtype=np.int64, count=len(d.removed)))
+            ref.save_with(index_out, ids, exact_new, keys_new, sigs_new, kept)
+        del sigs_new
+        return d
+
+
+def _decide(batches, cfg, ref, hasher, transform, ids, exact_new, keys_new, sigs_new, n_shingles_new,
+            sizes_new) -> Decisions:
+    R, N = len(ref.ids), len(ids)
+
     removed: dict[int, tuple[int, str, float]] = {}
-
-    if cfg.exact:
-        first_by_hash: dict[int, int] = {}
-        for i, text in enumerate(texts):
-            h = exact_hash(text)
-            if h in first_by_hash:
-                removed[i] = (first_by_hash[h], "exact", 1.0)
-            else:
-                first_by_hash[h] = i
+    if cfg.exact:  # equal hashes: the lowest global index of each group is kept
+        all_exact = np.concatenate([np.asarray(ref.exact), exact_new])
+        order = np.argsort(all_exact, kind="stable")
+        sorted_h = all_exact[order]
+        starts = np.r_[True, sorted_h[1:] != sorted_h[:-1]]
+        first = order[np.maximum.accumulate(np.where(starts, np.arange(len(order)), 0))]
+        for g, root in zip(order[~starts], first[~starts]):
+            if g >= R:
+                removed[int(g) - R] = (int(root), "exact", 1.0)
     n_exact = len(removed)
 
+    uf, best_sim = UnionFind(R + N), {}
+    n_candidates = n_rejected = 0
     if cfg.near:
-        alive = [i for i in range(n) if i not in removed]
-        shingles = [word_shingles(texts[i], cfg.shingle_size) for i in alive]
-        nonempty = [k for k, s in enumerate(shingles) if s]
-        sigs = minhash_signatures([shingles[k] for k in nonempty], cfg)
-        uf = UnionFind(n)
-        sim: dict[int, float] = {}
-        for a, b in candidate_pairs(sigs, cfg.bands, cfg.rows):
-            i, j = alive[nonempty[a]], alive[nonempty[b]]
-            if cfg.verify:
-                s = jaccard(set(shingles[nonempty[a]]), set(shingles[nonempty[b]]))
-                if s < cfg.jaccard_threshold:
-                    continue
-            else:
-                s = float(np.mean(sigs[a] == sigs[b]))
+        alive = np.array([i for i in range(N) if i not in removed and n_shingles_new[i] > 0], dtype=np.int64)
+        universe = np.concatenate([np.arange(R), R + alive])  # global indices taking part
+        all_keys = np.concatenate([np.asarray(ref.keys), keys_new[alive]])
+        pairs = universe[candidate_pairs(all_keys)] if len(universe) else np.empty((0, 2), np.int64)
+        pairs = pairs[pairs[:, 1] >= R]  # reference documents were accepted already
+        n_candidates = len(pairs)
+        exact_sims: dict[tuple[int, int], float] = {}
+        if cfg.verify:  # pass 2: shingles again, for the documents of new-new pairs only
+            need = {int(g) - R for p in pairs if p[0] >= R for g in p}
+            shingles_of: dict[int, np.ndarray] = {}
+            row = 0
+            for df in batches():
+                rows = [r for r in range(row, row + len(df)) if r in need]
+                if rows:
+                    texts = [df["text"].iloc[r - row] for r in rows]
+                    _, flat, offsets = hasher.shard([transform(t) for t in texts] if transform else texts)
+                    shingles_of.update({r: flat[offsets[k] : offsets[k + 1]] for k, r in enumerate(rows)})
+                row += len(df)
+            for i, j in pairs:
+                if i >= R:
+                    exact_sims[(int(i), int(j))] = jaccard(shingles_of[int(i) - R], shingles_of[int(j) - R])
+        for i, j in pairs:
+            i, j = int(i), int(j)
+            if (i, j) in exact_sims:
+                sim = exact_sims[(i, j)]
+            else:  # against a reference document: the MinHash estimate of the Jaccard similarity
+                si = ref.sigs[i] if i < R else sigs_new[i - R]
+                sim = float(np.mean(si == sigs_new[j - R]))
+            if cfg.verify and sim < cfg.jaccard_threshold:
+                n_rejected += 1
+                continue
             uf.union(i, j)
-            sim[max(i, j)] = max(sim.get(max(i, j), 0.0), s)
+            best_sim[j] = max(best_sim.get(j, 0.0), sim)
         for i in alive:
-            root = uf.find(i)
-            if root != i:
-                removed[i] = (root, "near", round(sim.get(i, 0.0), 4))
+            g = R + int(i)
+            root = uf.find(g)
+            if root != g:
+                removed[int(i)] = (root, "near", round(best_sim.get(g, 0.0), 4))
 
-    keep_mask = np.ones(n, dtype=bool)
-    keep_mask[list(removed)] = False
-    kept = df[keep_mask].reset_index(drop=True)
-    removed_df = pd.DataFrame(
-        [{"id": ids[i], "duplicate_of": ids[j], "kind": kind, "similarity": s}
-         for i, (j, kind, s) in sorted(removed.items())],
-        columns=["id", "duplicate_of", "kind", "similarity"],
-    )
-    stats = {"docs_in": n, "exact_dups": n_exact, "near_dups": len(removed) - n_exact, "docs_out": len(kept)}
-    return kept, removed_df, stats
+    keep = np.ones(N, dtype=bool)
+    keep[list(removed)] = False
+    clusters = Counter(root for root, _, _ in removed.values())
+    stats = {"docs_in": N, "exact_dups": n_exact, "near_dups": len(removed) - n_exact, "docs_out": int(keep.sum()),
+             "bytes_in": int(sizes_new.sum()), "bytes_removed": int(sizes_new[~keep].sum()),
+             "empty_docs": int((n_shingles_new == 0).sum()), "candidate_pairs": n_candidates,
+             "candidates_rejected": n_rejected, "reference_docs": R,
+             "removed_as_duplicate_of_reference": sum(1 for root, _, _ in removed.values() if root < R)}
+    histogram = Counter(1 + c for c in clusters.values())
+    report = {**stats, "cluster_size_histogram": {str(k): v for k, v in sorted(histogram.items())},
+              "sample_pairs": [{"id": ids[i], "duplicate_of": (ref.ids[r] if r < R else ids[r - R]), "kind": k,
+                                "similarity": s} for i, (r, k, s) in sorted(removed.items())[: cfg.report_examples]]}
+    return Decisions(removed, ids, list(ref.ids), stats, report)
+
+
+def removed_table(d: Decisions) -> pd.DataFrame:
+    def name(g: int) -> str:
+        R = len(d.reference_ids)
+        return d.reference_ids[g] if g < R else d.ids[g - R]
+    return pd.DataFrame([{"id": d.ids[i], "duplicate_of": name(r), "kind": k, "similarity": s}
+                         for i, (r, k, s) in sorted(d.removed.items())],
+                        columns=["id", "duplicate_of", "kind", "similarity"])
+
+
+def dedup_documents(df: pd.DataFrame, cfg: DedupParams, reference: DedupIndex | None = None,
+                    shard_docs: int | None = None) -> tuple[pd.DataFrame, pd.DataFrame, dict]:
+    """In-memory form of the stage: returns (kept documents, removed [id, duplicate_of, kind, similarity],
+    stats) and leaves the index in stats["index"] off (use find_duplicates for it)."""
+    size = shard_docs or cfg.shard_docs
+    drop = boilerplate_lines(lambda: iter([df]), cfg) if cfg.boilerplate.enabled else set()
+    transform = (lambda t: strip_lines(t, drop)) if drop else None
+    d = find_duplicates(lambda: (df.iloc[i : i + size] for i in range(0, max(len(df), 1), size)), cfg,
+                        reference, transform)
+    keep = np.ones(len(df), dtype=bool)
+    keep[list(d.removed)] = False
+    kept = df[keep].reset_index(drop=True)
+    if transform:
+        kept = kept.assign(text=[transform(t) for t in kept["text"]])
+    return kept, removed_table(d), d.stats
+
+
+# --- the stage: Parquet in, Parquet out, shard by shard ------------------------------------------
+
+
+def parquet_batches(path: Path, shard_docs: int) -> Batches:
+    pf = pq.ParquetFile(path)
+    require_columns(pd.DataFrame(columns=pf.schema_arrow.names), ["id", "text"], path)
+    return lambda: (b.to_pandas() for b in pf.iter_batches(batch_size=shard_docs, columns=["id", "text"]))
+
+
+def write_kept(src: Path, dest: Path, removed: set[int], shard_docs: int,
+               transform: Callable[[str], str] | None) -> None:
+    """Pass 3: copy the documents that stay (all columns), shard by shard, to `dest` atomically."""
+    pf = pq.ParquetFile(src)
+    row = 0
+    with atomic_path(dest) as tmp, pq.ParquetWriter(tmp, pf.schema_arrow) as writer:
+        for batch in pf.iter_batches(batch_size=shard_docs):
+            keep = np.array([row + i not in removed for i in range(batch.num_rows)], dtype=bool)
+            row += batch.num_rows
+            table = pa.Table.from_batches([batch]).filter(pa.array(keep))
+            if transform is not None and table.num_rows:
+                texts = [transform(t) for t in table.column("text").to_pylist()]
+                table = table.set_column(table.schema.get_field_index("text"), "text", pa.array(texts, pa.string()))
+            writer.write_table(table)
 
 
 def run(params: Params, root: Path, sink=None) -> StageResult:
     t0 = time.perf_counter()
+    cfg = params.dedup
     src = root / layout.FILTER_DOCS
-    df = read_parquet(src)
-    require_columns(df, ["id", "text"], src)
-    if df.empty:
+    if not src.exists():
+        raise InputError(f"{src}: file not found (did the filter stage run?)")
+    batches = parquet_batches(src, cfg.shard_docs)
+    drop = boilerplate_lines(batches, cfg) if cfg.boilerplate.enabled else set()
+    transform = (lambda t: strip_lines(t, drop)) if drop else None
+    reference = DedupIndex.load(root / cfg.reference_index, cfg) if cfg.reference_index else None
+    (root / layout.DEDUP_DOCS).parent.mkdir(parents=True, exist_ok=True)
+    d = find_duplicates(batches, cfg, reference, transform, index_out=root / layout.DEDUP_INDEX,
+                        workdir=root / layout.DEDUP_DOCS.parent)
+    if d.stats["docs_in"] == 0:
         raise InputError(f"{src}: no documents")
-    kept, removed, stats = dedup_documents(df, params.dedup)
-    write_parquet(root / layout.DEDUP_REMOVED, removed)
-    write_parquet(root / layout.DEDUP_DOCS, kept)
-    stats["seconds"] = round(time.perf_counter() - t0, 3)
+    write_parquet(root / layout.DEDUP_REMOVED, removed_table(d))
+    write_kept(src, root / layout.DEDUP_DOCS, set(d.removed), cfg.shard_docs, transform)
+    report = {**d.report, "boilerplate_lines": len(drop)}
+    write_json(root / layout.DEDUP_REPORT, report)
+    stats = {**d.stats, "boilerplate_lines": len(drop), "seconds": round(time.perf_counter() - t0, 3),
+             "cluster_size_histogram": report["cluster_size_histogram"]}
     log.info("dedup: %d in, %d exact, %d near, %d out", stats["docs_in"], stats["exact_dups"],
              stats["near_dups"], stats["docs_out"])
-    return StageResult(stats, artifacts=[root / layout.DEDUP_REMOVED])
+    return StageResult(stats, artifacts=[root / layout.DEDUP_REPORT, root / layout.DEDUP_REMOVED])
