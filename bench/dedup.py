@@ -114,7 +114,8 @@ def main() -> None:
     ap.add_argument("--words", type=int, default=300)
     ap.add_argument("--memory-docs", type=int, default=100_000)
     args = ap.parse_args()
-    cfg = load_params(ROOT / "params.yaml").dedup
+    # one process, so that the figures are per core (dedup.workers spreads shards over processes)
+    cfg = load_params(ROOT / "params.yaml").dedup.model_copy(update={"workers": 1})
     df, planted, vocab = labelled_set(args.docs, args.words)
     mb = sum(len(t.encode("utf-8")) for t in df["text"]) / 1e6
 

@@ -43,12 +43,14 @@ def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--new-tokens", type=int, default=256)
     ap.add_argument("--threads", type=int, default=2)
-    ap.add_argument("--vocab", type=int, default=4096)
+    ap.add_argument("--vocab", type=int, default=None, help="default: tokenizer.vocab_size in params.yaml")
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
     import transformers
 
-    mp = load_params(ROOT / "params.yaml").pretrain.model.model_dump()
+    params = load_params(ROOT / "params.yaml")
+    args.vocab = args.vocab or params.tokenizer.vocab_size
+    mp = params.pretrain.model.model_dump()
     mp["block_size"] = max(mp["block_size"], 16 + args.new_tokens)
     torch.manual_seed(0)
     model = GPT(GPTConfig(vocab_size=args.vocab, **mp)).eval()

@@ -153,6 +153,7 @@ class DedupParams(Section):
     verify: bool = True
     jaccard_threshold: Annotated[float, Field(gt=0.0, le=1.0)] = 0.75
     shard_docs: Annotated[int, Field(ge=1)] = 10_000  # documents read and hashed at once (bounds memory)
+    workers: Annotated[int, Field(ge=0, le=1024)] = 0  # processes hashing shards in parallel; 0: one per core
     report_examples: Annotated[int, Field(ge=0)] = 10  # removed pairs listed in report.json
     # The index (data/dedup/index of an earlier run, copied aside) of a corpus accepted before: new
     # documents that duplicate it are removed, without reading or hashing that corpus again.

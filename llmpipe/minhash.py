@@ -25,13 +25,19 @@ from .text import normalized_text
 _M32 = np.uint32(0xFFFFFFFF)
 
 
-def _fmix32(h: np.ndarray) -> np.ndarray:
-    """MurmurHash3's 32-bit finalizer (datasketch's pre-mix for the affine32 scheme)."""
-    h = h ^ (h >> np.uint32(16))
-    h = h * np.uint32(0x85EBCA6B)
-    h = h ^ (h >> np.uint32(13))
-    h = h * np.uint32(0xC2B2AE35)
-    return h ^ (h >> np.uint32(16))
+# MurmurHash3's finalizer constants per width: a fixed avalanching bijection (datasketch's pre-mix for
+# affine32 is the 32-bit one).
+_FMIX = {32: (16, 0x85EBCA6B, 13, 0xC2B2AE35, 16), 64: (33, 0xFF51AFD7ED558CCD, 33, 0xC4CEB9FE1A85EC53, 33)}
+
+
+def _fmix(h: np.ndarray) -> np.ndarray:
+    """MurmurHash3's finalizer for the array's width (uint32 or uint64), wrapping like the C original."""
+    t = h.dtype.type
+    s1, m1, s2, m2, s3 = _FMIX[h.dtype.itemsize * 8]
+    with np.errstate(over="ignore"):
+        h = (h ^ (h >> t(s1))) * t(m1)
+        h = (h ^ (h >> t(s2))) * t(m2)
+    return h ^ (h >> t(s3))
 
 
 def is_spaceless(words: list[str], chars: int) -> bool:
@@ -58,10 +64,11 @@ class ShingleHasher:
     def __call__(self, text: str) -> np.ndarray:
         return self.shard([text])[1]
 
-    def shard(self, texts: list[str], batch_bytes: int = 1 << 19) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    def shard(self, texts: list[str], batch_bytes: int = 1 << 19) -> tuple[np.ndarray, np.ndarray, np.ndarray,
+                                                                             np.ndarray]:
         """For a list of documents: (exact-duplicate hashes (n,) uint64 of their normalized word
         sequences, all shingle hashes concatenated (uint32), offsets (n + 1,) of each document's
-        shingles). Hashed `batch_bytes` of text at a time, so the per-byte temporaries stay small."""
+        shingles, units (n,): words, or characters for spaceless text). Hashed `batch_bytes` of text at a time, so the per-byte temporaries stay small."""
         parts, group, size = [], [], 0
         for t in texts:
             group.append(t)
@@ -74,7 +81,8 @@ class ShingleHasher:
         exact = np.concatenate([p[0] for p in parts])
         shingles = np.concatenate([p[1] for p in parts])
         counts = np.concatenate([np.diff(p[2]) for p in parts])
-        return exact, shingles, np.concatenate([[0], np.cumsum(counts)]).astype(np.int64)
+        units = np.concatenate([p[3] for p in parts])
+        return exact, shingles, np.concatenate([[0], np.cumsum(counts)]).astype(np.int64), units
 
     def _batch(self, texts: list[str]) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         docs = [normalized_text(t).encode("utf-8") for t in texts]
@@ -99,7 +107,7 @@ class ShingleHasher:
             inv = pow(int(self.base), -1, 2**64)
             inv_pw = _powers_of(inv, len(buf) + 1)
             h = (prefix[ends] - prefix[starts]) * inv_pw[starts] + (ends - starts).astype(np.uint64)
-            h = _fmix64(h)
+            h = _fmix(h)
             units = np.bincount(doc_of[starts], minlength=len(docs))
             first = np.concatenate([[0], np.cumsum(units)[:-1]]) if len(units) else units
             # exact duplicates: equal sequences of word (or character) hashes, whatever the spacing
@@ -118,7 +126,7 @@ class ShingleHasher:
             out[whole] = acc[pos[whole]]
             for d in np.flatnonzero((units > 0) & (units < n)):  # shorter than n units: one shingle of all
                 out[offsets[d]] = (h[first[d] : first[d] + units[d]] * self.mix[: units[d]]).sum(dtype=np.uint64)
-        return exact, (out >> np.uint64(32)).astype(np.uint32), offsets
+        return exact, (out >> np.uint64(32)).astype(np.uint32), offsets, units
 
 
 _POWERS: dict[int, np.ndarray] = {}
@@ -138,14 +146,6 @@ def _powers_of(x: int, length: int) -> np.ndarray:
                 step *= 2
         _POWERS[x] = have = out
     return have[:length]
-
-
-def _fmix64(h: np.ndarray) -> np.ndarray:
-    h = h ^ (h >> np.uint64(33))
-    h = h * np.uint64(0xFF51AFD7ED558CCD)
-    h = h ^ (h >> np.uint64(33))
-    h = h * np.uint64(0xC4CEB9FE1A85EC53)
-    return h ^ (h >> np.uint64(33))
 
 
 def permutations(num_perm: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
@@ -171,7 +171,7 @@ def signatures_flat(flat: np.ndarray, offsets: np.ndarray, num_perm: int, seed: 
     nonempty = np.flatnonzero(lengths)
     if len(nonempty) == 0:
         return out
-    flat = _fmix32(flat.astype(np.uint32))
+    flat = _fmix(flat.astype(np.uint32))
     starts = offsets[:-1][nonempty]
     # documents are taken a chunk of rows at a time so each (rows x num_perm) temporary stays in cache
     doc = 0
@@ -200,7 +200,7 @@ def band_keys(sigs: np.ndarray, bands: int, rows: int) -> np.ndarray:
         raise ValueError(f"signatures have {sigs.shape[1]} values, bands x rows needs {bands * rows}")
     wide = sigs[:, : bands * rows].astype(np.uint64).reshape(len(sigs), bands, rows)
     with np.errstate(over="ignore"):
-        return _fmix64((wide * _BAND_MIX[:rows]).sum(axis=2, dtype=np.uint64))
+        return _fmix((wide * _BAND_MIX[:rows]).sum(axis=2, dtype=np.uint64))
 
 
 def candidate_pairs(keys: np.ndarray) -> np.ndarray:

@@ -56,6 +56,7 @@ def test_empty_short_all_duplicates():
     docs = pd.DataFrame({"id": ["e", "s", "d1", "d2", "d3"], "text": ["", "two words", "same", "same", "same"]})
     kept, removed, stats = dedup_documents(docs, DedupParams())
     assert list(kept["id"]) == ["e", "s", "d1"]
+    assert stats["empty_docs"] == 1 and stats["short_docs"] == 4  # "two words" and the three "same"
     assert stats["exact_dups"] == 2
     assert set(removed["duplicate_of"]) == {"d1"}
 
@@ -90,14 +91,15 @@ def test_spaceless_scripts_use_character_shingles():
     assert list(kept["id"]) == ["zh", "ja"] and removed.iloc[0]["duplicate_of"] == "zh"
 
 
-@pytest.mark.parametrize("shard_docs", [1, 3, 1000])
-def test_decisions_do_not_depend_on_shard_size(shard_docs):
+@pytest.mark.parametrize("shard_docs,workers", [(1, 1), (3, 1), (1000, 1), (3, 2)])
+def test_decisions_do_not_depend_on_shards_or_workers(shard_docs, workers):
     base = [text(seed=s) for s in range(4)]
     docs = pd.DataFrame({"id": [f"d{i}" for i in range(10)],
                          "text": base + [perturb(base[0], 3, 1), base[1], perturb(base[2], 2, 2), "",
                                          perturb(base[0], 2, 3), text(seed=99)]})
-    kept, removed, stats = dedup_documents(docs, DedupParams(), shard_docs=shard_docs)
+    kept, removed, stats = dedup_documents(docs, DedupParams(workers=workers), shard_docs=shard_docs)
     assert list(kept["id"]) == ["d0", "d1", "d2", "d3", "d7", "d9"]
+    assert stats["empty_docs"] == 1
     assert dict(zip(removed["id"], removed["duplicate_of"])) == {"d4": "d0", "d5": "d1", "d6": "d2", "d8": "d0"}
 
 

@@ -17,10 +17,14 @@ when verified; the MinHash estimate against reference documents, whose texts are
 
 from __future__ import annotations
 
+import itertools
 import logging
+import multiprocessing
+import os
 import tempfile
 import time
-from collections import Counter
+from collections import Counter, deque
+from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Iterator
@@ -133,28 +137,63 @@ class Decisions:
     report: dict
 
 
+def fingerprint_shard(texts: list[str], cfg: DedupParams, drop: frozenset[int], sig_path: Path) -> dict:
+    """Pass 1 for one shard (run in a worker process when dedup.workers > 1): exact hashes, band keys
+    and counts come back; the signatures are written to `sig_path`."""
+    if drop:
+        texts = [strip_lines(t, drop) for t in texts]
+    exact, flat, offsets, units = ShingleHasher(cfg.shingle_size, cfg.seed).shard(texts)
+    sigs = signatures_flat(flat, offsets, cfg.num_perm, cfg.seed)
+    np.save(sig_path, sigs)
+    return {"exact": exact, "keys": band_keys(sigs, cfg.bands, cfg.rows), "n_shingles": np.diff(offsets),
+            "short": int(((units > 0) & (units < cfg.shingle_size)).sum()),
+            "sizes": np.array([len(t.encode("utf-8")) for t in texts], dtype=np.int64)}
+
+
+def ordered_map(fn, jobs: Iterator[tuple], workers: int) -> Iterator:
+    """fn(*job) for each job, in order, on `workers` processes with at most 2 x workers shards in flight
+    (so memory stays bounded by the shard size); in this process when workers is 1 or there is only
+    one job (starting processes would cost more than it saves)."""
+    jobs = iter(jobs)
+    head = [job for job in (next(jobs, None), next(jobs, None)) if job is not None]
+    if workers == 1 or len(head) < 2:
+        yield from (fn(*job) for job in itertools.chain(head, jobs))
+        return
+    with ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("spawn")) as pool:
+        pending: deque = deque()
+        for job in itertools.chain(head, jobs):
+            pending.append(pool.submit(fn, *job))
+            if len(pending) >= 2 * workers:
+                yield pending.popleft().result()
+        while pending:
+            yield pending.popleft().result()
+
+
 def find_duplicates(batches: Batches, cfg: DedupParams, reference: DedupIndex | None = None,
-                    transform: Callable[[str], str] | None = None, index_out: Path | None = None,
+                    drop: frozenset[int] = frozenset(), index_out: Path | None = None,
                     workdir: Path | None = None) -> Decisions:
     """Decide which documents of the corpus are duplicates (of each other or of `reference`), and write
-    the index of reference + accepted documents to `index_out` when given."""
+    the index of reference + accepted documents to `index_out` when given. `drop`: hashes of
+    boilerplate lines taken out of every text first."""
     ref = reference or DedupIndex.empty(cfg)
     hasher = ShingleHasher(cfg.shingle_size, cfg.seed)
+    transform = (lambda t: strip_lines(t, drop)) if drop else None
+    workers = cfg.workers or os.cpu_count() or 1
     ids: list[str] = []
-    exact, keys, n_shingles, sizes, sig_files = [], [], [], [], []
+    exact, keys, n_shingles, sizes, sig_files, short = [], [], [], [], [], 0
     with tempfile.TemporaryDirectory(dir=workdir) as tmp:
-        # pass 1: fingerprints, shard by shard; signatures to disk
-        for k, df in enumerate(batches()):
-            texts = [transform(t) for t in df["text"]] if transform else list(df["text"])
-            exact_hashes, flat, offsets = hasher.shard(texts)
-            s = signatures_flat(flat, offsets, cfg.num_perm, cfg.seed)
-            ids.extend(df["id"])
-            exact.append(exact_hashes)
-            keys.append(band_keys(s, cfg.bands, cfg.rows))
-            sig_files.append(Path(tmp) / f"sigs-{k}.npy")
-            np.save(sig_files[-1], s)
-            n_shingles.append(np.diff(offsets))
-            sizes.append(np.array([len(t.encode("utf-8")) for t in texts], dtype=np.int64))
+        # pass 1: fingerprints, shard by shard (in parallel); signatures to disk
+        def jobs():
+            for k, df in enumerate(batches()):
+                ids.extend(df["id"])
+                sig_files.append(Path(tmp) / f"sigs-{k}.npy")
+                yield list(df["text"]), cfg, drop, sig_files[-1]
+        for part in ordered_map(fingerprint_shard, jobs(), workers):
+            exact.append(part["exact"])
+            keys.append(part["keys"])
+            n_shingles.append(part["n_shingles"])
+            sizes.append(part["sizes"])
+            short += part["short"]
         N = len(ids)
         cat = (lambda parts, empty: np.concatenate(parts) if parts else empty)
         exact_new = cat(exact, np.empty(0, np.uint64))
@@ -171,6 +210,7 @@ def find_duplicates(batches: Batches, cfg: DedupParams, reference: DedupIndex | 
             f.unlink()
         d = _decide(batches, cfg, ref, hasher, transform, ids, exact_new, keys_new, sigs_new, n_shingles_new,
                     sizes_new)
+        d.stats["short_docs"] = d.report["short_docs"] = short
         if index_out is not None:
             kept = np.setdiff1d(np.arange(N), np.fromiter(d.removed, dtype=np.int64, count=len(d.removed)))
             ref.save_with(index_out, ids, exact_new, keys_new, sigs_new, kept)
@@ -212,7 +252,7 @@ def _decide(batches, cfg, ref, hasher, transform, ids, exact_new, keys_new, sigs
                 rows = [r for r in range(row, row + len(df)) if r in need]
                 if rows:
                     texts = [df["text"].iloc[r - row] for r in rows]
-                    _, flat, offsets = hasher.shard([transform(t) for t in texts] if transform else texts)
+                    _, flat, offsets, _ = hasher.shard([transform(t) for t in texts] if transform else texts)
                     shingles_of.update({r: flat[offsets[k] : offsets[k + 1]] for k, r in enumerate(rows)})
                 row += len(df)
             for i, j in pairs:
@@ -265,10 +305,10 @@ def dedup_documents(df: pd.DataFrame, cfg: DedupParams, reference: DedupIndex | 
     """In-memory form of the stage: returns (kept documents, removed [id, duplicate_of, kind, similarity],
     stats) and leaves the index in stats["index"] off (use find_duplicates for it)."""
     size = shard_docs or cfg.shard_docs
-    drop = boilerplate_lines(lambda: iter([df]), cfg) if cfg.boilerplate.enabled else set()
+    drop = frozenset(boilerplate_lines(lambda: iter([df]), cfg)) if cfg.boilerplate.enabled else frozenset()
     transform = (lambda t: strip_lines(t, drop)) if drop else None
     d = find_duplicates(lambda: (df.iloc[i : i + size] for i in range(0, max(len(df), 1), size)), cfg,
-                        reference, transform)
+                        reference, drop)
     keep = np.ones(len(df), dtype=bool)
     keep[list(d.removed)] = False
     kept = df[keep].reset_index(drop=True)
@@ -309,11 +349,11 @@ def run(params: Params, root: Path, sink=None) -> StageResult:
     if not src.exists():
         raise InputError(f"{src}: file not found (did the filter stage run?)")
     batches = parquet_batches(src, cfg.shard_docs)
-    drop = boilerplate_lines(batches, cfg) if cfg.boilerplate.enabled else set()
+    drop = frozenset(boilerplate_lines(batches, cfg)) if cfg.boilerplate.enabled else frozenset()
     transform = (lambda t: strip_lines(t, drop)) if drop else None
     reference = DedupIndex.load(root / cfg.reference_index, cfg) if cfg.reference_index else None
     (root / layout.DEDUP_DOCS).parent.mkdir(parents=True, exist_ok=True)
-    d = find_duplicates(batches, cfg, reference, transform, index_out=root / layout.DEDUP_INDEX,
+    d = find_duplicates(batches, cfg, reference, drop, index_out=root / layout.DEDUP_INDEX,
                         workdir=root / layout.DEDUP_DOCS.parent)
     if d.stats["docs_in"] == 0:
         raise InputError(f"{src}: no documents")
