@@ -15,7 +15,7 @@ Measured for llmpipe.stages.dedup at params.yaml's dedup settings (FineWeb: 5-gr
 rows, verification on):
 - recall: planted pairs with true Jaccard >= 0.75 that end in one cluster;
 - precision: removed documents whose (document, duplicate_of) pair has true Jaccard >= 0.75;
-- throughput from text to removal decisions, one process (MB/s and docs/s per core);
+- throughput from text to removal decisions, one process (MB/s and docs/s per core, best of 3);
 - peak memory (tracemalloc) of the streaming stage core over synthetic documents read from a Parquet
   file (the texts stay on disk), at --memory-docs and half as many; a million documents is
   extrapolated along the line through those two points (the growth per document) and so labelled.
@@ -120,9 +120,11 @@ def main() -> None:
     mb = sum(len(t.encode("utf-8")) for t in df["text"]) / 1e6
 
     dedup_documents(df.head(200), cfg)  # warm-up (imports, caches)
-    t0 = time.perf_counter()
-    _, removed, stats = dedup_documents(df, cfg)
-    seconds = time.perf_counter() - t0
+    seconds = float("inf")
+    for _ in range(3):  # best of three: the throughput figure is the machine's, not its neighbours'
+        t0 = time.perf_counter()
+        _, removed, stats = dedup_documents(df, cfg)
+        seconds = min(seconds, time.perf_counter() - t0)
 
     root = dict(zip(removed["id"], removed["duplicate_of"]))
     def cluster(i: str) -> str:

@@ -88,16 +88,26 @@ class ShingleHasher:
         docs = [normalized_text(t).encode("utf-8") for t in texts]
         lengths = np.array([len(d) for d in docs], dtype=np.int64)
         buf = np.frombuffer(b"".join(d + b"\n" for d in docs), dtype=np.uint8)
-        doc_of = np.repeat(np.arange(len(docs)), lengths + 1)
+        doc_start = np.concatenate([[0], np.cumsum(lengths + 1)[:-1]]) if len(docs) else lengths
+        doc_end = doc_start + lengths
         sep = (buf == 32) | (buf == 10)
         word_start = ~sep & np.r_[True, sep[:-1]]
+        word_end = ~sep & np.r_[sep[1:], True]
+
+        def per_doc(mask: np.ndarray) -> np.ndarray:  # how many True in each document's bytes
+            total = np.r_[0, np.cumsum(mask)]
+            return total[doc_end] - total[doc_start]
+
         char_start = ~sep & ((buf & 0xC0) != 0x80)  # not a UTF-8 continuation byte
-        n_words = np.bincount(doc_of[word_start], minlength=len(docs))
-        n_chars = np.bincount(doc_of[char_start], minlength=len(docs))
-        spaceless = n_chars > 12 * np.maximum(n_words, 1)
-        starts = np.flatnonzero(np.where(spaceless[doc_of], char_start, word_start))
-        bounds = np.flatnonzero(sep | np.where(spaceless[doc_of], char_start, word_start))
-        ends = bounds[np.searchsorted(bounds, starts, side="right")]
+        spaceless = per_doc(char_start) > 12 * np.maximum(per_doc(word_start), 1)
+        if spaceless.any():  # those documents' units are characters (spaces dropped)
+            in_spaceless = np.repeat(spaceless, lengths + 1)
+            unit_start = np.where(in_spaceless, char_start, word_start)
+            bounds = np.flatnonzero(sep | unit_start)
+            starts = np.flatnonzero(unit_start)
+            ends = bounds[np.searchsorted(bounds, starts, side="right")]
+        else:
+            starts, ends = np.flatnonzero(word_start), np.flatnonzero(word_end) + 1
         # polynomial hash of buf[s:e]: (P[e] - P[s]) / base^s, with P the prefix sums of (byte + 1) * base^i;
         # dividing by base^s is multiplying by its inverse mod 2^64, which exists as the base is odd
         with np.errstate(over="ignore"):
@@ -108,7 +118,7 @@ class ShingleHasher:
             inv_pw = _powers_of(inv, len(buf) + 1)
             h = (prefix[ends] - prefix[starts]) * inv_pw[starts] + (ends - starts).astype(np.uint64)
             h = _fmix(h)
-            units = np.bincount(doc_of[starts], minlength=len(docs))
+            units = np.searchsorted(starts, doc_end) - np.searchsorted(starts, doc_start)
             first = np.concatenate([[0], np.cumsum(units)[:-1]]) if len(units) else units
             # exact duplicates: equal sequences of word (or character) hashes, whatever the spacing
             hb = h.tobytes()
