@@ -19,6 +19,7 @@ from __future__ import annotations
 import numpy as np
 import xxhash
 from datasketch import MinHash
+from typing import Iterable
 
 from .text import normalized_text
 
@@ -213,12 +214,12 @@ def band_keys(sigs: np.ndarray, bands: int, rows: int) -> np.ndarray:
         return _fmix((wide * _BAND_MIX[:rows]).sum(axis=2, dtype=np.uint64))
 
 
-def candidate_pairs(keys: np.ndarray) -> np.ndarray:
-    """(pairs, 2) int64 of document indices (i < j) sharing a band key. Within a group of equal keys
-    each member is paired with the group's first document: a star is enough for connected components."""
+def candidate_pairs(columns: Iterable[np.ndarray]) -> np.ndarray:
+    """(pairs, 2) int64 of document indices (i < j) sharing a band key, from each band's column of keys
+    (one band in memory at a time). Within a group of equal keys each member is paired with the group's
+    first document: a star is enough for connected components."""
     found = []
-    for band in range(keys.shape[1]):
-        col = keys[:, band]
+    for col in columns:
         order = np.argsort(col, kind="stable")
         sorted_keys = col[order]
         same = np.flatnonzero(sorted_keys[1:] == sorted_keys[:-1]) + 1  # positions continuing a group

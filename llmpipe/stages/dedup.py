@@ -5,7 +5,8 @@ optional removal of boilerplate lines repeated across many documents first (as C
 The input is read in shards of `dedup.shard_docs` documents, in three passes (shingles and
 fingerprints; shingles again for the documents of candidate pairs only, to verify them; writing).
 Between shards only compact per-document fingerprints stay in memory (an id, the exact hash, the band
-keys: about 130 bytes); the signatures go to a memory-mapped file on disk. An in-memory LSH index of
+sizes: about 100 bytes with the id, measured); band keys and signatures go to memory-mapped files on disk, and
+candidate pairs are found one band's key column at a time. An in-memory LSH index of
 Python objects costs about 5 kB per document.
 
 Which document survives: in every duplicate cluster (the connected components of verified pairs) the
@@ -95,17 +96,17 @@ class DedupIndex:
         chunk by chunk from their memory map, never whole in memory)."""
         with atomic_dir(folder) as tmp:
             np.save(tmp / "exact.npy", np.concatenate([np.asarray(self.exact), exact[rows]]))
-            np.save(tmp / "keys.npy", np.concatenate([np.asarray(self.keys), keys[rows]]))
-            out = np.lib.format.open_memmap(tmp / "sigs.npy", mode="w+", dtype=np.uint32,
-                                            shape=(len(self.ids) + len(rows), sigs.shape[1]))
-            for start in range(0, len(self.ids), chunk):
-                end = min(start + chunk, len(self.ids))
-                out[start:end] = self.sigs[start:end]
-            for start in range(0, len(rows), chunk):
-                part = rows[start : start + chunk]
-                out[len(self.ids) + start : len(self.ids) + start + len(part)] = sigs[part]
-            out.flush()
-            del out
+            for name, old, new in (("keys.npy", self.keys, keys), ("sigs.npy", self.sigs, sigs)):
+                out = np.lib.format.open_memmap(tmp / name, mode="w+", dtype=new.dtype,
+                                                shape=(len(self.ids) + len(rows), new.shape[1]))
+                for start in range(0, len(self.ids), chunk):
+                    end = min(start + chunk, len(self.ids))
+                    out[start:end] = old[start:end]
+                for start in range(0, len(rows), chunk):
+                    part = rows[start : start + chunk]
+                    out[len(self.ids) + start : len(self.ids) + start + len(part)] = new[part]
+                out.flush()
+                del out
             all_ids = list(self.ids) + [ids[i] for i in rows]
             pq.write_table(pa.table({"id": pa.array(all_ids, pa.string())}), tmp / "ids.parquet")
             write_json(tmp / "meta.json", {**self.meta, "docs": len(all_ids)})
@@ -137,15 +138,16 @@ class Decisions:
     report: dict
 
 
-def fingerprint_shard(texts: list[str], cfg: DedupParams, drop: frozenset[int], sig_path: Path) -> dict:
-    """Pass 1 for one shard (run in a worker process when dedup.workers > 1): exact hashes, band keys
-    and counts come back; the signatures are written to `sig_path`."""
+def fingerprint_shard(texts: list[str], cfg: DedupParams, drop: frozenset[int], out: Path) -> dict:
+    """Pass 1 for one shard (run in a worker process when dedup.workers > 1): exact hashes and counts
+    come back; the signatures and band keys are written to `out`-sigs.npy and `out`-keys.npy."""
     if drop:
         texts = [strip_lines(t, drop) for t in texts]
     exact, flat, offsets, units = ShingleHasher(cfg.shingle_size, cfg.seed).shard(texts)
     sigs = signatures_flat(flat, offsets, cfg.num_perm, cfg.seed)
-    np.save(sig_path, sigs)
-    return {"exact": exact, "keys": band_keys(sigs, cfg.bands, cfg.rows), "n_shingles": np.diff(offsets),
+    np.save(f"{out}-sigs.npy", sigs)
+    np.save(f"{out}-keys.npy", band_keys(sigs, cfg.bands, cfg.rows))
+    return {"exact": exact, "n_shingles": np.diff(offsets),
             "short": int(((units > 0) & (units < cfg.shingle_size)).sum()),
             "sizes": np.array([len(t.encode("utf-8")) for t in texts], dtype=np.int64)}
 
@@ -180,42 +182,48 @@ def find_duplicates(batches: Batches, cfg: DedupParams, reference: DedupIndex | 
     transform = (lambda t: strip_lines(t, drop)) if drop else None
     workers = cfg.workers or os.cpu_count() or 1
     ids: list[str] = []
-    exact, keys, n_shingles, sizes, sig_files, short = [], [], [], [], [], 0
+    exact, n_shingles, sizes, shard_files, short = [], [], [], [], 0
     with tempfile.TemporaryDirectory(dir=workdir) as tmp:
         # pass 1: fingerprints, shard by shard (in parallel); signatures to disk
         def jobs():
             for k, df in enumerate(batches()):
                 ids.extend(df["id"])
-                sig_files.append(Path(tmp) / f"sigs-{k}.npy")
-                yield list(df["text"]), cfg, drop, sig_files[-1]
+                shard_files.append(Path(tmp) / f"shard-{k}")
+                yield list(df["text"]), cfg, drop, shard_files[-1]
         for part in ordered_map(fingerprint_shard, jobs(), workers):
             exact.append(part["exact"])
-            keys.append(part["keys"])
             n_shingles.append(part["n_shingles"])
             sizes.append(part["sizes"])
             short += part["short"]
         N = len(ids)
         cat = (lambda parts, empty: np.concatenate(parts) if parts else empty)
         exact_new = cat(exact, np.empty(0, np.uint64))
-        keys_new = cat(keys, np.empty((0, cfg.bands), np.uint64))
         n_shingles_new, sizes_new = cat(n_shingles, np.empty(0, np.int64)), cat(sizes, np.empty(0, np.int64))
-        del exact, keys
-        sigs_new = np.lib.format.open_memmap(Path(tmp) / "sigs.npy", mode="w+", dtype=np.uint32,
-                                             shape=(N, cfg.num_perm))
-        row = 0
-        for f in sig_files:
-            part = np.load(f)
-            sigs_new[row : row + len(part)] = part
-            row += len(part)
-            f.unlink()
+        del exact
+        keys_new = _stack_on_disk([Path(f"{f}-keys.npy") for f in shard_files], Path(tmp) / "keys.npy",
+                                  (N, cfg.bands), np.uint64)
+        sigs_new = _stack_on_disk([Path(f"{f}-sigs.npy") for f in shard_files], Path(tmp) / "sigs.npy",
+                                  (N, cfg.num_perm), np.uint32)
         d = _decide(batches, cfg, ref, hasher, transform, ids, exact_new, keys_new, sigs_new, n_shingles_new,
                     sizes_new)
         d.stats["short_docs"] = d.report["short_docs"] = short
         if index_out is not None:
             kept = np.setdiff1d(np.arange(N), np.fromiter(d.removed, dtype=np.int64, count=len(d.removed)))
             ref.save_with(index_out, ids, exact_new, keys_new, sigs_new, kept)
-        del sigs_new
+        del sigs_new, keys_new
         return d
+
+
+def _stack_on_disk(files: list[Path], dest: Path, shape: tuple[int, int], dtype) -> np.ndarray:
+    """The per-shard arrays in `files`, one after the other, as one memory-mapped array (files removed)."""
+    out = np.lib.format.open_memmap(dest, mode="w+", dtype=dtype, shape=shape)
+    row = 0
+    for f in files:
+        part = np.load(f)
+        out[row : row + len(part)] = part
+        row += len(part)
+        f.unlink()
+    return out
 
 
 def _decide(batches, cfg, ref, hasher, transform, ids, exact_new, keys_new, sigs_new, n_shingles_new,
@@ -239,8 +247,8 @@ def _decide(batches, cfg, ref, hasher, transform, ids, exact_new, keys_new, sigs
     if cfg.near:
         alive = np.array([i for i in range(N) if i not in removed and n_shingles_new[i] > 0], dtype=np.int64)
         universe = np.concatenate([np.arange(R), R + alive])  # global indices taking part
-        all_keys = np.concatenate([np.asarray(ref.keys), keys_new[alive]])
-        pairs = universe[candidate_pairs(all_keys)] if len(universe) else np.empty((0, 2), np.int64)
+        columns = (np.concatenate([np.asarray(ref.keys[:, b]), keys_new[:, b][alive]]) for b in range(cfg.bands))
+        pairs = universe[candidate_pairs(columns)] if len(universe) else np.empty((0, 2), np.int64)
         pairs = pairs[pairs[:, 1] >= R]  # reference documents were accepted already
         n_candidates = len(pairs)
         exact_sims: dict[tuple[int, int], float] = {}
