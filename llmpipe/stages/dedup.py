@@ -4,10 +4,10 @@ optional removal of boilerplate lines repeated across many documents first (as C
 
 The input is read in shards of `dedup.shard_docs` documents, in three passes (shingles and
 fingerprints; shingles again for the documents of candidate pairs only, to verify them; writing).
-Between shards only compact per-document fingerprints stay in memory (an id, the exact hash, the band
-sizes: about 100 bytes with the id, measured); band keys and signatures go to memory-mapped files on disk, and
-candidate pairs are found one band's key column at a time. An in-memory LSH index of
-Python objects costs about 5 kB per document.
+Between shards only compact per-document facts stay in memory (the id, the exact hash, shingle count
+and size: about 100 bytes, measured by bench/dedup.py); band keys and signatures go to memory-mapped
+files on disk, and candidate pairs are found one band's key column at a time. An in-memory LSH index
+of Python objects costs about 5 kB per document.
 
 Which document survives: in every duplicate cluster (the connected components of verified pairs) the
 document with the lowest index is kept: a document of the reference index before any new one, then
