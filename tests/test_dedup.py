@@ -140,3 +140,40 @@ def test_boilerplate_lines_removed_before_dedup():
     assert len(kept) == 4 and not any(footer in t for t in kept["text"])
     kept, _, _ = dedup_documents(docs, DedupParams())
     assert all(footer in t for t in kept["text"])
+
+
+def test_stage_run_streams_parquet_and_dedups_against_reference(tmp_path):
+    """The stage itself: Parquet in (extra columns kept), every output written, then a second corpus
+    deduplicated against the first run's index named in params."""
+    import json
+
+    from llmpipe import layout
+    from llmpipe.config import parse_params
+    from llmpipe.stages import dedup as stage
+
+    def write_input(rows):
+        path = tmp_path / layout.FILTER_DOCS
+        path.parent.mkdir(parents=True, exist_ok=True)
+        pd.DataFrame(rows).to_parquet(path)
+
+    first = [text(seed=s) for s in range(5)]
+    write_input({"id": [f"a{i}" for i in range(6)], "text": first + [perturb(first[2], 2, 4)],
+                 "lang": ["en"] * 6})
+    params = parse_params({"dedup": {"shard_docs": 2}})
+    result = stage.run(params, tmp_path)
+    kept = pd.read_parquet(tmp_path / layout.DEDUP_DOCS)
+    assert list(kept["id"]) == [f"a{i}" for i in range(5)] and "lang" in kept.columns
+    report = json.loads((tmp_path / layout.DEDUP_REPORT).read_text())
+    assert report["near_dups"] == 1 and report["cluster_size_histogram"] == {"2": 1}
+    assert result.metrics["docs_out"] == 5 and tmp_path / layout.DEDUP_REPORT in result.artifacts
+    reference = tmp_path / "reference-index"
+    (tmp_path / layout.DEDUP_INDEX).rename(reference)
+
+    write_input({"id": ["b0", "b1", "b2"], "text": [perturb(first[0], 2, 9), text(seed=50), first[4]],
+                 "lang": ["en"] * 3})
+    params = parse_params({"dedup": {"shard_docs": 2, "reference_index": "reference-index"}})
+    stage.run(params, tmp_path)
+    removed = pd.read_parquet(tmp_path / layout.DEDUP_REMOVED).set_index("id")
+    assert removed.loc["b0", "duplicate_of"] == "a0" and removed.loc["b2", "duplicate_of"] == "a4"
+    assert list(pd.read_parquet(tmp_path / layout.DEDUP_DOCS)["id"]) == ["b1"]
+    assert DedupIndex.load(tmp_path / layout.DEDUP_INDEX, DedupParams()).ids == [f"a{i}" for i in range(5)] + ["b1"]
