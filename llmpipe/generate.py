@@ -39,7 +39,15 @@ def generate_batch(model: GPT, prompts: list[list[int]], max_new_tokens: int, eo
     """Generate for several prompts at once (left-padded); each row stops at eot_id (not included).
 
     on_token(row, token) is called for every token as it is produced (for streaming);
-    stop_fn(row, generated_ids) -> True ends that row (stop strings are checked this way)."""
+    stop_fn(row, generated_ids) -> True ends that row (stop strings are checked this way).
+    The weights are read in the decode layout meanwhile (GPT.decode_layout)."""
+    with model.decode_layout():
+        return _generate(model, prompts, max_new_tokens, eot_id, temperature, top_k, top_p, seed, use_cache,
+                         on_token, stop_fn)
+
+
+def _generate(model, prompts, max_new_tokens, eot_id, temperature, top_k, top_p, seed, use_cache, on_token,
+              stop_fn) -> list[list[int]]:
     model.eval()
     first = next(model.parameters())
     device, block = first.device, model.cfg.block_size

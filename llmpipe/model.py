@@ -9,6 +9,7 @@ for generation.
 
 from __future__ import annotations
 
+import contextlib
 import math
 from dataclasses import asdict, dataclass
 
@@ -67,6 +68,22 @@ class RMSNorm(nn.Module):
         return F.rms_norm(x, (x.size(-1),), self.weight, self.eps)
 
 
+class Linear(nn.Linear):
+    """nn.Linear with an optional inference layout. Decoding multiplies one row per sequence by each
+    weight, which is bound by reading the weight from memory; BLAS streams an (in, out) matrix for such
+    products about twice as fast as the (out, in) one nn.Linear keeps (14-17 vs 6-7 GB/s measured on
+    2 EPYC cores). GPT.decode_layout() fills `weight_t` with that copy for the duration of generation."""
+
+    weight_t: torch.Tensor | None = None
+    ROWS = 16  # up to this many rows use weight_t; more rows are compute-bound and use F.linear
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.weight_t is None or x.shape[:-1].numel() > self.ROWS:
+            return F.linear(x, self.weight, self.bias)
+        y = x @ self.weight_t
+        return y if self.bias is None else y + self.bias
+
+
 def make_norm(cfg: GPTConfig) -> nn.Module:
     return RMSNorm(cfg.d_model) if cfg.norm == "rmsnorm" else nn.LayerNorm(cfg.d_model)
 
@@ -109,19 +126,18 @@ class CausalSelfAttention(nn.Module):
         self.cfg, self.layer = cfg, layer
         hd = cfg.head_dim
         # q, k and v in one matmul: one weight read per token matters when decoding is memory-bound
-        self.qkv_proj = nn.Linear(cfg.d_model, (cfg.n_head + 2 * cfg.kv_heads) * hd, bias=False)
-        self.o_proj = nn.Linear(cfg.n_head * hd, cfg.d_model, bias=False)
+        self.qkv_proj = Linear(cfg.d_model, (cfg.n_head + 2 * cfg.kv_heads) * hd, bias=False)
+        self.o_proj = Linear(cfg.n_head * hd, cfg.d_model, bias=False)
         self.o_proj.residual_scale = True
 
     def forward(self, x, rope, cache: KVCache | None = None, mask: torch.Tensor | None = None):
         B, T, _ = x.shape
         cfg, hd = self.cfg, self.cfg.head_dim
-        q, k, v = self.qkv_proj(x).split([cfg.n_head * hd, cfg.kv_heads * hd, cfg.kv_heads * hd], dim=-1)
-        q = q.view(B, T, cfg.n_head, hd).transpose(1, 2)
-        k = k.view(B, T, cfg.kv_heads, hd).transpose(1, 2)
-        v = v.view(B, T, cfg.kv_heads, hd).transpose(1, 2)
-        if rope is not None:
-            q, k = apply_rope(q, *rope), apply_rope(k, *rope)
+        qkv = self.qkv_proj(x).view(B, T, cfg.n_head + 2 * cfg.kv_heads, hd).transpose(1, 2)
+        qk, v = qkv.split([cfg.n_head + cfg.kv_heads, cfg.kv_heads], dim=1)
+        if rope is not None:  # queries and keys rotate alike: one pass over both
+            qk = apply_rope(qk, *rope)
+        q, k = qk.split([cfg.n_head, cfg.kv_heads], dim=1)
         if cache is not None:
             k, v = cache.update(self.layer, k, v)
         # No mask: plain causal over the chunk, or a single new token that sees the whole cache.
@@ -138,8 +154,8 @@ class MLP(nn.Module):
     def __init__(self, cfg: GPTConfig):
         super().__init__()
         self.swiglu = cfg.mlp == "swiglu"
-        self.up = nn.Linear(cfg.d_model, cfg.ffn_dim * (2 if self.swiglu else 1), bias=False)
-        self.down = nn.Linear(cfg.ffn_dim, cfg.d_model, bias=False)
+        self.up = Linear(cfg.d_model, cfg.ffn_dim * (2 if self.swiglu else 1), bias=False)
+        self.down = Linear(cfg.ffn_dim, cfg.d_model, bias=False)
         self.down.residual_scale = True
 
     def forward(self, x):
@@ -173,7 +189,7 @@ class GPT(nn.Module):
         self.drop = nn.Dropout(cfg.dropout)
         self.blocks = nn.ModuleList(Block(cfg, i) for i in range(cfg.n_layer))
         self.norm_f = make_norm(cfg)
-        self.lm_head = nn.Linear(cfg.d_model, cfg.vocab_size, bias=False)
+        self.lm_head = Linear(cfg.d_model, cfg.vocab_size, bias=False)
         if cfg.tie_embeddings:
             self.lm_head.weight = self.tok_emb.weight
         if cfg.pos == "rope":
@@ -190,6 +206,19 @@ class GPT(nn.Module):
             nn.init.normal_(module.weight, mean=0.0, std=std)
         elif isinstance(module, nn.Embedding):
             nn.init.normal_(module.weight, mean=0.0, std=0.02)
+
+    @contextlib.contextmanager
+    def decode_layout(self):
+        """Within this block, few-row products read transposed copies of the weights (see Linear);
+        the copies are made on entry from the current weights and dropped on exit."""
+        layers = [m for m in self.modules() if isinstance(m, Linear)]
+        for m in layers:
+            m.weight_t = m.weight.detach().t().contiguous()
+        try:
+            yield self
+        finally:
+            for m in layers:
+                m.weight_t = None
 
     def num_params(self, non_embedding: bool = True) -> int:
         n = sum(p.numel() for p in self.parameters())
@@ -230,15 +259,18 @@ class GPT(nn.Module):
         start = cache.pos if cache is not None else 0
         if start + T > self.cfg.block_size:
             raise ValueError(f"sequence of {start + T} positions exceeds block_size {self.cfg.block_size}")
-        pos = torch.arange(start, start + T, device=idx.device)
-        if pad is not None:
-            pos = (pos[None, :] - pad[:, None]).clamp(min=0)  # (B, T)
         x = self.tok_emb(idx)
         rope = None
-        if self.pos_emb is not None:
-            x = x + self.pos_emb(pos)
+        if pad is None and self.pos_emb is None:  # the common case: a slice of the tables, no gather
+            rope = (self.rope_cos[start : start + T], self.rope_sin[start : start + T])
         else:
-            rope = (self.rope_cos[pos], self.rope_sin[pos])
+            pos = torch.arange(start, start + T, device=idx.device)
+            if pad is not None:
+                pos = (pos[None, :] - pad[:, None]).clamp(min=0)  # (B, T)
+            if self.pos_emb is not None:
+                x = x + self.pos_emb(pos)
+            else:
+                rope = (self.rope_cos[pos], self.rope_sin[pos])
         x = self.drop(x)
         mask = self.attention_mask(T, start, pad, idx.device)
         local = None

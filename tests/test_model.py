@@ -118,3 +118,15 @@ def test_local_attention_greedy_matches_with_and_without_cache():
     prompt = [5, 17, 3, 42, 8, 9, 11]
     assert generate(model, prompt, 15, temperature=0.0) == generate(model, prompt, 15, temperature=0.0,
                                                                       use_cache=False)
+
+
+def test_decode_layout_same_logits_and_dropped_after():
+    model = tiny().eval()
+    x = torch.randint(0, 97, (2, 5))
+    with torch.no_grad():
+        ref, _ = model(x)
+        with model.decode_layout():
+            assert model.lm_head.weight_t is not None and model.lm_head.weight_t.shape == (32, 97)
+            fast, _ = model(x)
+    assert torch.allclose(ref, fast, atol=1e-5)
+    assert all(m.weight_t is None for m in model.modules() if hasattr(m, "weight_t"))
