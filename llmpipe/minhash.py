@@ -1,10 +1,9 @@
 """MinHash near-duplicate detection, in FineWeb's setting (word 5-grams, 112 permutations as 14 bands
 of 8 rows), vectorized so that signatures cost numpy passes rather than Python calls per shingle.
 
-- `ShingleHasher`: 32-bit hashes of the n-grams of a document's normalized text. Words are hashed
-  once each (xxhash, seeded, cached), and an n-gram's hash mixes its n word hashes in numpy, so a
-  document costs one Python call per distinct word, not per shingle. Text written without spaces
-  (Chinese, Japanese, Thai) is shingled by character n-grams instead.
+- `ShingleHasher`: 32-bit hashes of the n-grams of documents' normalized text, for a whole batch in
+  numpy (no Python call per word or shingle). Text written without spaces (Chinese, Japanese, Thai)
+  is shingled by character n-grams instead.
 - `signatures`: datasketch's MinHash of those hashes (its default `affine32` scheme: the MurmurHash3
   finalizer, then h -> a*h + b mod 2^32 for each permutation (a, b) that datasketch draws from the
   seed), computed for a whole shard at once with np.minimum.reduceat. Equal to datasketch.MinHash
@@ -16,10 +15,11 @@ of 8 rows), vectorized so that signatures cost numpy passes rather than Python c
 
 from __future__ import annotations
 
+from typing import Iterable
+
 import numpy as np
 import xxhash
 from datasketch import MinHash
-from typing import Iterable
 
 from .text import normalized_text
 
@@ -41,9 +41,9 @@ def _fmix(h: np.ndarray) -> np.ndarray:
     return h ^ (h >> t(s3))
 
 
-def is_spaceless(words: list[str], chars: int) -> bool:
-    """Scripts written without spaces give 'words' that are whole phrases: shingle by characters."""
-    return chars > 0 and chars > 12 * max(len(words), 1)
+# A text averaging more characters per 'word' than this is written without spaces (its 'words' are
+# whole phrases): it is shingled by characters.
+SPACELESS_CHARS_PER_WORD = 12
 
 
 class ShingleHasher:
@@ -100,7 +100,7 @@ class ShingleHasher:
             return total[doc_end] - total[doc_start]
 
         char_start = ~sep & ((buf & 0xC0) != 0x80)  # not a UTF-8 continuation byte
-        spaceless = per_doc(char_start) > 12 * np.maximum(per_doc(word_start), 1)
+        spaceless = per_doc(char_start) > SPACELESS_CHARS_PER_WORD * np.maximum(per_doc(word_start), 1)
         if spaceless.any():  # those documents' units are characters (spaces dropped)
             in_spaceless = np.repeat(spaceless, lengths + 1)
             unit_start = np.where(in_spaceless, char_start, word_start)
