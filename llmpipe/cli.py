@@ -80,6 +80,9 @@ def main(argv: list[str] | None = None) -> int:
     exp = sub.add_parser("export", help="export the trained model for other tools")
     exp.add_argument("out", type=Path, help="output folder")
     exp.add_argument("--format", choices=["hf"], default="hf", help="hf: a Hugging Face (Llama) model folder")
+    lin = sub.add_parser("lineage", help="print the data versions behind a model or run")
+    lin.add_argument("target", nargs="?", help="git revision, MLflow run id or models:/<name>/<version> "
+                                               "(default: the workspace)")
     gen = sub.add_parser("generate", help="generate text from the trained model")
     gen.add_argument("prompts", nargs="+")
     gen.add_argument("--max-new-tokens", type=int, default=None)
@@ -103,6 +106,10 @@ def main(argv: list[str] | None = None) -> int:
 
             out = export_hf(load_model(root / layout.MODEL), root / layout.TOKENIZER, args.out)
             print(f"wrote a Hugging Face model folder to {out}")
+        elif args.command == "lineage":
+            from .lineage import lineage
+
+            print(lineage(root, args.target))
         elif args.command == "generate":
             from .stages.sample import generate_cli
 

@@ -195,3 +195,28 @@ def start_stage_run(root: Path, experiment: str, stage: str, params: dict[str, A
     tracker = Tracker(root, experiment, stage, parent_run_id=os.environ.get(PARENT_ENV), tags=tags)
     tracker.log_params(flatten("", params))
     return tracker
+
+
+def recorded_lineage(root: Path, target: str) -> tuple[str, dict[str, str]]:
+    """(git commit, {path: md5} of the data it read) recorded on an MLflow run id or on a registered
+    model version `models:/<name>/<version>`."""
+    from mlflow.exceptions import MlflowException
+    from mlflow.tracking import MlflowClient
+
+    from .io import InputError
+
+    uri = tracking_uri(root)
+    _configure_env(uri)
+    client = MlflowClient(tracking_uri=uri)
+    try:
+        if target.startswith("models:/"):
+            name, _, version = target.removeprefix("models:/").rpartition("/")
+            tags = client.get_model_version(name, version).tags
+        else:
+            tags = client.get_run(target).data.tags
+    except MlflowException as err:
+        raise InputError(f"{target}: not a git revision, MLflow run or model version in {uri} ({err.message})") from None
+    commit = tags.get("git.commit")
+    if not commit or commit == "unknown":
+        raise InputError(f"{target}: has no git.commit tag; it was not made from a git checkout")
+    return commit, {k.removeprefix("dvc.dep."): v for k, v in tags.items() if k.startswith("dvc.dep.")}
