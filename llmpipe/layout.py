@@ -18,6 +18,7 @@ MODEL = DATA / "model"
 CHECKPOINTS = DATA / "checkpoints"
 TRAIN_PLOT = DATA / "plots" / "train.tsv"
 VAL_PLOT = DATA / "plots" / "val.tsv"
+LOSS_PNG = DATA / "plots" / "loss.png"
 SAMPLES = DATA / "samples" / "samples.jsonl"
 
 

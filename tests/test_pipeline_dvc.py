@@ -37,6 +37,7 @@ def test_every_stage_output_is_there(repro_repo):
     assert tok.get_vocab_size() == TINY_PARAMS["tokenizer"]["vocab_size"]
     assert (data / "model" / "model.safetensors").exists() and (data / "checkpoints" / "state.json").exists()
     train_tsv = (data / "plots" / "train.tsv").read_text().splitlines()
+    assert (data / "plots" / "loss.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     assert train_tsv[0].split("\t")[:3] == ["step", "tokens", "loss"] and len(train_tsv) == 1 + 30 // 5
     ev = json.loads((data / "metrics" / "evaluate.json").read_text())
     assert 0 < ev["bits_per_byte"] < 8 and ev["tokens"] == TINY_PARAMS["evaluate"]["max_tokens"]

@@ -110,3 +110,14 @@ def test_batch_tokens_sets_accumulation(token_dir, tmp_path):
     a = train(c, token_dir, tmp_path / "a", VOCAB, {"id": 1}).history["train"]
     b = train(same, token_dir, tmp_path / "b", VOCAB, {"id": 1}).history["train"]
     assert [r["loss"] for r in a] == [r["loss"] for r in b] and a[-1]["tokens"] == 2 * 4 * 32 * 3
+
+
+def test_loss_curve_png(tmp_path):
+    from llmpipe.plots import loss_curve_png
+
+    train_rows = [{"tokens": 100 * i, "loss": 5.0 - 0.1 * i} for i in range(1, 11)]
+    val_rows = [{"tokens": 500, "val_loss": 4.6}, {"tokens": 1000, "val_loss": 4.2}]
+    loss_curve_png(train_rows, val_rows, tmp_path / "loss.png", title="t")
+    data = (tmp_path / "loss.png").read_bytes()
+    assert data[:8] == b"\x89PNG\r\n\x1a\n" and len(data) > 5000
+    assert not any(p.name.startswith(".") for p in tmp_path.iterdir())  # written atomically, no leftovers

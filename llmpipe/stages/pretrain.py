@@ -10,6 +10,7 @@ from pathlib import Path
 from .. import layout
 from ..config import Params
 from ..io import atomic_path, dvc_lock_out_hashes
+from ..plots import loss_curve_png
 from ..tokens import MANIFEST, load_manifest
 from ..train import is_main_process, train
 from ..weights import save_model
@@ -45,5 +46,7 @@ def run(params: Params, root: Path, sink=None) -> StageResult:
                                                          "tokenizer_sha256": manifest.data["tokenizer_sha256"]})
     write_tsv(root / layout.TRAIN_PLOT, result.history["train"], TRAIN_COLUMNS)
     write_tsv(root / layout.VAL_PLOT, result.history["val"], VAL_COLUMNS)
-    return StageResult(metrics, artifacts=[root / layout.TRAIN_PLOT, root / layout.VAL_PLOT],
+    loss_curve_png(result.history["train"], result.history["val"], root / layout.LOSS_PNG,
+                   title=f"{metrics['params'] / 1e6:.2f}M parameters, {metrics['tokens']:,} tokens")
+    return StageResult(metrics, artifacts=[root / layout.TRAIN_PLOT, root / layout.VAL_PLOT, root / layout.LOSS_PNG],
                        model_dir=root / layout.MODEL)
