@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 import torch
@@ -19,7 +18,9 @@ WEIGHTS, CONFIG = "model.safetensors", "config.json"
 def save_model(model: GPT, out_dir: Path, extra: dict | None = None) -> None:
     out_dir.mkdir(parents=True, exist_ok=True)
     with atomic_path(out_dir / WEIGHTS) as tmp:
-        save_file(model_state(model), str(tmp), metadata={"format": "pt", "config": json.dumps(model.cfg.to_dict())})
+        # One metadata key: safetensors writes a metadata map in hash order, so two keys would make the
+        # bytes (and the DVC hash) of identical weights differ from run to run. The config is config.json.
+        save_file(model_state(model), str(tmp), metadata={"format": "pt"})
     write_json(out_dir / CONFIG, {**model.cfg.to_dict(), **(extra or {})})
 
 
