@@ -52,7 +52,7 @@ def chain(lock: dict) -> list[dict]:
 
 def render(target: str, commit: str | None, lock: dict, recorded: dict[str, str] | None = None) -> str:
     lines = [f"lineage of {target}" + (f" (git commit {commit})" if commit else " (workspace)")]
-    known = {path: md5 for row in chain(lock) for path, md5 in row["outs"]}
+    known = outputs(lock)
     for row in chain(lock):
         for i, (path, md5) in enumerate(row["outs"] or [("(not run)", "")]):
             lines.append(f"  {row['stage'] if i == 0 else '':10} {path:34} {md5}")
@@ -65,8 +65,13 @@ def render(target: str, commit: str | None, lock: dict, recorded: dict[str, str]
     return "\n".join(lines)
 
 
+def outputs(lock: dict) -> dict[str, str]:
+    """path -> md5 of every data output in the chain."""
+    return {path: md5 for row in chain(lock) for path, md5 in row["outs"]}
+
+
 def _matches(lock: dict, recorded: dict[str, str]) -> bool:
-    known = {path: md5 for row in chain(lock) for path, md5 in row["outs"]}
+    known = outputs(lock)
     return all(known.get(path) == md5 for path, md5 in recorded.items())
 
 

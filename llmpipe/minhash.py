@@ -215,18 +215,18 @@ def band_keys(sigs: np.ndarray, bands: int, rows: int) -> np.ndarray:
 
 
 def candidate_pairs(columns: Iterable[np.ndarray]) -> np.ndarray:
-    """(pairs, 2) int64 of document indices (i < j) sharing a band key, from each band's column of keys
-    (one band in memory at a time). Within a group of equal keys each member is paired with the group's
-    first document: a star is enough for connected components."""
+    """(pairs, 2) int64 of document indices (i < j) with equal keys in any column (a band's keys, or
+    exact-duplicate hashes), one column in memory at a time. Within a group of equal keys each member is
+    paired with the group's lowest index (the sort is stable): a star is enough for connected components."""
     found = []
     for col in columns:
         order = np.argsort(col, kind="stable")
         sorted_keys = col[order]
-        same = np.flatnonzero(sorted_keys[1:] == sorted_keys[:-1]) + 1  # positions continuing a group
+        new_group = np.r_[True, sorted_keys[1:] != sorted_keys[:-1]]
+        same = np.flatnonzero(~new_group)  # positions continuing a group
         if len(same) == 0:
             continue
-        group_start = np.maximum.accumulate(np.where(np.r_[True, sorted_keys[1:] != sorted_keys[:-1]],
-                                                     np.arange(len(col)), 0))
+        group_start = np.maximum.accumulate(np.where(new_group, np.arange(len(col)), 0))
         found.append(np.stack([order[group_start[same]], order[same]], axis=1))
     if not found:
         return np.empty((0, 2), dtype=np.int64)

@@ -18,7 +18,7 @@ from typing import Any
 
 import yaml
 
-from .io import dvc_lock_out_hashes
+from .io import InputError, dvc_lock_out_hashes
 
 log = logging.getLogger(__name__)
 
@@ -202,8 +202,6 @@ def recorded_lineage(root: Path, target: str) -> tuple[str, dict[str, str]]:
     model version `models:/<name>/<version>`."""
     from mlflow.exceptions import MlflowException
     from mlflow.tracking import MlflowClient
-
-    from .io import InputError
 
     uri = tracking_uri(root)
     _configure_env(uri)

@@ -231,13 +231,8 @@ def _decide(batches, cfg, ref, hasher, transform, ids, exact_new, keys_new, sigs
     R, N = len(ref.ids), len(ids)
 
     removed: dict[int, tuple[int, str, float]] = {}
-    if cfg.exact:  # equal hashes: the lowest global index of each group is kept
-        all_exact = np.concatenate([np.asarray(ref.exact), exact_new])
-        order = np.argsort(all_exact, kind="stable")
-        sorted_h = all_exact[order]
-        starts = np.r_[True, sorted_h[1:] != sorted_h[:-1]]
-        first = order[np.maximum.accumulate(np.where(starts, np.arange(len(order)), 0))]
-        for g, root in zip(order[~starts], first[~starts]):
+    if cfg.exact:  # equal hashes, grouped like band keys: each group's lowest global index is kept
+        for root, g in candidate_pairs([np.concatenate([np.asarray(ref.exact), exact_new])]):
             if g >= R:
                 removed[int(g) - R] = (int(root), "exact", 1.0)
     n_exact = len(removed)
@@ -294,16 +289,19 @@ def _decide(batches, cfg, ref, hasher, transform, ids, exact_new, keys_new, sigs
              "removed_as_duplicate_of_reference": sum(1 for root, _, _ in removed.values() if root < R)}
     histogram = Counter(1 + c for c in clusters.values())
     report = {**stats, "cluster_size_histogram": {str(k): v for k, v in sorted(histogram.items())},
-              "sample_pairs": [{"id": ids[i], "duplicate_of": (ref.ids[r] if r < R else ids[r - R]), "kind": k,
+              "sample_pairs": [{"id": ids[i], "duplicate_of": _global_id(r, ref.ids, ids), "kind": k,
                                 "similarity": s} for i, (r, k, s) in sorted(removed.items())[: cfg.report_examples]]}
     return Decisions(removed, ids, list(ref.ids), stats, report)
 
 
+def _global_id(g: int, reference_ids: list[str], ids: list[str]) -> str:
+    """The id of global index g: reference documents first, then the new ones."""
+    return reference_ids[g] if g < len(reference_ids) else ids[g - len(reference_ids)]
+
+
 def removed_table(d: Decisions) -> pd.DataFrame:
-    def name(g: int) -> str:
-        R = len(d.reference_ids)
-        return d.reference_ids[g] if g < R else d.ids[g - R]
-    return pd.DataFrame([{"id": d.ids[i], "duplicate_of": name(r), "kind": k, "similarity": s}
+    return pd.DataFrame([{"id": d.ids[i], "duplicate_of": _global_id(r, d.reference_ids, d.ids), "kind": k,
+                          "similarity": s}
                          for i, (r, k, s) in sorted(d.removed.items())],
                         columns=["id", "duplicate_of", "kind", "similarity"])
 
