@@ -17,6 +17,9 @@ import subprocess
 import sys
 import time
 from pathlib import Path
+from typing import Any
+
+import yaml
 
 from prefect import flow, get_run_logger, task
 from prefect.artifacts import create_markdown_artifact
@@ -24,7 +27,8 @@ from prefect.cache_policies import NO_CACHE
 from prefect.runtime import flow_run
 
 from llmpipe.cli import STAGES
-from llmpipe.config import load_params
+from llmpipe.config import ParamsError, load_params, parse_params
+from llmpipe.io import write_text
 from llmpipe.tracking import FLOW_RUN_ENV, PARENT_ENV, Tracker, git_commit
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
@@ -69,6 +73,19 @@ def stage_task(stage: str, root: str, env: dict[str, str], force: bool = False) 
     return result
 
 
+def prefect_api_url() -> str | None:
+    """The API this flow talks to: the configured server, or the temporary one Prefect started for it."""
+    from prefect.settings import get_current_settings
+
+    url = get_current_settings().api.url
+    if url:
+        return url
+    from prefect.server.api.server import SubprocessASGIServer
+
+    server = SubprocessASGIServer()
+    return server.api_url if server.running else None
+
+
 def summary_markdown(rows: list[dict], headline: dict) -> str:
     lines = ["| stage | status | seconds |", "|---|---|---|"]
     lines += [f"| {r['stage']} | {r['status']} | {r['seconds']} |" for r in rows]
@@ -92,11 +109,33 @@ def headline_metrics(root: Path) -> dict:
     return out
 
 
+def apply_overrides(params_path: Path, overrides: dict[str, Any]) -> None:
+    """Set dotted keys of params.yaml ({"pretrain.max_steps": 400, "scrape.sources": [...]}), as
+    `dvc exp run -S` does: validated in full first, then written atomically, so DVC sees the change
+    and dvc.lock records it."""
+    data = yaml.safe_load(params_path.read_text(encoding="utf-8")) or {}
+    for key, value in overrides.items():
+        node = data
+        *parents, last = key.split(".")
+        for part in parents:
+            node = node.setdefault(part, {})
+            if not isinstance(node, dict):
+                raise ParamsError(f"override {key!r}: {part} is not a section")
+        node[last] = value
+    parse_params(data, params_path)
+    write_text(params_path, yaml.safe_dump(data, sort_keys=False, allow_unicode=True))
+
+
 @flow(name="llmpipe", log_prints=True)
-def pipeline(root: str = str(REPO_ROOT), force: bool = False, scrape_retries: int = 2) -> list[dict]:
-    """Run the eight stages through DVC; returns the per-stage summary."""
+def pipeline(root: str = str(REPO_ROOT), force: bool = False, scrape_retries: int = 2,
+             overrides: dict[str, Any] | None = None) -> list[dict]:
+    """Run the eight stages through DVC; returns the per-stage summary. `overrides` (dotted params keys)
+    are written into params.yaml first: a scheduled run can train on a new source list."""
     logger = get_run_logger()
     root_path = Path(root).resolve()
+    if overrides:
+        apply_overrides(root_path / "params.yaml", overrides)
+        logger.info("params.yaml overrides: %s", overrides)
     params = load_params(root_path / "params.yaml")  # bad params stop the flow before any work
     parent = Tracker(root_path, params.tracking.experiment, "pipeline",
                      tags={"llmpipe.kind": "pipeline", "git.commit": git_commit(root_path) or "unknown",
@@ -106,6 +145,8 @@ def pipeline(root: str = str(REPO_ROOT), force: bool = False, scrape_retries: in
         env[PARENT_ENV] = parent.run_id
     if flow_run.get_id():
         env[FLOW_RUN_ENV] = str(flow_run.get_id())
+    if prefect_api_url() and "PREFECT_API_URL" not in env:
+        env["PREFECT_API_URL"] = prefect_api_url()  # the data stages' shard flows reuse our server
     rows: list[dict] = []
     status = "FAILED"
     try:

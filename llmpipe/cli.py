@@ -66,6 +66,9 @@ def _setup_logging(verbose: bool) -> None:
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s", datefmt="%H:%M:%S")
     for noisy in ("mlflow", "alembic", "urllib3", "httpx"):
         logging.getLogger(noisy).setLevel(logging.WARNING)
+    # trafilatura logs an ERROR for every page without main text; the scrape report counts those.
+    for noisy in ("trafilatura", "htmldate", "courlan"):
+        logging.getLogger(noisy).setLevel(logging.CRITICAL)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -120,6 +123,11 @@ def main(argv: list[str] | None = None) -> int:
     except (ParamsError, InputError) as err:
         print(f"llmpipe {args.command}: error: {err}", file=sys.stderr)
         return 2
+    except OSError as err:  # a full disk, a read-only folder: say which file, keep the rest
+        where = f" {err.filename}" if getattr(err, "filename", None) else ""
+        print(f"llmpipe {args.command}: failed: I/O error on{where or ' an output'}: {err.strerror or err} "
+              f"(outputs written before are intact)", file=sys.stderr)
+        return 1
     except KeyboardInterrupt:
         print(f"llmpipe {args.command}: interrupted", file=sys.stderr)
         return 130

@@ -35,19 +35,71 @@ class DemoSource(Section):
 
 
 class LocalSource(Section):
-    """Local text files matched by glob patterns (relative to the repository root)."""
+    """Local files matched by glob patterns (relative to the repository root): .txt, .md, .html/.htm,
+    .jsonl (a text field), .parquet (a text column), and .tar.gz/.tgz/.zip archives of those."""
 
     kind: Literal["local"] = "local"
     paths: list[str] = Field(min_length=1)
     encoding: str = "utf-8"
+    text_field: str = "text"  # the field of .jsonl records and the column of .parquet files
+    files_per_shard: Annotated[int, Field(ge=1)] = 64  # files read by one task
 
 
-Source = Annotated[DemoSource | LocalSource, Field(discriminator="kind")]
+class WarcSource(Section):
+    """WARC, WET and ARC files (Common Crawl's formats), gzipped or not, matched by glob patterns:
+    HTML responses go through extraction, WET conversion records are taken as text."""
+
+    kind: Literal["warc"] = "warc"
+    paths: list[str] = Field(min_length=1)
+
+
+class HttpSource(Section):
+    """Pages fetched over HTTP(S), politely: robots.txt, a delay per host, bounded concurrency, retries
+    with backoff on 429/5xx and timeouts, a size cap; optionally crawling same-host links to a depth."""
+
+    kind: Literal["http"] = "http"
+    urls: list[str] = Field(default_factory=list)
+    seed_files: list[str] = Field(default_factory=list)  # text files with one URL per line
+    user_agent: str = Field(default="llmpipe/0.1 (+https://github.com/llmpipe/llmpipe)", min_length=1)
+    respect_robots: bool = True
+    delay_s: Annotated[float, Field(ge=0.0)] = 1.0  # between requests to one host (robots' Crawl-delay wins if longer)
+    concurrency: Annotated[int, Field(ge=1, le=256)] = 8
+    timeout_s: Annotated[float, Field(gt=0.0)] = 20.0
+    retries: Annotated[int, Field(ge=0, le=20)] = 3
+    backoff_s: Annotated[float, Field(ge=0.0)] = 1.0  # doubles at each retry (Retry-After wins if given)
+    max_bytes: Annotated[int, Field(ge=1)] = 5_000_000
+    max_redirects: Annotated[int, Field(ge=0, le=50)] = 5
+    crawl_depth: Annotated[int, Field(ge=0)] = 0  # follow same-host links this many levels from the seeds
+    max_pages: Annotated[int, Field(ge=1)] = 10_000
+    # Private, loopback and link-local addresses are refused (SSRF guard) unless listed here, e.g.
+    # ["127.0.0.1"] for a test server; "*" allows every address.
+    allow_addresses: list[str] = Field(default_factory=list)
+
+    @model_validator(mode="after")
+    def _has_urls(self) -> "HttpSource":
+        if not self.urls and not self.seed_files:
+            raise ValueError("an http source needs urls or seed_files")
+        return self
+
+
+Source = Annotated[DemoSource | LocalSource | WarcSource | HttpSource, Field(discriminator="kind")]
 
 
 class ScrapeParams(Section):
     sources: list[Source] = Field(default_factory=lambda: [DemoSource()], min_length=1)
-    max_doc_bytes: Annotated[int, Field(ge=1)] = 50_000_000
+    max_doc_bytes: Annotated[int, Field(ge=1)] = 50_000_000  # larger documents (and files) are skipped
+    # HTML main-text extraction: trafilatura (the quality reference) or resiliparse (~25x faster).
+    extractor: Literal["trafilatura", "resiliparse"] = "trafilatura"
+    extract_timeout_s: Annotated[float, Field(gt=0.0)] = 10.0  # an extraction taking longer is abandoned
+
+
+class ScaleParams(Section):
+    """How the data stages run their shards: local processes through Prefect's process-pool task runner,
+    or a Dask cluster (prefect-dask) when dask_address is set. Outputs do not depend on these settings,
+    so they are not DVC params of any stage."""
+
+    workers: Annotated[int, Field(ge=0, le=4096)] = 0  # local processes; 0: one per core
+    dask_address: str | None = None  # e.g. tcp://scheduler:8786
 
 
 # --- filter -------------------------------------------------------------------------------------
@@ -123,6 +175,7 @@ class FilterParams(Section):
     languages: list[str] = Field(default_factory=lambda: ["en"], min_length=1)
     min_lang_score: Annotated[float, Field(ge=0.0, le=1.0)] = 0.5
     min_chars: Annotated[int, Field(ge=0)] = 200
+    shard_docs: Annotated[int, Field(ge=1)] = 20_000  # documents filtered by one task (bounds memory)
     # Language ID reads this many characters from each document: enough for a confident
     # decision, bounded so a 50 MB document costs no more than a 10 KB one.
     lid_sample_chars: Annotated[int, Field(ge=100)] = 10_000
@@ -280,8 +333,25 @@ class TrackingParams(Section):
     registered_model: Annotated[str, Field(min_length=1)] | None = "llmpipe-gpt"
 
 
+class ScheduleParams(Section):
+    """The Prefect deployment of the pipeline flow (flows/deploy.py): its name, cron schedule, and the
+    flow parameters of scheduled runs, e.g. {"overrides": {"scrape.sources": [...]}}."""
+
+    name: str = Field(default="llmpipe-scheduled", min_length=1)
+    cron: str = "0 3 * * *"
+    timezone: str = "UTC"
+    parameters: dict[str, object] = Field(default_factory=dict)
+
+    @model_validator(mode="after")
+    def _cron_has_five_fields(self) -> "ScheduleParams":
+        if len(self.cron.split()) != 5:
+            raise ValueError(f"cron must have 5 fields (minute hour day month weekday), got {self.cron!r}")
+        return self
+
+
 class Params(Section):
     scrape: ScrapeParams = ScrapeParams()
+    scale: ScaleParams = ScaleParams()
     filter: FilterParams = FilterParams()
     dedup: DedupParams = DedupParams()
     split: SplitParams = SplitParams()
@@ -291,13 +361,14 @@ class Params(Section):
     evaluate: EvaluateParams = EvaluateParams()
     sample: SampleParams = SampleParams()
     tracking: TrackingParams = TrackingParams()
+    schedule: ScheduleParams = ScheduleParams()
 
 
 def _format_errors(path: Path, err: ValidationError) -> str:
     lines = [f"{path}: invalid parameters"]
     for e in err.errors():
         # Drop the discriminator tag pydantic puts in the location of tagged unions ("demo", "local").
-        loc = ".".join(str(p) for p in e["loc"] if p not in ("demo", "local")) or "<top level>"
+        loc = ".".join(str(p) for p in e["loc"] if p not in ("demo", "local", "warc", "http")) or "<top level>"
         if e["type"] == "extra_forbidden":
             lines.append(f"  {loc}: unknown key")
         else:

@@ -7,6 +7,7 @@ the previous output or none, never half a file.
 from __future__ import annotations
 
 import contextlib
+import glob
 import hashlib
 import json
 import os
@@ -31,11 +32,20 @@ def _fsync_dir(path: Path) -> None:
             os.close(fd)
 
 
+def remove_stale_temps(dest: Path) -> None:
+    """Delete what a killed writer of `dest` left beside it (SIGKILL skips every `finally`). Only one
+    writer of a given output runs at a time (DVC's workspace lock), so these are never in use."""
+    for stale in dest.parent.glob(f".{glob.escape(dest.name)}.*.tmp"):
+        shutil.rmtree(stale, ignore_errors=True) if stale.is_dir() else stale.unlink(missing_ok=True)
+    shutil.rmtree(dest.with_name(f".{dest.name}.old"), ignore_errors=True)
+
+
 @contextlib.contextmanager
 def atomic_path(dest: Path | str) -> Iterator[Path]:
     """Yield a temporary path beside `dest`; on success rename it onto `dest`, else delete it."""
     dest = Path(dest)
     dest.parent.mkdir(parents=True, exist_ok=True)
+    remove_stale_temps(dest)
     fd, tmp = tempfile.mkstemp(prefix=f".{dest.name}.", suffix=".tmp", dir=dest.parent)
     os.close(fd)
     tmp_path = Path(tmp)
@@ -55,6 +65,7 @@ def atomic_dir(dest: Path | str) -> Iterator[Path]:
     """Yield a temporary directory beside `dest`; on success it replaces `dest` whole."""
     dest = Path(dest)
     dest.parent.mkdir(parents=True, exist_ok=True)
+    remove_stale_temps(dest)
     tmp = Path(tempfile.mkdtemp(prefix=f".{dest.name}.", suffix=".tmp", dir=dest.parent))
     os.chmod(tmp, 0o755)
     try:
@@ -110,6 +121,48 @@ def read_parquet(path: Path | str, columns: list[str] | None = None) -> pd.DataF
         raise InputError(f"{path}: not a readable Parquet file: {err}") from None
 
 
+PART_GLOB = "part-*.parquet"
+
+
+def part_name(index: int) -> str:
+    return f"part-{index:05d}.parquet"
+
+
+def parquet_parts(path: Path | str) -> list[Path]:
+    """The Parquet files of a sharded output folder (part-00000.parquet, ...), or [path] for one file."""
+    path = Path(path)
+    if path.is_dir():
+        return sorted(path.glob(PART_GLOB))
+    if not path.exists():
+        raise InputError(f"{path}: not found (did the upstream stage run?)")
+    return [path]
+
+
+def iter_parquet_batches(path: Path | str, batch_size: int, columns: list[str] | None = None):
+    """pyarrow RecordBatches of every part in order; memory bounded by batch_size rows."""
+    import pyarrow.parquet as pq
+
+    for part in parquet_parts(path):
+        try:
+            pf = pq.ParquetFile(part)
+            if columns:
+                require_columns(pd.DataFrame(columns=pf.schema_arrow.names), columns, part)
+            yield from pf.iter_batches(batch_size=batch_size, columns=columns)
+        except InputError:
+            raise
+        except Exception as err:  # pyarrow raises several types for a corrupt file
+            raise InputError(f"{part}: not a readable Parquet file: {err}") from None
+
+
+def parquet_schema(path: Path | str):
+    import pyarrow.parquet as pq
+
+    parts = parquet_parts(path)
+    if not parts:
+        raise InputError(f"{path}: no Parquet parts (did the upstream stage run?)")
+    return pq.ParquetFile(parts[0]).schema_arrow
+
+
 def require_columns(df: pd.DataFrame, columns: list[str], path: Path | str) -> None:
     missing = [c for c in columns if c not in df.columns]
     if missing:
@@ -127,6 +180,22 @@ def dvc_lock_out_hashes(root: Path | str) -> dict[str, str]:
         return {}
     return {out["path"]: out["md5"] for stage in (data.get("stages") or {}).values()
             for out in stage.get("outs", []) if out.get("md5")}
+
+
+def read_safetensors(path: Path | str) -> dict:
+    """Tensors from a safetensors file. Anything else (a pickle, a truncated file) is refused with a
+    message naming the file: nothing is ever unpickled."""
+    from safetensors import SafetensorError
+    from safetensors.torch import load_file
+
+    path = Path(path)
+    try:
+        return load_file(str(path))
+    except FileNotFoundError:
+        raise InputError(f"{path}: file not found") from None
+    except (SafetensorError, OSError) as err:
+        raise InputError(f"{path}: not a safetensors file ({err}); weights and training state are "
+                         "never read from pickles") from None
 
 
 def file_sha256(path: Path | str, chunk: int = 1 << 20) -> str:

@@ -5,8 +5,9 @@ from pathlib import Path
 DATA = Path("data")
 METRICS = DATA / "metrics"
 
-SCRAPE_DOCS = DATA / "scrape" / "docs.parquet"
-FILTER_DOCS = DATA / "filter" / "docs.parquet"
+SCRAPE_DOCS = DATA / "scrape" / "docs"  # part-00000.parquet, ... (one per work unit)
+SCRAPE_REPORT = DATA / "scrape" / "report.json"
+FILTER_DOCS = DATA / "filter" / "docs"  # one part per scrape part
 FILTER_REPORT = DATA / "filter" / "report.json"
 DEDUP_DOCS = DATA / "dedup" / "docs.parquet"
 DEDUP_REMOVED = DATA / "dedup" / "removed.parquet"

@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import shutil
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -51,6 +53,14 @@ def _hermetic_env(tmp_path_factory):
     os.environ.update(env)
     os.environ.pop("MLFLOW_TRACKING_URI", None)
     yield
+    # Stop the temporary Prefect server a shard flow may have started, while output is still open
+    # (its own atexit hook would log into closed streams).
+    if "prefect.server.api.server" in sys.modules:
+        from prefect.server.api.server import SubprocessASGIServer
+
+        server = SubprocessASGIServer()
+        if server.running:
+            server.stop()
     for k, v in old.items():
         if v is None:
             os.environ.pop(k, None)
@@ -86,3 +96,51 @@ def copy_repo(dest: Path, params: dict | None = None) -> Path:
 def run(cmd: list[str], cwd: Path, env: dict | None = None, timeout: int = 900) -> subprocess.CompletedProcess:
     return subprocess.run(cmd, cwd=cwd, env={**os.environ, **(env or {})}, capture_output=True, text=True,
                           timeout=timeout)
+
+
+def free_port() -> int:
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@contextlib.contextmanager
+def local_server(cmd: list[str], health_url: str, log_path: Path, env: dict | None = None):
+    """Start a real server process (mlflow, prefect) on 127.0.0.1, wait for its health URL, stop it after."""
+    import httpx
+
+    with open(log_path, "w") as log:
+        proc = subprocess.Popen(cmd, env={**os.environ, **(env or {})}, stdout=log, stderr=subprocess.STDOUT)
+        try:
+            deadline = time.time() + 180
+            while True:
+                try:
+                    if httpx.get(health_url, timeout=2).status_code == 200:
+                        break
+                except httpx.HTTPError:
+                    pass
+                assert proc.poll() is None, log_path.read_text()[-3000:]
+                assert time.time() < deadline, f"{cmd[0]} server did not start: {log_path.read_text()[-3000:]}"
+                time.sleep(1)
+            yield proc
+        finally:
+            proc.terminate()
+            proc.wait(30)
+
+
+@pytest.fixture(scope="session")
+def tiny_pipeline(tmp_path_factory) -> Path:
+    """One uninterrupted `dvc repro` of the tiny pipeline in a repo copy, run once per session; tests
+    that only read or extend such a run take a copy of it (`clone_repo`)."""
+    repo = copy_repo(tmp_path_factory.mktemp("tiny-pipeline") / "repo", TINY_PARAMS)
+    proc = run(["dvc", "repro"], repo)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    return repo
+
+
+def clone_repo(src: Path, dest: Path) -> Path:
+    """A copy of a repo copy with its git history, DVC cache, outputs and MLflow database."""
+    shutil.copytree(src, dest, symlinks=True)
+    return dest

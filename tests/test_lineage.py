@@ -12,7 +12,7 @@ from llmpipe.lineage import lineage
 def lock(tokens_md5: str, model_md5: str) -> dict:
     out = lambda path, md5: {"path": path, "hash": "md5", "md5": md5}  # noqa: E731
     return {"schema": "2.0", "stages": {
-        "scrape": {"outs": [out("data/scrape/docs.parquet", "s1")]},
+        "scrape": {"outs": [out("data/scrape/docs", "s1")]},
         "tokenize": {"outs": [out("data/tokens", tokens_md5), out("data/metrics/tokenize.json", "m")]},
         "pretrain": {"outs": [out("data/model", model_md5), out("data/checkpoints", "c")]},
     }}

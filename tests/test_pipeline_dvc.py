@@ -12,18 +12,14 @@ from tokenizers import Tokenizer
 from llmpipe.cli import STAGES
 from llmpipe.tokens import load_manifest
 
-from .conftest import TINY_PARAMS, copy_repo, run
+from .conftest import TINY_PARAMS, clone_repo, run
 
 pytestmark = pytest.mark.integration
 
 
 @pytest.fixture(scope="module")
-def repro_repo(tmp_path_factory):
-    repo = copy_repo(tmp_path_factory.mktemp("dvc") / "repo", TINY_PARAMS)
-    t0 = time.perf_counter()
-    proc = run(["dvc", "repro"], repo)
-    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
-    return repo, time.perf_counter() - t0
+def repro_repo(tiny_pipeline, tmp_path_factory):
+    return clone_repo(tiny_pipeline, tmp_path_factory.mktemp("dvc") / "repo"), None
 
 
 def test_every_stage_output_is_there(repro_repo):
@@ -87,7 +83,7 @@ def test_bad_params_stop_dvc_repro_with_the_key(repro_repo, tmp_path):
     bad = {**TINY_PARAMS, "scrape": {"sources": [{"kind": "demo", "max_docs": 8}], "max_doc_bytez": 1}}
     (repo / "params.yaml").write_text(yaml.safe_dump(bad, sort_keys=False))
     try:
-        before = (repo / "data" / "scrape" / "docs.parquet").read_bytes()
+        before = (repo / "data" / "scrape" / "docs" / "part-00000.parquet").read_bytes()
         proc = run(["dvc", "repro", "scrape"], repo)
         assert proc.returncode != 0
         assert "scrape.max_doc_bytez: unknown key" in proc.stderr + proc.stdout
@@ -95,7 +91,7 @@ def test_bad_params_stop_dvc_repro_with_the_key(repro_repo, tmp_path):
         (repo / "params.yaml").write_text(yaml.safe_dump(TINY_PARAMS, sort_keys=False))
     # the old output was not touched: DVC restores it from its cache, and it is byte-identical
     run(["dvc", "checkout", "-q"], repo)
-    assert (repo / "data" / "scrape" / "docs.parquet").read_bytes() == before
+    assert (repo / "data" / "scrape" / "docs" / "part-00000.parquet").read_bytes() == before
 
 
 def test_push_to_a_local_remote_and_pull_back(repro_repo, tmp_path):

@@ -65,7 +65,7 @@ def test_one_split_shared_by_all_rules():
     view = DocView(GOOD)
     for name, rule in RULES.items():
         rule(view, getattr(P, name))
-    assert "words" in view.__dict__ and "lines" in view.__dict__  # computed once, cached on the view
+    assert "lower_words" in view.__dict__ and "lines" in view.__dict__  # computed once, cached on the view
 
 
 def naive_dup_ngram_fraction(words, n):

@@ -1,21 +1,56 @@
 import pandas as pd
+import pytest
 
-from llmpipe.config import DemoSource, LocalSource
-from llmpipe.sources import iter_demo, iter_local
+from llmpipe import layout
+from llmpipe.config import DemoSource, LocalSource, parse_params
+from llmpipe.io import InputError, read_json
+from llmpipe.sources import Skip, iter_demo, iter_local
+from llmpipe.stages import scrape
 from llmpipe.stages.scrape import collect_documents
 
 
 def doc(i, text):
-    return {"id": f"d{i}", "source": "test", "path": f"p{i}", "title": f"t{i}", "text": text, "sha256": "x"}
+    return {"id": f"d{i}", "source": "test", "path": f"p{i}", "url": None, "title": f"t{i}", "text": text,
+            "sha256": "x", "fetched_at": "2026-01-01T00:00:00Z"}
 
 
 def test_collect_counts_what_it_drops():
-    docs = [doc(1, "hello world"), doc(2, "   "), doc(3, "x" * 100), doc(1, "dup id")]
-    df, stats = collect_documents(docs, max_doc_bytes=50)
-    assert list(df["id"]) == ["d1"]
-    assert stats == {"docs_in": 4, "docs_out": 1, "bytes_out": 11, "dropped_empty": 1,
-                     "dropped_oversize": 1, "dropped_duplicate_id": 1}
-    assert "fetched_at" in df.columns
+    docs = [doc(1, "hello world"), doc(2, "   "), doc(3, "x" * 100), doc(1, "dup id"), Skip("binary", "f.bin")]
+    stats = collect_documents(docs, max_doc_bytes=50)
+    assert stats["docs_in"] == 4 and stats["docs_out"] == 1 and stats["bytes_out"] == 11
+    assert stats["skipped"] == {"empty": 1, "oversize": 1, "duplicate_id": 1, "binary": 1}
+    assert stats["examples"]["binary"] == [{"where": "f.bin", "detail": ""}]
+
+
+def test_stage_reads_mixed_sources_and_reports_bad_input(tmp_path):
+    (tmp_path / "in").mkdir()
+    for i in range(5):
+        (tmp_path / "in" / f"doc{i}.txt").write_text(f"Document {i}. " + "Some prose to read. " * 20)
+    (tmp_path / "in" / "blob.txt").write_bytes(bytes(300))
+    (tmp_path / "in" / "empty.txt").write_bytes(b"")
+    params = parse_params({"scrape": {"sources": [
+        {"kind": "local", "paths": ["in/*.txt"], "files_per_shard": 3},
+        {"kind": "local", "paths": ["in/doc0.txt"]},  # the same file twice: one copy kept
+        {"kind": "warc", "paths": ["nothing/*.warc.gz"]}]}, "scale": {"workers": 1}})
+    metrics = scrape.run(params, tmp_path).metrics
+    parts = sorted((tmp_path / layout.SCRAPE_DOCS).glob("part-*.parquet"))
+    # units: [blob, doc0, doc1], [doc2, doc3, doc4], [empty] (no part), [doc0 again] (a repeat: removed)
+    assert [p.name for p in parts] == ["part-00000.parquet", "part-00001.parquet"]
+    df = pd.concat(pd.read_parquet(p) for p in parts)
+    assert sorted(df["path"]) == [f"in/doc{i}.txt" for i in range(5)]
+    assert list(df.columns) == ["id", "source", "path", "url", "title", "text", "sha256", "fetched_at"]
+    assert metrics["docs_out"] == 5 and metrics["skipped_binary"] == 1 and metrics["skipped_empty"] == 1
+    assert metrics["skipped_duplicate_id"] == 1 and metrics["skipped_no_files_matched"] == 1
+    report = read_json(tmp_path / layout.SCRAPE_REPORT)
+    assert report["skipped"]["binary"] == 1 and report["examples"]["binary"][0]["where"] == "in/blob.txt"
+
+
+def test_stage_fails_only_when_nothing_could_be_read(tmp_path):
+    (tmp_path / "bad.txt").write_bytes(bytes(100))
+    params = parse_params({"scrape": {"sources": [{"kind": "local", "paths": ["*.txt"]}]}})
+    with pytest.raises(InputError, match="no documents could be read.*binary: 1"):
+        scrape.run(params, tmp_path)
+    assert not (tmp_path / layout.SCRAPE_DOCS).exists()
 
 
 def test_local_files_with_provenance(tmp_path):
@@ -23,6 +58,7 @@ def test_local_files_with_provenance(tmp_path):
     (tmp_path / "sub").mkdir()
     (tmp_path / "sub" / "b.txt").write_text("second file")
     docs = list(iter_local(LocalSource(paths=["**/*.txt"]), tmp_path))
+    assert not any(isinstance(d, Skip) for d in docs)
     assert sorted(d["path"] for d in docs) == ["a.txt", "sub/b.txt"]
     assert all(len(d["sha256"]) == 64 for d in docs)
 

@@ -38,7 +38,8 @@ import xxhash
 
 from .. import layout
 from ..config import DedupParams, Params
-from ..io import InputError, atomic_dir, atomic_path, read_json, require_columns, write_json, write_parquet
+from ..io import (InputError, atomic_dir, atomic_path, iter_parquet_batches, parquet_schema, read_json,
+                  require_columns, write_json, write_parquet)
 from ..minhash import ShingleHasher, UnionFind, band_keys, candidate_pairs, jaccard, signatures_flat
 from .base import StageResult
 
@@ -327,18 +328,16 @@ def dedup_documents(df: pd.DataFrame, cfg: DedupParams, reference: DedupIndex | 
 
 
 def parquet_batches(path: Path, shard_docs: int) -> Batches:
-    pf = pq.ParquetFile(path)
-    require_columns(pd.DataFrame(columns=pf.schema_arrow.names), ["id", "text"], path)
-    return lambda: (b.to_pandas() for b in pf.iter_batches(batch_size=shard_docs, columns=["id", "text"]))
+    require_columns(pd.DataFrame(columns=parquet_schema(path).names), ["id", "text"], path)
+    return lambda: (b.to_pandas() for b in iter_parquet_batches(path, shard_docs, ["id", "text"]))
 
 
 def write_kept(src: Path, dest: Path, removed: set[int], shard_docs: int,
                transform: Callable[[str], str] | None) -> None:
     """Pass 3: copy the documents that stay (all columns), shard by shard, to `dest` atomically."""
-    pf = pq.ParquetFile(src)
     row = 0
-    with atomic_path(dest) as tmp, pq.ParquetWriter(tmp, pf.schema_arrow) as writer:
-        for batch in pf.iter_batches(batch_size=shard_docs):
+    with atomic_path(dest) as tmp, pq.ParquetWriter(tmp, parquet_schema(src)) as writer:
+        for batch in iter_parquet_batches(src, shard_docs):
             keep = np.array([row + i not in removed for i in range(batch.num_rows)], dtype=bool)
             row += batch.num_rows
             table = pa.Table.from_batches([batch]).filter(pa.array(keep))
@@ -353,7 +352,7 @@ def run(params: Params, root: Path, sink=None) -> StageResult:
     cfg = params.dedup
     src = root / layout.FILTER_DOCS
     if not src.exists():
-        raise InputError(f"{src}: file not found (did the filter stage run?)")
+        raise InputError(f"{src}: not found (did the filter stage run?)")
     batches = parquet_batches(src, cfg.shard_docs)
     drop = frozenset(boilerplate_lines(batches, cfg)) if cfg.boilerplate.enabled else frozenset()
     transform = (lambda t: strip_lines(t, drop)) if drop else None

@@ -2,17 +2,22 @@
 
 from __future__ import annotations
 
+import functools
 import logging
 import time
 from pathlib import Path
 
 import pandas as pd
+import pyarrow as pa
+import pyarrow.parquet as pq
 from tqdm import tqdm
 
 from .. import layout
 from ..config import FilterParams, Params
-from ..io import InputError, read_parquet, require_columns, write_json, write_parquet
+from ..io import (InputError, atomic_dir, atomic_path, iter_parquet_batches, parquet_parts, require_columns,
+                  write_json)
 from ..quality import RULES, first_failure
+from ..shards import map_shards
 from ..text import identify_language
 from .base import StageResult
 
@@ -22,8 +27,8 @@ log = logging.getLogger(__name__)
 def filter_documents(df: pd.DataFrame, cfg: FilterParams) -> tuple[pd.DataFrame, dict, dict]:
     """Core: add `lang` and `score`; keep documents long enough, in a target language, passing every
     enabled quality rule. Returns (kept, stats, report): the report names, per rule, the documents and
-    characters it removed and a few examples (a document is charged to the first rule it fails)."""
-    langs, scores, reasons = [], [], []
+    UTF-8 bytes it removed and a few examples (a document is charged to the first rule it fails)."""
+    langs, scores, reasons, sizes = [], [], [], []
     report: dict[str, dict] = {}
     wanted = set(cfg.languages)
     for doc_id, text in tqdm(zip(df["id"], df["text"]), total=len(df), desc="filter", unit="doc",
@@ -40,32 +45,76 @@ def filter_documents(df: pd.DataFrame, cfg: FilterParams) -> tuple[pd.DataFrame,
         else:
             rule, why = first_failure(text, cfg.quality) or ("", "")
         reasons.append(rule)
+        sizes.append(len(text.encode("utf-8")))
         if rule:
-            entry = report.setdefault(rule, {"docs": 0, "chars": 0, "examples": []})
+            entry = report.setdefault(rule, {"docs": 0, "bytes": 0, "examples": []})
             entry["docs"] += 1
-            entry["chars"] += len(text)
+            entry["bytes"] += sizes[-1]
             if len(entry["examples"]) < cfg.examples_per_rule:
                 entry["examples"].append({"id": doc_id, "reason": why, "text": text[:300]})
     out = df.assign(lang=langs, score=scores)
     kept = out[pd.Series(reasons, index=df.index) == ""].reset_index(drop=True)
-    stats = {"docs_in": len(df), "docs_out": len(kept), "chars_in": int(df["text"].str.len().sum()),
-             "chars_out": int(kept["text"].str.len().sum())}
+    stats = {"docs_in": len(df), "docs_out": len(kept), "bytes_in": sum(sizes),
+             "bytes_out": sum(size for size, rule in zip(sizes, reasons) if not rule)}
     for name in ["too_short", "language", "low_language_score", *RULES]:
         stats[f"removed_{name}_docs"] = report.get(name, {}).get("docs", 0)
-        stats[f"removed_{name}_chars"] = report.get(name, {}).get("chars", 0)
+        stats[f"removed_{name}_bytes"] = report.get(name, {}).get("bytes", 0)
     return kept, stats, report
+
+
+def _merge_reports(total: dict, part: dict, examples_per_rule: int) -> None:
+    for rule, entry in part.items():
+        t = total.setdefault(rule, {"docs": 0, "bytes": 0, "examples": []})
+        t["docs"] += entry["docs"]
+        t["bytes"] += entry["bytes"]
+        t["examples"].extend(entry["examples"][: examples_per_rule - len(t["examples"])])
+
+
+def filter_part(job: tuple[Path, Path], cfg: FilterParams) -> tuple[dict, dict]:
+    """One shard: filter a scrape part batch by batch (filter.shard_docs rows in memory) into a part of
+    the same name. Returns (stats, report) for merging."""
+    src, dest = job
+    stats: dict = {}
+    report: dict = {}
+    with atomic_path(dest) as tmp:
+        writer = None
+        for batch in iter_parquet_batches(src, cfg.shard_docs):
+            df = batch.to_pandas()
+            require_columns(df, ["id", "text"], src)
+            kept, part_stats, part_report = filter_documents(df, cfg)
+            for key, value in part_stats.items():
+                stats[key] = stats.get(key, 0) + value
+            _merge_reports(report, part_report, cfg.examples_per_rule)
+            if writer is None:
+                schema = batch.schema.append(pa.field("lang", pa.string())).append(pa.field("score", pa.float64()))
+                writer = pq.ParquetWriter(tmp, schema, compression="zstd")
+            writer.write_table(pa.Table.from_pandas(kept, schema=writer.schema, preserve_index=False))
+        if writer is None:
+            raise InputError(f"{src}: no rows")
+        writer.close()
+    return stats, report
 
 
 def run(params: Params, root: Path, sink=None) -> StageResult:
     t0 = time.perf_counter()
+    cfg = params.filter
     src = root / layout.SCRAPE_DOCS
-    df = read_parquet(src)
-    require_columns(df, ["id", "text"], src)
-    kept, stats, report = filter_documents(df, params.filter)
-    if kept.empty:
+    parts = parquet_parts(src)
+    if not parts:
+        raise InputError(f"{src}: no Parquet parts (did the scrape stage run?)")
+    with atomic_dir(root / layout.FILTER_DOCS) as out_dir:
+        jobs = [(part, out_dir / part.name) for part in parts]
+        results = map_shards(functools.partial(filter_part, cfg=cfg), jobs, params.scale, "filter")
+    stats: dict = {}
+    report: dict = {}
+    for part_stats, part_report in results:
+        for key, value in part_stats.items():
+            stats[key] = stats.get(key, 0) + value
+        _merge_reports(report, part_report, cfg.examples_per_rule)
+    if stats["docs_out"] == 0:
         raise InputError(f"filter: every document of {src} was removed ({stats})")
     write_json(root / layout.FILTER_REPORT, report)
-    write_parquet(root / layout.FILTER_DOCS, kept)
+    stats["shards"] = len(parts)
     stats["seconds"] = round(time.perf_counter() - t0, 3)
     log.info("filter: kept %d of %d documents; removed by rule: %s", stats["docs_out"], stats["docs_in"],
              {k: v["docs"] for k, v in report.items()} or "none")

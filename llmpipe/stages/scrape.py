@@ -1,64 +1,143 @@
-"""Stage 1, scrape: gather raw documents from the configured sources into one Parquet table."""
+"""Stage 1, scrape: read the configured sources into Parquet shards, one per work unit, with provenance.
+
+Inputs that cannot become documents (an HTTP error, a truncated WARC, a binary file, an oversized
+page, ...) are counted by reason with a few examples in data/scrape/report.json; the rest goes on.
+The stage fails only when nothing at all could be read.
+"""
 
 from __future__ import annotations
 
+import functools
 import logging
 import time
+from collections import Counter
 from pathlib import Path
-from typing import Iterable, Iterator
+from typing import Iterable
 
-import pandas as pd
+import pyarrow as pa
+import pyarrow.parquet as pq
 
 from .. import layout
-from ..config import DemoSource, LocalSource, Params, ScrapeParams
-from ..io import InputError, write_parquet
-from ..sources import iter_demo, iter_local
+from ..config import Params, ScrapeParams
+from ..io import InputError, atomic_dir, atomic_path, iter_parquet_batches, part_name, write_json
+from ..shards import map_shards
+from ..sources import Skip, Unit, iter_unit, now_iso, plan_units
 from .base import StageResult
 
 log = logging.getLogger(__name__)
 
-COLUMNS = ["id", "source", "path", "title", "text", "sha256", "fetched_at"]
+SCHEMA = pa.schema([("id", pa.string()), ("source", pa.string()), ("path", pa.string()),
+                    ("url", pa.string()), ("title", pa.string()), ("text", pa.string()),
+                    ("sha256", pa.string()), ("fetched_at", pa.string())])
+WRITE_BATCH_DOCS = 1000  # rows buffered before a Parquet row group is written (bounds memory)
+EXAMPLES_PER_REASON = 5
 
 
-def iter_sources(cfg: ScrapeParams, root: Path) -> Iterator[dict]:
-    for source in cfg.sources:
-        if isinstance(source, DemoSource):
-            yield from iter_demo(source)
-        elif isinstance(source, LocalSource):
-            yield from iter_local(source, root)
-        else:  # pragma: no cover - the config union lists every kind
-            raise TypeError(f"unknown source kind {source!r}")
+def new_stats() -> dict:
+    return {"docs_in": 0, "docs_out": 0, "bytes_out": 0, "skipped": Counter(), "examples": {}}
 
 
-def collect_documents(docs: Iterable[dict], max_doc_bytes: int) -> tuple[pd.DataFrame, dict]:
-    """Core: documents -> table. Empty and oversized documents are counted, not kept."""
-    rows, seen_ids = [], set()
-    stats = {"docs_in": 0, "docs_out": 0, "bytes_out": 0, "dropped_empty": 0,
-             "dropped_oversize": 0, "dropped_duplicate_id": 0}
-    now = pd.Timestamp.now(tz="UTC").isoformat()
-    for doc in docs:
+def collect_documents(items: Iterable[dict | Skip], max_doc_bytes: int, writer=None, stats=None) -> dict:
+    """Core: count and keep documents. Skips, empty, oversized and repeated-id documents are counted by
+    reason (with examples); kept documents go to `writer` (a pyarrow ParquetWriter) in row groups."""
+    stats = stats or new_stats()
+    seen_ids: set[str] = set()
+    rows: list[dict] = []
+
+    def skip(reason: str, where: str, detail: str = "") -> None:
+        stats["skipped"][reason] += 1
+        examples = stats["examples"].setdefault(reason, [])
+        if len(examples) < EXAMPLES_PER_REASON:
+            examples.append({"where": where, "detail": detail})
+
+    def flush() -> None:
+        if rows and writer is not None:
+            writer.write_table(pa.Table.from_pylist(rows, schema=SCHEMA))
+        rows.clear()
+
+    for item in items:
+        if isinstance(item, Skip):
+            skip(item.reason, item.where, item.detail)
+            continue
         stats["docs_in"] += 1
-        size = len(doc["text"].encode("utf-8"))
-        if not doc["text"].strip():
-            stats["dropped_empty"] += 1
+        size = len(item["text"].encode("utf-8"))
+        if not item["text"].strip():
+            skip("empty", item["id"])
         elif size > max_doc_bytes:
-            stats["dropped_oversize"] += 1
-        elif doc["id"] in seen_ids:
-            stats["dropped_duplicate_id"] += 1
+            skip("oversize", item["id"], f"{size} bytes")
+        elif item["id"] in seen_ids:
+            skip("duplicate_id", item["id"])
         else:
-            seen_ids.add(doc["id"])
-            rows.append({**doc, "fetched_at": doc.get("fetched_at", now)})
+            seen_ids.add(item["id"])
+            rows.append({**item, "fetched_at": item["fetched_at"] or now_iso()})
+            stats["docs_out"] += 1
             stats["bytes_out"] += size
-    stats["docs_out"] = len(rows)
-    return pd.DataFrame(rows, columns=COLUMNS), stats
+            if len(rows) >= WRITE_BATCH_DOCS:
+                flush()
+    flush()
+    return stats
+
+
+def scrape_unit(job: tuple[int, Unit], cfg: ScrapeParams, root: Path, out_dir: Path) -> dict:
+    """One shard: read a unit's inputs, write part-<index>.parquet (only when it kept documents)."""
+    index, unit = job
+    dest = out_dir / part_name(index)
+    with atomic_path(dest) as tmp:
+        with pq.ParquetWriter(tmp, SCHEMA, compression="zstd") as writer:
+            stats = collect_documents(iter_unit(unit, cfg, root), cfg.max_doc_bytes, writer)
+    if stats["docs_out"] == 0:
+        dest.unlink()
+    return stats
+
+
+def merge_stats(parts: list[dict]) -> dict:
+    total = new_stats()
+    for s in parts:
+        for key in ("docs_in", "docs_out", "bytes_out"):
+            total[key] += s[key]
+        total["skipped"].update(s["skipped"])
+        for reason, examples in s["examples"].items():
+            kept = total["examples"].setdefault(reason, [])
+            kept.extend(examples[: EXAMPLES_PER_REASON - len(kept)])
+    return total
+
+
+def drop_repeated_ids(out_dir: Path, stats: dict) -> None:
+    """Ids repeat across shards only when two sources name the same input: the later copy goes."""
+    seen: set[str] = set()
+    for part in sorted(out_dir.glob("part-*.parquet")):
+        ids = [i for b in iter_parquet_batches(part, 65536, ["id"]) for i in b.column(0).to_pylist()]
+        repeated = [i in seen for i in ids]
+        seen.update(ids)
+        if any(repeated):
+            table = pq.read_table(part).filter(pa.array([not r for r in repeated]))
+            stats["skipped"]["duplicate_id"] += sum(repeated)
+            stats["docs_out"] -= sum(repeated)
+            if table.num_rows == 0:
+                part.unlink()
+                continue
+            with atomic_path(part) as tmp:
+                pq.write_table(table, tmp, compression="zstd")
 
 
 def run(params: Params, root: Path, sink=None) -> StageResult:
     t0 = time.perf_counter()
-    df, stats = collect_documents(iter_sources(params.scrape, root), params.scrape.max_doc_bytes)
-    if df.empty:
-        raise InputError(f"scrape: no documents could be read from the sources ({stats})")
-    write_parquet(root / layout.SCRAPE_DOCS, df)
-    stats["seconds"] = round(time.perf_counter() - t0, 3)
-    log.info("scrape: %d documents, %.1f MB", stats["docs_out"], stats["bytes_out"] / 1e6)
-    return StageResult(stats)
+    cfg = params.scrape
+    units = plan_units(cfg, root)
+    with atomic_dir(root / layout.SCRAPE_DOCS) as out_dir:
+        shard = functools.partial(scrape_unit, cfg=cfg, root=root, out_dir=out_dir)
+        stats = merge_stats(map_shards(shard, list(enumerate(units)), params.scale, "scrape"))
+        drop_repeated_ids(out_dir, stats)
+        if stats["docs_out"] == 0:
+            reasons = ", ".join(f"{r}: {n}" for r, n in stats["skipped"].most_common()) or "no inputs"
+            raise InputError(f"scrape: no documents could be read from the sources ({reasons})")
+    report = {"skipped": dict(stats["skipped"]), "examples": stats["examples"]}
+    write_json(root / layout.SCRAPE_REPORT, report)
+    metrics = {"docs_in": stats["docs_in"], "docs_out": stats["docs_out"], "bytes_out": stats["bytes_out"],
+               "shards": len(list((root / layout.SCRAPE_DOCS).glob("part-*.parquet"))),
+               "skipped": sum(stats["skipped"].values()),
+               **{f"skipped_{r}": n for r, n in sorted(stats["skipped"].items())},
+               "seconds": round(time.perf_counter() - t0, 3)}
+    log.info("scrape: %d documents, %.1f MB, %d skipped %s", metrics["docs_out"], metrics["bytes_out"] / 1e6,
+             metrics["skipped"], dict(stats["skipped"]) or "")
+    return StageResult(metrics, artifacts=[root / layout.SCRAPE_REPORT])

@@ -1,0 +1,155 @@
+"""Extraction, language-ID and quality-filter throughput, and language-ID accuracy, in one run.
+
+    python bench/filter.py [--repeats 3]
+
+Inputs (nothing downloaded but the demo corpus, fetched as the scrape stage does):
+- the demo corpus (the Gutenberg Shakespeare) as its documents (whole plays and poems), and cut into
+  2 KB and 5 KB pieces, the size of typical web pages' main text;
+- HTML pages made from 5 KB pieces of it: a page template with a head of scripts and styles, a
+  navigation bar of 30 links, a sidebar and a footer around the paragraphs (boilerplate that
+  extraction must drop). Real crawls' HTML is larger and messier: these figures are an upper bound;
+- tests/data/multilingual.py: 60 paragraphs in 15 languages written for llmpipe's tests, labelled.
+
+Measured, each in this one process (per core), best of --repeats:
+- extraction with trafilatura and resiliparse: pages/s and MB/s of HTML;
+- language ID (fastText lid.176, llmpipe.text.identify_language): 2 KB documents/s, and accuracy
+  on the labelled paragraphs;
+- the quality rule set (every Gopher, C4 and FineWeb rule of llmpipe/quality.py evaluated on every
+  document: no early exit, no language ID) in MB/s, on the demo corpus's documents and on 5 KB pieces;
+- when datatrove is installed (`pip install datatrove spacy regex`), its GopherRepetition, Gopher
+  quality, C4 quality and FineWeb quality filters on the same documents: the reference of the issue,
+  reported as a ratio.
+Last line: RESULT lid_docs_per_s_per_core=<x> lid_accuracy=<x> filter_mb_per_s_per_core=<x> ...
+"""
+
+from __future__ import annotations
+
+import _root  # noqa: F401  (first: takes bench/ off the import path, see bench/_root.py)
+
+import argparse
+import logging
+import random
+import time
+
+from llmpipe.config import DemoSource, QualityParams
+from llmpipe.extract import EXTRACTORS
+from llmpipe.quality import RULES, DocView
+from llmpipe.sources import iter_demo
+from llmpipe.text import identify_language
+from tests.data.multilingual import PARAGRAPHS
+
+
+def pieces(texts: list[str], size: int) -> list[str]:
+    return [t[i : i + size] for t in texts for i in range(0, len(t) - size // 2, size)]
+
+
+def html_page(text: str, rng: random.Random) -> str:
+    nav = "".join(f'<li><a href="/section/{rng.randrange(10**6)}">Section {i}</a></li>' for i in range(30))
+    paras = "".join(f"<p>{p}</p>" for p in text.split("\n\n") if p.strip())
+    return ("<!DOCTYPE html><html><head><meta charset='utf-8'><title>Page</title>"
+            "<script>window.dataLayer=[];function gtag(){dataLayer.push(arguments)}</script>"
+            "<style>body{font-family:serif} .nav li{display:inline}</style></head><body>"
+            f"<header><div class='logo'>The Site</div><ul class='nav'>{nav}</ul></header>"
+            "<aside><h3>Popular</h3><ul><li><a href='/a'>Another story</a></li><li><a href='/b'>More</a></li></ul></aside>"
+            f"<main><article><h1>A page</h1>{paras}</article></main>"
+            "<footer>Copyright 2026. <a href='/privacy'>Privacy policy</a> | <a href='/cookies'>Cookies</a></footer>"
+            "</body></html>")
+
+
+def best_of(repeats: int, fn) -> float:
+    """Smallest CPU time of this process over the repeats (the least disturbed run)."""
+    times = []
+    for _ in range(repeats):
+        t0 = time.process_time()
+        fn()
+        times.append(time.process_time() - t0)
+    return min(times)
+
+
+def run_rules(docs: list[str]) -> None:
+    quality = QualityParams()
+    rules = [(rule, getattr(quality, name)) for name, rule in RULES.items()]
+    for text in docs:
+        view = DocView(text)
+        for rule, params in rules:
+            rule(view, params)
+
+
+def datatrove_filters():
+    try:
+        from datatrove.data import Document
+        from datatrove.pipeline.filters import (C4QualityFilter, FineWebQualityFilter, GopherQualityFilter,
+                                                GopherRepetitionFilter)
+    except ImportError:
+        return None
+    filters = [GopherRepetitionFilter(), GopherQualityFilter(), C4QualityFilter(), FineWebQualityFilter()]
+
+    def run(docs: list[str]) -> None:
+        for i, text in enumerate(docs):
+            for f in filters:  # every filter on every document, as run_rules does
+                f.filter(Document(text=text, id=str(i)))
+
+    return run
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--pages", type=int, default=300, help="HTML pages for the extraction figures")
+    args = parser.parse_args()
+    for noisy in ("trafilatura", "htmldate", "courlan"):
+        logging.getLogger(noisy).setLevel(logging.CRITICAL)
+    rng = random.Random(0)
+    docs = [d["text"] for d in iter_demo(DemoSource())]
+    mb = lambda items: sum(len(t.encode("utf-8")) for t in items) / 1e6  # noqa: E731
+    results: dict[str, float] = {}
+
+    # --- extraction ---
+    pages = [html_page(t, rng) for t in pieces(docs, 5000)[: args.pages]]
+    for name, extract in EXTRACTORS.items():
+        seconds = best_of(args.repeats, lambda: [extract(p) for p in pages])
+        results[f"extract_{name}_pages_per_s_per_core"] = len(pages) / seconds
+        results[f"extract_{name}_mb_per_s_per_core"] = mb(pages) / seconds
+        print(f"extraction {name:12s} {len(pages) / seconds:8.1f} pages/s  {mb(pages) / seconds:6.2f} MB/s of HTML")
+    sample = EXTRACTORS["trafilatura"](pages[0]) or ""
+    print(f"  (boilerplate dropped: 'Section 3' in output: {'Section 3' in sample}, 'Copyright' in output: "
+          f"{'Copyright' in sample})")
+
+    # --- language ID ---
+    lid_docs = pieces(docs, 2000)
+    identify_language(lid_docs[0])  # load the model outside the timing
+    seconds = best_of(args.repeats, lambda: [identify_language(t) for t in lid_docs])
+    results["lid_docs_per_s_per_core"] = len(lid_docs) / seconds
+    predicted = [identify_language(text)[0] for _, text in PARAGRAPHS]
+    right = sum(p == lang for p, (lang, _) in zip(predicted, PARAGRAPHS))
+    results["lid_accuracy"] = right / len(PARAGRAPHS)
+    wrong = [(lang, p) for p, (lang, _) in zip(predicted, PARAGRAPHS) if p != lang]
+    print(f"language ID   {results['lid_docs_per_s_per_core']:8.1f} docs/s on {len(lid_docs)} 2 KB documents; "
+          f"accuracy {right}/{len(PARAGRAPHS)} paragraphs in {len({l for l, _ in PARAGRAPHS})} languages"
+          + (f"; wrong: {wrong}" if wrong else ""))
+
+    # --- quality rules ---
+    chunks = pieces(docs, 5000)
+    for label, items in (("documents", docs), ("5kb", chunks)):
+        seconds = best_of(args.repeats, lambda: run_rules(items))
+        results[f"filter_mb_per_s_per_core_{label}"] = mb(items) / seconds
+        print(f"quality rules {mb(items) / seconds:8.2f} MB/s on {len(items)} {label} ({mb(items):.1f} MB)")
+    results["filter_mb_per_s_per_core"] = results["filter_mb_per_s_per_core_documents"]
+    reference = datatrove_filters()
+    if reference is None:
+        print("datatrove not installed: no reference figure (pip install datatrove spacy regex)")
+    else:
+        for label, items in (("documents", docs), ("5kb", chunks)):
+            seconds = best_of(1, lambda: reference(items))  # the reference is slow: one run
+            results[f"reference_mb_per_s_per_core_{label}"] = mb(items) / seconds
+            results[f"ratio_vs_datatrove_{label}"] = results[f"filter_mb_per_s_per_core_{label}"] * seconds / mb(items)
+            print(f"datatrove     {mb(items) / seconds:8.2f} MB/s on {label}: ours is "
+                  f"{results[f'ratio_vs_datatrove_{label}']:.1f}x")
+
+    head = ["lid_docs_per_s_per_core", "lid_accuracy", "filter_mb_per_s_per_core"]
+    keys = head + sorted(k for k in results if k not in head)
+    print("RESULT " + " ".join(f"{k}={results[k]:.4g}" for k in keys))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,215 @@
+"""The HTTP fetcher and crawler against a real server on 127.0.0.1 started by the test."""
+
+import threading
+import time
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+import pytest
+
+from llmpipe.config import HttpSource, ScrapeParams
+from llmpipe.fetch import Fetcher, HostPacer, address_refusal, crawl
+from llmpipe.sources import Skip
+
+PARAGRAPH = ("The harbour town woke slowly, with fishermen mending their nets along the quay while the bakers "
+             "carried bread to the market square. ")
+
+
+def page(title: str, body: str, links: list[str] = ()) -> bytes:
+    nav = "".join(f'<a href="{href}">{href}</a> ' for href in links)
+    return (f"<html><head><title>{title}</title><script>var tracking = 1;</script></head><body>"
+            f"<nav>{nav}</nav><article><h1>{title}</h1>"
+            + "".join(f"<p>{body} {PARAGRAPH * 2}</p>" for _ in range(3))
+            + "</article><footer>Copyright, cookie settings</footer></body></html>").encode()
+
+
+class Site:
+    """Pages, robots.txt, and the misbehaving endpoints a crawler must survive."""
+
+    def __init__(self):
+        self.hits: dict[str, list[float]] = {}
+        self.flaky_failures = 1
+        self.lock = threading.Lock()
+
+    def handler(self):
+        site = self
+
+        class Handler(BaseHTTPRequestHandler):
+            def log_message(self, *args):
+                pass
+
+            def send(self, status, body=b"", ctype="text/html; charset=utf-8", headers=()):
+                self.send_response(status)
+                self.send_header("Content-Type", ctype)
+                self.send_header("Content-Length", str(len(body)))
+                for k, v in headers:
+                    self.send_header(k, v)
+                self.end_headers()
+                self.wfile.write(body)
+
+            def do_GET(self):
+                with site.lock:
+                    site.hits.setdefault(self.path, []).append(time.monotonic())
+                    ua = self.headers.get("User-Agent", "")
+                assert ua.startswith("llmpipe-test"), ua
+                p = self.path
+                if p == "/robots.txt":
+                    self.send(200, b"User-agent: *\nDisallow: /private\n", "text/plain")
+                elif p == "/":
+                    self.send(200, page("Home", "Welcome home.", ["/a", "/b", "/private/x", "http://elsewhere.invalid/"]))
+                elif p == "/a":
+                    self.send(200, page("Page A", "The first page.", ["/c", "/"]))
+                elif p == "/b":
+                    self.send(200, page("Page B", "The second page.", ["/a"]))
+                elif p == "/c":
+                    self.send(200, page("Page C", "Deeper down."))
+                elif p.startswith("/private"):
+                    self.send(200, page("Secret", "Nobody should read this."))
+                elif p == "/slow":
+                    time.sleep(3)
+                    self.send(200, page("Slow", "Too late."))
+                elif p == "/flaky":
+                    with site.lock:
+                        fail = site.flaky_failures > 0
+                        site.flaky_failures -= 1
+                    if fail:
+                        self.send(500, b"oops")
+                    else:
+                        self.send(200, page("Flaky", "Second time lucky."))
+                elif p == "/loop":
+                    self.send(302, headers=[("Location", "/loop2")])
+                elif p == "/loop2":
+                    self.send(302, headers=[("Location", "/loop")])
+                elif p == "/moved":
+                    self.send(301, headers=[("Location", "/c")])
+                elif p == "/big":
+                    self.send(200, b"<html><body><p>" + b"x" * 300_000 + b"</p></body></html>")
+                elif p == "/bigchunked":  # no Content-Length: the cap must hold while streaming
+                    self.send_response(200)
+                    self.send_header("Content-Type", "text/html")
+                    self.end_headers()
+                    for _ in range(100):
+                        self.wfile.write(b"<p>" + b"y" * 10_000 + b"</p>")
+                    self.close_connection = True
+                elif p == "/image":
+                    self.send(200, b"\x89PNG\r\n\x1a\n" + bytes(100), "image/png")
+                elif p == "/plain":
+                    self.send(200, ("Plain text. " + PARAGRAPH * 3).encode("latin-1"), "text/plain; charset=iso-8859-1")
+                elif p == "/gone":
+                    self.send(404, b"not here")
+                else:
+                    self.send(404, b"no")
+
+        return Handler
+
+
+class QuietServer(ThreadingHTTPServer):
+    def handle_error(self, request, client_address):
+        pass  # clients that hang up mid-body (the size cap) are expected here
+
+
+@pytest.fixture
+def site():
+    s = Site()
+    server = QuietServer(("127.0.0.1", 0), s.handler())
+    server.daemon_threads = True
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    s.base = f"http://127.0.0.1:{server.server_address[1]}"
+    yield s
+    server.shutdown()
+    server.server_close()
+
+
+def source(site, **kw) -> HttpSource:
+    defaults = dict(urls=[f"{site.base}/"], user_agent="llmpipe-test/1.0", delay_s=0.0, timeout_s=1.0,
+                    retries=2, backoff_s=0.05, max_bytes=100_000, allow_addresses=["127.0.0.1"])
+    return HttpSource(**{**defaults, **kw})
+
+
+def fetch(site, path, **kw):
+    f = Fetcher(source(site, **kw))
+    try:
+        return f.fetch(f"{site.base}{path}")
+    finally:
+        f.close()
+
+
+def test_crawl_follows_same_host_links_to_the_depth_limit_and_obeys_robots(site, tmp_path):
+    docs = list(crawl(source(site, crawl_depth=1), ScrapeParams(extractor="resiliparse"), tmp_path))
+    pages = [d for d in docs if isinstance(d, dict)]
+    skips = [d for d in docs if isinstance(d, Skip)]
+    assert [d["url"] for d in pages] == [f"{site.base}/", f"{site.base}/a", f"{site.base}/b"]  # /c is depth 2
+    assert [s.reason for s in skips] == ["robots_disallowed"]  # /private/x; the other host is not followed
+    assert "/private/x" not in site.hits
+    home = pages[0]
+    assert "Welcome home." in home["text"] and "tracking" not in home["text"]  # script removed
+    assert home["source"] == "http" and len(home["sha256"]) == 64 and home["fetched_at"].endswith("Z")
+    deeper = list(crawl(source(site, crawl_depth=2), ScrapeParams(extractor="resiliparse"), tmp_path))
+    assert f"{site.base}/c" in [d["url"] for d in deeper if isinstance(d, dict)]
+
+
+def test_trafilatura_extracts_the_main_text(site, tmp_path):
+    docs = list(crawl(source(site), ScrapeParams(extractor="trafilatura"), tmp_path))
+    assert len(docs) == 1 and "Welcome home." in docs[0]["text"]
+    assert "Copyright" not in docs[0]["text"] and "var tracking" not in docs[0]["text"]
+
+
+def test_slow_endpoint_times_out_after_retries(site):
+    t0 = time.monotonic()
+    result = fetch(site, "/slow", retries=1)
+    assert isinstance(result, Skip) and result.reason == "timeout"
+    assert len(site.hits["/slow"]) == 2 and time.monotonic() - t0 < 6
+
+
+def test_500_then_200_is_retried(site):
+    result = fetch(site, "/flaky")
+    assert not isinstance(result, Skip) and result.status == 200
+    assert len(site.hits["/flaky"]) == 2
+
+
+def test_redirects_are_followed_and_loops_stopped(site):
+    moved = fetch(site, "/moved")
+    assert not isinstance(moved, Skip) and moved.url.endswith("/c")
+    loop = fetch(site, "/loop", max_redirects=5)
+    assert isinstance(loop, Skip) and loop.reason == "too_many_redirects"
+    assert len(site.hits["/loop"]) + len(site.hits["/loop2"]) == 6
+
+
+@pytest.mark.parametrize("path", ["/big", "/bigchunked"])
+def test_oversized_pages_are_cut_off(site, path):
+    result = fetch(site, path, max_bytes=100_000)
+    assert isinstance(result, Skip) and result.reason == "too_large"
+
+
+def test_content_types_errors_and_charsets(site, tmp_path):
+    assert fetch(site, "/image").reason == "unsupported_content_type"
+    assert fetch(site, "/gone").reason == "http_404"
+    docs = list(crawl(source(site, urls=[f"{site.base}/plain"]), ScrapeParams(), tmp_path))
+    assert docs[0]["text"].startswith("Plain text.")
+
+
+def test_private_addresses_and_other_schemes_are_refused(site):
+    assert fetch(site, "/", allow_addresses=[]).reason == "refused_private_address"
+    assert not site.hits  # refused before any request
+    assert address_refusal("file:///etc/passwd", []) == "refused_scheme"
+    assert address_refusal("ftp://example.org/x", []) == "refused_scheme"
+    assert address_refusal("http://169.254.169.254/latest/meta-data", []) == "refused_private_address"
+    assert address_refusal("http://[::1]:8080/", []) == "refused_private_address"
+    assert address_refusal("http://10.0.0.1/", ["10.0.0.1"]) is None
+
+
+def test_per_host_delay_spaces_requests(site, tmp_path):
+    urls = [f"{site.base}/a", f"{site.base}/b", f"{site.base}/c"]
+    list(crawl(source(site, urls=urls, delay_s=0.3, concurrency=3), ScrapeParams(extractor="resiliparse"), tmp_path))
+    times = sorted(t for u in ("/robots.txt", "/a", "/b", "/c") for t in site.hits[u])
+    gaps = [b - a for a, b in zip(times, times[1:])]
+    assert len(times) == 4 and min(gaps) >= 0.25, gaps
+
+
+def test_pacer_reserves_slots_per_host():
+    pacer = HostPacer(0.2)
+    t0 = time.monotonic()
+    for _ in range(3):
+        pacer.wait("h1")
+    pacer.wait("h2")  # another host does not wait for h1
+    assert 0.35 <= time.monotonic() - t0 < 1.0

@@ -1,0 +1,66 @@
+"""Data-stage shards through Prefect task runners: local processes and a real local Dask cluster give the
+same bytes as an in-process run."""
+
+import os
+
+import pytest
+
+from llmpipe import layout
+from llmpipe.config import parse_params
+from llmpipe.stages import filter as filter_stage
+from llmpipe.stages import scrape
+
+pytestmark = pytest.mark.integration
+
+SENTENCES = ["The tide came in over the flats before the village woke.",
+             "A cart rattled down the lane with apples for the market.",
+             "Smoke rose from the chimneys and the church bell rang seven.",
+             "Children ran along the harbour wall, shouting at the gulls."]
+
+
+def corpus(root):
+    (root / "in").mkdir()
+    for i in range(7):
+        text = "\n".join(f"{SENTENCES[(i + j) % 4]} Line {j} of file {i}, said plainly and at length."
+                         for j in range(12))
+        (root / "in" / f"f{i}.txt").write_text(text)
+    (root / "in" / "junk.txt").write_bytes(bytes(64))
+    for f in (root / "in").iterdir():
+        os.utime(f, (1_700_000_000, 1_700_000_000))  # fetched_at of a local file is its mtime
+
+
+def run_data_stages(root, scale):
+    params = parse_params({"scrape": {"sources": [{"kind": "local", "paths": ["in/*.txt"], "files_per_shard": 2}]},
+                           "filter": {"min_chars": 100, "shard_docs": 2, "quality": {"gopher_repetition": {"enabled": False}}},
+                           "scale": scale})
+    s = scrape.run(params, root).metrics
+    f = filter_stage.run(params, root).metrics
+    files = sorted((root / layout.SCRAPE_DOCS).glob("*.parquet")) + sorted((root / layout.FILTER_DOCS).glob("*.parquet"))
+    return s, f, {p.relative_to(root).as_posix(): p.read_bytes() for p in files}
+
+
+@pytest.fixture(scope="module")
+def serial(tmp_path_factory):
+    root = tmp_path_factory.mktemp("serial")
+    corpus(root)
+    return run_data_stages(root, {"workers": 1})
+
+
+def check_same(result, serial):
+    s, f, files = result
+    assert s["shards"] == serial[0]["shards"] == 4 and f["shards"] == 4
+    assert s["docs_out"] == 7 and s["skipped_binary"] == 1 and f["docs_out"] == serial[1]["docs_out"] > 0
+    assert files.keys() == serial[2].keys() and files == serial[2]  # byte-identical parts
+
+
+def test_local_process_pool_matches_in_process(tmp_path, serial):
+    corpus(tmp_path)
+    check_same(run_data_stages(tmp_path, {"workers": 2}), serial)
+
+
+def test_dask_cluster_matches_in_process(tmp_path, serial):
+    from distributed import LocalCluster
+
+    corpus(tmp_path)
+    with LocalCluster(n_workers=2, threads_per_worker=1, processes=True, dashboard_address=None) as cluster:
+        check_same(run_data_stages(tmp_path, {"dask_address": cluster.scheduler_address}), serial)
