@@ -15,10 +15,10 @@ from typing import Callable
 
 import torch
 import torch.distributed as dist
-from safetensors.torch import load_file, save_file
+from safetensors.torch import save_file
 
 from .config import PretrainParams
-from .io import InputError, atomic_dir, read_json, write_json
+from .io import InputError, atomic_dir, read_json, read_safetensors, write_json
 from .model import GPT, GPTConfig
 from .parallel import (Dist, all_finite, full, gather_model_state, gather_optimizer_state, init_distributed,
                        is_main_process, load_model_state, load_optimizer_state, set_grad_sync, shard, wrap)
@@ -164,10 +164,10 @@ def load_checkpoint(path: Path, model, opt, identity: dict, d: Dist = Dist()) ->
     if state.get("identity") != identity:
         log.warning("checkpoint in %s belongs to other params or data; starting fresh", path)
         return None
-    load_weights(model, load_file(str(path / "model.safetensors")), path / "model.safetensors", d)
-    optimizer = _optimizer_state(load_file(str(path / "optimizer.safetensors")), state["optimizer"])
+    load_weights(model, read_safetensors(path / "model.safetensors"), path / "model.safetensors", d)
+    optimizer = _optimizer_state(read_safetensors(path / "optimizer.safetensors"), state["optimizer"])
     load_optimizer_state(model, opt, optimizer, d)
-    rng = load_file(str(path / "rng.safetensors"))
+    rng = read_safetensors(path / "rng.safetensors")
     torch.set_rng_state(rng["torch_cpu"])
     if "torch_cuda" in rng and torch.cuda.is_available():
         torch.cuda.set_rng_state(rng["torch_cuda"])

@@ -5,10 +5,9 @@ from __future__ import annotations
 from pathlib import Path
 
 import torch
-from safetensors import SafetensorError
-from safetensors.torch import load_file, save_file
+from safetensors.torch import save_file
 
-from .io import InputError, atomic_path, read_json, write_json
+from .io import atomic_path, read_json, read_safetensors, write_json
 from .model import GPT, GPTConfig
 from .train import load_weights, model_state
 
@@ -30,12 +29,6 @@ def load_model(model_dir: Path | str, device: str | torch.device = "cpu") -> GPT
     fields = GPTConfig.__dataclass_fields__
     cfg = GPTConfig(**{k: v for k, v in raw.items() if k in fields})
     model = GPT(cfg)
-    try:
-        state = load_file(str(model_dir / WEIGHTS))
-    except FileNotFoundError:
-        raise InputError(f"{model_dir / WEIGHTS}: file not found") from None
-    except (SafetensorError, OSError) as err:
-        raise InputError(f"{model_dir / WEIGHTS}: not a safetensors file ({err}); "
-                         "weights are never read from pickles") from None
+    state = read_safetensors(model_dir / WEIGHTS)
     load_weights(model, state, model_dir / WEIGHTS)
     return model.to(device).eval()
