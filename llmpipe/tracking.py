@@ -101,7 +101,9 @@ class Tracker:
                 exp_id = exp.experiment_id
             else:  # beside a local database, artifacts go to mlartifacts/ in the repository
                 location = None if "://" in uri.removeprefix("sqlite://") else (root / "mlartifacts").resolve().as_uri()
-                exp_id = self._client.create_experiment(experiment, artifact_location=location)
+                # A training experiment: MLflow 3's UI then opens on its runs table, not the GenAI view.
+                exp_id = self._client.create_experiment(experiment, artifact_location=location,
+                                                        tags={"mlflow.experimentKind": "custom_model_development"})
             all_tags = {"mlflow.runName": run_name, **(tags or {})}
             if parent_run_id:
                 all_tags["mlflow.parentRunId"] = parent_run_id

@@ -3,4 +3,14 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 LLMPIPE_EXTRAS=dev source scripts/setup.sh
+# The MLflow UI test drives Debian's Chromium headless (tests/test_mlflow_ui.py). Install it with its
+# driver when missing and apt is usable (root, or sudo without a password); otherwise that test skips.
+if ! command -v chromium >/dev/null || ! command -v chromedriver >/dev/null; then
+  SUDO=""; [ "$(id -u)" = 0 ] || SUDO="sudo -n"
+  if command -v apt-get >/dev/null && { [ -z "$SUDO" ] || sudo -n true 2>/dev/null; }; then
+    echo "[test] installing Debian's chromium and chromium-driver for the MLflow UI test (log: .venv/apt.log)"
+    { $SUDO apt-get install -y -q chromium chromium-driver || { $SUDO apt-get update -q && $SUDO apt-get install -y -q chromium chromium-driver; }; } \
+      > .venv/apt.log 2>&1 || echo "[test] could not install chromium (see .venv/apt.log); the MLflow UI test will skip"
+  fi
+fi
 python -m pytest "$@"
