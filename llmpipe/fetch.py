@@ -215,14 +215,14 @@ class Fetcher:
         return Skip(reason, url, f"after {self.cfg.retries + 1} attempts")
 
     def _backoff(self, attempt: int, retry_after: str) -> float:
+        """Exponential backoff, or the server's Retry-After (seconds or a date) when longer, capped at 5 min."""
         wait = self.cfg.backoff_s * 2 ** (attempt - 1)
-        if retry_after:
-            if retry_after.isdigit():
-                return max(wait, min(float(retry_after), 300.0))
-            when = email.utils.parsedate_to_datetime(retry_after) if retry_after else None
-            if when is not None:
-                return max(wait, min(when.timestamp() - time.time(), 300.0))
-        return wait
+        try:
+            asked = float(retry_after) if retry_after.isdigit() else \
+                email.utils.parsedate_to_datetime(retry_after).timestamp() - time.time()
+        except (TypeError, ValueError):  # absent or malformed: our own backoff
+            return wait
+        return max(wait, min(asked, 300.0))
 
 
 def seed_urls(source: HttpSource, root: Path) -> list[str]:

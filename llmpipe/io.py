@@ -111,16 +111,6 @@ def write_parquet(dest: Path | str, df: pd.DataFrame) -> None:
         df.to_parquet(tmp, index=False, compression="zstd")
 
 
-def read_parquet(path: Path | str, columns: list[str] | None = None) -> pd.DataFrame:
-    path = Path(path)
-    if not path.exists():
-        raise InputError(f"{path}: file not found (did the upstream stage run?)")
-    try:
-        return pd.read_parquet(path, columns=columns)
-    except Exception as err:  # pyarrow raises several types for a corrupt file
-        raise InputError(f"{path}: not a readable Parquet file: {err}") from None
-
-
 PART_GLOB = "part-*.parquet"
 
 

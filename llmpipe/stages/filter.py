@@ -62,6 +62,11 @@ def filter_documents(df: pd.DataFrame, cfg: FilterParams) -> tuple[pd.DataFrame,
     return kept, stats, report
 
 
+def _add_counts(total: dict, part: dict) -> None:
+    for key, value in part.items():
+        total[key] = total.get(key, 0) + value
+
+
 def _merge_reports(total: dict, part: dict, examples_per_rule: int) -> None:
     for rule, entry in part.items():
         t = total.setdefault(rule, {"docs": 0, "bytes": 0, "examples": []})
@@ -82,8 +87,7 @@ def filter_part(job: tuple[Path, Path], cfg: FilterParams) -> tuple[dict, dict]:
             df = batch.to_pandas()
             require_columns(df, ["id", "text"], src)
             kept, part_stats, part_report = filter_documents(df, cfg)
-            for key, value in part_stats.items():
-                stats[key] = stats.get(key, 0) + value
+            _add_counts(stats, part_stats)
             _merge_reports(report, part_report, cfg.examples_per_rule)
             if writer is None:
                 schema = batch.schema.append(pa.field("lang", pa.string())).append(pa.field("score", pa.float64()))
@@ -108,8 +112,7 @@ def run(params: Params, root: Path, sink=None) -> StageResult:
     stats: dict = {}
     report: dict = {}
     for part_stats, part_report in results:
-        for key, value in part_stats.items():
-            stats[key] = stats.get(key, 0) + value
+        _add_counts(stats, part_stats)
         _merge_reports(report, part_report, cfg.examples_per_rule)
     if stats["docs_out"] == 0:
         raise InputError(f"filter: every document of {src} was removed ({stats})")
