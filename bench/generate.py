@@ -1,12 +1,22 @@
 """Generation speed: ours with the KV cache, ours without it, and transformers' generate() on the
 exported copy of the same weights, for 256 new tokens at batch 1 and batch 8, on CPU, in one run.
 
-    python bench/generate.py [--new-tokens 256] [--threads 2]
+    python bench/generate.py [--new-tokens 256] [--threads 2] [--repeats 3]
 
 The model is the default architecture of params.yaml (pretrain.model) with a context long enough for
 prompt + 256 new tokens; weights are random (speed does not depend on them), seeded, and every
-generation is greedy with no early stop, so all three produce exactly the same number of tokens.
-Last line: RESULT kv_speedup=<x> ratio_vs_transformers=<x>
+generation is greedy with no early stop, so all of them produce exactly the same number of tokens.
+Ours runs twice, eager and compiled (generate_batch(compile=True): torch.compile of the decode step
+and of the full forward); with and without the cache are always compared at the same setting. Each
+time is the best of --repeats runs (this machine's speed drifts by 30% between seconds); compile time
+is spent in a warm-up and not counted.
+
+Last line: RESULT kv_speedup=<x> ratio_vs_transformers=<x> ..., where
+  kv_speedup                   compiled ours with the cache / compiled ours without it
+  kv_speedup_eager             the same pair in eager mode
+  ratio_vs_transformers        eager ours with the cache / transformers' generate() (eager, its default)
+  ratio_vs_transformers_compiled  compiled ours with the cache / the same transformers run
+each the smaller of batch 1 and batch 8.
 """
 
 from __future__ import annotations
@@ -30,19 +40,17 @@ from llmpipe.model import GPT, GPTConfig  # noqa: E402
 from llmpipe.stages.tokenizer import train_tokenizer  # noqa: E402
 
 
-def timed(fn, repeats: int = 1) -> float:
-    best = float("inf")
-    for _ in range(repeats):
-        t0 = time.perf_counter()
-        fn()
-        best = min(best, time.perf_counter() - t0)
-    return best
+def timed(fn) -> float:
+    t0 = time.perf_counter()
+    fn()
+    return time.perf_counter() - t0
 
 
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--new-tokens", type=int, default=256)
     ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--repeats", type=int, default=3)
     ap.add_argument("--vocab", type=int, default=None, help="default: tokenizer.vocab_size in params.yaml")
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
@@ -68,32 +76,44 @@ def main() -> None:
         g = torch.Generator().manual_seed(batch)
         prompts = torch.randint(1, args.vocab, (batch, 8), generator=g)
         plist = prompts.tolist()
-        generate_batch(model, plist, 8, temperature=0.0)  # warm-up
-        t_kv = timed(lambda: generate_batch(model, plist, n, temperature=0.0, use_cache=True))
-        t_nokv = timed(lambda: generate_batch(model, plist, n, temperature=0.0, use_cache=False))
+
+        def ours(use_cache: bool, compile: bool):
+            return lambda: generate_batch(model, plist, n, temperature=0.0, use_cache=use_cache, compile=compile)
 
         def hf_generate():
             with torch.no_grad():
                 return hf.generate(prompts, attention_mask=torch.ones_like(prompts), max_new_tokens=n,
                                    min_new_tokens=n, do_sample=False, pad_token_id=0, eos_token_id=None)
 
-        hf_generate()  # warm-up
-        t_hf = timed(hf_generate)
-        # the same greedy tokens from both implementations (a check, not a timing)
-        ours = generate_batch(model, plist, 32, temperature=0.0)
+        t0 = time.perf_counter()
+        for compile in (False, True):  # warm-ups; the compiled ones compile here
+            generate_batch(model, plist, 8, temperature=0.0, compile=compile)
+            generate_batch(model, plist, 8, temperature=0.0, compile=compile, use_cache=False)
+        hf_generate()
+        print(f"batch {batch}: warm-up and compile {time.perf_counter() - t0:.0f} s")
+        runs = {"kv": ours(True, False), "nokv": ours(False, False), "kv_compiled": ours(True, True),
+                "nokv_compiled": ours(False, True), "hf": hf_generate}
+        best = {k: float("inf") for k in runs}
+        for _ in range(args.repeats):  # interleaved, so a slow spell of the machine hits every variant
+            for k, fn in runs.items():
+                best[k] = min(best[k], timed(fn))
+        r = {k: batch * n / t for k, t in best.items()}
+        # the same greedy tokens from every implementation (a check, not a timing)
+        ours_tokens = generate_batch(model, plist, 32, temperature=0.0)
+        same = ours_tokens == generate_batch(model, plist, 32, temperature=0.0, compile=True)
         with torch.no_grad():
             ref = hf.generate(prompts, attention_mask=torch.ones_like(prompts), max_new_tokens=32,
                               do_sample=False, pad_token_id=0, eos_token_id=None)[:, 8:].tolist()
-        same = ours == ref
-        r = {"kv": batch * n / t_kv, "nokv": batch * n / t_nokv, "hf": batch * n / t_hf}
+        same = same and ours_tokens == ref
         results[batch] = r
-        print(f"batch {batch}: ours+kv {r['kv']:8.1f} tok/s | ours no cache {r['nokv']:8.1f} tok/s | "
-              f"transformers {r['hf']:8.1f} tok/s | kv speedup {r['kv'] / r['nokv']:.2f} | "
-              f"vs transformers {r['kv'] / r['hf']:.2f} | same greedy tokens: {same}")
-    kv_speedup = min(r["kv"] / r["nokv"] for r in results.values())
-    ratio = min(r["kv"] / r["hf"] for r in results.values())
-    print(f"RESULT kv_speedup={kv_speedup:.2f} ratio_vs_transformers={ratio:.2f}")
-
+        print(f"batch {batch} tokens/s: eager ours+kv {r['kv']:.1f}, no cache {r['nokv']:.1f} "
+              f"(kv speedup {r['kv'] / r['nokv']:.2f}) | compiled ours+kv {r['kv_compiled']:.1f}, "
+              f"no cache {r['nokv_compiled']:.1f} (kv speedup {r['kv_compiled'] / r['nokv_compiled']:.2f}) | "
+              f"transformers {r['hf']:.1f} | same greedy tokens: {same}")
+    keys = {"kv_speedup": ("kv_compiled", "nokv_compiled"), "kv_speedup_eager": ("kv", "nokv"),
+            "ratio_vs_transformers": ("kv", "hf"), "ratio_vs_transformers_compiled": ("kv_compiled", "hf")}
+    out = {name: min(r[a] / r[b] for r in results.values()) for name, (a, b) in keys.items()}
+    print("RESULT " + " ".join(f"{k}={v:.2f}" for k, v in out.items()))
 
 if __name__ == "__main__":
     main()

@@ -325,6 +325,9 @@ class SampleParams(Section):
     seed: int = 1
     # Generation also stops when one of these strings appears (it is not included in the output).
     stop: list[Annotated[str, Field(min_length=1)]] = Field(default_factory=list)
+    # torch.compile the per-token step: about 2.5x faster per token on CPU, after a compile of about a
+    # minute (cached on disk by inductor), so it pays from some thousands of tokens on.
+    compile: bool = False
 
 
 class TrackingParams(Section):
@@ -364,7 +367,8 @@ class Params(Section):
     schedule: ScheduleParams = ScheduleParams()
 
 
-def _format_errors(path: Path, err: ValidationError) -> str:
+def format_errors(path: Path | str, err: ValidationError) -> str:
+    """The errors of a validation, one line per key, under a heading naming where they come from."""
     lines = [f"{path}: invalid parameters"]
     for e in err.errors():
         # Drop the discriminator tag pydantic puts in the location of tagged unions ("demo", "local").
@@ -380,7 +384,7 @@ def parse_params(data: dict, source: Path | str = "params.yaml") -> Params:
     try:
         return Params.model_validate(data or {})
     except ValidationError as err:
-        raise ParamsError(_format_errors(Path(source), err)) from None
+        raise ParamsError(format_errors(Path(source), err)) from None
 
 
 def load_params(path: Path | str = "params.yaml") -> Params:

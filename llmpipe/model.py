@@ -120,6 +120,32 @@ class KVCache:
         return self.k[layer][:, :, :end], self.v[layer][:, :, :end]
 
 
+class SlotCache:
+    """The KV cache as one decode step (GPT.decode_step) sees it: the new token's keys and values go in
+    at a tensor index and attention reads the whole buffer under a mask, so the step's shapes never
+    change and torch.compile builds it once for a whole generation."""
+
+    def __init__(self, k: list[torch.Tensor], v: list[torch.Tensor], slot: torch.Tensor):
+        self.k, self.v, self.slot = k, v, slot
+
+    def update(self, layer: int, k: torch.Tensor, v: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        self.k[layer].index_copy_(2, self.slot, k)
+        self.v[layer].index_copy_(2, self.slot, v)
+        return self.k[layer], self.v[layer]
+
+
+def one_query_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    """Attention of one new query per row (q (B, H, 1, hd)) over a cache (k, v (B, KVH, S, hd)) under a
+    boolean mask (B, 1, 1, S). Written out rather than through SDPA: its CPU flash kernel spends ~130 us
+    on a single query, while these few ops fuse into one or two kernels under torch.compile. The heads
+    sharing a key/value head (GQA) are stacked as that head's queries."""
+    B, H, _, hd = q.shape
+    kvh = k.size(1)
+    scores = (q.reshape(B, kvh, H // kvh, hd) @ k.transpose(-1, -2)) * hd**-0.5  # (B, KVH, H/KVH, S)
+    scores = scores.float().masked_fill(~mask, float("-inf"))
+    return (torch.softmax(scores, dim=-1).to(v.dtype) @ v).reshape(B, H, 1, hd)
+
+
 class CausalSelfAttention(nn.Module):
     def __init__(self, cfg: GPTConfig, layer: int):
         super().__init__()
@@ -140,13 +166,16 @@ class CausalSelfAttention(nn.Module):
         q, k = qk.split([cfg.n_head, cfg.kv_heads], dim=1)
         if cache is not None:
             k, v = cache.update(self.layer, k, v)
-        # No mask: plain causal over the chunk, or a single new token that sees the whole cache.
-        causal = mask is None and (cache is None or cache.pos == 0)
-        y = F.scaled_dot_product_attention(
-            q, k, v, attn_mask=mask, is_causal=causal,
-            dropout_p=cfg.dropout if self.training else 0.0,
-            enable_gqa=cfg.kv_heads != cfg.n_head,
-        )
+        if isinstance(cache, SlotCache):
+            y = one_query_attention(q, k, v, mask)
+        else:
+            # No mask: plain causal over the chunk, or a single new token that sees the whole cache.
+            causal = mask is None and (cache is None or cache.pos == 0)
+            y = F.scaled_dot_product_attention(
+                q, k, v, attn_mask=mask, is_causal=causal,
+                dropout_p=cfg.dropout if self.training else 0.0,
+                enable_gqa=cfg.kv_heads != cfg.n_head,
+            )
         return self.o_proj(y.transpose(1, 2).reshape(B, T, cfg.n_head * hd))
 
 
@@ -218,7 +247,7 @@ class GPT(nn.Module):
             yield self
         finally:
             for m in layers:
-                m.weight_t = None
+                del m.weight_t  # back to the class default (None), as it was
 
     def num_params(self, non_embedding: bool = True) -> int:
         n = sum(p.numel() for p in self.parameters())
@@ -248,6 +277,23 @@ class GPT(nn.Module):
         if pad is not None:  # never attend to left padding
             mask = (mask[None] & (k_pos[None] >= pad[:, None, None]))[:, None]  # (B, 1, T, Tk)
         return mask
+
+    def decode_step(self, idx: torch.Tensor, positions: torch.Tensor, slot: torch.Tensor, mask: torch.Tensor,
+                    local_mask: torch.Tensor | None, k: list[torch.Tensor], v: list[torch.Tensor]) -> torch.Tensor:
+        """One generated token per row after a prefill: idx (B, 1), positions (B,) of the new tokens (their
+        RoPE/learned positions, left padding excluded), slot (1,) the cache index they are written to,
+        mask (B, 1, 1, block_size) the cache entries each row attends to (local_mask for local layers),
+        k and v the cache buffers (KVCache.k/.v). Returns the next-token logits (B, V) in fp32."""
+        x = self.tok_emb(idx)
+        rope = None
+        if self.pos_emb is not None:
+            x = x + self.pos_emb(positions)[:, None]
+        else:
+            rope = (self.rope_cos[positions][:, None], self.rope_sin[positions][:, None])
+        cache = SlotCache(k, v, slot)
+        for i, block in enumerate(self.blocks):
+            x = block(x, rope, cache, local_mask if self.cfg.is_local(i) else mask)
+        return self.lm_head(self.norm_f(x))[:, -1].float()
 
     def forward(self, idx: torch.Tensor, targets: torch.Tensor | None = None, cache: KVCache | None = None,
                 last_only: bool = False, pad: torch.Tensor | None = None):

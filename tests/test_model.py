@@ -130,3 +130,34 @@ def test_decode_layout_same_logits_and_dropped_after():
             fast, _ = model(x)
     assert torch.allclose(ref, fast, atol=1e-5)
     assert all(m.weight_t is None for m in model.modules() if hasattr(m, "weight_t"))
+
+
+@pytest.mark.parametrize("kw", [{"n_kv_head": 2, "attention_pattern": "alternating", "attention_window": 6},
+                                {"pos": "learned", "norm": "layernorm", "mlp": "gelu"}])
+def test_compiled_generation_matches_eager(kw, monkeypatch):
+    """torch.compile of the decode step (frozen weights) and of the full forward: the same greedy tokens
+    as eager, for prompts of unequal length (padding) and past the context. Inductor's GEMM autotuning
+    is left out to keep the compile short (minutes otherwise); bench/generate.py checks the tokens with it."""
+    import llmpipe.generate
+
+    monkeypatch.setattr(llmpipe.generate, "CPU_COMPILE_OPTIONS", {"freezing": True})
+    model = tiny(**kw)
+    prompts = [[5, 17, 3, 42, 8], [9], [1, 2, 3]]
+    eager = generate_batch(model, prompts, 40, temperature=0.0)  # 45 positions: slides past block_size 32
+    assert generate_batch(model, prompts, 40, temperature=0.0, compile=True) == eager
+    step = llmpipe.generate.compiled_step(model, "decode")
+    assert step.fn is not step.step  # compiled indeed, not fallen back to eager
+    if "pos" not in kw:  # the full forward's compile once is enough (dynamic length, about 20 s)
+        assert generate_batch(model, prompts, 12, temperature=0.0, compile=True, use_cache=False) == \
+            [row[:12] for row in eager]
+
+
+def test_compiled_step_is_rebuilt_when_weights_change():
+    from llmpipe.generate import compiled_step
+
+    model = tiny()
+    step = compiled_step(model, "decode")
+    assert compiled_step(model, "decode") is step
+    with torch.no_grad():
+        model.lm_head.weight.mul_(2.0)  # frozen weights are constants of the graph: it must not be reused
+    assert compiled_step(model, "decode") is not step

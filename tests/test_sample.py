@@ -24,3 +24,32 @@ def test_sample_texts_batch_with_stop_strings():
         assert o["stopped_at_string"] or o["stopped_at_eot"] or o["new_tokens"] == 30
     again = sample_texts(model, tok, cfg)
     assert again[0]["completion"] == out[0]["completion"]  # seeded: reproducible
+
+
+def test_generate_cli_streams_the_greedy_completion(tiny_pipeline):
+    """`llmpipe generate` on the tiny pipeline's model prints the prompt and then exactly the text of the
+    greedy tokens (streamed piece by piece), and a --stop string cuts it before the string."""
+    from tokenizers import Tokenizer
+
+    from llmpipe import layout
+    from llmpipe.generate import generate
+    from llmpipe.tokens import EOT
+    from llmpipe.weights import load_model
+
+    from .conftest import run
+
+    tok = Tokenizer.from_file(str(tiny_pipeline / layout.TOKENIZER))
+    ids = generate(load_model(tiny_pipeline / layout.MODEL), tok.encode("ROMEO.").ids, 24,
+                   eot_id=tok.token_to_id(EOT), temperature=0.0)
+    expected = tok.decode(ids)
+    assert len(expected) > 10
+    cli = ["llmpipe", "generate", "ROMEO.", "--max-new-tokens", "24", "--temperature", "0"]
+    proc = run(cli, tiny_pipeline)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert proc.stdout.rstrip("\n") == "ROMEO." + expected.rstrip("\n")
+    stop = expected[len(expected) // 2 :][:3]
+    proc = run(cli + ["--stop", stop], tiny_pipeline)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert proc.stdout.rstrip("\n") == "ROMEO." + expected[: expected.index(stop)].rstrip("\n")
+    proc = run(cli + ["--stop", ""], tiny_pipeline)
+    assert proc.returncode == 2 and "stop.0: String should have at least 1 character" in proc.stderr

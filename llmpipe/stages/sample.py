@@ -7,10 +7,11 @@ import logging
 import time
 from pathlib import Path
 
+from pydantic import ValidationError
 from tokenizers import Tokenizer
 
 from .. import layout
-from ..config import Params, SampleParams
+from ..config import Params, ParamsError, SampleParams, format_errors
 from ..generate import generate_batch
 from ..io import atomic_path
 from ..model import GPT
@@ -34,7 +35,7 @@ def sample_texts(model: GPT, tok: Tokenizer, cfg: SampleParams) -> list[dict]:
     t0 = time.perf_counter()
     completions = generate_batch(model, [tok.encode(p).ids for p in cfg.prompts], cfg.max_new_tokens,
                                  eot_id=eot, temperature=cfg.temperature, top_k=cfg.top_k, top_p=cfg.top_p,
-                                 seed=cfg.seed, stop_fn=stop_fn)
+                                 seed=cfg.seed, stop_fn=stop_fn, compile=cfg.compile)
     seconds = round(time.perf_counter() - t0, 3)
     out = []
     for prompt, ids in zip(cfg.prompts, completions):
@@ -66,9 +67,13 @@ def run(params: Params, root: Path, sink=None) -> StageResult:
 def generate_cli(params: Params, root: Path, args) -> None:
     """`llmpipe generate "prompt" ...`: stream completions to the terminal."""
     overrides = {"max_new_tokens": args.max_new_tokens, "temperature": args.temperature,
-                 "top_k": args.top_k, "top_p": args.top_p, "seed": args.seed, "stop": args.stop}
-    cfg = SampleParams.model_validate({**params.sample.model_dump(), "prompts": args.prompts,
-                                       **{k: v for k, v in overrides.items() if v is not None}})
+                 "top_k": args.top_k, "top_p": args.top_p, "seed": args.seed, "stop": args.stop,
+                 "compile": args.compile}
+    try:
+        cfg = SampleParams.model_validate({**params.sample.model_dump(), "prompts": args.prompts,
+                                           **{k: v for k, v in overrides.items() if v is not None}})
+    except ValidationError as err:  # a bad option: say which, like a bad params.yaml key (exit 2)
+        raise ParamsError(format_errors("llmpipe generate options (sample.*)", err)) from None
     model = load_model(root / layout.MODEL)
     tok = Tokenizer.from_file(str(root / layout.TOKENIZER))
     eot = tok.token_to_id(EOT)
@@ -90,5 +95,5 @@ def generate_cli(params: Params, root: Path, args) -> None:
         return stopped
 
     generate_batch(model, [tok.encode(prompt).ids], cfg.max_new_tokens, eot_id=eot, temperature=cfg.temperature,
-                   top_k=cfg.top_k, top_p=cfg.top_p, seed=cfg.seed, stop_fn=stream)
+                   top_k=cfg.top_k, top_p=cfg.top_p, seed=cfg.seed, stop_fn=stream, compile=cfg.compile)
     print("\n", flush=True)
