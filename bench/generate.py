@@ -1,7 +1,7 @@
 """Generation speed: ours with the KV cache, ours without it, and transformers' generate() on the
 exported copy of the same weights, for 256 new tokens at batch 1 and batch 8, on CPU, in one run.
 
-    python bench/generate.py [--new-tokens 256] [--threads 2] [--repeats 3]
+    python bench/generate.py [--new-tokens 256] [--threads 2] [--repeats 2]
 
 The model is the default architecture of params.yaml (pretrain.model) with a context long enough for
 prompt + 256 new tokens; weights are random (speed does not depend on them), seeded, and every
@@ -9,7 +9,8 @@ generation is greedy with no early stop, so all of them produce exactly the same
 Ours runs twice, eager and compiled (generate_batch(compile=True): torch.compile of the decode step
 and of the full forward); with and without the cache are always compared at the same setting. Each
 time is the best of --repeats runs (this machine's speed drifts by 30% between seconds); compile time
-is spent in a warm-up and not counted.
+is spent in a warm-up and not counted (2-5 minutes from a cold inductor cache; the whole run takes about
+8 minutes on 2 cores with 2 repeats, 9 with 3).
 
 Last line: RESULT kv_speedup=<x> ratio_vs_transformers=<x> ..., where
   kv_speedup                   compiled ours with the cache / compiled ours without it
@@ -50,7 +51,7 @@ def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--new-tokens", type=int, default=256)
     ap.add_argument("--threads", type=int, default=2)
-    ap.add_argument("--repeats", type=int, default=3)
+    ap.add_argument("--repeats", type=int, default=2)
     ap.add_argument("--vocab", type=int, default=None, help="default: tokenizer.vocab_size in params.yaml")
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
