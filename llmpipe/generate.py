@@ -89,17 +89,21 @@ class _Compiled:
     and devices of a call already made, such as every decode step of a generation after its first."""
 
     def __init__(self, step: torch.nn.Module, dynamic: bool, options: dict):
-        self.step, self.options = step, options
-        self.fn = torch.compile(step, dynamic=dynamic)
+        from torch._inductor import config
+
+        self.step, self.fn = step, torch.compile(step, dynamic=dynamic)
+        self.config = config.patch(options)
 
     def __call__(self, *args, same_shapes: bool = False):
         from torch._dynamo.exc import BackendCompilerFailed
-        from torch._inductor import config
 
         if self.fn is self.step:
             return self.step(*args)
+        if same_shapes:  # nothing can compile here: no settings to apply, no guards to check
+            with torch.compiler.set_stance(skip_guard_eval_unsafe=True):
+                return self.fn(*args)
         try:
-            with config.patch(self.options), torch.compiler.set_stance(skip_guard_eval_unsafe=same_shapes):
+            with self.config:
                 return self.fn(*args)
         except BackendCompilerFailed as err:  # e.g. no C++ compiler on this machine
             log.warning("torch.compile failed, generating in eager mode: %s", str(err).splitlines()[0])
@@ -153,8 +157,9 @@ def _generate(model, prompts, max_new_tokens, eot_id, temperature, top_k, top_p,
             if use_cache:  # prefill, then one step per token
                 cache = KVCache(cfg, len(prompts), device, first.dtype)
                 logits = model(idx, cache=cache, last_only=True, pad=pad)[0][:, -1]
-                first_real = torch.tensor(pad_list, device=device)
-                mask = ((slots[None] >= first_real[:, None]) & (slots[None] < width))[:, None, None]
+                if decode is not None:  # the compiled step's view of the cache: filled, not padding
+                    first_real = torch.tensor(pad_list, device=device)
+                    mask = ((slots[None] >= first_real[:, None]) & (slots[None] < width))[:, None, None]
             else:
                 logits = full(idx, pad)
         else:
