@@ -36,10 +36,10 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from llmpipe.config import load_params
-from llmpipe.sources import iter_demo
+from llmpipe.stages.params import load_params
+from llmpipe.data.sources import iter_demo
 from llmpipe.stages.dedup import dedup_documents, find_duplicates, parquet_batches
-from llmpipe.text import normalize_for_hash
+from llmpipe.data.text import normalize_for_hash
 
 ROOT = Path(__file__).resolve().parent.parent
 

@@ -31,11 +31,12 @@ import logging
 import random
 import time
 
-from llmpipe.config import DemoSource, QualityParams
-from llmpipe.extract import EXTRACTORS
-from llmpipe.quality import RULES, DocView
-from llmpipe.sources import iter_demo
-from llmpipe.text import identify_language
+from llmpipe.config.scrape import DemoSource
+from llmpipe.config.filter import QualityParams
+from llmpipe.data.extract import EXTRACTORS
+from llmpipe.data.quality import RULES, DocView
+from llmpipe.data.sources import iter_demo
+from llmpipe.data.text import identify_language
 from tests.data.multilingual import PARAGRAPHS
 
 

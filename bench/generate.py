@@ -25,7 +25,6 @@ from __future__ import annotations
 import _root  # noqa: F401  (first: takes bench/ off the import path, see bench/_root.py)
 
 import argparse
-import sys
 import tempfile
 import time
 from pathlib import Path
@@ -34,11 +33,11 @@ import torch
 
 ROOT = Path(__file__).resolve().parent.parent
 
-from llmpipe.config import load_params  # noqa: E402
-from llmpipe.export import export_hf  # noqa: E402
-from llmpipe.generate import generate_batch  # noqa: E402
-from llmpipe.model import GPT, GPTConfig  # noqa: E402
-from llmpipe.stages.tokenizer import train_tokenizer  # noqa: E402
+from llmpipe.stages.params import load_params  # noqa: E402
+from llmpipe.ops.export import export_hf  # noqa: E402
+from llmpipe.training.generate import generate_batch  # noqa: E402
+from llmpipe.model.gpt import GPT, GPTConfig  # noqa: E402
+from llmpipe.tokens.bpe import train_tokenizer  # noqa: E402
 
 
 def timed(fn) -> float:

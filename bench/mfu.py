@@ -31,9 +31,10 @@ import torch
 
 ROOT = Path(__file__).resolve().parent.parent
 
-from llmpipe.config import ModelParams, PretrainParams  # noqa: E402
-from llmpipe.tokens import ShardWriter, write_manifest  # noqa: E402
-from llmpipe.train import peak_flops, train  # noqa: E402
+from llmpipe.config.pretrain import ModelParams, PretrainParams  # noqa: E402
+from llmpipe.tokens.shards import ShardWriter, write_manifest  # noqa: E402
+from llmpipe.training.device import peak_flops  # noqa: E402
+from llmpipe.training.loop import train  # noqa: E402
 
 VOCAB = 50304  # GPT-2's 50,257 padded to a multiple of 128
 

@@ -35,12 +35,12 @@ ROOT = Path(__file__).resolve().parent.parent
 import pyarrow.parquet as pq  # noqa: E402
 from tokenizers import Tokenizer  # noqa: E402
 
-from llmpipe import layout  # noqa: E402
-from llmpipe.config import load_params  # noqa: E402
-from llmpipe.encoder import GPT2_PATTERN, load_encoder  # noqa: E402
-from llmpipe.sources import cache_dir, fetch_sdist  # noqa: E402
+from llmpipe.stages.registry import output  # noqa: E402
+from llmpipe.stages.params import load_params  # noqa: E402
+from llmpipe.tokens.encoder import GPT2_PATTERN, load_encoder  # noqa: E402
+from llmpipe.data.sources import cache_dir, fetch_sdist  # noqa: E402
 from llmpipe.stages.tokenize import tokenize_corpus  # noqa: E402
-from llmpipe.stages.tokenizer import iter_split_texts  # noqa: E402
+from llmpipe.tokens.split import iter_split_texts  # noqa: E402
 
 WHISPER = "openai_whisper==20250625"
 WHISPER_SHA256 = "37a91a3921809d9f44748ffc73c0a55c9f366c85a3ef5c2ae0cc09540432eb96"
@@ -78,7 +78,7 @@ def main() -> None:
     ap.add_argument("--repeats", type=int, default=3)
     args = ap.parse_args()
     logging.basicConfig(level=logging.WARNING)
-    docs, tok_path = ROOT / layout.DEDUP_DOCS, ROOT / layout.TOKENIZER
+    docs, tok_path = ROOT / output("dedup.docs"), ROOT / output("tokenizer.tokenizer")
     if not (docs.exists() and tok_path.exists()):
         sys.exit(f"needs {docs} and {tok_path}; run `dvc repro tokenizer` first")
     params = load_params(ROOT / "params.yaml")

@@ -36,11 +36,14 @@ import torch.nn.functional as F
 
 ROOT = Path(__file__).resolve().parent.parent
 
-from llmpipe import layout  # noqa: E402
-from llmpipe.config import PretrainParams, load_params  # noqa: E402
-from llmpipe.evaluate import evaluate_model  # noqa: E402
-from llmpipe.tokens import TokenData, load_manifest  # noqa: E402
-from llmpipe.train import lr_at, make_optimizer, train  # noqa: E402
+from llmpipe.stages.registry import output  # noqa: E402
+from llmpipe.config.pretrain import PretrainParams  # noqa: E402
+from llmpipe.stages.params import load_params  # noqa: E402
+from llmpipe.training.evaluate import evaluate_model  # noqa: E402
+from llmpipe.tokens.loader import TokenData  # noqa: E402
+from llmpipe.tokens.shards import load_manifest  # noqa: E402
+from llmpipe.training.optim import lr_at, make_optimizer  # noqa: E402
+from llmpipe.training.loop import train  # noqa: E402
 
 
 # --- the reference: GPT-2 as nanoGPT writes it ----------------------------------------------------
@@ -135,13 +138,13 @@ def train_reference(cfg: PretrainParams, token_dir: Path, vocab_size: int) -> tu
 def token_bytes_table(tokenizer_path: Path):
     from tokenizers import Tokenizer
 
-    from llmpipe.stages.tokenizer import token_byte_lengths
+    from llmpipe.tokens.bpe import token_byte_lengths
     return token_byte_lengths(Tokenizer.from_file(str(tokenizer_path)))
 
 
 def worker(side: str, args) -> dict:
     torch.set_num_threads(args.threads)
-    token_dir = ROOT / layout.TOKENS
+    token_dir = ROOT / output("tokenize.tokens")
     base = load_params(ROOT / "params.yaml").pretrain
     cfg = base.model_copy(update={
         "max_steps": args.steps, "warmup_steps": min(base.warmup_steps, args.steps // 5), "device": "cpu",
@@ -157,7 +160,7 @@ def worker(side: str, args) -> dict:
         precision = "float32"
     timed = history[1:] or history
     tps = len(timed) / sum(1.0 / r["tokens_per_s"] for r in timed)
-    evals = evaluate_model(model, TokenData(token_dir, "val"), token_bytes_table(ROOT / layout.TOKENIZER),
+    evals = evaluate_model(model, TokenData(token_dir, "val"), token_bytes_table(ROOT / output("tokenizer.tokenizer")),
                            batch_size=8, max_tokens=args.eval_tokens)
     return {"side": side, "tokens_per_s": tps, "bpb": evals["bits_per_byte"], "val_loss": evals["val_loss"],
             "final_train_loss": history[-1]["loss"], "precision": precision,
@@ -176,8 +179,9 @@ def main() -> None:
     if args.worker:
         print("WORKER " + json.dumps(worker(args.worker, args)))
         return
-    if not (ROOT / layout.TOKENS / "manifest.json").exists():
-        sys.exit(f"{ROOT / layout.TOKENS}: no token shards; run `dvc repro tokenize` first")
+    tokens = ROOT / output("tokenize.tokens")
+    if not (tokens / "manifest.json").exists():
+        sys.exit(f"{tokens}: no token shards; run `dvc repro tokenize` first")
     results = {}
     for side in ("reference", "ours"):
         cmd = [sys.executable, __file__, "--worker", side, "--steps", str(args.steps),

@@ -14,7 +14,8 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from llmpipe.config import ScheduleParams, load_params
+from llmpipe.config.ops import ScheduleParams
+from llmpipe.stages.params import load_params
 
 from .pipeline import REPO_ROOT, pipeline
 

@@ -4,9 +4,10 @@ import json
 import sys
 from pathlib import Path
 
-from llmpipe.config import PretrainParams
-from llmpipe.train import is_main_process, train
-from llmpipe.weights import save_model
+from llmpipe.config.pretrain import PretrainParams
+from llmpipe.training.parallel import is_main_process
+from llmpipe.training.loop import train
+from llmpipe.model.weights import save_model
 
 token_dir, ckpt_dir, out, cfg_json = sys.argv[1:5]
 stop_after = int(sys.argv[5]) if len(sys.argv) > 5 else None

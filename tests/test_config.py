@@ -4,7 +4,8 @@ import sys
 import pytest
 import yaml
 
-from llmpipe.config import Params, ParamsError, load_params, parse_params
+from llmpipe.stages.params import Params, load_params, parse_params
+from llmpipe.config.base import ParamsError
 
 REPO_PARAMS = "params.yaml"
 
@@ -42,14 +43,30 @@ def test_defaults_equal_an_empty_file():
     assert parse_params({}) == Params()
 
 
-def test_cli_exits_2_naming_the_key_before_any_work(tmp_path):
-    params = tmp_path / "params.yaml"
-    params.write_text(yaml.safe_dump({"pretrain": {"max_steps": "many"}}))
-    proc = subprocess.run([sys.executable, "-m", "llmpipe.cli", "--root", str(tmp_path), "scrape"],
+def llmpipe_cli(root, *args):
+    return subprocess.run([sys.executable, "-m", "llmpipe.cli", "--root", str(root), *args],
                           capture_output=True, text=True)
+
+
+def test_stage_exits_2_naming_its_own_key_before_any_work(tmp_path):
+    (tmp_path / "params.yaml").write_text(yaml.safe_dump({"scrape": {"max_doc_bytes": "many"}}))
+    proc = llmpipe_cli(tmp_path, "scrape")
     assert proc.returncode == 2
-    assert "pretrain.max_steps" in proc.stderr
+    assert "scrape.max_doc_bytes" in proc.stderr
     assert not (tmp_path / "data").exists()  # nothing was started, nothing written
+
+
+def test_stage_validates_only_its_sections_and_validate_checks_all(tmp_path):
+    """A stage reads (and imports the models of) its own sections only, so a bad pretrain key does not
+    stop tokenize; an unknown section stops every stage; `llmpipe validate` checks the whole file."""
+    (tmp_path / "params.yaml").write_text(yaml.safe_dump({"pretrain": {"max_steps": "many"}}))
+    proc = llmpipe_cli(tmp_path, "tokenize")
+    assert proc.returncode == 2 and "missing input data/dedup/docs.parquet" in proc.stderr, proc.stderr
+    proc = llmpipe_cli(tmp_path, "validate")
+    assert proc.returncode == 2 and "pretrain.max_steps" in proc.stderr
+    (tmp_path / "params.yaml").write_text(yaml.safe_dump({"pretrian": {"max_steps": 10}}))
+    proc = llmpipe_cli(tmp_path, "tokenize")
+    assert proc.returncode == 2 and "pretrian: unknown section" in proc.stderr
 
 
 def test_unreadable_yaml(tmp_path):

@@ -2,13 +2,13 @@ import random
 
 import pandas as pd
 
-from llmpipe.config import DedupParams
+from llmpipe.config.dedup import DedupParams
 import numpy as np
 import pytest
 from datasketch import MinHash
 
-from llmpipe.config import BoilerplateParams
-from llmpipe.minhash import ShingleHasher, signatures
+from llmpipe.config.dedup import BoilerplateParams
+from llmpipe.data.minhash import ShingleHasher, signatures
 from llmpipe.stages.dedup import DedupIndex, dedup_documents, find_duplicates, removed_table
 
 random.seed(0)
@@ -147,12 +147,12 @@ def test_stage_run_streams_parquet_and_dedups_against_reference(tmp_path):
     deduplicated against the first run's index named in params."""
     import json
 
-    from llmpipe import layout
-    from llmpipe.config import parse_params
+    from llmpipe.stages.registry import output
+    from llmpipe.stages.params import parse_params
     from llmpipe.stages import dedup as stage
 
     def write_input(rows):
-        path = tmp_path / layout.FILTER_DOCS
+        path = tmp_path / output("filter.docs")
         path.parent.mkdir(parents=True, exist_ok=True)
         pd.DataFrame(rows).to_parquet(path)
 
@@ -161,19 +161,19 @@ def test_stage_run_streams_parquet_and_dedups_against_reference(tmp_path):
                  "lang": ["en"] * 6})
     params = parse_params({"dedup": {"shard_docs": 2}})
     result = stage.run(params, tmp_path)
-    kept = pd.read_parquet(tmp_path / layout.DEDUP_DOCS)
+    kept = pd.read_parquet(tmp_path / output("dedup.docs"))
     assert list(kept["id"]) == [f"a{i}" for i in range(5)] and "lang" in kept.columns
-    report = json.loads((tmp_path / layout.DEDUP_REPORT).read_text())
+    report = json.loads((tmp_path / output("dedup.report")).read_text())
     assert report["near_dups"] == 1 and report["cluster_size_histogram"] == {"2": 1}
-    assert result.metrics["docs_out"] == 5 and tmp_path / layout.DEDUP_REPORT in result.artifacts
+    assert result.metrics["docs_out"] == 5 and tmp_path / output("dedup.report") in result.artifacts
     reference = tmp_path / "reference-index"
-    (tmp_path / layout.DEDUP_INDEX).rename(reference)
+    (tmp_path / output("dedup.index")).rename(reference)
 
     write_input({"id": ["b0", "b1", "b2"], "text": [perturb(first[0], 2, 9), text(seed=50), first[4]],
                  "lang": ["en"] * 3})
     params = parse_params({"dedup": {"shard_docs": 2, "reference_index": "reference-index"}})
     stage.run(params, tmp_path)
-    removed = pd.read_parquet(tmp_path / layout.DEDUP_REMOVED).set_index("id")
+    removed = pd.read_parquet(tmp_path / output("dedup.removed")).set_index("id")
     assert removed.loc["b0", "duplicate_of"] == "a0" and removed.loc["b2", "duplicate_of"] == "a4"
-    assert list(pd.read_parquet(tmp_path / layout.DEDUP_DOCS)["id"]) == ["b1"]
-    assert DedupIndex.load(tmp_path / layout.DEDUP_INDEX, DedupParams()).ids == [f"a{i}" for i in range(5)] + ["b1"]
+    assert list(pd.read_parquet(tmp_path / output("dedup.docs"))["id"]) == ["b1"]
+    assert DedupIndex.load(tmp_path / output("dedup.index"), DedupParams()).ids == [f"a{i}" for i in range(5)] + ["b1"]

@@ -5,10 +5,10 @@ import unicodedata
 import pytest
 from tokenizers import Tokenizer, models, pre_tokenizers, trainers
 
-from llmpipe.config import TokenizerParams
-from llmpipe.encoder import load_encoder
-from llmpipe.stages.tokenizer import train_tokenizer
-from llmpipe.tokens import EOT
+from llmpipe.config.tokens import TokenizerParams
+from llmpipe.tokens.encoder import load_encoder
+from llmpipe.tokens.bpe import train_tokenizer
+from llmpipe.tokens.bpe import EOT
 
 from .test_tokenizer import CORPUS, HARD
 

@@ -3,13 +3,13 @@
 import pytest
 import torch
 
-from llmpipe.config import TokenizerParams
-from llmpipe.export import export_hf
-from llmpipe.generate import generate
-from llmpipe.io import InputError
-from llmpipe.model import GPT, GPTConfig
-from llmpipe.stages.tokenizer import train_tokenizer
-from llmpipe.tokens import EOT
+from llmpipe.config.tokens import TokenizerParams
+from llmpipe.ops.export import export_hf
+from llmpipe.training.generate import generate
+from llmpipe.util.io import InputError
+from llmpipe.model.gpt import GPT, GPTConfig
+from llmpipe.tokens.bpe import train_tokenizer
+from llmpipe.tokens.bpe import EOT
 
 transformers = pytest.importorskip("transformers")
 

@@ -6,9 +6,9 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import pytest
 
-from llmpipe.config import HttpSource, ScrapeParams
-from llmpipe.fetch import Fetcher, HostPacer, address_refusal, crawl
-from llmpipe.sources import Skip
+from llmpipe.config.scrape import HttpSource, ScrapeParams
+from llmpipe.data.fetch import Fetcher, HostPacer, address_refusal, crawl
+from llmpipe.data.sources import Skip
 
 PARAGRAPH = ("The harbour town woke slowly, with fishermen mending their nets along the quay while the bakers "
              "carried bread to the market square. ")

@@ -1,7 +1,7 @@
 import pandas as pd
 
-from llmpipe.config import FilterParams, QualityParams
-from llmpipe.quality import RULES
+from llmpipe.config.filter import FilterParams, QualityParams
+from llmpipe.data.quality import RULES
 from llmpipe.stages.filter import filter_documents
 
 # language tests switch the quality rules off: repeated sentences would fail the repetition rules
@@ -42,7 +42,7 @@ def test_quality_rules_are_charged_in_the_report():
 
 
 def test_language_id_on_paragraphs_in_fifteen_languages():
-    from llmpipe.text import identify_language
+    from llmpipe.data.text import identify_language
 
     from .data.multilingual import PARAGRAPHS
 

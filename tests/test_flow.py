@@ -3,7 +3,7 @@
 import pytest
 from mlflow.tracking import MlflowClient
 
-from llmpipe.cli import STAGES
+from llmpipe.stages.registry import STAGE_NAMES as STAGES
 
 from .conftest import TINY_PARAMS, copy_repo
 

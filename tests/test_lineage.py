@@ -5,8 +5,8 @@ import subprocess
 import pytest
 import yaml
 
-from llmpipe.io import InputError
-from llmpipe.lineage import lineage
+from llmpipe.util.io import InputError
+from llmpipe.ops.lineage import lineage
 
 
 def lock(tokens_md5: str, model_md5: str) -> dict:

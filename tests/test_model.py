@@ -3,8 +3,8 @@ import math
 import pytest
 import torch
 
-from llmpipe.generate import generate, generate_batch, sample_next
-from llmpipe.model import GPT, GPTConfig
+from llmpipe.training.generate import generate, generate_batch, sample_next
+from llmpipe.model.gpt import GPT, GPTConfig
 
 
 def tiny(**kw):
@@ -28,7 +28,7 @@ def test_shapes_and_initial_loss(kw):
 def test_fused_loss_equals_cross_entropy_of_the_logits(kw):
     """The chunked output-layer loss (fp32 CPU training) gives the loss and every gradient of the plain
     logits + F.cross_entropy path, with chunks that do not divide the rows and with and without grad."""
-    from llmpipe.model import linear_cross_entropy
+    from llmpipe.model.loss import linear_cross_entropy
 
     model = tiny(**kw)
     x, y = torch.randint(0, 97, (3, 16)), torch.randint(0, 97, (3, 16))
@@ -172,7 +172,7 @@ def test_compiled_generation_matches_eager(kw, monkeypatch):
     """torch.compile of the decode step (frozen weights) and of the full forward: the same greedy tokens
     as eager, for prompts of unequal length (padding) and past the context. Inductor's GEMM autotuning
     is left out to keep the compile short (minutes otherwise); bench/generate.py checks the tokens with it."""
-    import llmpipe.generate
+    import llmpipe.training.generate
 
     monkeypatch.setattr(llmpipe.generate, "CPU_COMPILE_OPTIONS", {"freezing": True})
     model = tiny(**kw)
@@ -187,7 +187,7 @@ def test_compiled_generation_matches_eager(kw, monkeypatch):
 
 
 def test_compiled_step_is_rebuilt_when_weights_change():
-    from llmpipe.generate import compiled_step
+    from llmpipe.training.generate import compiled_step
 
     model = tiny()
     step = compiled_step(model, "decode")

@@ -9,8 +9,8 @@ import yaml
 from mlflow.tracking import MlflowClient
 from tokenizers import Tokenizer
 
-from llmpipe.cli import STAGES
-from llmpipe.tokens import load_manifest
+from llmpipe.stages.registry import STAGE_NAMES as STAGES
+from llmpipe.tokens.shards import load_manifest
 
 from .conftest import TINY_PARAMS, clone_repo, run
 

@@ -4,8 +4,8 @@ import random
 
 import pytest
 
-from llmpipe.config import QualityParams
-from llmpipe.quality import RULES, DocView, first_failure
+from llmpipe.config.filter import QualityParams
+from llmpipe.data.quality import RULES, DocView, first_failure
 
 P = QualityParams()
 rng = random.Random(0)
@@ -79,7 +79,7 @@ def naive_dup_ngram_fraction(words, n):
 
 @pytest.mark.parametrize("seed", [1, 2, 3])
 def test_vectorised_ngram_statistics_match_a_naive_count(seed):
-    from llmpipe.quality import _dup_ngram_char_fraction, _top_ngram_char_fraction
+    from llmpipe.data.quality import _dup_ngram_char_fraction, _top_ngram_char_fraction
 
     r = random.Random(seed)
     words = [r.choice(WORDS[:8]) for _ in range(300)]

@@ -34,11 +34,11 @@ import pytest
 import yaml
 from pydantic import BaseModel
 
-from llmpipe import cli, layout
-from llmpipe.cli import STAGES
-from llmpipe.config import (DemoSource, HttpSource, LocalSource, Params, WarcSource,
-                            parse_params)
-from llmpipe.io import InputError
+from llmpipe import cli
+from llmpipe.stages.registry import STAGE_NAMES as STAGES
+from llmpipe.config.scrape import DemoSource, HttpSource, LocalSource, WarcSource
+from llmpipe.stages.params import Params, parse_params
+from llmpipe.util.io import InputError
 
 from .conftest import TINY_PARAMS, clone_repo, copy_repo, run
 
@@ -165,9 +165,9 @@ class Trap:
 def test_pickle_disguised_as_weights_or_checkpoint_is_refused(tmp_path, capsys):
     import torch
 
-    from llmpipe.model import GPT, GPTConfig
-    from llmpipe.train import load_checkpoint
-    from llmpipe.weights import save_model
+    from llmpipe.model.gpt import GPT, GPTConfig
+    from llmpipe.training.checkpoint import load_checkpoint
+    from llmpipe.model.weights import save_model
 
     marker = tmp_path / "UNPICKLED"
     model = GPT(GPTConfig(vocab_size=64, n_layer=1, n_head=2, d_model=16, block_size=16))
@@ -257,8 +257,8 @@ def test_unreachable_mlflow_server_costs_a_warning_not_the_run(killed):
         ran = f"Running stage '{stage}'" in log  # a stage killed after it finished is not rerun
         assert log.count("tracking disabled") == (1 if ran else 0), (stage, log[-3000:])
         assert seconds[stage] < 300  # no minutes of retries per call (MLflow's defaults: ~4 min a call)
-    for stage in STAGES:  # the pipeline completed and its metrics stay local, in DVC's metrics files
-        assert json.loads((repo / layout.metrics_file(stage)).read_text())
+    for name in STAGES:  # the pipeline completed and its metrics stay local, in DVC's metrics files
+        assert json.loads((repo / f"data/metrics/{name}.json").read_text())
     assert not (repo / "mlflow.db").exists()
 
 
@@ -273,8 +273,8 @@ def _fails_once(item, marker_dir):
 def test_a_shard_task_that_fails_once_is_retried_by_prefect(tmp_path):
     import functools
 
-    from llmpipe.config import ScaleParams
-    from llmpipe.shards import map_shards
+    from llmpipe.config.ops import ScaleParams
+    from llmpipe.util.executors import map_shards
 
     fn = functools.partial(_fails_once, marker_dir=str(tmp_path))
     assert map_shards(fn, [1, 2, 3], ScaleParams(workers=2), "retry-test") == [10, 20, 30]

@@ -14,7 +14,7 @@ import torch
 import yaml
 from safetensors.torch import load_file
 
-from llmpipe.tokens import ShardWriter, write_manifest
+from llmpipe.tokens.shards import ShardWriter, write_manifest
 
 pytestmark = pytest.mark.integration
 

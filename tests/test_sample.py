@@ -1,9 +1,10 @@
 import torch
 
-from llmpipe.config import SampleParams, TokenizerParams
-from llmpipe.model import GPT, GPTConfig
+from llmpipe.config.sample import SampleParams
+from llmpipe.config.tokens import TokenizerParams
+from llmpipe.model.gpt import GPT, GPTConfig
 from llmpipe.stages.sample import cut_at_stop, sample_texts
-from llmpipe.stages.tokenizer import train_tokenizer
+from llmpipe.tokens.bpe import train_tokenizer
 
 
 def test_cut_at_stop():
@@ -31,15 +32,15 @@ def test_generate_cli_streams_the_greedy_completion(tiny_pipeline):
     greedy tokens (streamed piece by piece), and a --stop string cuts it before the string."""
     from tokenizers import Tokenizer
 
-    from llmpipe import layout
-    from llmpipe.generate import generate
-    from llmpipe.tokens import EOT
-    from llmpipe.weights import load_model
+    from llmpipe.stages.registry import output
+    from llmpipe.training.generate import generate
+    from llmpipe.tokens.bpe import EOT
+    from llmpipe.model.weights import load_model
 
     from .conftest import run
 
-    tok = Tokenizer.from_file(str(tiny_pipeline / layout.TOKENIZER))
-    ids = generate(load_model(tiny_pipeline / layout.MODEL), tok.encode("ROMEO.").ids, 24,
+    tok = Tokenizer.from_file(str(tiny_pipeline / output("tokenizer.tokenizer")))
+    ids = generate(load_model(tiny_pipeline / output("pretrain.model")), tok.encode("ROMEO.").ids, 24,
                    eot_id=tok.token_to_id(EOT), temperature=0.0)
     expected = tok.decode(ids)
     assert len(expected) > 10

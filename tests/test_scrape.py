@@ -1,10 +1,11 @@
 import pandas as pd
 import pytest
 
-from llmpipe import layout
-from llmpipe.config import DemoSource, LocalSource, parse_params
-from llmpipe.io import InputError, read_json
-from llmpipe.sources import Skip, iter_demo, iter_local
+from llmpipe.stages.registry import output
+from llmpipe.config.scrape import DemoSource, LocalSource
+from llmpipe.stages.params import parse_params
+from llmpipe.util.io import InputError, read_json
+from llmpipe.data.sources import Skip, iter_demo, iter_local
 from llmpipe.stages import scrape
 from llmpipe.stages.scrape import collect_documents
 
@@ -33,7 +34,7 @@ def test_stage_reads_mixed_sources_and_reports_bad_input(tmp_path):
         {"kind": "local", "paths": ["in/doc0.txt"]},  # the same file twice: one copy kept
         {"kind": "warc", "paths": ["nothing/*.warc.gz"]}]}, "scale": {"workers": 1}})
     metrics = scrape.run(params, tmp_path).metrics
-    parts = sorted((tmp_path / layout.SCRAPE_DOCS).glob("part-*.parquet"))
+    parts = sorted((tmp_path / output("scrape.docs")).glob("part-*.parquet"))
     # units: [blob, doc0, doc1], [doc2, doc3, doc4], [empty] (no part), [doc0 again] (a repeat: removed)
     assert [p.name for p in parts] == ["part-00000.parquet", "part-00001.parquet"]
     df = pd.concat(pd.read_parquet(p) for p in parts)
@@ -41,7 +42,7 @@ def test_stage_reads_mixed_sources_and_reports_bad_input(tmp_path):
     assert list(df.columns) == ["id", "source", "path", "url", "title", "text", "sha256", "fetched_at"]
     assert metrics["docs_out"] == 5 and metrics["skipped_binary"] == 1 and metrics["skipped_empty"] == 1
     assert metrics["skipped_duplicate_id"] == 1 and metrics["skipped_no_files_matched"] == 1
-    report = read_json(tmp_path / layout.SCRAPE_REPORT)
+    report = read_json(tmp_path / output("scrape.report"))
     assert report["skipped"]["binary"] == 1 and report["examples"]["binary"][0]["where"] == "in/blob.txt"
 
 
@@ -50,7 +51,7 @@ def test_stage_fails_only_when_nothing_could_be_read(tmp_path):
     params = parse_params({"scrape": {"sources": [{"kind": "local", "paths": ["*.txt"]}]}})
     with pytest.raises(InputError, match="no documents could be read.*binary: 1"):
         scrape.run(params, tmp_path)
-    assert not (tmp_path / layout.SCRAPE_DOCS).exists()
+    assert not (tmp_path / output("scrape.docs")).exists()
 
 
 def test_local_files_with_provenance(tmp_path):

@@ -5,8 +5,8 @@ import os
 
 import pytest
 
-from llmpipe import layout
-from llmpipe.config import parse_params
+from llmpipe.stages.registry import output
+from llmpipe.stages.params import parse_params
 from llmpipe.stages import filter as filter_stage
 from llmpipe.stages import scrape
 
@@ -35,7 +35,7 @@ def run_data_stages(root, scale):
                            "scale": scale})
     s = scrape.run(params, root).metrics
     f = filter_stage.run(params, root).metrics
-    files = sorted((root / layout.SCRAPE_DOCS).glob("*.parquet")) + sorted((root / layout.FILTER_DOCS).glob("*.parquet"))
+    files = sorted((root / output("scrape.docs")).glob("*.parquet")) + sorted((root / output("filter.docs")).glob("*.parquet"))
     return s, f, {p.relative_to(root).as_posix(): p.read_bytes() for p in files}
 
 

@@ -12,9 +12,9 @@ import pytest
 from warcio.statusandheaders import StatusAndHeaders
 from warcio.warcwriter import WARCWriter
 
-from llmpipe.config import LocalSource, ScrapeParams, WarcSource
-from llmpipe.extract import ExtractionTimeout, extract_text
-from llmpipe.sources import Skip, Unit, iter_local, iter_unit, iter_warc_stream
+from llmpipe.config.scrape import LocalSource, ScrapeParams, WarcSource
+from llmpipe.data.extract import ExtractionTimeout, extract_text
+from llmpipe.data.sources import Skip, Unit, iter_local, iter_unit, iter_warc_stream
 
 TEXT = "A plain paragraph of English prose, long enough to be a document of its own. " * 5
 HTML = ("<html><head><title>T</title><style>p {color: red}</style><script>track()</script></head><body>"
@@ -162,7 +162,7 @@ def test_extraction_timeout_on_and_off_the_main_thread():
     import threading
     import time
 
-    import llmpipe.extract as ex
+    import llmpipe.data.extract as ex
 
     ex.EXTRACTORS["sleepy"] = lambda html: time.sleep(5) or "late"
     try:

@@ -11,10 +11,12 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from llmpipe.config import SplitParams, TokenizeParams, TokenizerParams
+from llmpipe.config.tokens import SplitParams, TokenizeParams, TokenizerParams
 from llmpipe.stages.tokenize import tokenize_corpus
-from llmpipe.stages.tokenizer import train_tokenizer
-from llmpipe.tokens import TokenData, load_manifest, read_shard, val_mask
+from llmpipe.tokens.bpe import train_tokenizer
+from llmpipe.tokens.loader import TokenData
+from llmpipe.tokens.shards import load_manifest, read_shard
+from llmpipe.tokens.split import val_mask
 
 TEXTS = [f"Document {i}: " + " ".join(f"word{(i * 7 + j) % 97} café 🤖" for j in range(200)) for i in range(60)]
 
@@ -36,7 +38,7 @@ def digest(folder):
 SCRIPT = """
 import sys
 from pathlib import Path
-from llmpipe.config import SplitParams, TokenizeParams
+from llmpipe.config.tokens import SplitParams, TokenizeParams
 from llmpipe.stages.tokenize import tokenize_corpus
 stats = tokenize_corpus(Path(sys.argv[1]), Path(sys.argv[2]), Path(sys.argv[3]), SplitParams(val_fraction=0.2),
                         TokenizeParams(shard_tokens=5000, workers=int(sys.argv[4]), batch_bytes=20000))

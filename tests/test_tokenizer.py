@@ -1,8 +1,8 @@
 import pytest
 
-from llmpipe.config import TokenizerParams
-from llmpipe.stages.tokenizer import token_byte_lengths, train_tokenizer
-from llmpipe.tokens import EOT
+from llmpipe.config.tokens import TokenizerParams
+from llmpipe.tokens.bpe import token_byte_lengths, train_tokenizer
+from llmpipe.tokens.bpe import EOT
 
 CORPUS = [
     "To be, or not to be, that is the question:\nWhether 'tis nobler in the mind to suffer",

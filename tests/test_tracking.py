@@ -3,7 +3,7 @@ import time
 
 from mlflow.tracking import MlflowClient
 
-from llmpipe.tracking import Tracker, start_stage_run, tracking_uri
+from llmpipe.ops.tracking import Tracker, start_stage_run, tracking_uri
 
 
 def test_stage_run_records_params_metrics_and_artifacts(tmp_path, monkeypatch):

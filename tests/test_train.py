@@ -5,10 +5,12 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from llmpipe.config import PretrainParams
-from llmpipe.evaluate import evaluate_model
-from llmpipe.tokens import TokenData, ShardWriter, write_manifest
-from llmpipe.train import TrainingDiverged, lr_at, train
+from llmpipe.config.pretrain import PretrainParams
+from llmpipe.training.evaluate import evaluate_model
+from llmpipe.tokens.loader import TokenData
+from llmpipe.tokens.shards import ShardWriter, write_manifest
+from llmpipe.training.loop import TrainingDiverged, train
+from llmpipe.training.optim import lr_at
 
 VOCAB = 64
 
@@ -100,8 +102,8 @@ def test_compiled_model_trains_like_the_eager_one(token_dir, tmp_path):
 
 
 def test_batch_tokens_sets_accumulation(token_dir, tmp_path):
-    from llmpipe.io import InputError
-    from llmpipe.train import accumulation_steps
+    from llmpipe.util.io import InputError
+    from llmpipe.training.optim import accumulation_steps
     c = cfg(micro_batch_size=4, batch_tokens=4 * 32 * 3, max_steps=2, warmup_steps=1, log_interval=1)
     assert accumulation_steps(c, world=1) == 3
     with pytest.raises(InputError, match="pretrain.batch_tokens"):
@@ -113,7 +115,7 @@ def test_batch_tokens_sets_accumulation(token_dir, tmp_path):
 
 
 def test_loss_curve_png(tmp_path):
-    from llmpipe.plots import loss_curve_png
+    from llmpipe.util.plots import loss_curve_png
 
     train_rows = [{"tokens": 100 * i, "loss": 5.0 - 0.1 * i} for i in range(1, 11)]
     val_rows = [{"tokens": 500, "val_loss": 4.6}, {"tokens": 1000, "val_loss": 4.2}]

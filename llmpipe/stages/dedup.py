@@ -36,14 +36,14 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import xxhash
 
-from .. import layout
-from ..config import DedupParams, Params
-from ..io import (InputError, atomic_dir, atomic_path, iter_parquet_batches, parquet_schema, read_json,
-                  require_columns, write_json, write_parquet)
-from ..minhash import ShingleHasher, UnionFind, band_keys, candidate_pairs, jaccard, signatures_flat
-from .base import StageResult
+from llmpipe.config.dedup import DedupParams
+from llmpipe.util.io import (InputError, atomic_dir, atomic_path, iter_parquet_batches, parquet_schema, read_json,
+                             require_columns, write_json, write_parquet)
+from llmpipe.data.minhash import ShingleHasher, UnionFind, band_keys, candidate_pairs, jaccard, signatures_flat
+from llmpipe.stages.registry import StageParams, StageResult, stage
 
 log = logging.getLogger(__name__)
+STAGE = stage("dedup")
 
 Batches = Callable[[], Iterator[pd.DataFrame]]  # a fresh pass over the corpus, shard by shard
 
@@ -347,27 +347,27 @@ def write_kept(src: Path, dest: Path, removed: set[int], shard_docs: int,
             writer.write_table(table)
 
 
-def run(params: Params, root: Path, sink=None) -> StageResult:
+def run(params: StageParams, root: Path, sink=None) -> StageResult:
     t0 = time.perf_counter()
     cfg = params.dedup
-    src = root / layout.FILTER_DOCS
+    src = root / STAGE.inp("docs")
     if not src.exists():
         raise InputError(f"{src}: not found (did the filter stage run?)")
     batches = parquet_batches(src, cfg.shard_docs)
     drop = frozenset(boilerplate_lines(batches, cfg)) if cfg.boilerplate.enabled else frozenset()
     transform = (lambda t: strip_lines(t, drop)) if drop else None
     reference = DedupIndex.load(root / cfg.reference_index, cfg) if cfg.reference_index else None
-    (root / layout.DEDUP_DOCS).parent.mkdir(parents=True, exist_ok=True)
-    d = find_duplicates(batches, cfg, reference, drop, index_out=root / layout.DEDUP_INDEX,
-                        workdir=root / layout.DEDUP_DOCS.parent)
+    (root / STAGE.out("docs")).parent.mkdir(parents=True, exist_ok=True)
+    d = find_duplicates(batches, cfg, reference, drop, index_out=root / STAGE.out("index"),
+                        workdir=root / STAGE.out("docs").parent)
     if d.stats["docs_in"] == 0:
         raise InputError(f"{src}: no documents")
-    write_parquet(root / layout.DEDUP_REMOVED, removed_table(d))
-    write_kept(src, root / layout.DEDUP_DOCS, set(d.removed), cfg.shard_docs, transform)
+    write_parquet(root / STAGE.out("removed"), removed_table(d))
+    write_kept(src, root / STAGE.out("docs"), set(d.removed), cfg.shard_docs, transform)
     report = {**d.report, "boilerplate_lines": len(drop)}
-    write_json(root / layout.DEDUP_REPORT, report)
+    write_json(root / STAGE.out("report"), report)
     stats = {**d.stats, "boilerplate_lines": len(drop), "seconds": round(time.perf_counter() - t0, 3),
              "cluster_size_histogram": report["cluster_size_histogram"]}
     log.info("dedup: %d in, %d exact, %d near, %d out", stats["docs_in"], stats["exact_dups"],
              stats["near_dups"], stats["docs_out"])
-    return StageResult(stats, artifacts=[root / layout.DEDUP_REPORT, root / layout.DEDUP_REMOVED])
+    return StageResult(stats, artifacts=[root / STAGE.out("report"), root / STAGE.out("removed")])

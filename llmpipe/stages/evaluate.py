@@ -8,22 +8,21 @@ from pathlib import Path
 
 from tokenizers import Tokenizer
 
-from .. import layout
-from ..config import Params
-from ..evaluate import evaluate_model
-from ..tokens import TokenData
-from ..weights import load_model
-from .base import StageResult
-from .tokenizer import token_byte_lengths
+from llmpipe.training.evaluate import evaluate_model
+from llmpipe.tokens.loader import TokenData
+from llmpipe.model.weights import load_model
+from llmpipe.stages.registry import StageParams, StageResult, stage
+from llmpipe.tokens.bpe import token_byte_lengths
 
 log = logging.getLogger(__name__)
+STAGE = stage("evaluate")
 
 
-def run(params: Params, root: Path, sink=None) -> StageResult:
+def run(params: StageParams, root: Path, sink=None) -> StageResult:
     t0 = time.perf_counter()
-    tok_path = root / layout.TOKENIZER
-    model = load_model(root / layout.MODEL)
-    val = TokenData(root / layout.TOKENS, "val", tokenizer_path=tok_path)
+    tok_path = root / STAGE.inp("tokenizer")
+    model = load_model(root / STAGE.inp("model"))
+    val = TokenData(root / STAGE.inp("tokens"), "val", tokenizer_path=tok_path)
     token_bytes = token_byte_lengths(Tokenizer.from_file(str(tok_path)))
     metrics = evaluate_model(model, val, token_bytes, params.evaluate.batch_size, params.evaluate.max_tokens)
     metrics["seconds"] = round(time.perf_counter() - t0, 3)

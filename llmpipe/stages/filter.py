@@ -12,16 +12,16 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 from tqdm import tqdm
 
-from .. import layout
-from ..config import FilterParams, Params
-from ..io import (InputError, atomic_dir, atomic_path, iter_parquet_batches, parquet_parts, require_columns,
-                  write_json)
-from ..quality import RULES, first_failure
-from ..shards import map_shards
-from ..text import identify_language
-from .base import StageResult
+from llmpipe.config.filter import FilterParams
+from llmpipe.util.io import (InputError, atomic_dir, atomic_path, iter_parquet_batches, parquet_parts,
+                             require_columns, write_json)
+from llmpipe.data.quality import RULES, first_failure
+from llmpipe.util.executors import map_shards
+from llmpipe.data.text import identify_language
+from llmpipe.stages.registry import StageParams, StageResult, stage
 
 log = logging.getLogger(__name__)
+STAGE = stage("filter")
 
 
 def filter_documents(df: pd.DataFrame, cfg: FilterParams) -> tuple[pd.DataFrame, dict, dict]:
@@ -99,14 +99,14 @@ def filter_part(job: tuple[Path, Path], cfg: FilterParams) -> tuple[dict, dict]:
     return stats, report
 
 
-def run(params: Params, root: Path, sink=None) -> StageResult:
+def run(params: StageParams, root: Path, sink=None) -> StageResult:
     t0 = time.perf_counter()
     cfg = params.filter
-    src = root / layout.SCRAPE_DOCS
+    src = root / STAGE.inp("docs")
     parts = parquet_parts(src)
     if not parts:
         raise InputError(f"{src}: no Parquet parts (did the scrape stage run?)")
-    with atomic_dir(root / layout.FILTER_DOCS) as out_dir:
+    with atomic_dir(root / STAGE.out("docs")) as out_dir:
         jobs = [(part, out_dir / part.name) for part in parts]
         results = map_shards(functools.partial(filter_part, cfg=cfg), jobs, params.scale, "filter")
     stats: dict = {}
@@ -116,9 +116,9 @@ def run(params: Params, root: Path, sink=None) -> StageResult:
         _merge_reports(report, part_report, cfg.examples_per_rule)
     if stats["docs_out"] == 0:
         raise InputError(f"filter: every document of {src} was removed ({stats})")
-    write_json(root / layout.FILTER_REPORT, report)
+    write_json(root / STAGE.out("report"), report)
     stats["shards"] = len(parts)
     stats["seconds"] = round(time.perf_counter() - t0, 3)
     log.info("filter: kept %d of %d documents; removed by rule: %s", stats["docs_out"], stats["docs_in"],
              {k: v["docs"] for k, v in report.items()} or "none")
-    return StageResult(stats, artifacts=[root / layout.FILTER_REPORT])
+    return StageResult(stats, artifacts=[root / STAGE.out("report")])

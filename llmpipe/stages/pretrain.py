@@ -7,16 +7,16 @@ import logging
 import time
 from pathlib import Path
 
-from .. import layout
-from ..config import Params
-from ..io import atomic_path, dvc_lock_out_hashes
-from ..plots import loss_curve_png
-from ..tokens import MANIFEST, load_manifest
-from ..train import is_main_process, train
-from ..weights import save_model
-from .base import StageResult
+from llmpipe.util.io import atomic_path, dvc_lock_out_hashes
+from llmpipe.util.plots import loss_curve_png
+from llmpipe.tokens.shards import MANIFEST, load_manifest
+from llmpipe.training.parallel import is_main_process
+from llmpipe.training.loop import train
+from llmpipe.model.weights import save_model
+from llmpipe.stages.registry import StageParams, StageResult, stage
 
 log = logging.getLogger(__name__)
+STAGE = stage("pretrain")
 
 TRAIN_COLUMNS = ["step", "tokens", "loss", "lr", "grad_norm", "tokens_per_s"]
 VAL_COLUMNS = ["step", "tokens", "val_loss"]
@@ -28,25 +28,25 @@ def write_tsv(path: Path, rows: list[dict], columns: list[str]) -> None:
         tmp.write_text("\n".join(lines) + "\n")
 
 
-def run(params: Params, root: Path, sink=None) -> StageResult:
+def run(params: StageParams, root: Path, sink=None) -> StageResult:
     t0 = time.perf_counter()
-    token_dir = root / layout.TOKENS
+    token_dir = root / STAGE.inp("tokens")
     manifest = load_manifest(token_dir)
     # A checkpoint is resumed only by a run with the same params and the same data.
     identity = {
         "pretrain": params.pretrain.model_dump(mode="json"),
         "data_sha256": hashlib.sha256((token_dir / MANIFEST).read_bytes()).hexdigest(),
-        "data_dvc_md5": dvc_lock_out_hashes(root).get(str(layout.TOKENS)),
+        "data_dvc_md5": dvc_lock_out_hashes(root).get(str(STAGE.inp("tokens"))),
     }
-    result = train(params.pretrain, token_dir, root / layout.CHECKPOINTS, manifest.vocab_size, identity, sink)
+    result = train(params.pretrain, token_dir, root / STAGE.out("checkpoints"), manifest.vocab_size, identity, sink)
     metrics = {**result.metrics, "seconds": round(time.perf_counter() - t0, 3)}
     if not is_main_process():  # under torchrun only rank 0 writes
         return StageResult(metrics)
-    save_model(result.model, root / layout.MODEL, extra={"eot_id": manifest.eot_id,
+    save_model(result.model, root / STAGE.out("model"), extra={"eot_id": manifest.eot_id,
                                                          "tokenizer_sha256": manifest.data["tokenizer_sha256"]})
-    write_tsv(root / layout.TRAIN_PLOT, result.history["train"], TRAIN_COLUMNS)
-    write_tsv(root / layout.VAL_PLOT, result.history["val"], VAL_COLUMNS)
-    loss_curve_png(result.history["train"], result.history["val"], root / layout.LOSS_PNG,
+    write_tsv(root / STAGE.out("train"), result.history["train"], TRAIN_COLUMNS)
+    write_tsv(root / STAGE.out("val"), result.history["val"], VAL_COLUMNS)
+    loss_curve_png(result.history["train"], result.history["val"], root / STAGE.out("loss_png"),
                    title=f"{metrics['params'] / 1e6:.2f}M parameters, {metrics['tokens']:,} tokens")
-    return StageResult(metrics, artifacts=[root / layout.TRAIN_PLOT, root / layout.VAL_PLOT, root / layout.LOSS_PNG],
-                       model_dir=root / layout.MODEL)
+    return StageResult(metrics, artifacts=[root / STAGE.out("train"), root / STAGE.out("val"), root / STAGE.out("loss_png")],
+                       model_dir=root / STAGE.out("model"))

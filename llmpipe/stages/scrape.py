@@ -17,14 +17,14 @@ from typing import Iterable
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from .. import layout
-from ..config import Params, ScrapeParams
-from ..io import InputError, atomic_dir, atomic_path, iter_parquet_batches, part_name, write_json
-from ..shards import map_shards
-from ..sources import Skip, Unit, iter_unit, now_iso, plan_units
-from .base import StageResult
+from llmpipe.config.scrape import ScrapeParams
+from llmpipe.util.io import InputError, atomic_dir, atomic_path, iter_parquet_batches, part_name, write_json
+from llmpipe.util.executors import map_shards
+from llmpipe.data.sources import Skip, Unit, iter_unit, now_iso, plan_units
+from llmpipe.stages.registry import StageParams, StageResult, stage
 
 log = logging.getLogger(__name__)
+STAGE = stage("scrape")
 
 SCHEMA = pa.schema([("id", pa.string()), ("source", pa.string()), ("path", pa.string()),
                     ("url", pa.string()), ("title", pa.string()), ("text", pa.string()),
@@ -120,11 +120,11 @@ def drop_repeated_ids(out_dir: Path, stats: dict) -> None:
                 pq.write_table(table, tmp, compression="zstd")
 
 
-def run(params: Params, root: Path, sink=None) -> StageResult:
+def run(params: StageParams, root: Path, sink=None) -> StageResult:
     t0 = time.perf_counter()
     cfg = params.scrape
     units = plan_units(cfg, root)
-    with atomic_dir(root / layout.SCRAPE_DOCS) as out_dir:
+    with atomic_dir(root / STAGE.out("docs")) as out_dir:
         shard = functools.partial(scrape_unit, cfg=cfg, root=root, out_dir=out_dir)
         stats = merge_stats(map_shards(shard, list(enumerate(units)), params.scale, "scrape"))
         drop_repeated_ids(out_dir, stats)
@@ -132,12 +132,12 @@ def run(params: Params, root: Path, sink=None) -> StageResult:
             reasons = ", ".join(f"{r}: {n}" for r, n in stats["skipped"].most_common()) or "no inputs"
             raise InputError(f"scrape: no documents could be read from the sources ({reasons})")
     report = {"skipped": dict(stats["skipped"]), "examples": stats["examples"]}
-    write_json(root / layout.SCRAPE_REPORT, report)
+    write_json(root / STAGE.out("report"), report)
     metrics = {"docs_in": stats["docs_in"], "docs_out": stats["docs_out"], "bytes_out": stats["bytes_out"],
-               "shards": len(list((root / layout.SCRAPE_DOCS).glob("part-*.parquet"))),
+               "shards": len(list((root / STAGE.out("docs")).glob("part-*.parquet"))),
                "skipped": sum(stats["skipped"].values()),
                **{f"skipped_{r}": n for r, n in sorted(stats["skipped"].items())},
                "seconds": round(time.perf_counter() - t0, 3)}
     log.info("scrape: %d documents, %.1f MB, %d skipped %s", metrics["docs_out"], metrics["bytes_out"] / 1e6,
              metrics["skipped"], dict(stats["skipped"]) or "")
-    return StageResult(metrics, artifacts=[root / layout.SCRAPE_REPORT])
+    return StageResult(metrics, artifacts=[root / STAGE.out("report")])

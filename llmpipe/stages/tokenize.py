@@ -11,14 +11,16 @@ import pyarrow.parquet as pq
 from tokenizers import Tokenizer
 from tqdm import tqdm
 
-from .. import layout
-from ..config import Params, SplitParams, TokenizeParams
-from ..encoder import load_encoder
-from ..io import InputError, atomic_dir
-from ..tokens import EOT, ShardWriter, parquet_val_mask, token_dtype, tokenizer_hash, write_manifest
-from .base import StageResult
+from llmpipe.config.tokens import SplitParams, TokenizeParams
+from llmpipe.tokens.encoder import load_encoder
+from llmpipe.util.io import InputError, atomic_dir
+from llmpipe.tokens.bpe import EOT
+from llmpipe.tokens.shards import ShardWriter, token_dtype, tokenizer_hash, write_manifest
+from llmpipe.tokens.split import parquet_val_mask
+from llmpipe.stages.registry import StageParams, StageResult, stage
 
 log = logging.getLogger(__name__)
+STAGE = stage("tokenize")
 
 
 def iter_text_batches(pf, batch_bytes: int, rows: int = 256) -> Iterator[list[str]]:
@@ -93,13 +95,13 @@ def tokenize_corpus(docs_path: Path, tokenizer_path: Path, out_dir: Path, split:
     return stats
 
 
-def run(params: Params, root: Path, sink=None) -> StageResult:
+def run(params: StageParams, root: Path, sink=None) -> StageResult:
     t0 = time.perf_counter()
-    src, tok_path = root / layout.DEDUP_DOCS, root / layout.TOKENIZER
+    src, tok_path = root / STAGE.inp("docs"), root / STAGE.inp("tokenizer")
     for p in (src, tok_path):
         if not p.exists():
             raise InputError(f"{p}: file not found (did the upstream stage run?)")
-    with atomic_dir(root / layout.TOKENS) as tmp:
+    with atomic_dir(root / STAGE.out("tokens")) as tmp:
         stats = tokenize_corpus(src, tok_path, tmp, params.split, params.tokenize)
     stats["seconds"] = round(time.perf_counter() - t0, 3)
     stats["tokens_per_s"] = round((stats["train_tokens"] + stats["val_tokens"]) / max(stats["seconds"], 1e-9))

@@ -10,68 +10,21 @@ from __future__ import annotations
 import logging
 import time
 from pathlib import Path
-from typing import Iterable, Iterator
+from typing import Iterator
 
-import numpy as np
-import pyarrow.parquet as pq
-from tokenizers import Tokenizer, decoders, models, normalizers, pre_tokenizers, trainers
 
-from .. import layout
-from ..config import Params, SplitParams, TokenizerParams
-from ..io import InputError, atomic_path
-from ..tokens import EOT, parquet_val_mask
-from .base import StageResult
+from llmpipe.util.io import atomic_path
+from llmpipe.tokens.bpe import EOT, train_tokenizer
+from llmpipe.tokens.split import iter_split_texts
+from llmpipe.stages.registry import StageParams, StageResult, stage
 
 log = logging.getLogger(__name__)
-SPECIAL_TOKENS = [EOT]  # fixed ids: <|endoftext|> = 0
+STAGE = stage("tokenizer")
 
 
-def train_tokenizer(texts: Iterable[str], cfg: TokenizerParams, length: int | None = None) -> Tokenizer:
-    """Core: train byte-level BPE from a stream of texts."""
-    tok = Tokenizer(models.BPE())
-    if cfg.nfc:
-        tok.normalizer = normalizers.NFC()
-    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=True)
-    tok.decoder = decoders.ByteLevel()
-    trainer = trainers.BpeTrainer(
-        vocab_size=cfg.vocab_size,
-        min_frequency=cfg.min_frequency,
-        special_tokens=SPECIAL_TOKENS,
-        initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
-        show_progress=False,
-    )
-    tok.train_from_iterator(texts, trainer=trainer, length=length)
-    return tok
-
-
-def token_byte_lengths(tok: Tokenizer) -> np.ndarray:
-    """UTF-8 bytes each token id stands for (0 for special tokens): the denominator of bits per byte.
-    In byte-level BPE every character of a token's string is exactly one byte."""
-    lengths = np.zeros(tok.get_vocab_size(), dtype=np.int64)
-    special = set(SPECIAL_TOKENS)
-    for piece, idx in tok.get_vocab().items():
-        lengths[idx] = 0 if piece in special else len(piece)
-    return lengths
-
-
-def iter_split_texts(path: Path, split: SplitParams, want_val: bool, batch_rows: int = 64) -> Iterator[str]:
-    """Stream the texts of one split from a Parquet file without loading the corpus whole."""
-    try:
-        pf = pq.ParquetFile(path)
-    except FileNotFoundError:
-        raise InputError(f"{path}: file not found (did the dedup stage run?)") from None
-    mask = parquet_val_mask(pf, split.val_fraction, split.seed)
-    row = 0
-    for batch in pf.iter_batches(batch_size=batch_rows, columns=["text"]):
-        for text in batch.column("text").to_pylist():
-            if bool(mask[row]) == want_val:
-                yield text
-            row += 1
-
-
-def run(params: Params, root: Path, sink=None) -> StageResult:
+def run(params: StageParams, root: Path, sink=None) -> StageResult:
     t0 = time.perf_counter()
-    src = root / layout.DEDUP_DOCS
+    src = root / STAGE.inp("docs")
     n_train = 0
 
     def counted() -> Iterator[str]:
@@ -81,7 +34,7 @@ def run(params: Params, root: Path, sink=None) -> StageResult:
             yield text
 
     tok = train_tokenizer(counted(), params.tokenizer)
-    dest = root / layout.TOKENIZER
+    dest = root / STAGE.out("tokenizer")
     with atomic_path(dest) as tmp:
         tok.save(str(tmp))
     stats = {"vocab_size": tok.get_vocab_size(), "train_docs": n_train, "eot_id": tok.token_to_id(EOT),

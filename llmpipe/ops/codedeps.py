@@ -1,0 +1,95 @@
+"""The project modules a stage's process can import: its code deps in dvc.yaml, computed, not written.
+
+The import graph is read from the source (every `import` and `from ... import`, inside functions
+too), so no code change can leave a stale output cached. A stage's process runs the CLI, the uniform
+stage shell and the stage module, and the shell imports the params models of the stage's own sections
+by name (llmpipe.config.sections): those are the roots. The tracking module is left out: it writes to
+MLflow, never to an output.
+"""
+
+from __future__ import annotations
+
+import ast
+from functools import cache
+from pathlib import Path
+
+PACKAGE = "llmpipe"
+NOT_CODE_DEPS = {"llmpipe.ops.tracking"}
+SHELL_ROOTS = ["llmpipe.cli", "llmpipe.stages.shell"]
+
+
+def module_file(root: Path, module: str) -> Path | None:
+    base = root / Path(*module.split("."))
+    for path in (base.with_suffix(".py"), base / "__init__.py"):
+        if path.exists():
+            return path
+    return None
+
+
+def _resolve(node: ast.ImportFrom, module: str, is_package: bool) -> str:
+    if node.level == 0:
+        return node.module or ""
+    parts = module.split(".")
+    base = parts if is_package else parts[:-1]
+    base = base[: len(base) - (node.level - 1)]
+    return ".".join(base + ([node.module] if node.module else []))
+
+
+@cache
+def direct_imports(root: Path, module: str) -> frozenset[str]:
+    """Project modules that `module` imports anywhere in its body (a package's __init__ included)."""
+    path = module_file(root, module)
+    if path is None:
+        return frozenset()
+    found: set[str] = set()
+    for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"), str(path))):
+        if isinstance(node, ast.Import):
+            names = [a.name for a in node.names]
+        elif isinstance(node, ast.ImportFrom):
+            base = _resolve(node, module, path.name == "__init__.py")
+            # `from pkg import name` imports pkg.name when that is a module
+            names = [base] + [f"{base}.{a.name}" for a in node.names]
+        else:
+            continue
+        for name in names:
+            if (name == PACKAGE or name.startswith(PACKAGE + ".")) and module_file(root, name):
+                found.add(name)
+    return frozenset(found)
+
+
+def with_parents(modules: set[str]) -> set[str]:
+    """Importing a.b.c runs a/__init__.py and a/b/__init__.py first."""
+    out = set(modules)
+    for m in modules:
+        parts = m.split(".")
+        out.update(".".join(parts[:i]) for i in range(1, len(parts)))
+    return out
+
+
+def closure(root: Path, roots: list[str]) -> set[str]:
+    seen: set[str] = set()
+    todo = list(roots)
+    while todo:
+        m = todo.pop()
+        if m in seen:
+            continue
+        seen.add(m)
+        todo.extend(with_parents(set(direct_imports(root, m)) | {m}) - seen)
+    return seen
+
+
+def stage_roots(stage) -> list[str]:
+    from llmpipe.config.sections import section_module
+
+    # the shell reads tracking too
+    sections = [section_module(s) for s in (*stage.params, *stage.settings, "tracking")]
+    return [*SHELL_ROOTS, stage.module, *sections]
+
+
+def stage_modules(root: Path, stage) -> set[str]:
+    return closure(root, stage_roots(stage)) - NOT_CODE_DEPS
+
+
+def code_deps(root: Path, stage) -> list[str]:
+    """The stage's code deps as repository paths, sorted."""
+    return sorted(str(module_file(root, m).relative_to(root)) for m in stage_modules(root, stage))

@@ -1,0 +1,109 @@
+"""`llmpipe lineage`: the chain of data versions behind a model, from the dvc.lock of the commit that
+made it, so anyone can check out that commit and rebuild (or `dvc pull`) exactly that model.
+
+A target is the workspace (no argument), a git revision, an MLflow run id, or a registered model
+version `models:/<name>/<version>`; the last two are resolved to the git commit they were tagged with.
+The hashes the run recorded itself (tags `dvc.dep.<path>`) pick the commit whose dvc.lock holds them
+(the run's own commit, or the first later one that committed its dvc.lock); when none does, the
+output says so.
+"""
+
+from __future__ import annotations
+
+import subprocess
+from pathlib import Path
+
+import yaml
+
+from llmpipe.stages.registry import STAGES
+from llmpipe.util.io import InputError
+
+# The data outputs of the registry's stages: what a model is made of (reports, plots, metrics and
+# training state are not lineage).
+LINEAGE = {s.name: {o.path for o in s.outputs.values() if o.kind == "data"} for s in STAGES}
+CHAIN = [name for name, paths in LINEAGE.items() if paths]
+
+
+def read_lock(root: Path, commit: str | None = None) -> dict:
+    """dvc.lock of the workspace, or as committed at `commit`."""
+    if commit is None:
+        path = root / "dvc.lock"
+        if not path.exists():
+            raise InputError(f"{path}: not found (run `dvc repro` first)")
+        return yaml.safe_load(path.read_text()) or {}
+    proc = subprocess.run(["git", "show", f"{commit}:dvc.lock"], cwd=root, capture_output=True, text=True)
+    if proc.returncode != 0:
+        raise InputError(f"dvc.lock at {commit}: {proc.stderr.strip() or 'not found'}")
+    return yaml.safe_load(proc.stdout) or {}
+
+
+def resolve_commit(root: Path, rev: str) -> str | None:
+    proc = subprocess.run(["git", "rev-parse", "--verify", "--quiet", f"{rev}^{{commit}}"], cwd=root,
+                          capture_output=True, text=True)
+    return proc.stdout.strip() or None if proc.returncode == 0 else None
+
+
+def chain(lock: dict) -> list[dict]:
+    """For each stage from scrape to pretrain: its data outputs (path, md5)."""
+    stages = lock.get("stages", {})
+    rows = []
+    for stage in CHAIN:
+        outs = [o for o in stages.get(stage, {}).get("outs", []) if o["path"] in LINEAGE[stage]]
+        rows.append({"stage": stage, "outs": [(o["path"], o.get("md5") or o.get("hash", "")) for o in outs]})
+    return rows
+
+
+def render(target: str, commit: str | None, lock: dict, recorded: dict[str, str] | None = None) -> str:
+    lines = [f"lineage of {target}" + (f" (git commit {commit})" if commit else " (workspace)")]
+    known = outputs(lock)
+    for row in chain(lock):
+        for i, (path, md5) in enumerate(row["outs"] or [("(not run)", "")]):
+            lines.append(f"  {row['stage'] if i == 0 else '':10} {path:34} {md5}")
+    for path, md5 in sorted((recorded or {}).items()):
+        if known.get(path) != md5:
+            lines.append(f"  warning: the run recorded {path} {md5}, but this dvc.lock has {known.get(path)}: "
+                         f"dvc.lock was not committed after that run")
+    if commit:
+        lines.append(f"rebuild: git checkout {commit} && dvc pull   (or dvc repro, which recomputes)")
+    return "\n".join(lines)
+
+
+def outputs(lock: dict) -> dict[str, str]:
+    """path -> md5 of every data output in the chain."""
+    return {path: md5 for row in chain(lock) for path, md5 in row["outs"]}
+
+
+def _matches(lock: dict, recorded: dict[str, str]) -> bool:
+    known = outputs(lock)
+    return all(known.get(path) == md5 for path, md5 in recorded.items())
+
+
+def commit_recording(root: Path, commit: str, recorded: dict[str, str]) -> str:
+    """`commit`, or the first later commit whose dvc.lock holds the hashes the run recorded (a run's
+    dvc.lock is usually committed right after it)."""
+    if _matches(read_lock(root, commit), recorded):
+        return commit
+    log = subprocess.run(["git", "log", "--reverse", "--format=%H", f"{commit}..HEAD", "--", "dvc.lock"],
+                         cwd=root, capture_output=True, text=True)
+    for later in log.stdout.split():
+        if _matches(read_lock(root, later), recorded):
+            return later
+    return commit
+
+
+def lineage(root: Path, target: str | None) -> str:
+    """The chain for a target (see the module docstring), as printable text."""
+    if target is None:
+        return render("the workspace", None, read_lock(root))
+    commit = resolve_commit(root, target)
+    recorded: dict[str, str] = {}
+    if commit is None:  # not a git revision: an MLflow run or registered model version
+        from llmpipe.ops.tracking import recorded_lineage
+
+        commit, recorded = recorded_lineage(root, target)
+        commit = commit_recording(root, commit, recorded)
+    return render(target, commit, read_lock(root, commit), recorded)
+
+
+def command(args) -> None:
+    print(lineage(args.root, args.target))

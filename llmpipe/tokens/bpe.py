@@ -1,0 +1,46 @@
+"""Byte-level BPE trained with Hugging Face tokenizers.
+
+Pre-tokenization is GPT-2's regex (contractions, letters, numbers, other symbols, whitespace runs) over
+the 256-symbol byte alphabet, so any UTF-8 text round-trips: decode(encode(x)) == x.
+`<|endoftext|>` is special token 0 and separates documents.
+"""
+
+from __future__ import annotations
+
+from typing import Iterable
+
+import numpy as np
+from tokenizers import Tokenizer, decoders, models, normalizers, pre_tokenizers, trainers
+
+from llmpipe.config.tokens import TokenizerParams
+
+EOT = "<|endoftext|>"
+SPECIAL_TOKENS = [EOT]  # fixed ids: <|endoftext|> = 0
+
+
+def train_tokenizer(texts: Iterable[str], cfg: TokenizerParams, length: int | None = None) -> Tokenizer:
+    """Core: train byte-level BPE from a stream of texts."""
+    tok = Tokenizer(models.BPE())
+    if cfg.nfc:
+        tok.normalizer = normalizers.NFC()
+    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=True)
+    tok.decoder = decoders.ByteLevel()
+    trainer = trainers.BpeTrainer(
+        vocab_size=cfg.vocab_size,
+        min_frequency=cfg.min_frequency,
+        special_tokens=SPECIAL_TOKENS,
+        initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
+        show_progress=False,
+    )
+    tok.train_from_iterator(texts, trainer=trainer, length=length)
+    return tok
+
+
+def token_byte_lengths(tok: Tokenizer) -> np.ndarray:
+    """UTF-8 bytes each token id stands for (0 for special tokens): the denominator of bits per byte.
+    In byte-level BPE every character of a token's string is exactly one byte."""
+    lengths = np.zeros(tok.get_vocab_size(), dtype=np.int64)
+    special = set(SPECIAL_TOKENS)
+    for piece, idx in tok.get_vocab().items():
+        lengths[idx] = 0 if piece in special else len(piece)
+    return lengths

@@ -1,0 +1,60 @@
+"""Reading token shards for training and evaluation: deterministic random batches and eval windows."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Iterator
+
+import numpy as np
+import torch
+
+from llmpipe.tokens.shards import MANIFEST, load_manifest, read_shard
+from llmpipe.util.io import InputError
+
+
+class TokenData:
+    """The shards of one split, memory-mapped: random (x, y) batches for training, windows for eval."""
+
+    def __init__(self, token_dir: Path | str, split: str, tokenizer_path: Path | str | None = None):
+        self.manifest = load_manifest(token_dir, tokenizer_path)
+        self.split = split
+        self.arrays = [read_shard(Path(token_dir) / s["file"]) for s in self.manifest.shards(split)]
+        if not self.arrays:
+            raise InputError(f"{Path(token_dir) / MANIFEST}: no {split} shards")
+        self.lengths = np.array([len(a) for a in self.arrays], dtype=np.int64)
+        self.n_tokens = int(self.lengths.sum())
+
+    def random_batch(self, step: int, micro_step: int, rows: int, block: int, seed: int,
+                     rank: int = 0, world: int = 1, stream: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
+        """The rows of global batch (step, micro_step) that belong to `rank`.
+
+        The global batch is a pure function of (seed, step, micro_step): no loader state to save, a
+        resumed run draws exactly the batches the uninterrupted run would, and N ranks together draw
+        exactly the rows one process would. `stream` separates independent uses (0 training, 1 eval)."""
+        usable = np.maximum(self.lengths - block - 1, 0).astype(np.float64)
+        if usable.sum() == 0:
+            raise InputError(f"{self.split} split has no shard longer than block_size + 1 = {block + 1} tokens")
+        rng = np.random.default_rng([seed, stream, step, micro_step])
+        shard_idx = rng.choice(len(self.arrays), size=rows * world, p=usable / usable.sum())
+        offsets = (rng.random(rows * world) * usable[shard_idx]).astype(np.int64)
+        mine = slice(rank * rows, (rank + 1) * rows)
+        chunks = [np.asarray(self.arrays[s][o : o + block + 1], dtype=np.int64)
+                  for s, o in zip(shard_idx[mine], offsets[mine])]
+        batch = torch.from_numpy(np.stack(chunks))
+        return batch[:, :-1], batch[:, 1:]
+
+    def windows(self, block: int, max_tokens: int | None = None) -> Iterator[np.ndarray]:
+        """Non-overlapping windows of block + 1 tokens over the split, in order (the last token of a
+        window is the first of the next), until `max_tokens` targets are covered."""
+        covered = 0
+        for arr in self.arrays:
+            for start in range(0, len(arr) - 1, block):
+                w = np.asarray(arr[start : start + block + 1], dtype=np.int64)
+                if max_tokens is not None:
+                    w = w[: max_tokens - covered + 1]
+                if len(w) < 2:
+                    return
+                yield w
+                covered += len(w) - 1
+                if max_tokens is not None and covered >= max_tokens:
+                    return

@@ -1,0 +1,52 @@
+"""Where and in what precision training runs: the device, bf16 or fp32, and the peak FLOP/s for MFU."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+
+from llmpipe.config.pretrain import PretrainParams
+from llmpipe.util.io import InputError
+
+# Peak dense bf16 TFLOP/s per device, for MFU. CPUs have no entry: MFU is not reported there.
+PEAK_TFLOPS = {"H100": 989.0, "H200": 989.0, "A100": 312.0, "L4": 121.0, "A10": 125.0, "L40": 181.0}
+
+
+
+
+def cpu_has_native_bf16() -> bool:
+    """bf16 autocast pays off on CPUs only with AVX512-BF16 or AMX; elsewhere it is far slower than fp32."""
+    try:
+        flags = Path("/proc/cpuinfo").read_text()
+    except OSError:
+        return False
+    return "avx512_bf16" in flags or "amx_bf16" in flags
+
+
+def resolve_device(cfg: PretrainParams, local_rank: int = 0) -> torch.device:
+    if cfg.device == "cuda" or (cfg.device == "auto" and torch.cuda.is_available()):
+        if not torch.cuda.is_available():
+            raise InputError("pretrain.device: cuda requested but no CUDA device is available")
+        return torch.device("cuda", local_rank)
+    return torch.device("cpu")
+
+
+def resolve_dtype(cfg: PretrainParams, device: torch.device) -> torch.dtype:
+    if cfg.precision == "fp32":
+        return torch.float32
+    if cfg.precision == "bf16":
+        return torch.bfloat16
+    if device.type == "cuda":
+        return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float32
+    return torch.bfloat16 if cpu_has_native_bf16() else torch.float32
+
+
+def peak_flops(device: torch.device) -> float | None:
+    if device.type != "cuda":
+        return None
+    name = torch.cuda.get_device_name(device)
+    for key, tflops in PEAK_TFLOPS.items():
+        if key in name:
+            return tflops * 1e12
+    return None
