@@ -1,8 +1,8 @@
 """A polite HTTP fetcher and same-host crawler for the scrape stage.
 
-Politeness and safety, as a crawler operator is expected to run one: robots.txt (RFC 9309: a missing
-file allows everything, an unreachable one disallows everything; Crawl-delay honoured when longer than
-ours), one request per host per `delay_s`, at most `concurrency` requests in flight, timeouts, retries
+Politeness and safety, as a crawler operator is expected to run one: robots.txt (RFC 9309, parsed by
+protego: `*` and `$` patterns, the longest match wins and Allow wins a tie; a missing file allows
+everything, an unreachable one disallows everything; Crawl-delay honoured when longer than ours), one request per host per `delay_s`, at most `concurrency` requests in flight, timeouts, retries
 with exponential backoff on 429/5xx/timeouts (Retry-After honoured), a cap on the body size (read as a
 stream, so a huge page costs no more than the cap), text/html and text/plain only, a redirect limit,
 an identifying User-Agent, and no requests to private, loopback or link-local addresses or to non-HTTP
@@ -23,9 +23,9 @@ from html.parser import HTMLParser
 from pathlib import Path
 from typing import Iterator
 from urllib.parse import urldefrag, urljoin, urlsplit
-from urllib.robotparser import RobotFileParser
 
 import httpx
+from protego import Protego
 
 from .config import HttpSource, ScrapeParams
 from .sources import Skip, decode, html_document, make_doc, now_iso
@@ -127,20 +127,19 @@ class Fetcher:
             headers={"User-Agent": source.user_agent, "Accept": "text/html,text/plain;q=0.9"},
             timeout=httpx.Timeout(source.timeout_s), follow_redirects=False,
             limits=httpx.Limits(max_connections=source.concurrency))
-        self.robots: dict[str, RobotFileParser | None] = {}
+        self.robots: dict[str, Protego | None] = {}
         self.robots_lock = threading.Lock()
 
     def close(self) -> None:
         self.client.close()
 
-    def _robots_for(self, url: str) -> RobotFileParser | None:
+    def _robots_for(self, url: str) -> Protego | None:
         """The parsed robots.txt of the url's origin (None: allow everything). Fetched once per origin."""
         parts = urlsplit(url)
         origin = f"{parts.scheme}://{parts.netloc}"
         with self.robots_lock:
             if origin in self.robots:
                 return self.robots[origin]
-            parser = RobotFileParser()
             target, page = f"{origin}/robots.txt", None
             for _ in range(5):  # RFC 9309: follow at least five redirects
                 page = self._get(target, robots=True)
@@ -150,14 +149,14 @@ class Fetcher:
             if isinstance(page, str):
                 page = Skip("too_many_redirects", target)
             if isinstance(page, Page):
-                parser.parse(page.body.decode("utf-8", errors="replace").splitlines())
+                parser = Protego.parse(page.body.decode("utf-8", errors="replace"))
                 delay = parser.crawl_delay(self.cfg.user_agent)
                 if delay:
                     self.pacer.set_delay(parts.netloc, float(delay))
             elif page.reason.startswith("http_4"):
                 parser = None  # no robots.txt: everything is allowed
             else:
-                parser.parse(["User-agent: *", "Disallow: /"])  # unreachable: nothing is allowed
+                parser = Protego.parse("User-agent: *\nDisallow: /")  # unreachable: nothing is allowed
             self.robots[origin] = parser
             return parser
 
@@ -177,7 +176,7 @@ class Fetcher:
             return Skip(refusal, url)
         if not robots and self.cfg.respect_robots:
             rules = self._robots_for(url)
-            if rules is not None and not rules.can_fetch(self.cfg.user_agent, url):
+            if rules is not None and not rules.can_fetch(url, self.cfg.user_agent):
                 return Skip("robots_disallowed", url)
         host = urlsplit(url).netloc
         reason, detail = "connection_error", ""

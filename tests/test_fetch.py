@@ -28,6 +28,7 @@ class Site:
     def __init__(self):
         self.hits: dict[str, list[float]] = {}
         self.flaky_failures = 1
+        self.robots = b"User-agent: *\nDisallow: /private\n"
         self.lock = threading.Lock()
 
     def handler(self):
@@ -53,7 +54,7 @@ class Site:
                 assert ua.startswith("llmpipe-test"), ua
                 p = self.path
                 if p == "/robots.txt":
-                    self.send(200, b"User-agent: *\nDisallow: /private\n", "text/plain")
+                    self.send(200, site.robots, "text/plain")
                 elif p == "/":
                     self.send(200, page("Home", "Welcome home.", ["/a", "/b", "/private/x", "http://elsewhere.invalid/"]))
                 elif p == "/a":
@@ -94,6 +95,8 @@ class Site:
                     self.send(200, b"\x89PNG\r\n\x1a\n" + bytes(100), "image/png")
                 elif p == "/plain":
                     self.send(200, ("Plain text. " + PARAGRAPH * 3).encode("latin-1"), "text/plain; charset=iso-8859-1")
+                elif p.startswith("/r/"):  # any page: what may be fetched is robots.txt's to say
+                    self.send(200, page("Rules", f"Path {p}."))
                 elif p == "/gone":
                     self.send(404, b"not here")
                 else:
@@ -213,3 +216,54 @@ def test_pacer_reserves_slots_per_host():
         pacer.wait("h1")
     pacer.wait("h2")  # another host does not wait for h1
     assert 0.35 <= time.monotonic() - t0 < 1.0
+
+
+# RFC 9309 rules urllib.robotparser gets wrong: it ignores `*` and `$`, and takes the first matching
+# line instead of the longest match (Allow winning a tie).
+WILDCARD_ROBOTS = b"""User-agent: other-bot
+Disallow: /
+
+User-agent: llmpipe-test
+Disallow: /r/*.pdf$
+Disallow: /r/private*/
+Disallow: /r/shop
+Allow: /r/shop/open
+Allow: /r/open
+Disallow: /r/open/closed
+Disallow: /r/tie
+Allow: /r/tie
+"""
+ROBOTS_CASES = {
+    "/r/doc.pdf": False, "/r/sub/doc.pdf": False,  # `*` spans slashes, `$` anchors the end
+    "/r/doc.pdf?v=1": True, "/r/doc.pdfx": True,
+    "/r/privateX/y": False, "/r/private/y": False, "/r/privateX": True,
+    "/r/shop/x": False, "/r/shop/open/1": True,  # the longer Allow wins over the earlier Disallow
+    "/r/open/x": True, "/r/open/closed/1": False,  # the longer Disallow wins over the earlier Allow
+    "/r/tie": True,  # equal length: Allow wins
+}
+
+
+def test_robots_wildcards_end_anchor_and_longest_match(site):
+    site.robots = WILDCARD_ROBOTS
+    f = Fetcher(source(site))
+    try:
+        got = {path: f.fetch(f"{site.base}{path}") for path in ROBOTS_CASES}
+    finally:
+        f.close()
+    for path, allowed in ROBOTS_CASES.items():
+        if allowed:
+            assert not isinstance(got[path], Skip) and f"Path {path}." in got[path].body.decode(), path
+        else:
+            assert isinstance(got[path], Skip) and got[path].reason == "robots_disallowed", path
+    fetched = {p for p in site.hits if p != "/robots.txt"}
+    assert fetched == {p for p, allowed in ROBOTS_CASES.items() if allowed}  # nothing disallowed was requested
+    assert len(site.hits["/robots.txt"]) == 1
+
+
+def test_robots_crawl_delay_is_honoured(site, tmp_path):
+    site.robots = b"User-agent: *\nCrawl-delay: 0.4\nDisallow: /private\n"
+    urls = [f"{site.base}/r/1", f"{site.base}/r/2", f"{site.base}/r/3"]
+    list(crawl(source(site, urls=urls, delay_s=0.0, concurrency=3), ScrapeParams(extractor="resiliparse"), tmp_path))
+    times = sorted(t for u in ("/r/1", "/r/2", "/r/3") for t in site.hits[u])
+    gaps = [b - a for a, b in zip(times, times[1:])]
+    assert len(times) == 3 and min(gaps) >= 0.35, gaps
