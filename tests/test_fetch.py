@@ -1,13 +1,17 @@
 """The HTTP fetcher and crawler against a real server on 127.0.0.1 started by the test."""
 
+import socket
+import ssl
 import threading
 import time
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
+import httpcore
 import pytest
+import trustme
 
 from llmpipe.config import HttpSource, ScrapeParams
-from llmpipe.fetch import Fetcher, HostPacer, address_refusal, crawl
+from llmpipe.fetch import Fetcher, HostPacer, PinnedBackend, address_refusal, crawl
 from llmpipe.sources import Skip
 
 PARAGRAPH = ("The harbour town woke slowly, with fishermen mending their nets along the quay while the bakers "
@@ -27,6 +31,8 @@ class Site:
 
     def __init__(self):
         self.hits: dict[str, list[float]] = {}
+        self.hosts: list[str] = []  # Host headers received
+        self.sni: list[str] = []  # TLS server names received
         self.flaky_failures = 1
         self.robots = b"User-agent: *\nDisallow: /private\n"
         self.lock = threading.Lock()
@@ -50,6 +56,7 @@ class Site:
             def do_GET(self):
                 with site.lock:
                     site.hits.setdefault(self.path, []).append(time.monotonic())
+                    site.hosts.append(self.headers.get("Host", ""))
                     ua = self.headers.get("User-Agent", "")
                 assert ua.startswith("llmpipe-test"), ua
                 p = self.path
@@ -110,14 +117,21 @@ class QuietServer(ThreadingHTTPServer):
         pass  # clients that hang up mid-body (the size cap) are expected here
 
 
+def serve(site: Site, host="127.0.0.1", port=0, tls: ssl.SSLContext | None = None):
+    server = QuietServer((host, port), site.handler())
+    if tls is not None:
+        server.socket = tls.wrap_socket(server.socket, server_side=True)
+    server.daemon_threads = True
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    site.port = server.server_address[1]
+    site.base = f"{'https' if tls else 'http'}://127.0.0.1:{site.port}"
+    return server
+
+
 @pytest.fixture
 def site():
     s = Site()
-    server = QuietServer(("127.0.0.1", 0), s.handler())
-    server.daemon_threads = True
-    thread = threading.Thread(target=server.serve_forever, daemon=True)
-    thread.start()
-    s.base = f"http://127.0.0.1:{server.server_address[1]}"
+    server = serve(s)
     yield s
     server.shutdown()
     server.server_close()
@@ -199,6 +213,10 @@ def test_private_addresses_and_other_schemes_are_refused(site):
     assert address_refusal("http://169.254.169.254/latest/meta-data", []) == "refused_private_address"
     assert address_refusal("http://[::1]:8080/", []) == "refused_private_address"
     assert address_refusal("http://10.0.0.1/", ["10.0.0.1"]) is None
+    assert address_refusal("http://host:abc/", ["*"]) == "invalid_url"
+    assert address_refusal("http://host:99999/", ["*"]) == "invalid_url"
+    with pytest.raises(httpcore.ConnectError):  # a connect with no checked address is refused, not resolved
+        PinnedBackend().connect_tcp("127.0.0.1", site.port)
 
 
 def test_per_host_delay_spaces_requests(site, tmp_path):
@@ -267,3 +285,84 @@ def test_robots_crawl_delay_is_honoured(site, tmp_path):
     times = sorted(t for u in ("/r/1", "/r/2", "/r/3") for t in site.hits[u])
     gaps = [b - a for a, b in zip(times, times[1:])]
     assert len(times) == 3 and min(gaps) >= 0.35, gaps
+
+
+@pytest.fixture
+def rebinding_dns(monkeypatch):
+    """Stands in for DNS only (the servers are real): `rebind.test` and `other.test` answer 127.0.0.1 the
+    first time they are looked up and 127.0.0.2 after that, as a rebinding attacker's name server would.
+    Every lookup is recorded, the connect's own lookup of a literal address included."""
+    real, lookups = socket.getaddrinfo, []
+
+    def getaddrinfo(host, port, *args, **kwargs):
+        lookups.append(host)
+        if host in ("rebind.test", "other.test"):
+            host = "127.0.0.1" if lookups.count(host) == 1 else "127.0.0.2"
+        return real(host, port, *args, **kwargs)
+
+    monkeypatch.setattr(socket, "getaddrinfo", getaddrinfo)
+    return lookups
+
+
+@pytest.fixture
+def trap(site):
+    """A real server on the address the second DNS answer gives (same port): it must never see a request."""
+    t = Site()
+    server = serve(t, "127.0.0.2", site.port)
+    yield t
+    server.shutdown()
+    server.server_close()
+
+
+def fetch_url(cfg: HttpSource, url: str):
+    f = Fetcher(cfg)
+    try:
+        return f.fetch(url)
+    finally:
+        f.close()
+
+
+def test_the_connection_goes_to_the_checked_address_not_a_second_lookup(site, trap, rebinding_dns):
+    url = f"http://rebind.test:{site.port}/a"
+    result = fetch_url(source(site, respect_robots=False), url)
+    assert not isinstance(result, Skip), result
+    assert result.url == url and b"The first page." in result.body
+    assert set(site.hits) == {"/a"} and site.hosts == [f"rebind.test:{site.port}"] and not trap.hits
+    assert rebinding_dns.count("rebind.test") == 1  # the check's lookup; httpx did not resolve again
+    assert [h for h in rebinding_dns if h != "rebind.test"] == ["127.0.0.1"]  # the connect: the checked address
+
+
+def test_every_redirect_hop_is_resolved_and_checked_again(site, trap, rebinding_dns):
+    result = fetch_url(source(site, respect_robots=False), f"http://rebind.test:{site.port}/moved")
+    # /moved was fetched from 127.0.0.1; the hop to /c now resolves to 127.0.0.2, which is not allowed
+    assert isinstance(result, Skip) and result.reason == "refused_private_address", result
+    assert result.where.endswith("/c") and set(site.hits) == {"/moved"} and not trap.hits
+
+
+@pytest.fixture
+def tls_site(tmp_path, monkeypatch):
+    """The site over HTTPS with a certificate for `rebind.test` only, from a CA the client is told to
+    trust (httpx reads SSL_CERT_FILE); the names the client sends in SNI are recorded."""
+    ca = trustme.CA()
+    ctx = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    ca.issue_cert("rebind.test").configure_cert(ctx)
+    ca.cert_pem.write_to_path(str(tmp_path / "ca.pem"))
+    monkeypatch.setenv("SSL_CERT_FILE", str(tmp_path / "ca.pem"))
+    s = Site()
+    ctx.sni_callback = lambda sock, name, _ctx: s.sni.append(name)
+    server = serve(s, tls=ctx)
+    yield s
+    server.shutdown()
+    server.server_close()
+
+
+def test_https_connects_to_the_pinned_address_but_verifies_the_name(tls_site, rebinding_dns):
+    cfg = source(tls_site, respect_robots=False, retries=0)
+    ok = fetch_url(cfg, f"https://rebind.test:{tls_site.port}/a")
+    assert not isinstance(ok, Skip), ok
+    assert b"The first page." in ok.body and tls_site.sni == ["rebind.test"]
+    assert [h for h in rebinding_dns if h != "rebind.test"] == ["127.0.0.1"]
+    # the same address under a name the certificate does not carry: verification fails, nothing is sent
+    bad = fetch_url(cfg, f"https://other.test:{tls_site.port}/a")
+    assert isinstance(bad, Skip) and bad.reason == "connection_error", bad
+    assert len(tls_site.hits["/a"]) == 1 and tls_site.sni == ["rebind.test", "other.test"]
