@@ -1,12 +1,14 @@
 """A polite HTTP fetcher and same-host crawler for the scrape stage.
 
-Politeness and safety, as a crawler operator is expected to run one: robots.txt (RFC 9309: a missing
-file allows everything, an unreachable one disallows everything; Crawl-delay honoured when longer than
-ours), one request per host per `delay_s`, at most `concurrency` requests in flight, timeouts, retries
+Politeness and safety, as a crawler operator is expected to run one: robots.txt (RFC 9309, parsed by
+protego: `*` and `$` patterns, the longest match wins and Allow wins a tie; a missing file allows
+everything, an unreachable one disallows everything; Crawl-delay honoured when longer than ours), one request per host per `delay_s`, at most `concurrency` requests in flight, timeouts, retries
 with exponential backoff on 429/5xx/timeouts (Retry-After honoured), a cap on the body size (read as a
 stream, so a huge page costs no more than the cap), text/html and text/plain only, a redirect limit,
 an identifying User-Agent, and no requests to private, loopback or link-local addresses or to non-HTTP
-schemes unless the config allows that address (every redirect hop is checked again).
+schemes unless the config allows that address (every redirect hop is checked again). A host is resolved
+once per request and the connection goes to the checked address itself (PinnedBackend), so a DNS answer
+that changes between check and connect (rebinding) cannot reach an unchecked address.
 """
 
 from __future__ import annotations
@@ -23,9 +25,10 @@ from html.parser import HTMLParser
 from pathlib import Path
 from typing import Iterator
 from urllib.parse import urldefrag, urljoin, urlsplit
-from urllib.robotparser import RobotFileParser
 
+import httpcore
 import httpx
+from protego import Protego
 
 from llmpipe.config.scrape import HttpSource, ScrapeParams
 from llmpipe.data.sources import Skip, decode, html_document, make_doc, now_iso
@@ -46,30 +49,102 @@ class Page:
     fetched_at: str
 
 
-def address_refusal(url: str, allow: list[str]) -> str | None:
-    """Why `url` may not be fetched (a Skip reason), or None. Resolves the host: every address it
-    resolves to must be public, or allowed by name or address in `allow` ("*" allows all)."""
+def resolve_host(host: str, port: int) -> list[str]:
+    """The addresses `host` resolves to, in the resolver's order, without duplicates."""
+    infos = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)
+    return list(dict.fromkeys(info[4][0] for info in infos))
+
+
+def host_and_port(url: str) -> tuple[str, int]:
+    """The ASCII (IDNA) host name and the port of an http(s) url, as httpcore hands them to the network
+    backend, so a pin made here matches its connect. Raises httpx.InvalidURL."""
+    u = httpx.URL(url)
+    port = u.port or (443 if u.scheme == "https" else 80)
+    if not u.raw_host or not 0 < port < 65536:
+        raise httpx.InvalidURL(f"no host or a bad port in {url!r}")
+    return u.raw_host.decode("ascii"), port
+
+
+def checked_addresses(url: str, allow: list[str]) -> tuple[str | None, list[str]]:
+    """(refusal, addresses): why `url` may not be fetched (a Skip reason) or None, and the addresses its
+    host resolved to. Every address must be public, or allowed by name or address in `allow` ("*"
+    allows all). The fetch connects only to these addresses: a second lookup could answer differently
+    (DNS rebinding) and reach an address that was never checked."""
     parts = urlsplit(url)
     if parts.scheme not in ("http", "https"):
-        return "refused_scheme"
-    host = parts.hostname
-    if not host:
-        return "invalid_url"
-    if "*" in allow or host in allow:
-        return None
+        return "refused_scheme", []
     try:
-        infos = socket.getaddrinfo(host, parts.port or (443 if parts.scheme == "https" else 80),
-                                   type=socket.SOCK_STREAM)
-    except (socket.gaierror, UnicodeError):
-        return "dns_error"
-    for info in infos:
-        ip = ipaddress.ip_address(info[4][0].split("%")[0])
+        host, port = host_and_port(url)
+    except (httpx.InvalidURL, UnicodeError):
+        return "invalid_url", []
+    try:
+        addresses = resolve_host(host, port)
+    except (OSError, UnicodeError):
+        return "dns_error", []
+    if not addresses:
+        return "dns_error", []
+    if "*" in allow or host in allow or parts.hostname in allow:
+        return None, addresses
+    for address in addresses:
+        ip = ipaddress.ip_address(address.split("%")[0])
         if str(ip) in allow:
             continue
         if ip.is_private or ip.is_loopback or ip.is_link_local or ip.is_reserved or ip.is_multicast \
                 or ip.is_unspecified:
-            return "refused_private_address"
-    return None
+            return "refused_private_address", []
+    return None, addresses
+
+
+def address_refusal(url: str, allow: list[str]) -> str | None:
+    """Why `url` may not be fetched (a Skip reason), or None; see checked_addresses."""
+    return checked_addresses(url, allow)[0]
+
+
+class PinnedBackend(httpcore.NetworkBackend):
+    """httpcore's network backend, connecting only to the addresses the calling thread checked for
+    that host and port (the Host header, SNI and certificate check still use the name). httpcore opens
+    a connection in the thread of the request it serves, so a thread-local pin reaches it; a host with
+    no pin is refused rather than resolved again."""
+
+    def __init__(self):
+        self.inner = httpcore.SyncBackend()
+        self.local = threading.local()
+
+    def pin(self, url: str, addresses: list[str]) -> None:
+        self.local.pins = {host_and_port(url): addresses}
+
+    def connect_tcp(self, host, port, timeout=None, local_address=None, socket_options=None):
+        addresses = getattr(self.local, "pins", {}).get((host, port))
+        if not addresses:
+            raise httpcore.ConnectError(f"no checked address for {host}:{port}")
+        error: Exception | None = None
+        for address in addresses:  # each one was checked: fall back as a resolver's caller would
+            try:
+                return self.inner.connect_tcp(address, port, timeout, local_address, socket_options)
+            except (httpcore.ConnectError, httpcore.ConnectTimeout) as err:
+                error = err
+        raise error
+
+    def connect_unix_socket(self, path, timeout=None, socket_options=None):
+        raise httpcore.ConnectError("the fetcher connects to checked TCP addresses only")
+
+    def sleep(self, seconds: float) -> None:
+        self.inner.sleep(seconds)
+
+
+class PinnedTransport(httpx.HTTPTransport):
+    """httpx's transport over a connection pool that uses PinnedBackend. httpx takes no network backend,
+    so the pool it built is replaced by one made with httpcore's public constructor. The pool stays
+    keyed by host name, so a TLS connection verified for one name never carries another name's request.
+    A proxy from the environment is not used (httpx ignores it with an explicit transport): it would
+    resolve the host itself, around the check."""
+
+    def __init__(self, backend: PinnedBackend, limits: httpx.Limits):
+        super().__init__(limits=limits, trust_env=False)
+        self._pool = httpcore.ConnectionPool(
+            ssl_context=httpx.create_ssl_context(), max_connections=limits.max_connections,
+            max_keepalive_connections=limits.max_keepalive_connections,
+            keepalive_expiry=limits.keepalive_expiry, network_backend=backend)
 
 
 class HostPacer:
@@ -123,24 +198,24 @@ class Fetcher:
     def __init__(self, source: HttpSource):
         self.cfg = source
         self.pacer = HostPacer(source.delay_s)
+        self.backend = PinnedBackend()
         self.client = httpx.Client(
             headers={"User-Agent": source.user_agent, "Accept": "text/html,text/plain;q=0.9"},
             timeout=httpx.Timeout(source.timeout_s), follow_redirects=False,
-            limits=httpx.Limits(max_connections=source.concurrency))
-        self.robots: dict[str, RobotFileParser | None] = {}
+            transport=PinnedTransport(self.backend, httpx.Limits(max_connections=source.concurrency)))
+        self.robots: dict[str, Protego | None] = {}
         self.robots_lock = threading.Lock()
 
     def close(self) -> None:
         self.client.close()
 
-    def _robots_for(self, url: str) -> RobotFileParser | None:
+    def _robots_for(self, url: str) -> Protego | None:
         """The parsed robots.txt of the url's origin (None: allow everything). Fetched once per origin."""
         parts = urlsplit(url)
         origin = f"{parts.scheme}://{parts.netloc}"
         with self.robots_lock:
             if origin in self.robots:
                 return self.robots[origin]
-            parser = RobotFileParser()
             target, page = f"{origin}/robots.txt", None
             for _ in range(5):  # RFC 9309: follow at least five redirects
                 page = self._get(target, robots=True)
@@ -150,14 +225,14 @@ class Fetcher:
             if isinstance(page, str):
                 page = Skip("too_many_redirects", target)
             if isinstance(page, Page):
-                parser.parse(page.body.decode("utf-8", errors="replace").splitlines())
+                parser = Protego.parse(page.body.decode("utf-8", errors="replace"))
                 delay = parser.crawl_delay(self.cfg.user_agent)
                 if delay:
                     self.pacer.set_delay(parts.netloc, float(delay))
             elif page.reason.startswith("http_4"):
                 parser = None  # no robots.txt: everything is allowed
             else:
-                parser.parse(["User-agent: *", "Disallow: /"])  # unreachable: nothing is allowed
+                parser = Protego.parse("User-agent: *\nDisallow: /")  # unreachable: nothing is allowed
             self.robots[origin] = parser
             return parser
 
@@ -172,12 +247,12 @@ class Fetcher:
         return Skip("too_many_redirects", url)
 
     def _get(self, url: str, robots: bool = False) -> Page | Skip | str:
-        refusal = address_refusal(url, self.cfg.allow_addresses)
+        refusal, addresses = checked_addresses(url, self.cfg.allow_addresses)
         if refusal:
             return Skip(refusal, url)
         if not robots and self.cfg.respect_robots:
-            rules = self._robots_for(url)
-            if rules is not None and not rules.can_fetch(self.cfg.user_agent, url):
+            rules = self._robots_for(url)  # may fetch robots.txt, pinning its own checked addresses
+            if rules is not None and not rules.can_fetch(url, self.cfg.user_agent):
                 return Skip("robots_disallowed", url)
         host = urlsplit(url).netloc
         reason, detail = "connection_error", ""
@@ -185,6 +260,7 @@ class Fetcher:
             if attempt:
                 time.sleep(self._backoff(attempt, detail))
             self.pacer.wait(host)
+            self.backend.pin(url, addresses)  # a new connection may go to these addresses only
             try:
                 with self.client.stream("GET", url) as resp:
                     if resp.status_code in REDIRECTS and "location" in resp.headers:
