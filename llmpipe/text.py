@@ -102,7 +102,7 @@ LANGUAGE_ALIASES = {
     "baq": "eu", "glg": "gl", "bul": "bg", "srp": "sr", "hrv": "hr", "bos": "bs", "slv": "sl", "mkd": "mk",
     "mac": "mk", "sqi": "sq", "alb": "sq", "isl": "is", "ice": "is", "gle": "ga", "cym": "cy", "wel": "cy",
     "kat": "ka", "geo": "ka", "hye": "hy", "arm": "hy", "kaz": "kk", "uzb": "uz", "uzn": "uz", "aze": "az",
-    "azj": "az", "swa": "sw", "swh": "sw", "afr": "af", "epo": "eo", "lat": "la",
+    "azj": "az", "gug": "gn", "swa": "sw", "swh": "sw", "afr": "af", "epo": "eo", "lat": "la",
 }
 # A macrolanguage asked for matches its members; looked up before aliasing, so nb stays Bokmal alone.
 LANGUAGE_GROUPS = {"no": ("no", "nn"), "nor": ("no", "nn")}

@@ -28,7 +28,7 @@ EN = ("The bus was late again this morning, so I walked to the station through t
 @pytest.mark.parametrize("code, canonical", [
     ("nb", "no"), ("NB", "no"), ("nob", "no"), ("no", "no"), ("nn", "nn"), ("nno", "nn"),
     ("zh-CN", "zh"), ("zh_TW", "zh"), ("zh-Hans", "zh"), ("zh-Hant-TW", "zh"), ("cmn", "zh"), ("zho", "zh"),
-    ("iw", "he"), ("heb", "he"), ("in", "id"), ("ji", "yi"), ("jw", "jv"), ("mo", "ro"), ("fil", "tl"),
+    ("iw", "he"), ("heb", "he"), ("in", "id"), ("ji", "yi"), ("jw", "jv"), ("mo", "ro"), ("fil", "tl"), ("gug", "gn"),
     ("pt-BR", "pt"), ("en-US", "en"), ("eng", "en"), ("sr-Latn", "sr"), (" de ", "de"),
 ])
 def test_canonical_language(code, canonical):
