@@ -2,7 +2,8 @@
 
 Inputs that cannot become documents (an HTTP error, a truncated WARC, a binary file, an oversized
 page, ...) are counted by reason with a few examples in data/scrape/report.json; the rest goes on.
-The stage fails only when nothing at all could be read.
+The stage fails when nothing at all could be read (bad input, exit 2), and when the environment cannot
+extract HTML: the extractor cannot be imported, or every page fails with one exception (exit 1).
 """
 
 from __future__ import annotations
