@@ -9,11 +9,19 @@ and size: about 100 bytes, measured by bench/dedup.py); band keys and signatures
 files on disk, and candidate pairs are found one band's key column at a time. An in-memory LSH index
 of Python objects costs about 5 kB per document.
 
-Which document survives: in every duplicate cluster (the connected components of verified pairs) the
-document with the lowest index is kept: a document of the reference index before any new one, then
-input order (the earliest scraped). Every other member is removed and recorded with the id of the
-kept document it duplicates and its similarity (1.0 for exact; the exact Jaccard of the shingle sets
-when verified; the MinHash estimate against reference documents, whose texts are not kept).
+Candidate pairs: documents sharing a band key (a bucket); a bucket of up to `dedup.bucket_all_pairs_max`
+members has all its pairs verified, a larger one each member against its first member and its next
+`dedup.bucket_neighbours` members (llmpipe.minhash.candidate_pairs), so the cost stays bounded.
+
+Which document survives: in every duplicate cluster (`dedup.clusters: transitive`, the connected
+components of verified pairs) the document with the lowest index is kept: a document of the reference
+index before any new one, then input order (the earliest scraped). Every other member is removed and
+recorded with the id of the kept document it duplicates and its similarity to that very document (1.0
+for exact; the exact Jaccard of the shingle sets when verifying; else, and against reference documents,
+whose texts are not kept, the MinHash estimate). A member reached through a chain may be below the
+threshold to the kept document: `removed_below_threshold` counts them. With `dedup.clusters: direct`,
+documents are taken in index order and one is removed only if it matches (>= threshold) a document
+kept so far, named in duplicate_of (the earliest such); so none is below the threshold.
 """
 
 from __future__ import annotations
