@@ -43,6 +43,7 @@ import numpy as np
 import pandas as pd
 
 from llmpipe.config import load_params
+from llmpipe.minhash import ShingleHasher, band_keys, signatures_flat
 from llmpipe.sources import iter_demo
 from llmpipe.stages.dedup import dedup_documents, find_duplicates, parquet_batches
 from llmpipe.text import normalize_for_hash
@@ -105,8 +106,9 @@ def labelled_set(n_docs: int, n_words: int, seed: int = 0):
     return pd.DataFrame({"id": ids, "text": [docs[i] for i in ids]}), planted, vocab
 
 
-def quality(removed: pd.DataFrame, planted, text: dict, threshold: float) -> dict:
-    """recall over planted pairs >= threshold, precision of the removed rows, F1, recall per J band."""
+def quality(removed: pd.DataFrame, planted, text: dict, threshold: float, shared) -> dict:
+    """recall over planted pairs >= threshold, precision of the removed rows, F1, recall per J band, and
+    how many missed pairs share an LSH bucket (`shared`: two ids -> whether a band key is equal)."""
     root = dict(zip(removed["id"], removed["duplicate_of"]))
 
     def cluster(i: str) -> str:
@@ -115,6 +117,7 @@ def quality(removed: pd.DataFrame, planted, text: dict, threshold: float) -> dic
         return i
     positives = [(a, b) for a, b, j in planted if j >= threshold]
     found = sum(cluster(a) == cluster(b) for a, b in positives)
+    missed_in_bucket = sum(cluster(a) != cluster(b) and shared(a, b) for a, b in positives)
     recall = found / max(len(positives), 1)
     correct = sum(true_jaccard(text[i], text[j]) >= threshold for i, j in root.items())
     precision = correct / max(len(root), 1)
@@ -123,8 +126,16 @@ def quality(removed: pd.DataFrame, planted, text: dict, threshold: float) -> dic
         band = [(a, b) for a, b, j in planted if lo <= j < hi]
         bands[(lo, hi)] = (len(band), sum(cluster(a) == cluster(b) for a, b in band) / max(len(band), 1))
     return {"recall": recall, "found": found, "positives": len(positives), "precision": precision,
-            "correct": correct, "removed": len(root), "bands": bands,
+            "correct": correct, "removed": len(root), "bands": bands, "missed_in_bucket": missed_in_bucket,
             "f1": 2 * precision * recall / max(precision + recall, 1e-12)}
+
+
+def bucket_sharing(df: pd.DataFrame, cfg):
+    """A function of two ids: whether the documents have an equal band key (are LSH candidates)."""
+    _, flat, offsets, _ = ShingleHasher(cfg.shingle_size, cfg.seed).shard(list(df["text"]))
+    keys = band_keys(signatures_flat(flat, offsets, cfg.num_perm, cfg.seed), cfg.bands, cfg.rows)
+    row = dict(zip(df["id"], range(len(df))))
+    return lambda a, b: bool((keys[row[a]] == keys[row[b]]).any())
 
 
 def peak_memory(n_docs: int, n_words: int, vocab: list[str], cfg) -> float:
@@ -162,12 +173,13 @@ def main() -> None:
         seconds = min(seconds, time.perf_counter() - t0)
 
     text = dict(zip(df["id"], df["text"]))
-    after = quality(removed, planted, text, cfg.jaccard_threshold)
+    shared = bucket_sharing(df, cfg)
+    after = quality(removed, planted, text, cfg.jaccard_threshold, shared)
     runs = {"after": (after, stats)}
     for name, update in (("before", {"bucket_all_pairs_max": 1, "bucket_neighbours": 0}),
                          ("direct", {"clusters": "direct"})):
         _, rem, st = dedup_documents(df, cfg.model_copy(update=update))
-        runs[name] = (quality(rem, planted, text, cfg.jaccard_threshold), st)
+        runs[name] = (quality(rem, planted, text, cfg.jaccard_threshold, shared), st)
     recall, precision, f1 = after["recall"], after["precision"], after["f1"]
 
     half = peak_memory(args.memory_docs // 2, args.words, vocab, cfg)
@@ -185,6 +197,7 @@ def main() -> None:
              for (lo, hi), (n, _) in after["bands"].items()]
     rows += [("recall", lambda q, st: f"{q['recall']:.4f} ({q['found']}/{q['positives']})"),
              ("precision", lambda q, st: f"{q['precision']:.4f} ({q['correct']}/{q['removed']})"),
+             ("missed, sharing a bucket", lambda q, st: str(q["missed_in_bucket"])),
              ("F1", lambda q, st: f"{q['f1']:.4f}")]
     for label, cell in rows:
         print(f"{label:28s}" + "".join(f"{cell(q, st):>22s}" for q, st in runs.values()))
@@ -196,7 +209,8 @@ def main() -> None:
     print(f"RESULT f1={f1:.4f} precision={precision:.4f} recall={recall:.4f} recall_before={before['recall']:.4f} "
           f"precision_before={before['precision']:.4f} f1_before={before['f1']:.4f} "
           f"recall_direct={direct['recall']:.4f} precision_direct={direct['precision']:.4f} "
-          f"removed_below_threshold={stats['removed_below_threshold']} true_pairs={after['positives']} "
+          f"removed_below_threshold={stats['removed_below_threshold']} missed_in_bucket={after['missed_in_bucket']} "
+          f"missed_in_bucket_before={before['missed_in_bucket']} true_pairs={after['positives']} "
           f"mb_per_s_per_core={mb / seconds:.2f} "
           f"docs_per_s_per_core={len(df) / seconds:.0f} peak_mb={peak:.1f} n_docs={len(df)} "
           f"peak_mb_per_million_extrapolated={per_million:.0f}")
