@@ -177,3 +177,98 @@ def test_stage_run_streams_parquet_and_dedups_against_reference(tmp_path):
     assert removed.loc["b0", "duplicate_of"] == "a0" and removed.loc["b2", "duplicate_of"] == "a4"
     assert list(pd.read_parquet(tmp_path / output("dedup.docs"))["id"]) == ["b1"]
     assert DedupIndex.load(tmp_path / output("dedup.index"), DedupParams()).ids == [f"a{i}" for i in range(5)] + ["b1"]
+
+
+# --- candidate pairs inside LSH buckets, similarities of removed rows, chains ----------------------
+
+from llmpipe.data.minhash import candidate_pairs, jaccard  # noqa: E402
+
+
+def test_bucket_pairs_all_when_small_bounded_when_large():
+    col = np.array([7, 7, 7, 3], dtype=np.uint64)  # one bucket of three: 0, 1, 2
+    assert {tuple(p) for p in candidate_pairs([col], 64, 16).tolist()} == {(0, 1), (0, 2), (1, 2)}
+    assert {tuple(p) for p in candidate_pairs([col]).tolist()} == {(0, 1), (0, 2)}  # the star (exact hashes)
+    big = np.zeros(100, dtype=np.uint64)  # a bucket above the limit: first member + 2 next neighbours each
+    pairs = {tuple(p) for p in candidate_pairs([big], 4, 2).tolist()}
+    assert {(0, j) for j in range(1, 100)} <= pairs and {(j, j + 1) for j in range(99)} <= pairs
+    assert {(j, j + 2) for j in range(98)} <= pairs and (5, 8) not in pairs
+    assert len(pairs) == 99 + 98 + 97  # star, then (j, j + 1) and (j, j + 2) for the other members
+
+
+def _min_shingle_collision():
+    """Three documents with equal first MinHash value (one band of one row: a single bucket), in index
+    order x, y, z: y and z a true pair, x below the threshold to both."""
+    hasher = ShingleHasher(5, seed=1)
+    for seed in range(200):
+        y = text(seed=100 + seed)
+        z, x = perturb(y, 3, seed=seed), perturb(y, 40, seed=seed + 1000)
+        sigs = signatures([hasher(t) for t in (x, y, z)], 1, seed=1)
+        if sigs[0, 0] == sigs[1, 0] == sigs[2, 0]:
+            return x, y, z
+    raise AssertionError("no collision found")
+
+
+def test_true_pair_in_bucket_whose_first_member_is_far():
+    x, y, z = _min_shingle_collision()
+    hasher = ShingleHasher(5, seed=1)
+    assert jaccard(hasher(x), hasher(y)) < 0.75 and jaccard(hasher(x), hasher(z)) < 0.75
+    assert jaccard(hasher(y), hasher(z)) >= 0.75
+    docs = pd.DataFrame({"id": ["x", "y", "z"], "text": [x, y, z]})
+    kept, removed, stats = dedup_documents(docs, DedupParams(bands=1, rows=1, exact=False))
+    assert list(kept["id"]) == ["x", "y"]
+    assert dict(zip(removed["id"], removed["duplicate_of"])) == {"z": "y"}
+    # the old star (each member against the bucket's first only) never compares y with z
+    kept, _, _ = dedup_documents(docs, DedupParams(bands=1, rows=1, exact=False, bucket_all_pairs_max=1,
+                                                   bucket_neighbours=0))
+    assert len(kept) == 3
+
+
+def _chain():
+    """a ~ b and b ~ c above the threshold, a ~ c below it; in index order a, c, b."""
+    b = text(seed=21)
+    a, c = perturb(b, 7, seed=31), perturb(b, 7, seed=32)
+    return pd.DataFrame({"id": ["a", "c", "b"], "text": [a, c, b]})
+
+
+def test_removed_similarity_is_to_the_named_document_and_chains_counted():
+    docs = _chain()
+    hasher = ShingleHasher(5, seed=1)
+    sh = {i: hasher(t) for i, t in zip(docs["id"], docs["text"])}
+    assert jaccard(sh["a"], sh["c"]) < 0.75 <= min(jaccard(sh["a"], sh["b"]), jaccard(sh["b"], sh["c"]))
+    cfg = DedupParams(bands=56, rows=2)  # permissive LSH: every pair here is a candidate
+    kept, removed, stats = dedup_documents(docs, cfg)
+    assert list(kept["id"]) == ["a"]
+    for i, dup, sim in zip(removed["id"], removed["duplicate_of"], removed["similarity"]):
+        assert dup == "a" and sim == round(jaccard(sh[i], sh[dup]), 4)
+    assert stats["removed_below_threshold"] == 1  # c, removed for a through b
+    # without verification: the MinHash estimate against the named document
+    _, removed, _ = dedup_documents(docs, cfg.model_copy(update={"verify": False}))
+    sig = dict(zip(docs["id"], signatures([sh[i] for i in docs["id"]], cfg.num_perm, cfg.seed)))
+    for i, dup, s in zip(removed["id"], removed["duplicate_of"], removed["similarity"]):
+        assert s == round(float(np.mean(sig[i] == sig[dup])), 4)
+
+
+def test_direct_clusters_remove_only_matches_of_the_kept_document():
+    docs = _chain()
+    cfg = DedupParams(bands=56, rows=2, clusters="direct")
+    kept, removed, stats = dedup_documents(docs, cfg)
+    assert list(kept["id"]) == ["a", "c"]  # c matches only b, which is removed
+    assert dict(zip(removed["id"], removed["duplicate_of"])) == {"b": "a"}
+    assert (removed["similarity"] >= 0.75).all() and stats["removed_below_threshold"] == 0
+
+
+def test_stage_reports_chains(tmp_path):
+    import json
+
+    from llmpipe.stages.registry import output
+    from llmpipe.stages.params import parse_params
+    from llmpipe.stages import dedup as stage
+
+    path = tmp_path / output("filter.docs")
+    path.parent.mkdir(parents=True, exist_ok=True)
+    _chain().to_parquet(path)
+    result = stage.run(parse_params({"dedup": {"bands": 56, "rows": 2}}), tmp_path)
+    assert result.metrics["removed_below_threshold"] == 1
+    assert json.loads((tmp_path / output("dedup.report")).read_text())["removed_below_threshold"] == 1
+    removed = pd.read_parquet(tmp_path / output("dedup.removed")).set_index("id")
+    assert removed.loc["c", "similarity"] < 0.75 <= removed.loc["b", "similarity"]

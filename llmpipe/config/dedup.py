@@ -28,6 +28,13 @@ class DedupParams(Section):
     # Confirm each LSH candidate pair by the exact Jaccard of its shingle sets (raises precision).
     verify: bool = True
     jaccard_threshold: Annotated[float, Field(gt=0.0, le=1.0)] = 0.75
+    # Candidate pairs in an LSH bucket: all pairs up to this many members; in a larger bucket each member
+    # with the first member and its next bucket_neighbours members (bounded cost; llmpipe/data/minhash.py).
+    bucket_all_pairs_max: Annotated[int, Field(ge=1)] = 64
+    bucket_neighbours: Annotated[int, Field(ge=0)] = 16
+    # transitive: remove every member of a connected cluster of matches; direct: only a document that
+    # matches (>= jaccard_threshold) the kept document it is removed for.
+    clusters: Literal["transitive", "direct"] = "transitive"
     shard_docs: Annotated[int, Field(ge=1)] = 10_000  # documents read and hashed at once (bounds memory)
     workers: Annotated[int, Field(ge=0, le=1024)] = 0  # processes hashing shards in parallel; 0: one per core
     report_examples: Annotated[int, Field(ge=0)] = 10  # removed pairs listed in report.json

@@ -214,25 +214,52 @@ def band_keys(sigs: np.ndarray, bands: int, rows: int) -> np.ndarray:
         return _fmix((wide * _BAND_MIX[:rows]).sum(axis=2, dtype=np.uint64))
 
 
-def candidate_pairs(columns: Iterable[np.ndarray]) -> np.ndarray:
+def candidate_pairs(columns: Iterable[np.ndarray], all_pairs_max: int = 1, neighbours: int = 0) -> np.ndarray:
     """(pairs, 2) int64 of document indices (i < j) with equal keys in any column (a band's keys, or
-    exact-duplicate hashes), one column in memory at a time. Within a group of equal keys each member is
-    paired with the group's lowest index (the sort is stable): a star is enough for connected components."""
+    exact-duplicate hashes), one column in memory at a time.
+
+    Which pairs of a group (bucket) of equal keys are listed, members in index order (the sort is stable):
+    - a group of at most `all_pairs_max` members: all its pairs, so every true pair in it can be verified;
+    - a larger group: each member with the group's first (lowest-index) member and with its next
+      `neighbours` members in index order, so at most (1 + neighbours) pairs per member however big the
+      bucket (a true pair further apart than `neighbours` is found only through other bands).
+    The defaults (1, 0) list the star of each group around its first member: enough for connected
+    components when every key equality means a duplicate (exact hashes), not when pairs are verified."""
     found = []
     for col in columns:
         order = np.argsort(col, kind="stable")
         sorted_keys = col[order]
         new_group = np.r_[True, sorted_keys[1:] != sorted_keys[:-1]]
-        same = np.flatnonzero(~new_group)  # positions continuing a group
-        if len(same) == 0:
+        if new_group.all():
             continue
-        group_start = np.maximum.accumulate(np.where(new_group, np.arange(len(col)), 0))
-        found.append(np.stack([order[group_start[same]], order[same]], axis=1))
+        starts = np.flatnonzero(new_group)
+        sizes = np.diff(np.r_[starts, len(col)])
+        # members of groups of two or more only (most keys are unique): their positions, group start, size
+        multi = sizes >= 2
+        pos = np.repeat(starts[multi], sizes[multi]) + _ranks(sizes[multi])
+        g_start = np.repeat(starts[multi], sizes[multi])
+        g_end = g_start + np.repeat(sizes[multi], sizes[multi])
+        small = (g_end - g_start) <= all_pairs_max
+        in_group = pos != g_start
+        found.append(np.stack([order[g_start[in_group]], order[pos[in_group]]], axis=1))  # the star
+        reach = min(max(all_pairs_max - 1, neighbours), int(sizes.max()) - 1)
+        for d in range(1, reach + 1):  # each member with the member d places after it
+            # pairs with the first member are in the star already
+            ok = (pos + d < g_end) & (small | (d <= neighbours)) & in_group
+            if not ok.any():
+                continue
+            found.append(np.stack([order[pos[ok]], order[pos[ok] + d]], axis=1))
     if not found:
         return np.empty((0, 2), dtype=np.int64)
     pairs = np.concatenate(found)
     pairs.sort(axis=1)
     return np.unique(pairs, axis=0)
+
+
+def _ranks(sizes: np.ndarray) -> np.ndarray:
+    """0, 1, .., size - 1 for each size, concatenated."""
+    total = int(sizes.sum())
+    return np.arange(total) - np.repeat(np.cumsum(sizes) - sizes, sizes)
 
 
 class UnionFind:

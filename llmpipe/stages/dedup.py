@@ -9,11 +9,19 @@ and size: about 100 bytes, measured by bench/dedup.py); band keys and signatures
 files on disk, and candidate pairs are found one band's key column at a time. An in-memory LSH index
 of Python objects costs about 5 kB per document.
 
-Which document survives: in every duplicate cluster (the connected components of verified pairs) the
-document with the lowest index is kept: a document of the reference index before any new one, then
-input order (the earliest scraped). Every other member is removed and recorded with the id of the
-kept document it duplicates and its similarity (1.0 for exact; the exact Jaccard of the shingle sets
-when verified; the MinHash estimate against reference documents, whose texts are not kept).
+Candidate pairs: documents sharing a band key (a bucket); a bucket of up to `dedup.bucket_all_pairs_max`
+members has all its pairs verified, a larger one each member against its first member and its next
+`dedup.bucket_neighbours` members (llmpipe.minhash.candidate_pairs), so the cost stays bounded.
+
+Which document survives: in every duplicate cluster (`dedup.clusters: transitive`, the connected
+components of verified pairs) the document with the lowest index is kept: a document of the reference
+index before any new one, then input order (the earliest scraped). Every other member is removed and
+recorded with the id of the kept document it duplicates and its similarity to that very document (1.0
+for exact; the exact Jaccard of the shingle sets when verifying; else, and against reference documents,
+whose texts are not kept, the MinHash estimate). A member reached through a chain may be below the
+threshold to the kept document: `removed_below_threshold` counts them. With `dedup.clusters: direct`,
+documents are taken in index order and one is removed only if it matches (>= threshold) a document
+kept so far, named in duplicate_of (the earliest such); so none is below the threshold.
 """
 
 from __future__ import annotations
@@ -238,19 +246,18 @@ def _decide(batches, cfg, ref, hasher, transform, ids, exact_new, keys_new, sigs
                 removed[int(g) - R] = (int(root), "exact", 1.0)
     n_exact = len(removed)
 
-    uf, best_sim = UnionFind(R + N), {}
-    n_candidates = n_rejected = 0
+    n_candidates = n_rejected = n_below = 0
     if cfg.near:
         alive = np.array([i for i in range(N) if i not in removed and n_shingles_new[i] > 0], dtype=np.int64)
         universe = np.concatenate([np.arange(R), R + alive])  # global indices taking part
         columns = (np.concatenate([np.asarray(ref.keys[:, b]), keys_new[:, b][alive]]) for b in range(cfg.bands))
-        pairs = universe[candidate_pairs(columns)] if len(universe) else np.empty((0, 2), np.int64)
+        pairs = (universe[candidate_pairs(columns, cfg.bucket_all_pairs_max, cfg.bucket_neighbours)]
+                 if len(universe) else np.empty((0, 2), np.int64))
         pairs = pairs[pairs[:, 1] >= R]  # reference documents were accepted already
         n_candidates = len(pairs)
-        exact_sims: dict[tuple[int, int], float] = {}
+        shingles_of: dict[int, np.ndarray] = {}
         if cfg.verify:  # pass 2: shingles again, for the documents of new-new pairs only
             need = {int(g) - R for p in pairs if p[0] >= R for g in p}
-            shingles_of: dict[int, np.ndarray] = {}
             row = 0
             for df in batches():
                 rows = [r for r in range(row, row + len(df)) if r in need]
@@ -259,26 +266,45 @@ def _decide(batches, cfg, ref, hasher, transform, ids, exact_new, keys_new, sigs
                     _, flat, offsets, _ = hasher.shard([transform(t) for t in texts] if transform else texts)
                     shingles_of.update({r: flat[offsets[k] : offsets[k + 1]] for k, r in enumerate(rows)})
                 row += len(df)
-            for i, j in pairs:
-                if i >= R:
-                    exact_sims[(int(i), int(j))] = jaccard(shingles_of[int(i) - R], shingles_of[int(j) - R])
-        for i, j in pairs:
-            i, j = int(i), int(j)
-            if (i, j) in exact_sims:
-                sim = exact_sims[(i, j)]
-            else:  # against a reference document: the MinHash estimate of the Jaccard similarity
-                si = ref.sigs[i] if i < R else sigs_new[i - R]
-                sim = float(np.mean(si == sigs_new[j - R]))
-            if cfg.verify and sim < cfg.jaccard_threshold:
-                n_rejected += 1
-                continue
-            uf.union(i, j)
-            best_sim[j] = max(best_sim.get(j, 0.0), sim)
-        for i in alive:
-            g = R + int(i)
-            root = uf.find(g)
-            if root != g:
-                removed[int(i)] = (root, "near", round(best_sim.get(g, 0.0), 4))
+        sims: dict[tuple[int, int], float] = {}
+
+        def similarity(i: int, j: int) -> float:
+            """Of global documents i < j (j new): the exact Jaccard when verifying two new documents,
+            else the MinHash estimate (a reference document's text is not kept)."""
+            if (i, j) not in sims:
+                if cfg.verify and i >= R:
+                    sims[(i, j)] = jaccard(shingles_of[i - R], shingles_of[j - R])
+                else:
+                    si = ref.sigs[i] if i < R else sigs_new[i - R]
+                    sims[(i, j)] = float(np.mean(si == sigs_new[j - R]))
+            return sims[(i, j)]
+
+        # a pair counts as a match at >= threshold when verifying, or always in direct mode; without
+        # verification a transitive run takes every candidate pair (the LSH banding is the test)
+        must_match = cfg.verify or cfg.clusters == "direct"
+        kept_for: dict[int, int] = {}  # global new index -> the global index of the document it duplicates
+        if cfg.clusters == "transitive":
+            uf = UnionFind(R + N)
+            for i, j in pairs.tolist():
+                if uf.find(i) == uf.find(j):  # joined already: this pair cannot change the clusters
+                    continue
+                if must_match and similarity(i, j) < cfg.jaccard_threshold:
+                    n_rejected += 1
+                    continue
+                uf.union(i, j)
+            kept_for = {R + int(i): uf.find(R + int(i)) for i in alive if uf.find(R + int(i)) != R + int(i)}
+        else:  # direct: in index order, a document matching a kept one goes, named after the earliest such
+            for i, j in pairs.tolist():  # sorted by i, then j
+                if j in kept_for or i in kept_for:  # j is settled, or i is removed (not kept)
+                    continue
+                if similarity(i, j) < cfg.jaccard_threshold:
+                    n_rejected += 1
+                    continue
+                kept_for[j] = i
+        for g, root in kept_for.items():  # the similarity to the very document named in duplicate_of
+            sim = similarity(root, g)
+            n_below += sim < cfg.jaccard_threshold  # chained: removed through intermediate documents
+            removed[g - R] = (root, "near", round(sim, 4))
 
     keep = np.ones(N, dtype=bool)
     keep[list(removed)] = False
@@ -286,7 +312,7 @@ def _decide(batches, cfg, ref, hasher, transform, ids, exact_new, keys_new, sigs
     stats = {"docs_in": N, "exact_dups": n_exact, "near_dups": len(removed) - n_exact, "docs_out": int(keep.sum()),
              "bytes_in": int(sizes_new.sum()), "bytes_removed": int(sizes_new[~keep].sum()),
              "empty_docs": int((n_shingles_new == 0).sum()), "candidate_pairs": n_candidates,
-             "candidates_rejected": n_rejected, "reference_docs": R,
+             "candidates_rejected": n_rejected, "removed_below_threshold": int(n_below), "reference_docs": R,
              "removed_as_duplicate_of_reference": sum(1 for root, _, _ in removed.values() if root < R)}
     histogram = Counter(1 + c for c in clusters.values())
     report = {**stats, "cluster_size_histogram": {str(k): v for k, v in sorted(histogram.items())},
