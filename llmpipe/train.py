@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import logging
 import math
+import platform
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -44,6 +45,20 @@ def cpu_has_native_bf16() -> bool:
     except OSError:
         return False
     return "avx512_bf16" in flags or "amx_bf16" in flags
+
+
+def cpu_kind() -> dict[str, str]:
+    """What the weights depend on besides params and data: the CPU model and its bf16 units (a model
+    trained on another CPU kind, or in another precision, has other weights and another DVC hash)."""
+    try:
+        info = Path("/proc/cpuinfo").read_text()
+    except OSError:
+        info = ""
+    name = next((line.split(":", 1)[1].strip() for line in info.splitlines() if line.startswith("model name")),
+                platform.processor() or platform.machine() or "unknown")
+    flags = next((line.split(":", 1)[1].split() for line in info.splitlines() if line.startswith("flags")), [])
+    units = [f for f in ("avx512_bf16", "amx_bf16") if f in flags]
+    return {"cpu": name, "cpu_bf16_units": ",".join(units) or "none"}
 
 
 def resolve_device(cfg: PretrainParams, local_rank: int = 0) -> torch.device:
@@ -310,7 +325,10 @@ def train(cfg: PretrainParams, token_dir: Path, ckpt_dir: Path, vocab_size: int,
     final_step = step
     metrics = {"steps": final_step, "tokens": final_step * tokens_per_step,
                "params": model.num_params(), "flops_per_token": model.flops_per_token(),
-               "precision": str(dtype).removeprefix("torch."), "device": device.type, "world_size": ddp.world}
+               "precision": str(dtype).removeprefix("torch."), "device": device.type, "world_size": ddp.world,
+               **cpu_kind()}
+    if device.type == "cuda":
+        metrics["gpu"] = torch.cuda.get_device_name(device)
     if history["train"]:
         metrics["final_train_loss"] = history["train"][-1]["loss"]
         metrics["tokens_per_s"] = round(sum(r["tokens_per_s"] for r in history["train"]) / len(history["train"]), 1)

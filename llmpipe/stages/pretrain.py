@@ -9,7 +9,7 @@ from pathlib import Path
 
 from .. import layout
 from ..config import Params
-from ..io import atomic_path, dvc_lock_out_hashes
+from ..io import atomic_path, dvc_lock_out_hashes, dvc_md5
 from ..plots import loss_curve_png
 from ..tokens import MANIFEST, load_manifest
 from ..train import is_main_process, train
@@ -44,6 +44,10 @@ def run(params: Params, root: Path, sink=None) -> StageResult:
         return StageResult(metrics)
     save_model(result.model, root / layout.MODEL, extra={"eot_id": manifest.eot_id,
                                                          "tokenizer_sha256": manifest.data["tokenizer_sha256"]})
+    # The weights' own version, as DVC will record it in dvc.lock: the registered model carries it, so
+    # lineage can tell this model from one a committed dvc.lock names (trained elsewhere, or in another
+    # precision: weights differ between CPU kinds and precisions).
+    metrics["model_dvc_md5"] = dvc_md5(root / layout.MODEL)
     write_tsv(root / layout.TRAIN_PLOT, result.history["train"], TRAIN_COLUMNS)
     write_tsv(root / layout.VAL_PLOT, result.history["val"], VAL_COLUMNS)
     loss_curve_png(result.history["train"], result.history["val"], root / layout.LOSS_PNG,
