@@ -6,11 +6,13 @@ or a wrong value stops the run with a message naming the key (exit status 2 from
 
 from __future__ import annotations
 
+import codecs
+import zoneinfo
 from pathlib import Path
 from typing import Annotated, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 
 class ParamsError(ValueError):
@@ -19,6 +21,22 @@ class ParamsError(ValueError):
 
 class Section(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+def _known(lookup, what: str):
+    """A validator: the value must be one `lookup` (codecs.lookup, zoneinfo.ZoneInfo) accepts."""
+    def check(value: str) -> str:
+        try:
+            lookup(value)
+        except Exception:  # noqa: BLE001 - LookupError, ZoneInfoNotFoundError, ValueError
+            raise ValueError(f"unknown {what} {value!r}") from None
+        return value
+    return AfterValidator(check)
+
+
+# numpy's generators refuse negative seeds; datasketch's RandomState (dedup) also those >= 2**32.
+Seed = Annotated[int, Field(ge=0, lt=2**32)]
+NgramSize = Annotated[int, Field(ge=1, le=64)]
 
 
 # --- scrape -------------------------------------------------------------------------------------
@@ -40,7 +58,7 @@ class LocalSource(Section):
 
     kind: Literal["local"] = "local"
     paths: list[str] = Field(min_length=1)
-    encoding: str = "utf-8"
+    encoding: Annotated[str, _known(codecs.lookup, "text encoding")] = "utf-8"
     text_field: str = "text"  # the field of .jsonl records and the column of .parquet files
     files_per_shard: Annotated[int, Field(ge=1)] = 64  # files read by one task
 
@@ -140,9 +158,9 @@ class RepetitionRule(Rule):
     max_dup_paragraph_fraction: Annotated[float, Field(ge=0, le=1)] = 0.3
     max_dup_line_char_fraction: Annotated[float, Field(ge=0, le=1)] = 0.2
     max_dup_paragraph_char_fraction: Annotated[float, Field(ge=0, le=1)] = 0.2
-    top_ngram_max_fraction: dict[int, Annotated[float, Field(ge=0, le=1)]] = Field(
+    top_ngram_max_fraction: dict[NgramSize, Annotated[float, Field(ge=0, le=1)]] = Field(
         default_factory=lambda: {2: 0.20, 3: 0.18, 4: 0.16})
-    dup_ngram_max_fraction: dict[int, Annotated[float, Field(ge=0, le=1)]] = Field(
+    dup_ngram_max_fraction: dict[NgramSize, Annotated[float, Field(ge=0, le=1)]] = Field(
         default_factory=lambda: {5: 0.15, 6: 0.14, 7: 0.13, 8: 0.12, 9: 0.11, 10: 0.10})
 
 
@@ -201,7 +219,7 @@ class DedupParams(Section):
     shingle_size: Annotated[int, Field(ge=1, le=32)] = 5
     bands: Annotated[int, Field(ge=1, le=1024)] = 14
     rows: Annotated[int, Field(ge=1, le=64)] = 8
-    seed: int = 1
+    seed: Seed = 1
     # Confirm each LSH candidate pair by the exact Jaccard of its shingle sets (raises precision).
     verify: bool = True
     jaccard_threshold: Annotated[float, Field(gt=0.0, le=1.0)] = 0.75
@@ -225,7 +243,7 @@ class SplitParams(Section):
     """Train/val split by document, deterministic from the document id (shared by two stages)."""
 
     val_fraction: Annotated[float, Field(gt=0.0, lt=1.0)] = 0.1
-    seed: int = 0
+    seed: Seed = 0
 
 
 class TokenizerParams(Section):
@@ -286,7 +304,7 @@ class PretrainParams(Section):
     beta1: Annotated[float, Field(ge=0.0, lt=1.0)] = 0.9
     beta2: Annotated[float, Field(ge=0.0, lt=1.0)] = 0.95
     grad_clip: Annotated[float, Field(ge=0.0)] = 1.0
-    seed: int = 1337
+    seed: Seed = 1337
     device: Literal["auto", "cpu", "cuda"] = "auto"
     # auto: bf16 autocast on CUDA and on CPUs with native bf16 matrix units, fp32 elsewhere.
     precision: Literal["auto", "bf16", "fp32"] = "auto"
@@ -322,7 +340,7 @@ class SampleParams(Section):
     temperature: Annotated[float, Field(ge=0.0, le=10.0)] = 0.8
     top_k: Annotated[int, Field(ge=0)] = 50
     top_p: Annotated[float, Field(gt=0.0, le=1.0)] = 1.0
-    seed: int = 1
+    seed: Seed = 1
     # Generation also stops when one of these strings appears (it is not included in the output).
     stop: list[Annotated[str, Field(min_length=1)]] = Field(default_factory=list)
     # torch.compile the per-token step: about 2.5x faster per token on CPU, after a compile of about a
@@ -342,7 +360,7 @@ class ScheduleParams(Section):
 
     name: str = Field(default="llmpipe-scheduled", min_length=1)
     cron: str = "0 3 * * *"
-    timezone: str = "UTC"
+    timezone: Annotated[str, _known(zoneinfo.ZoneInfo, "time zone")] = "UTC"
     parameters: dict[str, object] = Field(default_factory=dict)
 
     @model_validator(mode="after")
