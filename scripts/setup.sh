@@ -35,3 +35,33 @@ export PATH="$VENV/bin:$PATH"
 # Offline-friendly defaults: no telemetry, a generous start-up time for Prefect's ephemeral server.
 export DO_NOT_TRACK=true DVC_NO_ANALYTICS=1 PREFECT_SERVER_ANALYTICS_ENABLED=false
 export PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS="${PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS:-120}"
+
+# `dvc plots show`: DVC's page loads Vega from a CDN and is blank offline. Fetch pinned Vega, Vega-Lite
+# and vega-embed from the npm registry once, keep their build/*.min.js in .dvc/plots-js/ (git-ignored),
+# and point DVC (its git-ignored local config) at .dvc/plots-offline.html, which inlines them. Without
+# npm or a network this warns once per setup and DVC keeps its own (CDN) page.
+VEGA_PKGS="vega@5.33.1 vega-lite@5.23.0 vega-embed@6.29.0"
+llmpipe_plots_js() {
+  local js="$ROOT/.dvc/plots-js" work
+  if [ "$(cat "$js/.packages" 2>/dev/null)" != "$VEGA_PKGS" ]; then
+    command -v npm >/dev/null || { echo "npm not found"; return 1; }
+    work="$(mktemp -d)"
+    (cd "$work" && npm pack --silent $VEGA_PKGS >/dev/null) || { rm -rf "$work"; return 1; }
+    mkdir -p "$js.new"
+    for tgz in "$work"/*.tgz; do
+      tar -xzf "$tgz" -C "$work" package/build && mv "$work"/package/build/*.min.js "$js.new"/ &&
+        rm -rf "$work/package" || { rm -rf "$work" "$js.new"; return 1; }
+    done
+    rm -rf "$work" "$js" && echo "$VEGA_PKGS" > "$js.new/.packages" && mv "$js.new" "$js" || return 1
+  fi
+  "$VENV/bin/python" "$ROOT/scripts/plots_page.py" "$ROOT/.dvc/plots-page.html" "$js" \
+    "$ROOT/.dvc/plots-offline.html" || return 1
+  # relative to .dvc/; a local setting, since the page exists only where this set-up ran
+  [ "$(cd "$ROOT" && "$VENV/bin/dvc" config --local plots.html_template 2>/dev/null)" = plots-offline.html ] ||
+    (cd "$ROOT" && "$VENV/bin/dvc" config --local plots.html_template plots-offline.html)
+}
+if [ ! -f "$ROOT/.dvc/plots-offline.html" ] || [ "$(cat "$ROOT/.dvc/plots-js/.packages" 2>/dev/null)" != "$VEGA_PKGS" ] ||
+   [ "$ROOT/.dvc/plots-page.html" -nt "$ROOT/.dvc/plots-offline.html" ]; then
+  echo "[setup] preparing the offline \`dvc plots show\` page (Vega from npm: $VEGA_PKGS)"
+  llmpipe_plots_js || echo "[setup] warning: could not fetch Vega from npm; \`dvc plots show\` pages load it from a CDN" >&2
+fi

@@ -74,3 +74,44 @@ def test_unreadable_yaml(tmp_path):
     p.write_text("pretrain: [unclosed\n")
     with pytest.raises(ParamsError, match="not valid YAML"):
         load_params(p)
+
+
+SEEDS = [("pretrain", "seed"), ("dedup", "seed"), ("split", "seed"), ("sample", "seed")]
+
+
+@pytest.mark.parametrize("section, key", SEEDS)
+@pytest.mark.parametrize("value", [-1338, -1, 2**32])
+def test_seeds_outside_what_the_generators_accept_are_refused(section, key, value):
+    with pytest.raises(ParamsError, match=rf"{section}\.{key}"):
+        parse_params({section: {key: value}})
+
+
+@pytest.mark.parametrize("value", [0, 2**32 - 1])
+def test_every_seed_the_params_accept_runs_in_its_consumers(value):
+    """The bounds are what the generators take: numpy's (negative refused), datasketch's RandomState
+    (also 2**32 and above) and torch's."""
+    import numpy as np
+    import torch
+    from datasketch import MinHash
+
+    p = parse_params({s: {k: value} for s, k in SEEDS})
+    np.random.default_rng([p.pretrain.seed, 1, 2, 3]).integers(10)
+    MinHash(num_perm=8, seed=p.dedup.seed, scheme="affine32")
+    torch.manual_seed(p.pretrain.seed)
+    torch.Generator().manual_seed(p.sample.seed)
+    with pytest.raises(ValueError):  # what the bounds guard against
+        np.random.default_rng([-1338, 1])
+    with pytest.raises(ValueError):
+        MinHash(num_perm=8, seed=2**32, scheme="affine32")
+
+
+@pytest.mark.parametrize("data, key", [
+    ({"filter": {"quality": {"gopher_repetition": {"top_ngram_max_fraction": {0: 0.2}}}}},
+     "filter.quality.gopher_repetition.top_ngram_max_fraction.0"),
+    ({"scrape": {"sources": [{"kind": "local", "paths": ["x"], "encoding": "utf-9"}]}}, "scrape.sources.0.encoding"),
+    ({"schedule": {"timezone": "Mars/Olympus"}}, "schedule.timezone"),
+])
+def test_values_their_consumers_refuse_are_refused(data, key):
+    with pytest.raises(ParamsError, match=key.replace(".", r"\.")):
+        parse_params(data)
+    assert parse_params({"schedule": {"timezone": "Europe/Paris"}}).schedule.timezone == "Europe/Paris"

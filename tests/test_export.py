@@ -63,3 +63,30 @@ def test_architectures_llama_cannot_express_are_refused(tmp_path, tokenizer_file
     with pytest.raises(InputError, match="mlp"):
         export_hf(model, tokenizer_file, tmp_path / "hf")
     assert not (tmp_path / "hf").exists()
+
+
+@pytest.mark.parametrize("umask", [0o022, 0o027])
+def test_exported_and_atomically_written_files_get_the_umask_mode(tmp_path, tokenizer_file, umask):
+    """mkstemp, mkdtemp and safetensors' writer create 0600/0700: an export for other users was unreadable."""
+    import os
+    import stat
+
+    import pandas as pd
+
+    from llmpipe.util.io import write_json, write_parquet
+    from llmpipe.weights import save_model
+
+    model = GPT(GPTConfig(vocab_size=320, n_layer=1, n_head=2, d_model=32, block_size=32))
+    old = os.umask(umask)
+    try:
+        out = export_hf(model, tokenizer_file, tmp_path / "hf")
+        save_model(model, tmp_path / "model")
+        write_json(tmp_path / "m.json", {"a": 1})
+        write_parquet(tmp_path / "d.parquet", pd.DataFrame({"x": [1]}))
+    finally:
+        os.umask(old)
+    files = [*out.iterdir(), *(tmp_path / "model").iterdir(), tmp_path / "m.json", tmp_path / "d.parquet"]
+    assert {p.name for p in out.iterdir()} >= {"model.safetensors", "config.json", "tokenizer.json"}
+    modes = {p.name: oct(stat.S_IMODE(p.stat().st_mode)) for p in files}
+    assert set(modes.values()) == {oct(0o666 & ~umask)}, modes
+    assert stat.S_IMODE(out.stat().st_mode) == 0o777 & ~umask

@@ -60,3 +60,113 @@ def test_model_version_resolves_to_the_commit_recording_its_data(repo, monkeypat
     assert "warning: the run recorded data/tokens tok-x.dir" in lineage(root, "models:/m/2")
     with pytest.raises(InputError, match="not a git revision"):
         lineage(root, "no-such-run")
+
+
+def test_model_whose_weights_differ_from_the_lock_is_not_presented_as_its_model(repo):
+    from mlflow.tracking import MlflowClient
+
+    root, (first, second) = repo
+    client = MlflowClient(tracking_uri=f"sqlite:///{root / 'mlflow.db'}")
+    client.create_registered_model("m")
+    trained = {"train.precision": "bfloat16", "train.device": "cpu", "train.cpu": "Xeon",
+               "train.cpu_bf16_units": "avx512_bf16,amx_bf16"}
+    same = {"git.commit": second, "dvc.dep.data/tokens": "tok-b.dir", "dvc.out.data/model": "model-b.dir", **trained}
+    client.create_model_version("m", source=str(root), tags=same)
+    text = lineage(root, "models:/m/1")
+    assert "warning" not in text and "not this model's" not in text and f"git checkout {second} && dvc pull" in text
+    # same data, weights trained elsewhere (the demo on a CPU with bf16 units against a committed fp32 lock)
+    client.create_model_version("m", source=str(root), tags={**same, "dvc.out.data/model": "b0168.dir"})
+    text = lineage(root, "models:/m/2")
+    assert f"git commit {second}" in text
+    assert "warning: this model's data/model is b0168.dir, but this dvc.lock records model-b.dir" in text
+    assert "model-b.dir   <- dvc.lock's, not this model's" in text
+    assert "precision bfloat16" in text and "cpu_bf16_units avx512_bf16,amx_bf16" in text
+    assert "&& dvc pull" not in text and f"git checkout {second} && dvc repro pretrain" in text
+    # its own weights match the older commit's lock: lineage picks that commit
+    client.create_model_version("m", source=str(root), tags={**same, "dvc.out.data/model": "model-a.dir",
+                                                             "dvc.dep.data/tokens": "tok-a.dir", "git.commit": first})
+    text = lineage(root, "models:/m/3")
+    assert f"git commit {first}" in text and "warning" not in text
+
+
+MAKE_OUTS = r'''
+import sys
+from pathlib import Path
+import numpy as np
+from llmpipe.tokens.shards import ShardWriter, write_manifest
+
+out = Path("data/tokens")
+out.mkdir(parents=True)
+rng = np.random.default_rng(0)
+shards = []
+for split, n_docs in (("train", 200), ("val", 20)):
+    w = ShardWriter(out, split, 4000, np.dtype(np.uint16))
+    for _ in range(n_docs):
+        start, step = rng.integers(1, 64), rng.integers(1, 4)
+        w.add([int((start + step * i) % 63) + 1 for i in range(40)] + [0])
+    shards += [{**s, "split": split} for s in w.close()]
+write_manifest(out, {"tokenizer_sha256": "t", "eot_id": 0, "vocab_size": 64, "dtype": "uint16", "shards": shards})
+# DVC 3 hashes text as is (2.x turned CRLF into LF first); nested folders are relpaths with '/'
+notes = Path("data/notes/sub/deeper")
+notes.mkdir(parents=True)
+(notes / "crlf.txt").write_bytes(b"one\r\ntwo\r\n")
+(Path("data/notes") / "b.bin").write_bytes(bytes(range(256)))
+(Path("data/notes/sub") / "a.txt").write_text("x\n")
+'''
+
+DVC_YAML = {"stages": {
+    "tokenize": {"cmd": "python make_outs.py", "deps": ["make_outs.py"], "outs": ["data/tokens", "data/notes"]},
+    "pretrain": {"cmd": "llmpipe pretrain", "deps": ["data/tokens"], "params": ["pretrain"],
+                 "outs": ["data/model", {"data/checkpoints": {"persist": True, "cache": False}}],
+                 "metrics": [{"data/metrics/pretrain.json": {"cache": False}}]},
+}}
+
+
+@pytest.mark.integration
+def test_registered_model_carries_its_dvc_hash_and_how_it_was_trained(tmp_path, monkeypatch):
+    """A real `dvc repro` trains and registers a model: its tags hold the hash dvc.lock records for
+    data/model, and the precision, device and CPU kind it was trained with."""
+    from mlflow.tracking import MlflowClient
+
+    from llmpipe.util.io import dvc_md5
+    from llmpipe.training.device import cpu_kind
+
+    root = tmp_path
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    git(root, "init", "-q")
+    git(root, "config", "user.email", "t@example.com")
+    git(root, "config", "user.name", "t")
+    (root / "make_outs.py").write_text(MAKE_OUTS)
+    (root / "dvc.yaml").write_text(yaml.safe_dump(DVC_YAML))
+    pretrain = {"model": {"n_layer": 1, "n_head": 2, "d_model": 32, "block_size": 32}, "micro_batch_size": 4,
+                "max_steps": 4, "warmup_steps": 1, "eval_interval": 2, "eval_batches": 1, "log_interval": 2,
+                "checkpoint_interval": 2, "threads": 1}
+    (root / "params.yaml").write_text(yaml.safe_dump({"pretrain": pretrain, "tracking": {"experiment": "t"}}))
+    (root / ".gitignore").write_text("/mlflow.db\n/mlartifacts/\n/data/checkpoints/\n")
+    subprocess.run(["dvc", "init", "-q"], cwd=root, check=True, capture_output=True)
+    git(root, "add", "-A")
+    git(root, "commit", "-q", "-m", "pipeline")
+    made_at = git(root, "rev-parse", "HEAD")
+    proc = subprocess.run(["dvc", "repro"], cwd=root, capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    locked = {o["path"]: o["md5"] for s in yaml.safe_load((root / "dvc.lock").read_text())["stages"].values()
+              for o in s.get("outs", []) if "md5" in o}
+    for path in ("data/notes", "data/tokens", "data/model"):  # our hash is DVC's, folder by folder
+        assert dvc_md5(root / path) == locked[path], path
+
+    client = MlflowClient(tracking_uri=f"sqlite:///{root / 'mlflow.db'}")
+    tags = client.get_model_version("llmpipe-gpt", "1").tags
+    metrics = yaml.safe_load((root / "data/metrics/pretrain.json").read_text())
+    kind = cpu_kind()
+    assert tags["dvc.out.data/model"] == locked["data/model"] == metrics["model_dvc_md5"]
+    assert tags["dvc.dep.data/tokens"] == locked["data/tokens"] and tags["git.commit"] == made_at
+    assert tags["train.precision"] == metrics["precision"] in ("bfloat16", "float32")
+    assert tags["train.device"] == "cpu" and tags["train.cpu"] == kind["cpu"] == metrics["cpu"]
+    assert tags["train.cpu_bf16_units"] == kind["cpu_bf16_units"] == metrics["cpu_bf16_units"]
+    run_tags = client.get_run(client.get_model_version("llmpipe-gpt", "1").run_id).data.tags
+    assert run_tags["dvc.out.data/model"] == locked["data/model"] and run_tags["train.cpu"] == kind["cpu"]
+
+    git(root, "add", "dvc.lock")
+    git(root, "commit", "-q", "-m", "lock")
+    text = lineage(root, "models:/llmpipe-gpt/1")
+    assert f"git commit {git(root, 'rev-parse', 'HEAD')}" in text and "warning" not in text

@@ -6,14 +6,30 @@ numbers, so a typo or a wrong value stops the run with a message naming the key 
 
 from __future__ import annotations
 
+import zoneinfo
+import codecs
 from pathlib import Path
-from typing import Any
+from typing import Annotated, Any
 
 import yaml
-from pydantic import BaseModel, ConfigDict, ValidationError
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, ValidationError
 
-# Seeds go to numpy's generators and torch.manual_seed: both take 0 <= seed < 2**32 everywhere.
-SEED_MAX = 2**32 - 1
+
+
+def known(lookup, what: str):
+    """A validator: the value must be one `lookup` (codecs.lookup, zoneinfo.ZoneInfo) accepts."""
+    def check(value: str) -> str:
+        try:
+            lookup(value)
+        except Exception:  # noqa: BLE001 - LookupError, ZoneInfoNotFoundError, ValueError
+            raise ValueError(f"unknown {what} {value!r}") from None
+        return value
+    return AfterValidator(check)
+
+
+# numpy's generators refuse negative seeds; datasketch's RandomState (dedup) also those >= 2**32.
+Seed = Annotated[int, Field(ge=0, lt=2**32)]
+NgramSize = Annotated[int, Field(ge=1, le=64)]
 
 
 class ParamsError(ValueError):

@@ -6,7 +6,7 @@ from typing import Annotated
 
 from pydantic import Field
 
-from llmpipe.config.base import SEED_MAX, Section
+from llmpipe.config.base import NgramSize, Seed, Section, known
 
 
 class BoilerplateParams(Section):
@@ -24,7 +24,7 @@ class DedupParams(Section):
     shingle_size: Annotated[int, Field(ge=1, le=32)] = 5
     bands: Annotated[int, Field(ge=1, le=1024)] = 14
     rows: Annotated[int, Field(ge=1, le=64)] = 8
-    seed: Annotated[int, Field(ge=0, le=SEED_MAX)] = 1
+    seed: Seed = 1
     # Confirm each LSH candidate pair by the exact Jaccard of its shingle sets (raises precision).
     verify: bool = True
     jaccard_threshold: Annotated[float, Field(gt=0.0, le=1.0)] = 0.75

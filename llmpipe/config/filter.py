@@ -44,9 +44,9 @@ class RepetitionRule(Rule):
     max_dup_paragraph_fraction: Annotated[float, Field(ge=0, le=1)] = 0.3
     max_dup_line_char_fraction: Annotated[float, Field(ge=0, le=1)] = 0.2
     max_dup_paragraph_char_fraction: Annotated[float, Field(ge=0, le=1)] = 0.2
-    top_ngram_max_fraction: dict[int, Annotated[float, Field(ge=0, le=1)]] = Field(
+    top_ngram_max_fraction: dict[NgramSize, Annotated[float, Field(ge=0, le=1)]] = Field(
         default_factory=lambda: {2: 0.20, 3: 0.18, 4: 0.16})
-    dup_ngram_max_fraction: dict[int, Annotated[float, Field(ge=0, le=1)]] = Field(
+    dup_ngram_max_fraction: dict[NgramSize, Annotated[float, Field(ge=0, le=1)]] = Field(
         default_factory=lambda: {5: 0.15, 6: 0.14, 7: 0.13, 8: 0.12, 9: 0.11, 10: 0.10})
 
 

@@ -4,6 +4,7 @@ are no stage's DVC params."""
 
 from __future__ import annotations
 
+import zoneinfo
 from typing import Annotated
 
 from pydantic import Field, model_validator
@@ -32,7 +33,7 @@ class ScheduleParams(Section):
 
     name: str = Field(default="llmpipe-scheduled", min_length=1)
     cron: str = "0 3 * * *"
-    timezone: str = "UTC"
+    timezone: Annotated[str, known(zoneinfo.ZoneInfo, "time zone")] = "UTC"
     parameters: dict[str, object] = Field(default_factory=dict)
 
     @model_validator(mode="after")

@@ -7,7 +7,7 @@ from typing import Annotated, Literal
 
 from pydantic import Field, model_validator
 
-from llmpipe.config.base import SEED_MAX, Section
+from llmpipe.config.base import NgramSize, Seed, Section, known
 
 
 class ModelParams(Section):
@@ -72,7 +72,7 @@ class PretrainParams(Section):
     beta1: Annotated[float, Field(ge=0.0, lt=1.0)] = 0.9
     beta2: Annotated[float, Field(ge=0.0, lt=1.0)] = 0.95
     grad_clip: Annotated[float, Field(ge=0.0)] = 1.0
-    seed: Annotated[int, Field(ge=0, le=SEED_MAX)] = 1337
+    seed: Seed = 1337
     device: Literal["auto", "cpu", "cuda"] = "auto"
     # auto: bf16 autocast on CUDA and on CPUs with native bf16 matrix units, fp32 elsewhere.
     precision: Literal["auto", "bf16", "fp32"] = "auto"

@@ -6,7 +6,7 @@ from typing import Annotated
 
 from pydantic import Field
 
-from llmpipe.config.base import SEED_MAX, Section
+from llmpipe.config.base import NgramSize, Seed, Section, known
 
 
 class SampleParams(Section):
@@ -15,7 +15,7 @@ class SampleParams(Section):
     temperature: Annotated[float, Field(ge=0.0, le=10.0)] = 0.8
     top_k: Annotated[int, Field(ge=0)] = 50
     top_p: Annotated[float, Field(gt=0.0, le=1.0)] = 1.0
-    seed: Annotated[int, Field(ge=0, le=SEED_MAX)] = 1
+    seed: Seed = 1
     # Generation also stops when one of these strings appears (it is not included in the output).
     stop: list[Annotated[str, Field(min_length=1)]] = Field(default_factory=list)
     # torch.compile the per-token step: about 2.5x faster per token on CPU, after a compile of about a

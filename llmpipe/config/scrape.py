@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import codecs
 from typing import Annotated, Literal
 
 from pydantic import Field, model_validator
@@ -25,7 +26,7 @@ class LocalSource(Section):
 
     kind: Literal["local"] = "local"
     paths: list[str] = Field(min_length=1)
-    encoding: str = "utf-8"
+    encoding: Annotated[str, known(codecs.lookup, "text encoding")] = "utf-8"
     text_field: str = "text"  # the field of .jsonl records and the column of .parquet files
     files_per_shard: Annotated[int, Field(ge=1)] = 64  # files read by one task
 

@@ -6,14 +6,14 @@ from typing import Annotated
 
 from pydantic import Field
 
-from llmpipe.config.base import SEED_MAX, Section
+from llmpipe.config.base import NgramSize, Seed, Section, known
 
 
 class SplitParams(Section):
     """Train/val split by document, deterministic from the document id (shared by two stages)."""
 
     val_fraction: Annotated[float, Field(gt=0.0, lt=1.0)] = 0.1
-    seed: Annotated[int, Field(ge=0, le=SEED_MAX)] = 0
+    seed: Seed = 0
 
 
 class TokenizerParams(Section):

@@ -5,7 +5,9 @@ A target is the workspace (no argument), a git revision, an MLflow run id, or a 
 version `models:/<name>/<version>`; the last two are resolved to the git commit they were tagged with.
 The hashes the run recorded itself (tags `dvc.dep.<path>`) pick the commit whose dvc.lock holds them
 (the run's own commit, or the first later one that committed its dvc.lock); when none does, the
-output says so.
+output says so. A model records its own weights' DVC hash (tag `dvc.out.data/model`) and how it was
+trained (`train.*`); when the chosen dvc.lock names other weights (the same data trained on another
+machine or in another precision), the output says so instead of presenting that model as this one.
 """
 
 from __future__ import annotations
@@ -53,17 +55,31 @@ def chain(lock: dict) -> list[dict]:
     return rows
 
 
-def render(target: str, commit: str | None, lock: dict, recorded: dict[str, str] | None = None) -> str:
+def render(target: str, commit: str | None, lock: dict, recorded: dict[str, str] | None = None,
+           made: dict[str, str] | None = None, trained: dict[str, str] | None = None) -> str:
+    """`made`: {out path: md5} of the target's own outputs (its weights); `trained`: how they were made
+    (precision, device, CPU kind), from the tags of a run or model version."""
     lines = [f"lineage of {target}" + (f" (git commit {commit})" if commit else " (workspace)")]
     known = outputs(lock)
+    others = {path: md5 for path, md5 in (made or {}).items() if known.get(path) != md5}
     for row in chain(lock):
         for i, (path, md5) in enumerate(row["outs"] or [("(not run)", "")]):
-            lines.append(f"  {row['stage'] if i == 0 else '':10} {path:34} {md5}")
+            note = "   <- dvc.lock's, not this model's (see below)" if path in others else ""
+            lines.append(f"  {row['stage'] if i == 0 else '':10} {path:34} {md5}{note}")
     for path, md5 in sorted((recorded or {}).items()):
         if known.get(path) != md5:
             lines.append(f"  warning: the run recorded {path} {md5}, but this dvc.lock has {known.get(path)}: "
                          f"dvc.lock was not committed after that run")
-    if commit:
+    for path, md5 in sorted(others.items()):
+        how = ", ".join(f"{k} {v}" for k, v in sorted((trained or {}).items())) or "not recorded"
+        lines += [f"  warning: this model's {path} is {md5}, but this dvc.lock records {known.get(path)}: the lock "
+                  f"names another model, made from the same data on another machine, CPU kind or precision "
+                  f"(weights differ between them) or by a run whose dvc.lock was never committed.",
+                  f"  this model was trained with: {how}; its own files are the MLflow artifacts of {target}."]
+    if commit and others:
+        lines.append(f"rebuild: git checkout {commit} && dvc repro pretrain   (retrains on that data; not "
+                     f"`dvc pull`, which would fetch the other model)")
+    elif commit:
         lines.append(f"rebuild: git checkout {commit} && dvc pull   (or dvc repro, which recomputes)")
     return "\n".join(lines)
 
@@ -78,17 +94,26 @@ def _matches(lock: dict, recorded: dict[str, str]) -> bool:
     return all(known.get(path) == md5 for path, md5 in recorded.items())
 
 
-def commit_recording(root: Path, commit: str, recorded: dict[str, str]) -> str:
-    """`commit`, or the first later commit whose dvc.lock holds the hashes the run recorded (a run's
-    dvc.lock is usually committed right after it)."""
-    if _matches(read_lock(root, commit), recorded):
-        return commit
+def _commit_holding(root: Path, commit: str, recorded: dict[str, str]) -> str | None:
+    try:
+        if _matches(read_lock(root, commit), recorded):
+            return commit
+    except InputError:  # the run's commit had no dvc.lock yet (the first run of a new repository)
+        pass
     log = subprocess.run(["git", "log", "--reverse", "--format=%H", f"{commit}..HEAD", "--", "dvc.lock"],
                          cwd=root, capture_output=True, text=True)
     for later in log.stdout.split():
         if _matches(read_lock(root, later), recorded):
             return later
-    return commit
+    return None
+
+
+def commit_recording(root: Path, commit: str, recorded: dict[str, str], made: dict[str, str] | None = None) -> str:
+    """`commit`, or the first later commit whose dvc.lock holds the hashes the run recorded (a run's
+    dvc.lock is usually committed right after it): best one that also holds the run's own outputs."""
+    if made and (found := _commit_holding(root, commit, {**recorded, **made})):
+        return found
+    return _commit_holding(root, commit, recorded) or commit
 
 
 def lineage(root: Path, target: str | None) -> str:
@@ -96,13 +121,15 @@ def lineage(root: Path, target: str | None) -> str:
     if target is None:
         return render("the workspace", None, read_lock(root))
     commit = resolve_commit(root, target)
-    recorded: dict[str, str] = {}
     if commit is None:  # not a git revision: an MLflow run or registered model version
         from llmpipe.ops.tracking import recorded_lineage
 
-        commit, recorded = recorded_lineage(root, target)
-        commit = commit_recording(root, commit, recorded)
-    return render(target, commit, read_lock(root, commit), recorded)
+        commit, recorded, tags = recorded_lineage(root, target)
+        made = {k.removeprefix("dvc.out."): v for k, v in tags.items() if k.startswith("dvc.out.")}
+        trained = {k.removeprefix("train."): v for k, v in tags.items() if k.startswith("train.")}
+        commit = commit_recording(root, commit, recorded, made)
+        return render(target, commit, read_lock(root, commit), recorded, made, trained)
+    return render(target, commit, read_lock(root, commit))
 
 
 def command(args) -> None:

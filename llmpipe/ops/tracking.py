@@ -199,9 +199,9 @@ def start_stage_run(root: Path, experiment: str, stage: str, params: dict[str, A
     return tracker
 
 
-def recorded_lineage(root: Path, target: str) -> tuple[str, dict[str, str]]:
-    """(git commit, {path: md5} of the data it read) recorded on an MLflow run id or on a registered
-    model version `models:/<name>/<version>`."""
+def recorded_lineage(root: Path, target: str) -> tuple[str, dict[str, str], dict[str, str]]:
+    """(git commit, {path: md5} of the data it read, all its tags) recorded on an MLflow run id or on a
+    registered model version `models:/<name>/<version>`."""
     from mlflow.exceptions import MlflowException
     from mlflow.tracking import MlflowClient
 
@@ -219,4 +219,4 @@ def recorded_lineage(root: Path, target: str) -> tuple[str, dict[str, str]]:
     commit = tags.get("git.commit")
     if not commit or commit == "unknown":
         raise InputError(f"{target}: has no git.commit tag; it was not made from a git checkout")
-    return commit, {k.removeprefix("dvc.dep."): v for k, v in tags.items() if k.startswith("dvc.dep.")}
+    return commit, {k.removeprefix("dvc.dep."): v for k, v in tags.items() if k.startswith("dvc.dep.")}, dict(tags)

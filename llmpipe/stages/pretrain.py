@@ -7,7 +7,7 @@ import logging
 import time
 from pathlib import Path
 
-from llmpipe.util.io import atomic_path, dvc_lock_out_hashes
+from llmpipe.util.io import atomic_path, dvc_lock_out_hashes, dvc_md5
 from llmpipe.util.plots import loss_curve_png
 from llmpipe.tokens.shards import MANIFEST, load_manifest
 from llmpipe.training.parallel import is_main_process
@@ -44,6 +44,10 @@ def run(params: StageParams, root: Path, sink=None) -> StageResult:
         return StageResult(metrics)
     save_model(result.model, root / STAGE.out("model"), extra={"eot_id": manifest.eot_id,
                                                          "tokenizer_sha256": manifest.data["tokenizer_sha256"]})
+    # The weights' own version, as DVC will record it in dvc.lock: the registered model carries it, so
+    # lineage can tell this model from one a committed dvc.lock names (trained elsewhere, or in another
+    # precision: weights differ between CPU kinds and precisions).
+    metrics["model_dvc_md5"] = dvc_md5(root / STAGE.out("model"))
     write_tsv(root / STAGE.out("train"), result.history["train"], TRAIN_COLUMNS)
     write_tsv(root / STAGE.out("val"), result.history["val"], VAL_COLUMNS)
     loss_curve_png(result.history["train"], result.history["val"], root / STAGE.out("loss_png"),

@@ -72,8 +72,14 @@ def run_stage(name: str, params_path: Path, root: Path) -> dict:
     if result.model_dir is not None:
         from llmpipe.ops.tracking import dvc_lineage_tags, git_commit
 
-        # The model version links back to the data and code that made it.
-        lineage = {**dvc_lineage_tags(root, name), "git.commit": git_commit(root) or "unknown"}
+        # The model version links back to the data and code that made it, and names its own weights
+        # (DVC's hash of the model folder) and what they depend on beyond params and data.
+        model_path = result.model_dir.relative_to(root).as_posix()
+        own = {f"dvc.out.{model_path}": result.metrics.get("model_dvc_md5"),
+               **{f"train.{k}": result.metrics.get(k) for k in ("precision", "device", "cpu", "cpu_bf16_units", "gpu")}}
+        own = {k: str(v) for k, v in own.items() if v is not None}
+        tracker.set_tags(own)
+        lineage = {**dvc_lineage_tags(root, name), "git.commit": git_commit(root) or "unknown", **own}
         version = tracker.log_model(result.model_dir, experiment.registered_model, lineage)
         if version:
             log.info("registered model %s version %s", experiment.registered_model, version)

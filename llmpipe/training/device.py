@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import platform
 from pathlib import Path
 
 import torch
@@ -22,6 +23,20 @@ def cpu_has_native_bf16() -> bool:
     except OSError:
         return False
     return "avx512_bf16" in flags or "amx_bf16" in flags
+
+
+def cpu_kind() -> dict[str, str]:
+    """What the weights depend on besides params and data: the CPU model and its bf16 units (a model
+    trained on another CPU kind, or in another precision, has other weights and another DVC hash)."""
+    try:
+        info = Path("/proc/cpuinfo").read_text()
+    except OSError:
+        info = ""
+    name = next((line.split(":", 1)[1].strip() for line in info.splitlines() if line.startswith("model name")),
+                platform.processor() or platform.machine() or "unknown")
+    flags = next((line.split(":", 1)[1].split() for line in info.splitlines() if line.startswith("flags")), [])
+    units = [f for f in ("avx512_bf16", "amx_bf16") if f in flags]
+    return {"cpu": name, "cpu_bf16_units": ",".join(units) or "none"}
 
 
 def resolve_device(cfg: PretrainParams, local_rank: int = 0) -> torch.device:

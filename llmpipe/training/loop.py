@@ -21,7 +21,7 @@ from llmpipe.model.gpt import GPT, GPTConfig
 from llmpipe.model.weights import load_weights
 from llmpipe.tokens.loader import TokenData
 from llmpipe.training.checkpoint import load_checkpoint, save_checkpoint
-from llmpipe.training.device import peak_flops, resolve_device, resolve_dtype
+from llmpipe.training.device import cpu_kind, peak_flops, resolve_device, resolve_dtype
 from llmpipe.training.optim import accumulation_steps, lr_at, make_optimizer
 from llmpipe.training.parallel import (Dist, all_finite, full, gather_model_state, gather_optimizer_state,
                                        init_distributed, set_grad_sync, shard, wrap)
@@ -168,7 +168,10 @@ def train(cfg: PretrainParams, token_dir: Path, ckpt_dir: Path, vocab_size: int,
     final_step = step
     metrics = {"steps": final_step, "tokens": final_step * tokens_per_step,
                "params": model.num_params(), "flops_per_token": model.flops_per_token(),
-               "precision": str(dtype).removeprefix("torch."), "device": device.type, "world_size": ddp.world}
+               "precision": str(dtype).removeprefix("torch."), "device": device.type, "world_size": ddp.world,
+               **cpu_kind()}
+    if device.type == "cuda":
+        metrics["gpu"] = torch.cuda.get_device_name(device)
     if history["train"]:
         metrics["final_train_loss"] = history["train"][-1]["loss"]
         metrics["tokens_per_s"] = round(sum(r["tokens_per_s"] for r in history["train"]) / len(history["train"]), 1)

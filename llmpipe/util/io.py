@@ -32,6 +32,25 @@ def _fsync_dir(path: Path) -> None:
             os.close(fd)
 
 
+def current_umask() -> int:
+    """The process umask, read without changing it (os.umask sets it too, racing other threads)."""
+    with contextlib.suppress(OSError, ValueError):
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith("Umask:"):
+                return int(line.split()[1], 8)
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
+
+
+def apply_default_mode(path: Path, directory: bool = False) -> None:
+    """Give `path` the mode an ordinary open()/mkdir() would: 0666 (0777 for folders and executables)
+    less the umask. mkstemp, mkdtemp and safetensors' writer create 0600/0700, which would hide an
+    output from the other users the umask lets read it."""
+    executable = directory or bool(os.stat(path).st_mode & 0o100)
+    os.chmod(path, (0o777 if executable else 0o666) & ~current_umask())
+
+
 def remove_stale_temps(dest: Path) -> None:
     """Delete what a killed writer of `dest` left beside it (SIGKILL skips every `finally`). Only one
     writer of a given output runs at a time (DVC's workspace lock), so these are never in use."""
@@ -49,9 +68,10 @@ def atomic_path(dest: Path | str) -> Iterator[Path]:
     fd, tmp = tempfile.mkstemp(prefix=f".{dest.name}.", suffix=".tmp", dir=dest.parent)
     os.close(fd)
     tmp_path = Path(tmp)
-    os.chmod(tmp_path, 0o644)  # mkstemp creates 0600; outputs are ordinary readable files
     try:
         yield tmp_path
+        # After the writer: some (safetensors) replace the file rather than write into it.
+        apply_default_mode(tmp_path)
         with open(tmp_path, "rb+") as f:
             os.fsync(f.fileno())
         os.replace(tmp_path, dest)
@@ -67,9 +87,16 @@ def atomic_dir(dest: Path | str) -> Iterator[Path]:
     dest.parent.mkdir(parents=True, exist_ok=True)
     remove_stale_temps(dest)
     tmp = Path(tempfile.mkdtemp(prefix=f".{dest.name}.", suffix=".tmp", dir=dest.parent))
-    os.chmod(tmp, 0o755)
     try:
         yield tmp
+        for sub, dirs, files in os.walk(tmp):  # what the writer put there, whatever made it
+            for name in files:
+                if not os.path.islink(os.path.join(sub, name)):
+                    apply_default_mode(Path(sub, name))
+            for name in dirs:
+                if not os.path.islink(os.path.join(sub, name)):
+                    apply_default_mode(Path(sub, name), directory=True)
+        apply_default_mode(tmp, directory=True)
         old = None
         if dest.exists():
             old = dest.with_name(f".{dest.name}.old")
@@ -186,6 +213,28 @@ def read_safetensors(path: Path | str) -> dict:
     except (SafetensorError, OSError) as err:
         raise InputError(f"{path}: not a safetensors file ({err}); weights and training state are "
                          "never read from pickles") from None
+
+
+def file_md5(path: Path | str, chunk: int = 1 << 20) -> str:
+    h = hashlib.md5(usedforsecurity=False)
+    with open(path, "rb") as f:
+        while block := f.read(chunk):
+            h.update(block)
+    return h.hexdigest()
+
+
+def dvc_md5(path: Path | str) -> str:
+    """The hash DVC 3 records in dvc.lock for an out (`hash: md5`), so a model can be compared with a
+    lock: a file's plain md5 (DVC 3 dropped 2.x's dos2unix for text); for a folder, the md5 of the JSON
+    list of {"md5", "relpath"} of its files, sorted by relpath, keys sorted, json.dumps' default
+    separators, plus ".dir". (.dvcignore is not applied: no out of this project is filtered by one.)"""
+    path = Path(path)
+    if not path.is_dir():
+        return file_md5(path)
+    entries = [{"md5": file_md5(p), "relpath": p.relative_to(path).as_posix()}
+               for p in path.rglob("*") if p.is_file()]
+    entries.sort(key=lambda e: e["relpath"])
+    return hashlib.md5(json.dumps(entries, sort_keys=True).encode("utf-8"), usedforsecurity=False).hexdigest() + ".dir"
 
 
 def file_sha256(path: Path | str, chunk: int = 1 << 20) -> str:
