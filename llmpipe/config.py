@@ -91,6 +91,7 @@ class ScrapeParams(Section):
     # HTML main-text extraction: trafilatura (the quality reference) or resiliparse (~25x faster).
     extractor: Literal["trafilatura", "resiliparse"] = "trafilatura"
     extract_timeout_s: Annotated[float, Field(gt=0.0)] = 10.0  # an extraction taking longer is abandoned
+    buffer_bytes: Annotated[int, Field(ge=1024, le=1_000_000_000)] = 128_000_000  # text per row group written
 
 
 class ScaleParams(Section):
@@ -176,6 +177,7 @@ class FilterParams(Section):
     min_lang_score: Annotated[float, Field(ge=0.0, le=1.0)] = 0.5
     min_chars: Annotated[int, Field(ge=0)] = 200
     shard_docs: Annotated[int, Field(ge=1)] = 20_000  # documents filtered by one task (bounds memory)
+    buffer_bytes: Annotated[int, Field(ge=1024, le=1_000_000_000)] = 128_000_000  # ... and their bytes at once
     # Language ID reads this many characters from each document: enough for a confident
     # decision, bounded so a 50 MB document costs no more than a 10 KB one.
     lid_sample_chars: Annotated[int, Field(ge=100)] = 10_000
@@ -206,6 +208,7 @@ class DedupParams(Section):
     verify: bool = True
     jaccard_threshold: Annotated[float, Field(gt=0.0, le=1.0)] = 0.75
     shard_docs: Annotated[int, Field(ge=1)] = 10_000  # documents read and hashed at once (bounds memory)
+    shard_bytes: Annotated[int, Field(ge=1024, le=1_000_000_000)] = 64_000_000  # ... and their bytes at once
     workers: Annotated[int, Field(ge=0, le=1024)] = 0  # processes hashing shards in parallel; 0: one per core
     report_examples: Annotated[int, Field(ge=0)] = 10  # removed pairs listed in report.json
     # The index (data/dedup/index of an earlier run, copied aside) of a corpus accepted before: new

@@ -18,7 +18,7 @@ from tokenizers import Tokenizer, decoders, models, normalizers, pre_tokenizers,
 
 from .. import layout
 from ..config import Params, SplitParams, TokenizerParams
-from ..io import InputError, atomic_path
+from ..io import InputError, atomic_path, iter_parquet_batches
 from ..tokens import EOT, parquet_val_mask
 from .base import StageResult
 
@@ -54,15 +54,17 @@ def token_byte_lengths(tok: Tokenizer) -> np.ndarray:
     return lengths
 
 
-def iter_split_texts(path: Path, split: SplitParams, want_val: bool, batch_rows: int = 64) -> Iterator[str]:
-    """Stream the texts of one split from a Parquet file without loading the corpus whole."""
+def iter_split_texts(path: Path, split: SplitParams, want_val: bool, batch_rows: int = 64,
+                     batch_bytes: int = 32_000_000) -> Iterator[str]:
+    """Stream the texts of one split from a Parquet file without loading the corpus whole (reads of at
+    most batch_rows documents and about batch_bytes, whatever the documents' sizes)."""
     try:
         pf = pq.ParquetFile(path)
     except FileNotFoundError:
         raise InputError(f"{path}: file not found (did the dedup stage run?)") from None
     mask = parquet_val_mask(pf, split.val_fraction, split.seed)
     row = 0
-    for batch in pf.iter_batches(batch_size=batch_rows, columns=["text"]):
+    for batch in iter_parquet_batches(path, batch_rows, ["text"], max_bytes=batch_bytes):
         for text in batch.column("text").to_pylist():
             if bool(mask[row]) == want_val:
                 yield text
