@@ -135,7 +135,8 @@ def iter_parquet_batches(path: Path | str, batch_size: int, columns: list[str] |
 
     A row group is read a few rows at a time, as many as its metadata says fit in max_bytes, so a row
     group written by an older run with a thousand 40 MB rows is not decoded whole; consecutive small
-    reads are then joined again up to the bounds."""
+    reads are then joined again up to the bounds. Rows far larger than their row group's average can
+    exceed max_bytes: the stages' writers cut row groups by bytes, so their groups are small anyway."""
     import pyarrow as pa
     import pyarrow.parquet as pq
 
