@@ -36,6 +36,7 @@ class DedupParams(Section):
     # matches (>= jaccard_threshold) the kept document it is removed for.
     clusters: Literal["transitive", "direct"] = "transitive"
     shard_docs: Annotated[int, Field(ge=1)] = 10_000  # documents read and hashed at once (bounds memory)
+    shard_bytes: Annotated[int, Field(ge=1024, le=1_000_000_000)] = 64_000_000  # ... and their bytes at once
     workers: Annotated[int, Field(ge=0, le=1024)] = 0  # processes hashing shards in parallel; 0: one per core
     report_examples: Annotated[int, Field(ge=0)] = 10  # removed pairs listed in report.json
     # The index (data/dedup/index of an earlier run, copied aside) of a corpus accepted before: new

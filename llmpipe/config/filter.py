@@ -83,6 +83,7 @@ class FilterParams(Section):
     min_lang_score: Annotated[float, Field(ge=0.0, le=1.0)] = 0.5
     min_chars: Annotated[int, Field(ge=0)] = 200
     shard_docs: Annotated[int, Field(ge=1)] = 20_000  # documents filtered by one task (bounds memory)
+    buffer_bytes: Annotated[int, Field(ge=1024, le=1_000_000_000)] = 128_000_000  # ... and their bytes at once
     # Language ID reads this many characters from each document: enough for a confident
     # decision, bounded so a 50 MB document costs no more than a 10 KB one.
     lid_sample_chars: Annotated[int, Field(ge=100)] = 10_000

@@ -77,6 +77,7 @@ class ScrapeParams(Section):
     # HTML main-text extraction: trafilatura (the quality reference) or resiliparse (~25x faster).
     extractor: Literal["trafilatura", "resiliparse"] = "trafilatura"
     extract_timeout_s: Annotated[float, Field(gt=0.0)] = 10.0  # an extraction taking longer is abandoned
+    buffer_bytes: Annotated[int, Field(ge=1024, le=1_000_000_000)] = 128_000_000  # text per row group written
     # Archives (and .gz layers) nested inside archives are opened to this many levels; deeper ones are
     # counted as nested_too_deep. Small: real corpora nest 1-2 levels, hostile files nest hundreds.
     max_archive_depth: Annotated[int, Field(ge=1, le=16)] = 3

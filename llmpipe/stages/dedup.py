@@ -46,7 +46,7 @@ import xxhash
 
 from llmpipe.config.dedup import DedupParams
 from llmpipe.util.io import (InputError, atomic_dir, atomic_path, iter_parquet_batches, parquet_schema, read_json,
-                             require_columns, write_json, write_parquet)
+                             require_columns, stats_columns, write_json, write_parquet)
 from llmpipe.data.minhash import ShingleHasher, UnionFind, band_keys, candidate_pairs, jaccard, signatures_flat
 from llmpipe.stages.registry import StageParams, StageResult, stage
 
@@ -353,17 +353,22 @@ def dedup_documents(df: pd.DataFrame, cfg: DedupParams, reference: DedupIndex | 
 # --- the stage: Parquet in, Parquet out, shard by shard ------------------------------------------
 
 
-def parquet_batches(path: Path, shard_docs: int) -> Batches:
+def parquet_batches(path: Path, shard_docs: int, shard_bytes: int | None = None) -> Batches:
+    """Shards of at most shard_docs documents and about shard_bytes of text (a shard of a few huge
+    documents is as small in memory as one of many short ones)."""
     require_columns(pd.DataFrame(columns=parquet_schema(path).names), ["id", "text"], path)
-    return lambda: (b.to_pandas() for b in iter_parquet_batches(path, shard_docs, ["id", "text"]))
+    return lambda: (b.to_pandas() for b in iter_parquet_batches(path, shard_docs, ["id", "text"],
+                                                                   max_bytes=shard_bytes))
 
 
 def write_kept(src: Path, dest: Path, removed: set[int], shard_docs: int,
-               transform: Callable[[str], str] | None) -> None:
-    """Pass 3: copy the documents that stay (all columns), shard by shard, to `dest` atomically."""
+               transform: Callable[[str], str] | None, shard_bytes: int | None = None) -> None:
+    """Pass 3: copy the documents that stay (all columns), shard by shard (one row group each, so a
+    reader of `dest` is bounded too), to `dest` atomically."""
     row = 0
-    with atomic_path(dest) as tmp, pq.ParquetWriter(tmp, parquet_schema(src)) as writer:
-        for batch in iter_parquet_batches(src, shard_docs):
+    schema = parquet_schema(src)
+    with atomic_path(dest) as tmp, pq.ParquetWriter(tmp, schema, write_statistics=stats_columns(schema)) as writer:
+        for batch in iter_parquet_batches(src, shard_docs, max_bytes=shard_bytes):
             keep = np.array([row + i not in removed for i in range(batch.num_rows)], dtype=bool)
             row += batch.num_rows
             table = pa.Table.from_batches([batch]).filter(pa.array(keep))
@@ -379,7 +384,7 @@ def run(params: StageParams, root: Path, sink=None) -> StageResult:
     src = root / STAGE.inp("docs")
     if not src.exists():
         raise InputError(f"{src}: not found (did the filter stage run?)")
-    batches = parquet_batches(src, cfg.shard_docs)
+    batches = parquet_batches(src, cfg.shard_docs, cfg.shard_bytes)
     drop = frozenset(boilerplate_lines(batches, cfg)) if cfg.boilerplate.enabled else frozenset()
     transform = (lambda t: strip_lines(t, drop)) if drop else None
     reference = DedupIndex.load(root / cfg.reference_index, cfg) if cfg.reference_index else None
@@ -389,7 +394,7 @@ def run(params: StageParams, root: Path, sink=None) -> StageResult:
     if d.stats["docs_in"] == 0:
         raise InputError(f"{src}: no documents")
     write_parquet(root / STAGE.out("removed"), removed_table(d))
-    write_kept(src, root / STAGE.out("docs"), set(d.removed), cfg.shard_docs, transform)
+    write_kept(src, root / STAGE.out("docs"), set(d.removed), cfg.shard_docs, transform, cfg.shard_bytes)
     report = {**d.report, "boilerplate_lines": len(drop)}
     write_json(root / STAGE.out("report"), report)
     stats = {**d.stats, "boilerplate_lines": len(drop), "seconds": round(time.perf_counter() - t0, 3),

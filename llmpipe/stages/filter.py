@@ -14,7 +14,7 @@ from tqdm import tqdm
 
 from llmpipe.config.filter import FilterParams
 from llmpipe.util.io import (InputError, atomic_dir, atomic_path, iter_parquet_batches, parquet_parts,
-                             require_columns, write_json)
+                             require_columns, stats_columns, write_json)
 from llmpipe.data.quality import RULES, first_failure
 from llmpipe.util.executors import map_shards
 from llmpipe.data.text import identify_language, wanted_languages
@@ -76,14 +76,15 @@ def _merge_reports(total: dict, part: dict, examples_per_rule: int) -> None:
 
 
 def filter_part(job: tuple[Path, Path], cfg: FilterParams) -> tuple[dict, dict]:
-    """One shard: filter a scrape part batch by batch (filter.shard_docs rows in memory) into a part of
-    the same name. Returns (stats, report) for merging."""
+    """One shard: filter a scrape part batch by batch (at most filter.shard_docs rows and about
+    filter.buffer_bytes of data in memory, so a batch of huge documents stays small) into a part of the
+    same name, one row group per batch. Returns (stats, report) for merging."""
     src, dest = job
     stats: dict = {}
     report: dict = {}
     with atomic_path(dest) as tmp:
         writer = None
-        for batch in iter_parquet_batches(src, cfg.shard_docs):
+        for batch in iter_parquet_batches(src, cfg.shard_docs, max_bytes=cfg.buffer_bytes):
             df = batch.to_pandas()
             require_columns(df, ["id", "text"], src)
             kept, part_stats, part_report = filter_documents(df, cfg)
@@ -91,7 +92,7 @@ def filter_part(job: tuple[Path, Path], cfg: FilterParams) -> tuple[dict, dict]:
             _merge_reports(report, part_report, cfg.examples_per_rule)
             if writer is None:
                 schema = batch.schema.append(pa.field("lang", pa.string())).append(pa.field("score", pa.float64()))
-                writer = pq.ParquetWriter(tmp, schema, compression="zstd")
+                writer = pq.ParquetWriter(tmp, schema, compression="zstd", write_statistics=stats_columns(schema))
             writer.write_table(pa.Table.from_pandas(kept, schema=writer.schema, preserve_index=False))
         if writer is None:
             raise InputError(f"{src}: no rows")

@@ -21,7 +21,8 @@ import pyarrow.parquet as pq
 
 from llmpipe.config.scrape import ScrapeParams
 from llmpipe.data.extract import extraction_tally
-from llmpipe.util.io import InputError, atomic_dir, atomic_path, iter_parquet_batches, part_name, write_json
+from llmpipe.util.io import (InputError, atomic_dir, atomic_path, iter_parquet_batches, part_name, stats_columns,
+                             write_json)
 from llmpipe.util.executors import map_shards
 from llmpipe.data.sources import Skip, Unit, iter_unit, now_iso, plan_units
 from llmpipe.stages.registry import StageParams, StageResult, stage
@@ -32,7 +33,7 @@ STAGE = stage("scrape")
 SCHEMA = pa.schema([("id", pa.string()), ("source", pa.string()), ("path", pa.string()),
                     ("url", pa.string()), ("title", pa.string()), ("text", pa.string()),
                     ("sha256", pa.string()), ("fetched_at", pa.string())])
-WRITE_BATCH_DOCS = 1000  # rows buffered before a Parquet row group is written (bounds memory)
+WRITE_BATCH_DOCS = 1000  # rows buffered before a Parquet row group is written (with scrape.buffer_bytes)
 EXAMPLES_PER_REASON = 5
 # This many HTML pages or more, every one failing extraction with one exception type: the engine or
 # its environment is broken (a missing or mismatched dependency), not the pages.
@@ -48,12 +49,16 @@ def new_stats() -> dict:
             "extraction": Counter()}
 
 
-def collect_documents(items: Iterable[dict | Skip], max_doc_bytes: int, writer=None, stats=None) -> dict:
+def collect_documents(items: Iterable[dict | Skip], max_doc_bytes: int, writer=None, stats=None,
+                      buffer_bytes: int = 128_000_000) -> dict:
     """Core: count and keep documents. Skips, empty, oversized and repeated-id documents are counted by
-    reason (with examples); kept documents go to `writer` (a pyarrow ParquetWriter) in row groups."""
+    reason (with examples); kept documents go to `writer` (a pyarrow ParquetWriter) in row groups of at
+    most WRITE_BATCH_DOCS documents and about `buffer_bytes` of text, so that neither this buffer nor a
+    later stage reading one row group grows with the number of large documents."""
     stats = stats or new_stats()
     seen_ids: set[str] = set()
     rows: list[dict] = []
+    buffered = 0
 
     def skip(reason: str, where: str, detail: str = "") -> None:
         stats["skipped"][reason] += 1
@@ -62,9 +67,11 @@ def collect_documents(items: Iterable[dict | Skip], max_doc_bytes: int, writer=N
             examples.append({"where": where, "detail": detail})
 
     def flush() -> None:
+        nonlocal buffered
         if rows and writer is not None:
             writer.write_table(pa.Table.from_pylist(rows, schema=SCHEMA))
         rows.clear()
+        buffered = 0
 
     for item in items:
         if isinstance(item, Skip):
@@ -83,7 +90,8 @@ def collect_documents(items: Iterable[dict | Skip], max_doc_bytes: int, writer=N
             rows.append({**item, "fetched_at": item["fetched_at"] or now_iso()})
             stats["docs_out"] += 1
             stats["bytes_out"] += size
-            if len(rows) >= WRITE_BATCH_DOCS:
+            buffered += size
+            if len(rows) >= WRITE_BATCH_DOCS or buffered >= buffer_bytes:
                 flush()
     flush()
     return stats
@@ -95,8 +103,9 @@ def scrape_unit(job: tuple[int, Unit], cfg: ScrapeParams, root: Path, out_dir: P
     dest = out_dir / part_name(index)
     try:
         with atomic_path(dest) as tmp, extraction_tally() as tally:
-            with pq.ParquetWriter(tmp, SCHEMA, compression="zstd") as writer:
-                stats = collect_documents(iter_unit(unit, cfg, root), cfg.max_doc_bytes, writer)
+            with pq.ParquetWriter(tmp, SCHEMA, compression="zstd", write_statistics=stats_columns(SCHEMA)) as writer:
+                stats = collect_documents(iter_unit(unit, cfg, root), cfg.max_doc_bytes, writer,
+                                          buffer_bytes=cfg.buffer_bytes)
             stats["extraction"] = tally
     except Exception as err:
         try:
@@ -138,22 +147,28 @@ def check_extraction(stats: dict, extractor: str) -> None:
         f"`python -c 'import {extractor}'` works, then upgrade pip and re-run the setup (`pip install -e .`)")
 
 
-def drop_repeated_ids(out_dir: Path, stats: dict) -> None:
-    """Ids repeat across shards only when two sources name the same input: the later copy goes."""
+def drop_repeated_ids(out_dir: Path, stats: dict, buffer_bytes: int) -> None:
+    """Ids repeat across shards only when two sources name the same input: the later copy goes. A part
+    that holds one is rewritten row group by row group (never read whole)."""
     seen: set[str] = set()
     for part in sorted(out_dir.glob("part-*.parquet")):
         ids = [i for b in iter_parquet_batches(part, 65536, ["id"]) for i in b.column(0).to_pylist()]
         repeated = [i in seen for i in ids]
         seen.update(ids)
-        if any(repeated):
-            table = pq.read_table(part).filter(pa.array([not r for r in repeated]))
-            stats["skipped"]["duplicate_id"] += sum(repeated)
-            stats["docs_out"] -= sum(repeated)
-            if table.num_rows == 0:
-                part.unlink()
-                continue
-            with atomic_path(part) as tmp:
-                pq.write_table(table, tmp, compression="zstd")
+        if not any(repeated):
+            continue
+        stats["skipped"]["duplicate_id"] += sum(repeated)
+        stats["docs_out"] -= sum(repeated)
+        if all(repeated):
+            part.unlink()
+            continue
+        row = 0
+        with atomic_path(part) as tmp, pq.ParquetWriter(tmp, SCHEMA, compression="zstd",
+                                                        write_statistics=stats_columns(SCHEMA)) as writer:
+            for batch in iter_parquet_batches(part, WRITE_BATCH_DOCS, max_bytes=buffer_bytes):
+                keep = pa.array([not r for r in repeated[row : row + batch.num_rows]])
+                row += batch.num_rows
+                writer.write_table(pa.Table.from_batches([batch]).filter(keep))
 
 
 def run(params: StageParams, root: Path, sink=None) -> StageResult:
@@ -164,7 +179,7 @@ def run(params: StageParams, root: Path, sink=None) -> StageResult:
         shard = functools.partial(scrape_unit, cfg=cfg, root=root, out_dir=out_dir)
         stats = merge_stats(map_shards(shard, list(enumerate(units)), params.scale, "scrape"))
         check_extraction(stats, cfg.extractor)
-        drop_repeated_ids(out_dir, stats)
+        drop_repeated_ids(out_dir, stats, cfg.buffer_bytes)
         if stats["docs_out"] == 0:
             reasons = ", ".join(f"{r}: {n}" for r, n in stats["skipped"].most_common()) or "no inputs"
             raise InputError(f"scrape: no documents could be read from the sources ({reasons})")

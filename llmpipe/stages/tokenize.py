@@ -13,7 +13,7 @@ from tqdm import tqdm
 
 from llmpipe.config.tokens import SplitParams, TokenizeParams
 from llmpipe.tokens.encoder import load_encoder
-from llmpipe.util.io import InputError, atomic_dir
+from llmpipe.util.io import InputError, atomic_dir, iter_parquet_batches
 from llmpipe.tokens.bpe import EOT
 from llmpipe.tokens.shards import ShardWriter, token_dtype, tokenizer_hash, write_manifest
 from llmpipe.tokens.split import parquet_val_mask
@@ -23,10 +23,11 @@ log = logging.getLogger(__name__)
 STAGE = stage("tokenize")
 
 
-def iter_text_batches(pf, batch_bytes: int, rows: int = 256) -> Iterator[list[str]]:
-    """Documents in file order, in lists of about `batch_bytes` of text (memory stays bounded)."""
+def iter_text_batches(path: Path, batch_bytes: int, rows: int = 256) -> Iterator[list[str]]:
+    """Documents in file order, in lists of about `batch_bytes` of text. The Parquet reads are bounded
+    by bytes too (not `rows` rows whatever their size), so memory stays bounded with huge documents."""
     texts, size = [], 0
-    for batch in pf.iter_batches(batch_size=rows, columns=["text"]):
+    for batch in iter_parquet_batches(path, rows, ["text"], max_bytes=batch_bytes):
         for text in batch.column("text").to_pylist():
             texts.append(text)
             size += len(text)
@@ -63,7 +64,7 @@ def tokenize_corpus(docs_path: Path, tokenizer_path: Path, out_dir: Path, split:
     n_bytes = {"train": 0, "val": 0}
     row, encoder = 0, None
     with tqdm(total=len(mask), desc="tokenize", unit="doc", mininterval=2.0, disable=len(mask) < 100) as bar:
-        for texts in iter_text_batches(pf, cfg.batch_bytes):
+        for texts in iter_text_batches(docs_path, cfg.batch_bytes):
             if encoder is None:
                 encoder = load_encoder(tokenizer_path, cfg.workers, check_sample(texts))
             # the engines return ids in input order whatever the thread count: shards do not depend on it

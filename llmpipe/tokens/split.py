@@ -11,7 +11,7 @@ import pyarrow.parquet as pq
 import xxhash
 
 from llmpipe.config.tokens import SplitParams
-from llmpipe.util.io import InputError
+from llmpipe.util.io import InputError, iter_parquet_batches
 
 
 def val_mask(ids: list[str], val_fraction: float, seed: int) -> np.ndarray:
@@ -31,15 +31,17 @@ def parquet_val_mask(pf, val_fraction: float, seed: int) -> np.ndarray:
     return val_mask(pf.read(columns=["id"]).column("id").to_pylist(), val_fraction, seed)
 
 
-def iter_split_texts(path: Path, split: SplitParams, want_val: bool, batch_rows: int = 64) -> Iterator[str]:
-    """Stream the texts of one split from a Parquet file without loading the corpus whole."""
+def iter_split_texts(path: Path, split: SplitParams, want_val: bool, batch_rows: int = 64,
+                     batch_bytes: int = 32_000_000) -> Iterator[str]:
+    """Stream the texts of one split from a Parquet file without loading the corpus whole (reads of at
+    most batch_rows documents and about batch_bytes, whatever the documents' sizes)."""
     try:
         pf = pq.ParquetFile(path)
     except FileNotFoundError:
         raise InputError(f"{path}: file not found (did the dedup stage run?)") from None
     mask = parquet_val_mask(pf, split.val_fraction, split.seed)
     row = 0
-    for batch in pf.iter_batches(batch_size=batch_rows, columns=["text"]):
+    for batch in iter_parquet_batches(path, batch_rows, ["text"], max_bytes=batch_bytes):
         for text in batch.column("text").to_pylist():
             if bool(mask[row]) == want_val:
                 yield text
