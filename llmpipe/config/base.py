@@ -6,8 +6,6 @@ numbers, so a typo or a wrong value stops the run with a message naming the key 
 
 from __future__ import annotations
 
-import zoneinfo
-import codecs
 from pathlib import Path
 from typing import Annotated, Any
 

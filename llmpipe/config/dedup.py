@@ -2,11 +2,11 @@
 
 from __future__ import annotations
 
-from typing import Annotated
+from typing import Annotated, Literal
 
 from pydantic import Field
 
-from llmpipe.config.base import NgramSize, Seed, Section, known
+from llmpipe.config.base import Seed, Section
 
 
 class BoilerplateParams(Section):

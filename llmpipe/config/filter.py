@@ -2,11 +2,11 @@
 
 from __future__ import annotations
 
-from typing import Annotated
+from typing import Annotated, Literal
 
-from pydantic import Field
+from pydantic import Field, field_validator
 
-from llmpipe.config.base import Section
+from llmpipe.config.base import NgramSize, Section
 
 
 class Rule(Section):

@@ -9,7 +9,7 @@ from typing import Annotated
 
 from pydantic import Field, model_validator
 
-from llmpipe.config.base import Section
+from llmpipe.config.base import Section, known
 
 
 class ScaleParams(Section):

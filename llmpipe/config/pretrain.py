@@ -7,7 +7,7 @@ from typing import Annotated, Literal
 
 from pydantic import Field, model_validator
 
-from llmpipe.config.base import NgramSize, Seed, Section, known
+from llmpipe.config.base import Seed, Section
 
 
 class ModelParams(Section):

@@ -6,7 +6,7 @@ from typing import Annotated
 
 from pydantic import Field
 
-from llmpipe.config.base import NgramSize, Seed, Section, known
+from llmpipe.config.base import Seed, Section
 
 
 class SampleParams(Section):

@@ -7,7 +7,7 @@ from typing import Annotated, Literal
 
 from pydantic import Field, model_validator
 
-from llmpipe.config.base import Section
+from llmpipe.config.base import Section, known
 
 
 class DemoSource(Section):
