@@ -86,7 +86,7 @@ def main(argv: list[str] | None = None) -> int:
         if args.command in COMMANDS:
             handler(args.command)(args)
         else:
-            from llmpipe.stages.shell import run_stage
+            from llmpipe.ops.shell import run_stage
 
             metrics = run_stage(args.command, args.params, args.root)
             log.info("%s done in %.1f s", args.command, metrics.get("seconds", 0.0))

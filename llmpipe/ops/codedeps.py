@@ -15,7 +15,7 @@ from pathlib import Path
 
 PACKAGE = "llmpipe"
 NOT_CODE_DEPS = {"llmpipe.ops.tracking"}
-SHELL_ROOTS = ["llmpipe.cli", "llmpipe.stages.shell"]
+SHELL_ROOTS = ["llmpipe.cli", "llmpipe.ops.shell"]
 
 
 def module_file(root: Path, module: str) -> Path | None:

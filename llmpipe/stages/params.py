@@ -39,4 +39,4 @@ def default_params():
 
 def params_yaml(params) -> str:
     """The validated tree with every default written out, as params.yaml holds it."""
-    return yaml.safe_dump(params.model_dump(mode="json"), sort_keys=False, allow_unicode=True, width=110)
+    return yaml.safe_dump(params.model_dump(), sort_keys=False, allow_unicode=True, width=110)
