@@ -13,6 +13,8 @@ from pathlib import Path
 import pytest
 import yaml
 
+from llmpipe.ops.shell import TRACE_IMPORTS_ENV
+
 REPO = Path(__file__).resolve().parent.parent
 VENV_BIN = str(Path(sys.executable).parent)
 
@@ -135,7 +137,8 @@ def tiny_pipeline(tmp_path_factory) -> Path:
     """One uninterrupted `dvc repro` of the tiny pipeline in a repo copy, run once per session; tests
     that only read or extend such a run take a copy of it (`clone_repo`)."""
     repo = copy_repo(tmp_path_factory.mktemp("tiny-pipeline") / "repo", TINY_PARAMS)
-    proc = run(["dvc", "repro"], repo)
+    # each stage process appends the project modules it imported (tests/integration/test_code_deps.py)
+    proc = run(["dvc", "repro"], repo, env={TRACE_IMPORTS_ENV: str(repo.parent / "imports.jsonl")})
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     return repo
 

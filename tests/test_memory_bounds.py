@@ -26,7 +26,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from llmpipe import layout
+from llmpipe.stages.registry import output
 from llmpipe.data.quality import RULES
 
 
@@ -90,9 +90,9 @@ def run_stages(root: Path, n_docs: int) -> dict:
     from llmpipe.config.tokens import TokenizerParams
     from llmpipe.tokens.bpe import train_tokenizer
 
-    (root / layout.TOKENIZER).parent.mkdir(parents=True)
+    (root / output("tokenizer.tokenizer")).parent.mkdir(parents=True)
     sample = (root / "corpus" / "doc00.txt").read_text()[:200_000]
-    train_tokenizer(iter([sample]), TokenizerParams(vocab_size=300)).save(str(root / layout.TOKENIZER))
+    train_tokenizer(iter([sample]), TokenizerParams(vocab_size=300)).save(str(root / output("tokenizer.tokenizer")))
     out = {"largest": max(p.stat().st_size for p in (root / "corpus").iterdir())}
     env = {**os.environ, "PYTHONPATH": str(HERE.parent), "RAYON_NUM_THREADS": "1"}
     for stage in ("scrape", "filter", "dedup", "tokenize"):
