@@ -44,7 +44,7 @@ import pandas as pd
 
 from llmpipe.stages.params import load_params
 from llmpipe.data.minhash import ShingleHasher, band_keys, signatures_flat
-from llmpipe.data.sources import iter_demo
+from llmpipe.data.sources.demo import iter_demo
 from llmpipe.data.dedup import dedup_documents, find_duplicates
 from llmpipe.stages.dedup import parquet_batches
 from llmpipe.data.text import normalize_for_hash

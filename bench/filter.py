@@ -36,11 +36,10 @@ import random
 import time
 
 from bench.lid import evaluate as evaluate_lid
-from llmpipe.config.scrape import DemoSource
 from llmpipe.config.filter import FilterParams, QualityParams
 from llmpipe.data.extract import EXTRACTORS
 from llmpipe.data.quality import RULES, DocView
-from llmpipe.data.sources import iter_demo
+from llmpipe.data.sources.demo import DemoSource, iter_demo
 from llmpipe.data.text import LID_MODELS, identify_language
 from tests.data.multilingual import PARAGRAPHS
 

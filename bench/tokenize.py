@@ -38,7 +38,8 @@ from tokenizers import Tokenizer  # noqa: E402
 from llmpipe.stages.registry import output  # noqa: E402
 from llmpipe.stages.params import load_params  # noqa: E402
 from llmpipe.tokens.encoder import GPT2_PATTERN, load_encoder  # noqa: E402
-from llmpipe.data.sources import cache_dir, fetch_sdist  # noqa: E402
+from llmpipe.data.sources import cache_dir  # noqa: E402
+from llmpipe.data.sources.demo import fetch_sdist  # noqa: E402
 from llmpipe.stages.tokenize import tokenize_corpus  # noqa: E402
 from llmpipe.tokens.split import iter_split_texts  # noqa: E402
 

@@ -10,9 +10,9 @@ import httpcore
 import pytest
 import trustme
 
-from llmpipe.config.scrape import HttpSource, ScrapeParams
 from llmpipe.data.fetch import Fetcher, HostPacer, PinnedBackend, address_refusal, crawl
-from llmpipe.data.sources import Skip
+from llmpipe.data.sources import ScrapeParams, Skip
+from llmpipe.data.sources.http import HttpSource
 
 PARAGRAPH = ("The harbour town woke slowly, with fishermen mending their nets along the quay while the bakers "
              "carried bread to the market square. ")

@@ -36,7 +36,7 @@ from pydantic import BaseModel
 
 from llmpipe import cli
 from llmpipe.stages.registry import STAGE_NAMES as STAGES
-from llmpipe.config.scrape import DemoSource, HttpSource, LocalSource, WarcSource
+from llmpipe.data.sources import KINDS
 from llmpipe.stages.params import Params, parse_params
 from llmpipe.util.io import InputError
 
@@ -52,7 +52,7 @@ PROSE = ("The river ran high after the rain, and the ferryman waited for the wat
 
 # --- bad params: every field, three ways ---------------------------------------------------------
 
-SOURCE_KINDS = {"demo": DemoSource, "local": LocalSource, "warc": WarcSource, "http": HttpSource}
+SOURCE_KINDS = {kind: module.PARAMS for kind, module in KINDS.items()}  # the discovered plug-ins
 BASE_SOURCES = [{"kind": "demo"}, {"kind": "local", "paths": ["*.txt"]}, {"kind": "warc", "paths": ["*.warc"]},
                 {"kind": "http", "urls": ["https://example.org/"]}]
 

@@ -2,10 +2,11 @@ import pandas as pd
 import pytest
 
 from llmpipe.stages.registry import output
-from llmpipe.config.scrape import DemoSource, LocalSource
 from llmpipe.stages.params import parse_params
 from llmpipe.util.io import InputError, read_json
-from llmpipe.data.sources import Skip, iter_demo, iter_local
+from llmpipe.data.sources import Skip
+from llmpipe.data.sources.demo import DemoSource, iter_demo
+from llmpipe.data.sources.local import LocalSource, iter_local
 from llmpipe.stages import scrape
 from llmpipe.stages.scrape import collect_documents
 

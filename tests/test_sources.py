@@ -12,9 +12,10 @@ import pytest
 from warcio.statusandheaders import StatusAndHeaders
 from warcio.warcwriter import WARCWriter
 
-from llmpipe.config.scrape import LocalSource, ScrapeParams, WarcSource
 from llmpipe.data.extract import ExtractionTimeout, extract_text
-from llmpipe.data.sources import Skip, Unit, iter_local, iter_unit, iter_warc_stream
+from llmpipe.data.sources import ScrapeParams, Skip, Unit, iter_unit, iter_warc_stream
+from llmpipe.data.sources.local import LocalSource, iter_local
+from llmpipe.data.sources.warc import WarcSource
 
 TEXT = "A plain paragraph of English prose, long enough to be a document of its own. " * 5
 HTML = ("<html><head><title>T</title><style>p {color: red}</style><script>track()</script></head><body>"

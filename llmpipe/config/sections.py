@@ -19,7 +19,7 @@ from llmpipe.config.base import ParamsError, Section, format_errors, read_yaml
 # section -> "module:Class", in params.yaml's order. The scrape section lives with the source
 # plug-ins (one module per kind), so that a new kind of source is one new file.
 SECTIONS: dict[str, str] = {
-    "scrape": "llmpipe.config.scrape:ScrapeParams",
+    "scrape": "llmpipe.data.sources:ScrapeParams",
     "filter": "llmpipe.config.filter:FilterParams",
     "dedup": "llmpipe.config.dedup:DedupParams",
     "split": "llmpipe.config.tokens:SplitParams",

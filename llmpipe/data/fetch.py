@@ -23,15 +23,18 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from html.parser import HTMLParser
 from pathlib import Path
-from typing import Iterator
+from typing import TYPE_CHECKING, Iterator
 from urllib.parse import urldefrag, urljoin, urlsplit
 
 import httpcore
 import httpx
 from protego import Protego
 
-from llmpipe.config.scrape import HttpSource, ScrapeParams
-from llmpipe.data.sources import Skip, decode, html_document, make_doc, now_iso
+from llmpipe.data.sources.documents import Skip, decode, html_document, make_doc, now_iso
+
+if TYPE_CHECKING:  # the http kind's params; that module imports this one when it reads
+    from llmpipe.data.sources import ScrapeParams
+    from llmpipe.data.sources.http import HttpSource
 
 log = logging.getLogger(__name__)
 

@@ -51,6 +51,12 @@ def direct_imports(root: Path, module: str) -> frozenset[str]:
             names = [base] + [f"{base}.{a.name}" for a in node.names]
         else:
             continue
+        if path.name == "__init__.py" and "pkgutil" in names:
+            # a package that imports pkgutil discovers its modules at run time (the source plug-ins):
+            # every module in it is imported, though no import statement names it
+            found_here = [p.stem for p in path.parent.glob("*.py") if p.name != "__init__.py"]
+            found_here += [p.parent.name for p in path.parent.glob("*/__init__.py")]
+            names += [f"{module}.{name}" for name in sorted(found_here)]
         for name in names:
             if (name == PACKAGE or name.startswith(PACKAGE + ".")) and module_file(root, name):
                 found.add(name)

@@ -19,12 +19,11 @@ from typing import Iterable
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from llmpipe.config.scrape import ScrapeParams
 from llmpipe.data.extract import extraction_tally
 from llmpipe.util.io import (InputError, atomic_dir, atomic_path, iter_parquet_batches, part_name, stats_columns,
                              write_json)
 from llmpipe.util.executors import map_shards
-from llmpipe.data.sources import Skip, Unit, iter_unit, now_iso, plan_units
+from llmpipe.data.sources import ScrapeParams, Skip, Unit, iter_unit, now_iso, plan_units
 from llmpipe.stages.registry import StageParams, StageResult, stage
 
 log = logging.getLogger(__name__)
