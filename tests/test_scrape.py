@@ -4,7 +4,7 @@ import pytest
 from llmpipe.stages.registry import output
 from llmpipe.stages.params import parse_params
 from llmpipe.util.io import InputError, read_json
-from llmpipe.data.sources import Skip
+from llmpipe.data.sources import ScrapeParams, Skip
 from llmpipe.data.sources.demo import DemoSource, iter_demo
 from llmpipe.data.sources.local import LocalSource, iter_local
 from llmpipe.stages import scrape
@@ -59,7 +59,7 @@ def test_local_files_with_provenance(tmp_path):
     (tmp_path / "a.txt").write_text("first file")
     (tmp_path / "sub").mkdir()
     (tmp_path / "sub" / "b.txt").write_text("second file")
-    docs = list(iter_local(LocalSource(paths=["**/*.txt"]), tmp_path))
+    docs = list(iter_local(LocalSource(paths=["**/*.txt"]), tmp_path, ScrapeParams()))
     assert not any(isinstance(d, Skip) for d in docs)
     assert sorted(d["path"] for d in docs) == ["a.txt", "sub/b.txt"]
     assert all(len(d["sha256"]) == 64 for d in docs)

@@ -72,8 +72,5 @@ def iter_local_files(files: list[Path], source: LocalSource, cfg: ScrapeParams,
             yield item
 
 
-
-def iter_local(source: LocalSource, root: Path, cfg: ScrapeParams | None = None) -> Iterator[dict | Skip]:
-    from llmpipe.data.sources import ScrapeParams  # the package imports this module: not at import time
-
-    yield from iter_local_files(glob_files(source.paths, root), source, cfg or ScrapeParams(), root)
+def iter_local(source: LocalSource, root: Path, cfg: ScrapeParams) -> Iterator[dict | Skip]:
+    yield from iter_local_files(glob_files(source.paths, root), source, cfg, root)
