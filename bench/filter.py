@@ -14,10 +14,10 @@ Inputs (nothing downloaded but the demo corpus, fetched as the scrape stage does
 
 Measured, each in this one process (per core), best of --repeats:
 - extraction with trafilatura and resiliparse: pages/s and MB/s of HTML;
-- language ID (llmpipe.text.identify_language, filter.lid_model's default and the others): 2 KB
+- language ID (llmpipe.data.text.identify_language, filter.lid_model's default and the others): 2 KB
   documents/s, accuracy on the labelled paragraphs; on the UDHR set, accuracy overall, on the languages
   each model knows, per language, and the top confusions (bench/lid.py);
-- the quality rule set (every Gopher, C4 and FineWeb rule of llmpipe/quality.py evaluated on every
+- the quality rule set (every Gopher, C4 and FineWeb rule of llmpipe/data/quality.py evaluated on every
   document: no early exit, no language ID) in MB/s, on the demo corpus's documents and on 5 KB pieces;
 - when datatrove is installed (`pip install datatrove spacy regex`), its GopherRepetition, Gopher
   quality, C4 quality and FineWeb quality filters on the same documents: the reference of the issue,

@@ -11,11 +11,11 @@ in that folder. Nothing of it is committed.
 Items: the paragraphs (<p>) of 80 characters or more of each translation, --per-language of them per
 language spread over the text and over a language's translations (scripts and spellings: az in Latin
 and Cyrillic, Chinese simplified and traditional, ...). A language is kept when at least one measured
-model knows it. Gold labels are the translations' BCP 47 tags through llmpipe.text.canonical_language
+model knows it. Gold labels are the translations' BCP 47 tags through llmpipe.data.text.canonical_language
 (nb -> no), with the fixes in GOLD below. The paragraphs are short (one article: 100-400 characters),
 harder than whole documents.
 
-Models: fastText lid.176 (compressed, the filter's, llmpipe.text.identify_language), py3langid, and
+Models: fastText lid.176 (compressed, the filter's, llmpipe.data.text.identify_language), py3langid, and
 lingua (all its languages, high accuracy) when installed. Per model: accuracy on all items, on the items
 of the languages it knows, per language, the top confusions, and items per second on one core.
 Last line: RESULT lid_acc_lid176=... lid_acc_py3langid=... n_languages=... n_items=...

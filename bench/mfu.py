@@ -2,7 +2,7 @@
 
     python bench/mfu.py [--steps 60] [--micro-batch 32] [--no-compile]
 
-It runs llmpipe.train.train() itself (the loop the pretrain stage runs: AdamW fused, clipping, bf16
+It runs llmpipe.training.loop.train() itself (the loop the pretrain stage runs: AdamW fused, clipping, bf16
 autocast, torch.compile, SDPA flash attention) on synthetic token shards written in the stage's format
 (random ids: MFU does not depend on the text). The model is our default architecture (RMSNorm, RoPE,
 SwiGLU, tied embeddings) at GPT-2 small's size: 12 layers, 12 heads, d_model 768, context 1024,
@@ -11,7 +11,7 @@ vocabulary 50,304.
 How MFU is measured: FLOPs per token = 6N + 12 * L * d * T (N the parameters, counting the tied
 embedding once, since it is the LM head's matmul; L layers, d width, T context), times the tokens
 per second of the timed log intervals after the first (which holds the compile), over the device's
-dense bf16 peak from llmpipe.train.PEAK_TFLOPS (the datasheet figure: 989 TFLOP/s for H100/H200).
+dense bf16 peak from llmpipe.training.device.PEAK_TFLOPS (the datasheet figure: 989 TFLOP/s for H100/H200).
 Last line: RESULT mfu=<x> tokens_per_s=<x> params=<n> peak_tflops=<x>
 """
 

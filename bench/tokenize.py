@@ -10,7 +10,7 @@ openai-whisper on the package index (fetched once with pip, sha256-pinned), with
 pattern and `<|endoftext|>` = 50256; it is checked against GPT-2's known ids before use.
 
 Measured, best of --repeats:
-- encode throughput (MB of UTF-8 per second) of ours, through llmpipe.encoder (tiktoken's engine when
+- encode throughput (MB of UTF-8 per second) of ours, through llmpipe.tokens.encoder (tiktoken's engine when
   it gives exactly tokenizer.json's ids, which it checks) and, for reference, through `tokenizers`;
   and of GPT-2 through tiktoken; all on all documents, batched, on --threads threads;
 - the whole tokenize stage core, Parquet text in to token shards and manifest on disk (tokens/s);

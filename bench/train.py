@@ -5,7 +5,7 @@ GPT-2-style reference, on the demo corpus's token shards, with the same token bu
 
 Needs the pipeline's outputs up to the tokenize stage (data/tokens, data/tokenizer; `dvc repro
 tokenize`). Each side trains in its own process (so peak memory is its own, read from ru_maxrss):
-- ours: llmpipe.train.train() with params.yaml's pretrain section (RMSNorm, RoPE, SwiGLU, fused QKV,
+- ours: llmpipe.training.loop.train() with params.yaml's pretrain section (RMSNorm, RoPE, SwiGLU, fused QKV,
   tied embeddings; precision `auto`, i.e. bf16 autocast where the CPU has native bf16 matrix units,
   fp32 elsewhere), on the CPU;
 - reference: a GPT-2 block as nanoGPT writes it (LayerNorm with bias, learned positions, GELU MLP with

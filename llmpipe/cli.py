@@ -20,7 +20,7 @@ log = logging.getLogger("llmpipe")
 
 # The tools besides the stages: command -> (help, "module:function"). A handler's module is imported
 # only when its command runs, so a stage's process imports the stage's code alone and its DVC code
-# deps stay tight. tests/test_cli.py keeps this table, the parser and the README in sync.
+# deps stay tight. tests/unit/test_structure.py keeps this table, the parser and the README in sync.
 COMMANDS: dict[str, tuple[str, str]] = {
     "validate": ("check the whole of params.yaml and exit", "llmpipe.ops.commands:validate"),
     "params": ("print the validated params with every default, as YAML", "llmpipe.ops.commands:show_params"),

@@ -3,7 +3,7 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 LLMPIPE_EXTRAS=dev source scripts/setup.sh
-# The MLflow UI test drives Debian's Chromium headless (tests/test_mlflow_ui.py). Install it with its
+# The MLflow UI test drives Debian's Chromium headless (tests/integration/test_mlflow_ui.py). Install it with its
 # driver when missing and apt is usable (root, or sudo without a password); otherwise that test skips.
 if ! command -v chromium >/dev/null || ! command -v chromedriver >/dev/null; then
   SUDO=""; [ "$(id -u)" = 0 ] || SUDO="sudo -n"

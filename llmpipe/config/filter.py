@@ -56,7 +56,7 @@ class ShortLinesRule(Rule):
 
 
 class QualityParams(Section):
-    """One entry per rule of llmpipe/quality.py, defaults as published (each rule cites its source)."""
+    """One entry per rule of llmpipe/data/quality.py, defaults as published (each rule cites its source)."""
 
     gopher_word_count: WordCountRule = WordCountRule()
     gopher_mean_word_length: MeanWordLengthRule = MeanWordLengthRule()

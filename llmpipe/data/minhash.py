@@ -49,7 +49,7 @@ SPACELESS_CHARS_PER_WORD = 12
 class ShingleHasher:
     """n-gram shingle hashes of normalized text, computed in numpy over a whole batch of documents.
 
-    Each document is normalized (llmpipe.text.normalized_text: case, compatibility forms,
+    Each document is normalized (llmpipe.data.text.normalized_text: case, compatibility forms,
     punctuation and whitespace folded) and the batch is laid out as one byte buffer. A word's hash is a
     polynomial hash of its bytes (prefix sums of bytes times powers of an odd 64-bit base, so every
     word costs a few vectorized operations and no Python call), finished with MurmurHash3's 64-bit mixer;

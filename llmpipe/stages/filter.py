@@ -1,4 +1,4 @@
-"""Stage 2, filter: language identification, length, and the quality rules of llmpipe/quality.py."""
+"""Stage 2, filter: language identification, length, and the quality rules of llmpipe/data/quality.py."""
 
 from __future__ import annotations
 

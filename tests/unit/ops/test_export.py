@@ -74,7 +74,7 @@ def test_exported_and_atomically_written_files_get_the_umask_mode(tmp_path, toke
     import pandas as pd
 
     from llmpipe.util.io import write_json, write_parquet
-    from llmpipe.weights import save_model
+    from llmpipe.model.weights import save_model
 
     model = GPT(GPTConfig(vocab_size=320, n_layer=1, n_head=2, d_model=32, block_size=32))
     old = os.umask(umask)

@@ -14,7 +14,7 @@ import pytest
 
 from llmpipe.cli import STAGES
 
-from .conftest import TINY_PARAMS, copy_repo, free_port, local_server
+from tests.conftest import TINY_PARAMS, copy_repo, free_port, local_server
 
 pytestmark = pytest.mark.integration
 

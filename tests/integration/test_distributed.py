@@ -9,7 +9,7 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from .test_train import VOCAB, cfg, token_dir  # noqa: F401  (fixture)
+from tests.unit.training.test_train import VOCAB, cfg, token_dir  # noqa: F401  (fixture)
 
 pytestmark = pytest.mark.integration
 

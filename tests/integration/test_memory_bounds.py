@@ -11,7 +11,7 @@ large documents of the same sizes, with every byte bound set to BUFFER bytes. Tw
   imported (~160-340 MB, measured in the child). PER_DOC: the copies of one document a stage makes
   while working on it (file bytes, str, Arrow, the Parquet page and its zstd frame, pandas objects);
   dedup's is large because shingling one document builds per-byte and per-word numpy temporaries
-  (llmpipe/minhash.py: ~45 x the document for one, more as documents accumulate). 4 x BUFFER: a buffer and its Arrow, encoded and
+  (llmpipe/data/minhash.py: ~45 x the document for one, more as documents accumulate). 4 x BUFFER: a buffer and its Arrow, encoded and
   compressed forms while a row group is written or read.
 """
 
@@ -94,7 +94,7 @@ def run_stages(root: Path, n_docs: int) -> dict:
     sample = (root / "corpus" / "doc00.txt").read_text()[:200_000]
     train_tokenizer(iter([sample]), TokenizerParams(vocab_size=300)).save(str(root / output("tokenizer.tokenizer")))
     out = {"largest": max(p.stat().st_size for p in (root / "corpus").iterdir())}
-    env = {**os.environ, "PYTHONPATH": str(HERE.parent), "RAYON_NUM_THREADS": "1"}
+    env = {**os.environ, "PYTHONPATH": str(HERE.parents[1]), "RAYON_NUM_THREADS": "1"}
     for stage in ("scrape", "filter", "dedup", "tokenize"):
         proc = subprocess.run([sys.executable, str(HERE / "_memory_stage.py"), str(root), stage,
                                json.dumps(stage_overrides())], capture_output=True, text=True, env=env,
@@ -124,7 +124,7 @@ def test_peak_memory_follows_bytes_not_documents(peaks, stage):
     growth = many["peak_kb"] - few["peak_kb"]
     if stage == "dedup" and growth > GROWTH // 1024:
         # Open: dedup still grows ~200-300 MB with 8 more documents (before: ~420 MB), outside the shard
-        # buffers this change bounds; the shingling pass (llmpipe/minhash.py) is being reworked apart.
+        # buffers this change bounds; the shingling pass (llmpipe/data/minhash.py) is being reworked apart.
         pytest.xfail(f"dedup peak grows {mb(growth)} from {FEW} to {MANY} documents")
     assert growth <= GROWTH // 1024, (
         f"{stage}: peak {mb(few['peak_kb'])} with {FEW} documents, {mb(many['peak_kb'])} with {MANY} of the "

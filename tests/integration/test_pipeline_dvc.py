@@ -12,7 +12,7 @@ from tokenizers import Tokenizer
 from llmpipe.stages.registry import STAGE_NAMES as STAGES
 from llmpipe.tokens.shards import load_manifest
 
-from .conftest import TINY_PARAMS, clone_repo, run
+from tests.conftest import TINY_PARAMS, clone_repo, run
 
 pytestmark = pytest.mark.integration
 

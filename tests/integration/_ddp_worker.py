@@ -1,4 +1,4 @@
-"""Run by tests/test_distributed.py under torchrun: train on a token dir, rank 0 writes the loss curve."""
+"""Run by tests/integration/test_distributed.py under torchrun: train on a token dir, rank 0 writes the loss curve."""
 
 import json
 import sys

@@ -37,7 +37,7 @@ def test_generate_cli_streams_the_greedy_completion(tiny_pipeline):
     from llmpipe.tokens.bpe import EOT
     from llmpipe.model.weights import load_model
 
-    from .conftest import run
+    from tests.conftest import run
 
     tok = Tokenizer.from_file(str(tiny_pipeline / output("tokenizer.tokenizer")))
     ids = generate(load_model(tiny_pipeline / output("pretrain.model")), tok.encode("ROMEO.").ids, 24,

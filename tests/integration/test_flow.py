@@ -5,7 +5,7 @@ from mlflow.tracking import MlflowClient
 
 from llmpipe.stages.registry import STAGE_NAMES as STAGES
 
-from .conftest import TINY_PARAMS, copy_repo
+from tests.conftest import TINY_PARAMS, copy_repo
 
 pytestmark = pytest.mark.integration
 

@@ -10,7 +10,7 @@ from llmpipe.tokens.encoder import load_encoder
 from llmpipe.tokens.bpe import train_tokenizer
 from llmpipe.tokens.bpe import EOT
 
-from .test_tokenizer import CORPUS, HARD
+from tests.unit.tokens.test_tokenizer import CORPUS, HARD
 
 MORE = [
     "Don't, won't, I'll, we've, they're, she'd  — and 'quoted' words.\n\n\n   trailing   \n",

@@ -10,7 +10,7 @@ from llmpipe.stages.params import load_params
 from llmpipe.stages.filter import filter_documents
 from llmpipe.data.text import LID_MODELS, canonical_language, identify_language, lid_labels, wanted_languages
 
-from .test_filter import NO_QUALITY
+from tests.unit.data.test_filter import NO_QUALITY
 
 NB = ("I morges var bussen forsinket igjen, så jeg gikk gjennom parken til stasjonen. Gresset var fortsatt "
       "vått, og noen joggere var allerede ute. Da jeg kom fram til perrongen, hadde toget for lengst gått, og "

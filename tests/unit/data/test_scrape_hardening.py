@@ -15,15 +15,15 @@ import pytest
 import yaml
 
 import llmpipe.data.extract as ex
-from llmpipe import layout
+from llmpipe.stages.registry import output
 from llmpipe.stages.params import parse_params
 from llmpipe.util.io import InputError
 from llmpipe.stages import scrape
 from llmpipe.stages.scrape import ExtractionBroken
 
-from .test_sources import HTML, TEXT, local
+from tests.unit.data.test_sources import HTML, TEXT, local
 
-REPO = Path(__file__).resolve().parent.parent
+REPO = Path(__file__).resolve().parents[3]
 
 
 def zip_of(name: str, data: bytes) -> bytes:
@@ -80,7 +80,7 @@ def test_deeply_nested_zip_and_tar_are_counted_not_fatal(tmp_path):
     metrics = stage(tmp_path)
     assert metrics["docs_out"] == 2 and metrics["skipped_nested_too_deep"] == 2
     assert metrics["skipped"] == 2
-    report = json.loads((tmp_path / layout.SCRAPE_REPORT).read_text())
+    report = json.loads((tmp_path / output("scrape.report")).read_text())
     wheres = sorted(e["where"] for e in report["examples"]["nested_too_deep"])
     assert wheres[0].startswith("in/deep.tar.gz!level498.tar.gz!level497.tar.gz!level496.tar.gz")
     assert wheres[1].startswith("in/deep.zip!level498.zip!level497.zip!level496.zip")
@@ -151,7 +151,7 @@ def test_an_unexpected_exception_on_one_input_is_counted(tmp_path):
     metrics = stage(tmp_path)
     assert metrics["docs_out"] == 4  # good.txt, locked.zip!open.txt and 2 jsonl lines
     assert metrics["skipped_read_error"] == 1 and metrics["skipped_invalid_json"] == 1
-    example = json.loads((tmp_path / layout.SCRAPE_REPORT).read_text())["examples"]["read_error"][0]
+    example = json.loads((tmp_path / output("scrape.report")).read_text())["examples"]["read_error"][0]
     assert example["where"] == "in/locked.zip!secret.txt" and example["detail"].startswith("RuntimeError:")
 
 
@@ -177,7 +177,7 @@ def test_a_missing_extractor_module_fails_the_stage(tmp_path):
     last = proc.stderr.strip().splitlines()[-1]
     assert "ExtractorUnavailable" in last and "missing module lxml_html_clean" in last
     assert "pip install lxml-html-clean" in last
-    assert not (tmp_path / layout.SCRAPE_DOCS).exists()  # no output claiming a successful scrape
+    assert not (tmp_path / output("scrape.docs")).exists()  # no output claiming a successful scrape
 
 
 def test_the_missing_module_is_named_for_the_other_engine(monkeypatch):
@@ -202,7 +202,7 @@ def test_every_page_failing_the_same_way_fails_the_stage(tmp_path, monkeypatch, 
     with pytest.raises(ExtractionBroken, match=f"all {pages} HTML pages failed extraction with AttributeError"):
         stage(tmp_path)
     assert not isinstance(ExtractionBroken("x"), InputError)  # exit status 1 from the CLI, not 2
-    assert not (tmp_path / layout.SCRAPE_DOCS).exists()
+    assert not (tmp_path / output("scrape.docs")).exists()
 
 
 def test_one_page_extracted_keeps_the_failures_counted(tmp_path, monkeypatch):

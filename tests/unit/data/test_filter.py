@@ -33,7 +33,7 @@ def test_several_languages_and_threshold():
 
 
 def test_quality_rules_are_charged_in_the_report():
-    from .test_quality import GOOD
+    from tests.unit.data.test_quality import GOOD
 
     df = pd.DataFrame({"id": ["good", "lorem"], "text": [GOOD, GOOD + "\nLorem ipsum dolor sit amet."]})
     kept, stats, report = filter_documents(df, FilterParams(min_chars=10, min_lang_score=0.0))
@@ -44,7 +44,7 @@ def test_quality_rules_are_charged_in_the_report():
 def test_language_id_on_paragraphs_in_fifteen_languages():
     from llmpipe.data.text import identify_language
 
-    from .data.multilingual import PARAGRAPHS
+    from tests.unit.data.texts.multilingual import PARAGRAPHS
 
     wrong = [(lang, text[:40], identify_language(text)) for lang, text in PARAGRAPHS
              if identify_language(text)[0] != lang]
@@ -53,7 +53,7 @@ def test_language_id_on_paragraphs_in_fifteen_languages():
 
 
 def test_filter_keeps_the_target_languages_of_a_mixed_batch():
-    from .data.multilingual import PARAGRAPHS
+    from tests.unit.data.texts.multilingual import PARAGRAPHS
 
     df = pd.DataFrame({"id": [f"{lang}{i}" for i, (lang, _) in enumerate(PARAGRAPHS)],
                        "text": [text for _, text in PARAGRAPHS]})

@@ -15,7 +15,7 @@ from pathlib import Path
 
 import pytest
 
-from .conftest import REPO, TINY_PARAMS, copy_repo, free_port, local_server, run
+from tests.conftest import REPO, TINY_PARAMS, copy_repo, free_port, local_server, run
 
 pytestmark = pytest.mark.integration
 

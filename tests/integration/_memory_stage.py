@@ -1,8 +1,8 @@
 """Run one data stage core in this process and print its memory figures as JSON (used by
-tests/test_memory_bounds.py, which starts one such process per stage so that each peak is that
+tests/integration/test_memory_bounds.py, which starts one such process per stage so that each peak is that
 stage's alone).
 
-usage: python tests/_memory_stage.py ROOT STAGE PARAMS_JSON
+usage: python tests/integration/_memory_stage.py ROOT STAGE PARAMS_JSON
 """
 
 from __future__ import annotations

@@ -40,11 +40,11 @@ from llmpipe.data.sources import KINDS
 from llmpipe.stages.params import Params, parse_params
 from llmpipe.util.io import InputError
 
-from .conftest import TINY_PARAMS, clone_repo, copy_repo, run
+from tests.conftest import TINY_PARAMS, clone_repo, copy_repo, run
 
 pytestmark = pytest.mark.reliability
 
-REPO = Path(__file__).resolve().parent.parent
+REPO = Path(__file__).resolve().parents[2]
 LLMPIPE = [sys.executable, "-m", "llmpipe.cli"]
 PROSE = ("The river ran high after the rain, and the ferryman waited for the water to fall before he "
          "would take anyone across. ")
@@ -198,7 +198,7 @@ def scrape_local(root: Path, **scrape) -> dict:
 
 
 def test_hostile_sources_are_counted_and_the_rest_is_read(tmp_path):
-    from .test_sources import RECORDS, warc_bytes
+    from tests.unit.data.test_sources import RECORDS, warc_bytes
 
     src = tmp_path / "in"
     src.mkdir()
