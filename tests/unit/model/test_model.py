@@ -174,12 +174,12 @@ def test_compiled_generation_matches_eager(kw, monkeypatch):
     is left out to keep the compile short (minutes otherwise); bench/generate.py checks the tokens with it."""
     import llmpipe.training.generate
 
-    monkeypatch.setattr(llmpipe.generate, "CPU_COMPILE_OPTIONS", {"freezing": True})
+    monkeypatch.setattr(llmpipe.training.generate, "CPU_COMPILE_OPTIONS", {"freezing": True})
     model = tiny(**kw)
     prompts = [[5, 17, 3, 42, 8], [9], [1, 2, 3]]
     eager = generate_batch(model, prompts, 40, temperature=0.0)  # 45 positions: slides past block_size 32
     assert generate_batch(model, prompts, 40, temperature=0.0, compile=True) == eager
-    step = llmpipe.generate.compiled_step(model, "decode")
+    step = llmpipe.training.generate.compiled_step(model, "decode")
     assert step.fn is not step.step  # compiled indeed, not fallen back to eager
     if "pos" not in kw:  # the full forward's compile once is enough (dynamic length, about 20 s)
         assert generate_batch(model, prompts, 12, temperature=0.0, compile=True, use_cache=False) == \
