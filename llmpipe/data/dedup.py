@@ -31,7 +31,7 @@ import logging
 import multiprocessing
 import os
 import tempfile
-from collections import Counter, deque
+from collections import Counter, OrderedDict, deque
 from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
@@ -211,13 +211,45 @@ def find_duplicates(batches: Batches, cfg: DedupParams, reference: DedupIndex | 
         sigs_new = _stack_on_disk([Path(f"{f}-sigs.npy") for f in shard_files], Path(tmp) / "sigs.npy",
                                   (N, cfg.num_perm), np.uint32)
         d = _decide(batches, cfg, ref, hasher, transform, ids, exact_new, keys_new, sigs_new, n_shingles_new,
-                    sizes_new)
+                    sizes_new, Path(tmp))
         d.stats["short_docs"] = d.report["short_docs"] = short
         if index_out is not None:
             kept = np.setdiff1d(np.arange(N), np.fromiter(d.removed, dtype=np.int64, count=len(d.removed)))
             ref.save_with(index_out, ids, exact_new, keys_new, sigs_new, kept)
         del sigs_new, keys_new
         return d
+
+
+class ShingleStore:
+    """The shingle sets of the documents in candidate pairs, on disk (sorted, unique uint32 hashes, about
+    1.6 bytes per byte of text): verification reads a pair's two sets back through a cache bounded by
+    `budget` bytes, so its memory does not grow with the number of documents to verify (held in memory,
+    12 documents of 4-8 MB cost ~200 MB more than 4 did)."""
+
+    def __init__(self, path: Path, budget: int):
+        self.file = open(path, "w+b")  # noqa: SIM115 - closed with the temporary folder it lives in
+        self.where: dict[int, tuple[int, int]] = {}
+        self.cache: OrderedDict[int, np.ndarray] = OrderedDict()
+        self.budget, self.cached = budget, 0
+
+    def add(self, row: int, shingles: np.ndarray) -> None:
+        unique = np.unique(shingles)
+        self.file.seek(0, os.SEEK_END)
+        self.where[row] = (self.file.tell(), len(unique))
+        self.file.write(unique.tobytes())
+
+    def get(self, row: int) -> np.ndarray:
+        if row in self.cache:
+            self.cache.move_to_end(row)
+            return self.cache[row]
+        offset, count = self.where[row]
+        self.file.seek(offset)
+        arr = np.fromfile(self.file, dtype=np.uint32, count=count)
+        self.cache[row] = arr
+        self.cached += arr.nbytes
+        while self.cached > self.budget and len(self.cache) > 2:  # the pair in hand stays
+            self.cached -= self.cache.popitem(last=False)[1].nbytes
+        return arr
 
 
 def _stack_on_disk(files: list[Path], dest: Path, shape: tuple[int, int], dtype) -> np.ndarray:
@@ -233,7 +265,7 @@ def _stack_on_disk(files: list[Path], dest: Path, shape: tuple[int, int], dtype)
 
 
 def _decide(batches, cfg, ref, hasher, transform, ids, exact_new, keys_new, sigs_new, n_shingles_new,
-            sizes_new) -> Decisions:
+            sizes_new, workdir: Path) -> Decisions:
     R, N = len(ref.ids), len(ids)
 
     removed: dict[int, tuple[int, str, float]] = {}
@@ -252,8 +284,8 @@ def _decide(batches, cfg, ref, hasher, transform, ids, exact_new, keys_new, sigs
                  if len(universe) else np.empty((0, 2), np.int64))
         pairs = pairs[pairs[:, 1] >= R]  # reference documents were accepted already
         n_candidates = len(pairs)
-        shingles_of: dict[int, np.ndarray] = {}
-        if cfg.verify:  # pass 2: shingles again, for the documents of new-new pairs only
+        shingles_of = ShingleStore(Path(workdir) / "shingles.bin", cfg.shard_bytes)
+        if cfg.verify:  # pass 2: shingles again, for the documents of new-new pairs only, to disk
             need = {int(g) - R for p in pairs if p[0] >= R for g in p}
             row = 0
             for df in batches():
@@ -261,7 +293,8 @@ def _decide(batches, cfg, ref, hasher, transform, ids, exact_new, keys_new, sigs
                 if rows:
                     texts = [df["text"].iloc[r - row] for r in rows]
                     _, flat, offsets, _ = hasher.shard([transform(t) for t in texts] if transform else texts)
-                    shingles_of.update({r: flat[offsets[k] : offsets[k + 1]] for k, r in enumerate(rows)})
+                    for k, r in enumerate(rows):
+                        shingles_of.add(r, flat[offsets[k] : offsets[k + 1]])
                 row += len(df)
         sims: dict[tuple[int, int], float] = {}
 
@@ -270,7 +303,7 @@ def _decide(batches, cfg, ref, hasher, transform, ids, exact_new, keys_new, sigs
             else the MinHash estimate (a reference document's text is not kept)."""
             if (i, j) not in sims:
                 if cfg.verify and i >= R:
-                    sims[(i, j)] = jaccard(shingles_of[i - R], shingles_of[j - R])
+                    sims[(i, j)] = jaccard(shingles_of.get(i - R), shingles_of.get(j - R))
                 else:
                     si = ref.sigs[i] if i < R else sigs_new[i - R]
                     sims[(i, j)] = float(np.mean(si == sigs_new[j - R]))
@@ -302,6 +335,7 @@ def _decide(batches, cfg, ref, hasher, transform, ids, exact_new, keys_new, sigs
             sim = similarity(root, g)
             n_below += sim < cfg.jaccard_threshold  # chained: removed through intermediate documents
             removed[g - R] = (root, "near", round(sim, 4))
+        shingles_of.file.close()
 
     keep = np.ones(N, dtype=bool)
     keep[list(removed)] = False

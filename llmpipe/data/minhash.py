@@ -69,9 +69,17 @@ class ShingleHasher:
                                                                              np.ndarray]:
         """For a list of documents: (exact-duplicate hashes (n,) uint64 of their normalized word
         sequences, all shingle hashes concatenated (uint32), offsets (n + 1,) of each document's
-        shingles, units (n,): words, or characters for spaceless text). Hashed `batch_bytes` of text at a time, so the per-byte temporaries stay small."""
+        shingles, units (n,): words, or characters for spaceless text). Hashed `batch_bytes` of text at a
+        time, a longer document piece by piece, so the per-byte temporaries (~40 bytes per byte of text)
+        stay bounded whatever the documents' sizes."""
         parts, group, size = [], [], 0
         for t in texts:
+            if len(t) > batch_bytes:  # alone, in pieces cut between words
+                if group:
+                    parts.append(self._batch(group))
+                    group, size = [], 0
+                parts.append(self._long(t, batch_bytes))
+                continue
             group.append(t)
             size += len(t)
             if size >= batch_bytes:
@@ -85,8 +93,46 @@ class ShingleHasher:
         units = np.concatenate([p[3] for p in parts])
         return exact, shingles, np.concatenate([[0], np.cumsum(counts)]).astype(np.int64), units
 
-    def _batch(self, texts: list[str]) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-        docs = [normalized_text(t).encode("utf-8") for t in texts]
+    def _batch(self, texts: list[str]):
+        h, units = self._unit_hashes([normalized_text(t).encode("utf-8") for t in texts])
+        return self._shingles(h, units)
+
+    def _long(self, text: str, piece: int):
+        """One long document: its unit hashes piece by piece (a unit's hash does not depend on where it
+        stands, so cutting between units changes nothing), then its shingles from those hashes."""
+        data = normalized_text(text).encode("utf-8")
+        buf = np.frombuffer(data, dtype=np.uint8)
+        chars = words = 0
+        for s in range(0, len(buf), piece):  # is the document written without spaces? (counts only)
+            b = buf[s : s + piece]
+            sep = (b == 32) | (b == 10)
+            prev_sep = np.r_[s == 0 or buf[s - 1] in (32, 10), sep[:-1]]
+            chars += int(np.count_nonzero(~sep & ((b & 0xC0) != 0x80)))
+            words += int(np.count_nonzero(~sep & prev_sep))
+        spaceless = chars > SPACELESS_CHARS_PER_WORD * max(words, 1)
+        cuts, pos = [0], piece
+        while pos < len(data):  # cut at a separator (words) or at a character's first byte (spaceless)
+            if spaceless:
+                while pos < len(data) and (data[pos] & 0xC0) == 0x80:
+                    pos += 1
+            else:
+                ends = [i for i in (data.find(b" ", pos), data.find(b"\n", pos)) if i >= 0]
+                pos = min(ends) if ends else len(data)
+            cuts.append(pos)
+            pos += piece
+        cuts.append(len(data))
+        hashes, n_units = [], 0
+        for a, b in zip(cuts[:-1], cuts[1:]):
+            if b > a:
+                h, units = self._unit_hashes([data[a:b]], np.array([spaceless]))
+                hashes.append(h)
+                n_units += int(units[0])
+        h = np.concatenate(hashes) if hashes else np.empty(0, np.uint64)
+        return self._shingles(h, np.array([n_units], dtype=np.int64))
+
+    def _unit_hashes(self, docs: list[bytes], spaceless: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
+        """The hash of every unit (word, or character of spaceless text) of the documents, in order, and
+        how many units each has. `spaceless` (per document) is decided from the text when not given."""
         lengths = np.array([len(d) for d in docs], dtype=np.int64)
         buf = np.frombuffer(b"".join(d + b"\n" for d in docs), dtype=np.uint8)
         doc_start = np.concatenate([[0], np.cumsum(lengths + 1)[:-1]]) if len(docs) else lengths
@@ -100,7 +146,8 @@ class ShingleHasher:
             return total[doc_end] - total[doc_start]
 
         char_start = ~sep & ((buf & 0xC0) != 0x80)  # not a UTF-8 continuation byte
-        spaceless = per_doc(char_start) > SPACELESS_CHARS_PER_WORD * np.maximum(per_doc(word_start), 1)
+        if spaceless is None:
+            spaceless = per_doc(char_start) > SPACELESS_CHARS_PER_WORD * np.maximum(per_doc(word_start), 1)
         if spaceless.any():  # those documents' units are characters (spaces dropped)
             in_spaceless = np.repeat(spaceless, lengths + 1)
             unit_start = np.where(in_spaceless, char_start, word_start)
@@ -118,8 +165,12 @@ class ShingleHasher:
             inv = pow(int(self.base), -1, 2**64)
             inv_pw = _powers_of(inv, len(buf) + 1)
             h = (prefix[ends] - prefix[starts]) * inv_pw[starts] + (ends - starts).astype(np.uint64)
-            h = _fmix(h)
-            units = np.searchsorted(starts, doc_end) - np.searchsorted(starts, doc_start)
+        units = np.searchsorted(starts, doc_end) - np.searchsorted(starts, doc_start)
+        return _fmix(h), units
+
+    def _shingles(self, h: np.ndarray, units: np.ndarray):
+        """Exact-duplicate hashes, n-gram shingle hashes (uint32), offsets and units, from unit hashes."""
+        with np.errstate(over="ignore"):
             first = np.concatenate([[0], np.cumsum(units)[:-1]]) if len(units) else units
             # exact duplicates: equal sequences of word (or character) hashes, whatever the spacing
             hb = h.tobytes()

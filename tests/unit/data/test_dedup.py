@@ -272,3 +272,17 @@ def test_stage_reports_chains(tmp_path):
     assert json.loads((tmp_path / output("dedup.report")).read_text())["removed_below_threshold"] == 1
     removed = pd.read_parquet(tmp_path / output("dedup.removed")).set_index("id")
     assert removed.loc["c", "similarity"] < 0.75 <= removed.loc["b", "similarity"]
+
+
+def test_long_documents_hash_piece_by_piece_to_the_same_shingles():
+    """A document longer than the hashing batch is hashed in pieces cut between words (characters, for
+    text without spaces): the same exact hashes, shingles and offsets as in one piece, so memory is
+    bounded by the piece, not the document."""
+    from llmpipe.data.minhash import ShingleHasher
+
+    words = " ".join(f"w{i % 997} x{i % 13}" for i in range(40_000))
+    texts = [words, "short text here", "日本語のテキストです。" * 3000, "a b", "", words[:5000] + "\n\n" + words[:3000]]
+    hasher = ShingleHasher(5, 1)
+    whole, pieces = hasher.shard(texts, batch_bytes=1 << 30), hasher.shard(texts, batch_bytes=1000)
+    for a, b in zip(whole, pieces):
+        np.testing.assert_array_equal(a, b)
