@@ -17,6 +17,7 @@ from llmpipe.util.io import (InputError, atomic_dir, atomic_path, iter_parquet_b
                              require_columns, stats_columns, write_json)
 from llmpipe.data.quality import RULES, first_failure
 from llmpipe.util.executors import map_shards
+from llmpipe.util.tally import Tally
 from llmpipe.data.text import identify_language, wanted_languages
 from llmpipe.stages.registry import StageParams, StageResult, stage
 
@@ -24,12 +25,12 @@ log = logging.getLogger(__name__)
 STAGE = stage("filter")
 
 
-def filter_documents(df: pd.DataFrame, cfg: FilterParams) -> tuple[pd.DataFrame, dict, dict]:
+def filter_documents(df: pd.DataFrame, cfg: FilterParams) -> tuple[pd.DataFrame, Tally]:
     """Core: add `lang` and `score`; keep documents long enough, in a target language, passing every
-    enabled quality rule. Returns (kept, stats, report): the report names, per rule, the documents and
-    UTF-8 bytes it removed and a few examples (a document is charged to the first rule it fails)."""
+    enabled quality rule. Returns (kept, tally): per rule, the documents and UTF-8 bytes it removed and a
+    few examples (a document is charged to the first rule it fails); see removal_stats/removal_report."""
     langs, scores, reasons, sizes = [], [], [], []
-    report: dict[str, dict] = {}
+    tally = Tally(cfg.examples_per_rule)
     wanted = wanted_languages(cfg.languages)  # aliases (nb, zh-TW, iw, ...) as the model answers
     for doc_id, text in tqdm(zip(df["id"], df["text"]), total=len(df), desc="filter", unit="doc",
                              mininterval=2.0, disable=len(df) < 100):
@@ -47,49 +48,46 @@ def filter_documents(df: pd.DataFrame, cfg: FilterParams) -> tuple[pd.DataFrame,
         reasons.append(rule)
         sizes.append(len(text.encode("utf-8")))
         if rule:
-            entry = report.setdefault(rule, {"docs": 0, "bytes": 0, "examples": []})
-            entry["docs"] += 1
-            entry["bytes"] += sizes[-1]
-            if len(entry["examples"]) < cfg.examples_per_rule:
-                entry["examples"].append({"id": doc_id, "reason": why, "text": text[:300]})
+            tally.note("removed_docs", rule, example={"id": doc_id, "reason": why, "text": text[:300]})
+            tally.note("removed_bytes", rule, sizes[-1])
     out = df.assign(lang=langs, score=scores)
     kept = out[pd.Series(reasons, index=df.index) == ""].reset_index(drop=True)
-    stats = {"docs_in": len(df), "docs_out": len(kept), "bytes_in": sum(sizes),
-             "bytes_out": sum(size for size, rule in zip(sizes, reasons) if not rule)}
+    tally.count("docs_in", len(df))
+    tally.count("docs_out", len(kept))
+    tally.count("bytes_in", sum(sizes))
+    tally.count("bytes_out", sum(size for size, rule in zip(sizes, reasons) if not rule))
+    return kept, tally
+
+
+def removal_stats(tally: Tally) -> dict:
+    """The stage's metrics: totals, and documents and bytes removed by every rule (zeros included)."""
+    stats = {k: tally.totals[k] for k in ("docs_in", "docs_out", "bytes_in", "bytes_out")}
     for name in ["too_short", "language", "low_language_score", *RULES]:
-        stats[f"removed_{name}_docs"] = report.get(name, {}).get("docs", 0)
-        stats[f"removed_{name}_bytes"] = report.get(name, {}).get("bytes", 0)
-    return kept, stats, report
+        stats[f"removed_{name}_docs"] = tally.group("removed_docs")[name]
+        stats[f"removed_{name}_bytes"] = tally.group("removed_bytes")[name]
+    return stats
 
 
-def _add_counts(total: dict, part: dict) -> None:
-    for key, value in part.items():
-        total[key] = total.get(key, 0) + value
+def removal_report(tally: Tally) -> dict:
+    """report.json: per rule that removed anything, its documents, bytes and first examples."""
+    examples = tally.examples.get("removed_docs", {})
+    return {rule: {"docs": n, "bytes": tally.group("removed_bytes")[rule], "examples": examples.get(rule, [])}
+            for rule, n in tally.group("removed_docs").items()}
 
 
-def _merge_reports(total: dict, part: dict, examples_per_rule: int) -> None:
-    for rule, entry in part.items():
-        t = total.setdefault(rule, {"docs": 0, "bytes": 0, "examples": []})
-        t["docs"] += entry["docs"]
-        t["bytes"] += entry["bytes"]
-        t["examples"].extend(entry["examples"][: examples_per_rule - len(t["examples"])])
-
-
-def filter_part(job: tuple[Path, Path], cfg: FilterParams) -> tuple[dict, dict]:
+def filter_part(job: tuple[Path, Path], cfg: FilterParams) -> Tally:
     """One shard: filter a scrape part batch by batch (at most filter.shard_docs rows and about
     filter.buffer_bytes of data in memory, so a batch of huge documents stays small) into a part of the
-    same name, one row group per batch. Returns (stats, report) for merging."""
+    same name, one row group per batch. Returns the part's tally for merging."""
     src, dest = job
-    stats: dict = {}
-    report: dict = {}
+    tally = Tally(cfg.examples_per_rule)
     with atomic_path(dest) as tmp:
         writer = None
         for batch in iter_parquet_batches(src, cfg.shard_docs, max_bytes=cfg.buffer_bytes):
             df = batch.to_pandas()
             require_columns(df, ["id", "text"], src)
-            kept, part_stats, part_report = filter_documents(df, cfg)
-            _add_counts(stats, part_stats)
-            _merge_reports(report, part_report, cfg.examples_per_rule)
+            kept, batch_tally = filter_documents(df, cfg)
+            tally.merge(batch_tally)
             if writer is None:
                 schema = batch.schema.append(pa.field("lang", pa.string())).append(pa.field("score", pa.float64()))
                 writer = pq.ParquetWriter(tmp, schema, compression="zstd", write_statistics=stats_columns(schema))
@@ -97,7 +95,7 @@ def filter_part(job: tuple[Path, Path], cfg: FilterParams) -> tuple[dict, dict]:
         if writer is None:
             raise InputError(f"{src}: no rows")
         writer.close()
-    return stats, report
+    return tally
 
 
 def run(params: StageParams, root: Path, sink=None) -> StageResult:
@@ -110,11 +108,8 @@ def run(params: StageParams, root: Path, sink=None) -> StageResult:
     with atomic_dir(root / STAGE.out("docs")) as out_dir:
         jobs = [(part, out_dir / part.name) for part in parts]
         results = map_shards(functools.partial(filter_part, cfg=cfg), jobs, params.scale, "filter")
-    stats: dict = {}
-    report: dict = {}
-    for part_stats, part_report in results:
-        _add_counts(stats, part_stats)
-        _merge_reports(report, part_report, cfg.examples_per_rule)
+    tally = Tally.merged(results, cfg.examples_per_rule)
+    stats, report = removal_stats(tally), removal_report(tally)
     if stats["docs_out"] == 0:
         raise InputError(f"filter: every document of {src} was removed ({stats})")
     write_json(root / STAGE.out("report"), report)

@@ -12,7 +12,6 @@ import functools
 import logging
 import pickle
 import time
-from collections import Counter
 from pathlib import Path
 from typing import Iterable
 
@@ -23,6 +22,7 @@ from llmpipe.data.extract import extraction_tally
 from llmpipe.util.io import (InputError, atomic_dir, atomic_path, iter_parquet_batches, part_name, stats_columns,
                              write_json)
 from llmpipe.util.executors import map_shards
+from llmpipe.util.tally import Tally
 from llmpipe.data.sources import ScrapeParams, Skip, Unit, iter_unit, now_iso, plan_units
 from llmpipe.stages.registry import StageParams, StageResult, stage
 
@@ -43,27 +43,19 @@ class ExtractionBroken(RuntimeError):
     """Every HTML page of the run failed extraction the same way (exit status 1: not bad input)."""
 
 
-def new_stats() -> dict:
-    return {"docs_in": 0, "docs_out": 0, "bytes_out": 0, "skipped": Counter(), "examples": {},
-            "extraction": Counter()}
-
-
-def collect_documents(items: Iterable[dict | Skip], max_doc_bytes: int, writer=None, stats=None,
-                      buffer_bytes: int = 128_000_000) -> dict:
+def collect_documents(items: Iterable[dict | Skip], max_doc_bytes: int, writer=None, stats: Tally | None = None,
+                      buffer_bytes: int = 128_000_000) -> Tally:
     """Core: count and keep documents. Skips, empty, oversized and repeated-id documents are counted by
     reason (with examples); kept documents go to `writer` (a pyarrow ParquetWriter) in row groups of at
     most WRITE_BATCH_DOCS documents and about `buffer_bytes` of text, so that neither this buffer nor a
     later stage reading one row group grows with the number of large documents."""
-    stats = stats or new_stats()
+    stats = stats or Tally(EXAMPLES_PER_REASON)
     seen_ids: set[str] = set()
     rows: list[dict] = []
     buffered = 0
 
     def skip(reason: str, where: str, detail: str = "") -> None:
-        stats["skipped"][reason] += 1
-        examples = stats["examples"].setdefault(reason, [])
-        if len(examples) < EXAMPLES_PER_REASON:
-            examples.append({"where": where, "detail": detail})
+        stats.note("skipped", reason, example={"where": where, "detail": detail})
 
     def flush() -> None:
         nonlocal buffered
@@ -76,7 +68,7 @@ def collect_documents(items: Iterable[dict | Skip], max_doc_bytes: int, writer=N
         if isinstance(item, Skip):
             skip(item.reason, item.where, item.detail)
             continue
-        stats["docs_in"] += 1
+        stats.count("docs_in")
         size = len(item["text"].encode("utf-8"))
         if not item["text"].strip():
             skip("empty", item["id"])
@@ -87,8 +79,8 @@ def collect_documents(items: Iterable[dict | Skip], max_doc_bytes: int, writer=N
         else:
             seen_ids.add(item["id"])
             rows.append({**item, "fetched_at": item["fetched_at"] or now_iso()})
-            stats["docs_out"] += 1
-            stats["bytes_out"] += size
+            stats.count("docs_out")
+            stats.count("bytes_out", size)
             buffered += size
             if len(rows) >= WRITE_BATCH_DOCS or buffered >= buffer_bytes:
                 flush()
@@ -96,7 +88,7 @@ def collect_documents(items: Iterable[dict | Skip], max_doc_bytes: int, writer=N
     return stats
 
 
-def scrape_unit(job: tuple[int, Unit], cfg: ScrapeParams, root: Path, out_dir: Path) -> dict:
+def scrape_unit(job: tuple[int, Unit], cfg: ScrapeParams, root: Path, out_dir: Path) -> Tally:
     """One shard: read a unit's inputs, write part-<index>.parquet (only when it kept documents)."""
     index, unit = job
     dest = out_dir / part_name(index)
@@ -105,40 +97,28 @@ def scrape_unit(job: tuple[int, Unit], cfg: ScrapeParams, root: Path, out_dir: P
             with pq.ParquetWriter(tmp, SCHEMA, compression="zstd", write_statistics=stats_columns(SCHEMA)) as writer:
                 stats = collect_documents(iter_unit(unit, cfg, root), cfg.max_doc_bytes, writer,
                                           buffer_bytes=cfg.buffer_bytes)
-            stats["extraction"] = tally
+            for outcome, n in tally.items():
+                stats.note("extraction", outcome, n)
     except Exception as err:
         try:
             pickle.loads(pickle.dumps(err))
         except Exception:  # noqa: BLE001 - a process-pool worker must hand back a picklable error
             raise RuntimeError(f"scrape shard {index}: {err.__class__.__name__}: {err}"[:2000]) from None
         raise
-    if stats["docs_out"] == 0:
+    if stats.totals["docs_out"] == 0:
         dest.unlink()
     return stats
 
 
-def merge_stats(parts: list[dict]) -> dict:
-    total = new_stats()
-    for s in parts:
-        for key in ("docs_in", "docs_out", "bytes_out"):
-            total[key] += s[key]
-        total["skipped"].update(s["skipped"])
-        total["extraction"].update(s["extraction"])
-        for reason, examples in s["examples"].items():
-            kept = total["examples"].setdefault(reason, [])
-            kept.extend(examples[: EXAMPLES_PER_REASON - len(kept)])
-    return total
-
-
-def check_extraction(stats: dict, extractor: str) -> None:
+def check_extraction(stats: Tally, extractor: str) -> None:
     """Fail when every HTML page (SYSTEMATIC_FAILURE_PAGES or more) failed extraction with one exception
     type: counting them as extract_error would report success with almost no documents."""
-    outcomes = stats["extraction"]
+    outcomes = stats.group("extraction")
     pages = sum(outcomes.values())
     if pages < SYSTEMATIC_FAILURE_PAGES or outcomes["ok"] or len(outcomes) != 1:
         return
     (error, _), = outcomes.items()
-    example = (stats["examples"].get("extract_error") or [{"where": "?", "detail": error}])[0]
+    example = (stats.examples.get("skipped", {}).get("extract_error") or [{"where": "?", "detail": error}])[0]
     raise ExtractionBroken(
         f"scrape: all {pages} HTML pages failed extraction with {error} (e.g. {example['where']}: "
         f"{example['detail']}). One exception on every page points at the {extractor} engine or its "
@@ -146,7 +126,7 @@ def check_extraction(stats: dict, extractor: str) -> None:
         f"`python -c 'import {extractor}'` works, then upgrade pip and re-run the setup (`pip install -e .`)")
 
 
-def drop_repeated_ids(out_dir: Path, stats: dict, buffer_bytes: int) -> None:
+def drop_repeated_ids(out_dir: Path, stats: Tally, buffer_bytes: int) -> None:
     """Ids repeat across shards only when two sources name the same input: the later copy goes. A part
     that holds one is rewritten row group by row group (never read whole)."""
     seen: set[str] = set()
@@ -156,8 +136,8 @@ def drop_repeated_ids(out_dir: Path, stats: dict, buffer_bytes: int) -> None:
         seen.update(ids)
         if not any(repeated):
             continue
-        stats["skipped"]["duplicate_id"] += sum(repeated)
-        stats["docs_out"] -= sum(repeated)
+        stats.note("skipped", "duplicate_id", sum(repeated))
+        stats.count("docs_out", -sum(repeated))
         if all(repeated):
             part.unlink()
             continue
@@ -176,19 +156,20 @@ def run(params: StageParams, root: Path, sink=None) -> StageResult:
     units = plan_units(cfg, root)
     with atomic_dir(root / STAGE.out("docs")) as out_dir:
         shard = functools.partial(scrape_unit, cfg=cfg, root=root, out_dir=out_dir)
-        stats = merge_stats(map_shards(shard, list(enumerate(units)), params.scale, "scrape"))
+        stats = Tally.merged(map_shards(shard, list(enumerate(units)), params.scale, "scrape"), EXAMPLES_PER_REASON)
         check_extraction(stats, cfg.extractor)
         drop_repeated_ids(out_dir, stats, cfg.buffer_bytes)
-        if stats["docs_out"] == 0:
-            reasons = ", ".join(f"{r}: {n}" for r, n in stats["skipped"].most_common()) or "no inputs"
+        skipped = stats.group("skipped")
+        if stats.totals["docs_out"] == 0:
+            reasons = ", ".join(f"{r}: {n}" for r, n in skipped.most_common()) or "no inputs"
             raise InputError(f"scrape: no documents could be read from the sources ({reasons})")
-    report = {"skipped": dict(stats["skipped"]), "examples": stats["examples"]}
+    report = {"skipped": dict(skipped), "examples": stats.examples.get("skipped", {})}
     write_json(root / STAGE.out("report"), report)
-    metrics = {"docs_in": stats["docs_in"], "docs_out": stats["docs_out"], "bytes_out": stats["bytes_out"],
+    metrics = {**{k: stats.totals[k] for k in ("docs_in", "docs_out", "bytes_out")},
                "shards": len(list((root / STAGE.out("docs")).glob("part-*.parquet"))),
-               "skipped": sum(stats["skipped"].values()),
-               **{f"skipped_{r}": n for r, n in sorted(stats["skipped"].items())},
+               "skipped": sum(skipped.values()),
+               **{f"skipped_{r}": n for r, n in sorted(skipped.items())},
                "seconds": round(time.perf_counter() - t0, 3)}
     log.info("scrape: %d documents, %.1f MB, %d skipped %s", metrics["docs_out"], metrics["bytes_out"] / 1e6,
-             metrics["skipped"], dict(stats["skipped"]) or "")
+             metrics["skipped"], dict(skipped) or "")
     return StageResult(metrics, artifacts=[root / STAGE.out("report")])

@@ -2,7 +2,14 @@ import pandas as pd
 
 from llmpipe.config.filter import FilterParams, QualityParams
 from llmpipe.data.quality import RULES
-from llmpipe.stages.filter import filter_documents
+from llmpipe.stages.filter import filter_documents as filter_tally, removal_report, removal_stats
+
+
+def filter_documents(df, cfg):
+    """The core, with its tally as the stage reports it: (kept, metrics, report)."""
+    kept, tally = filter_tally(df, cfg)
+    return kept, removal_stats(tally), removal_report(tally)
+
 
 # language tests switch the quality rules off: repeated sentences would fail the repetition rules
 NO_QUALITY = QualityParams.model_validate({name: {"enabled": False} for name in RULES})

@@ -7,7 +7,14 @@ import pytest
 from llmpipe.config.filter import FilterParams
 from llmpipe.config.base import ParamsError
 from llmpipe.stages.params import load_params
-from llmpipe.stages.filter import filter_documents
+from llmpipe.stages.filter import filter_documents as filter_tally, removal_report, removal_stats
+
+
+def filter_documents(df, cfg):
+    """The core, with its tally as the stage reports it: (kept, metrics, report)."""
+    kept, tally = filter_tally(df, cfg)
+    return kept, removal_stats(tally), removal_report(tally)
+
 from llmpipe.data.text import LID_MODELS, canonical_language, identify_language, lid_labels, wanted_languages
 
 from tests.unit.data.test_filter import NO_QUALITY

@@ -19,9 +19,9 @@ def doc(i, text):
 def test_collect_counts_what_it_drops():
     docs = [doc(1, "hello world"), doc(2, "   "), doc(3, "x" * 100), doc(1, "dup id"), Skip("binary", "f.bin")]
     stats = collect_documents(docs, max_doc_bytes=50)
-    assert stats["docs_in"] == 4 and stats["docs_out"] == 1 and stats["bytes_out"] == 11
-    assert stats["skipped"] == {"empty": 1, "oversize": 1, "duplicate_id": 1, "binary": 1}
-    assert stats["examples"]["binary"] == [{"where": "f.bin", "detail": ""}]
+    assert stats.totals["docs_in"] == 4 and stats.totals["docs_out"] == 1 and stats.totals["bytes_out"] == 11
+    assert stats.group("skipped") == {"empty": 1, "oversize": 1, "duplicate_id": 1, "binary": 1}
+    assert stats.examples["skipped"]["binary"] == [{"where": "f.bin", "detail": ""}]
 
 
 def test_stage_reads_mixed_sources_and_reports_bad_input(tmp_path):
