@@ -26,11 +26,11 @@ from prefect.artifacts import create_markdown_artifact
 from prefect.cache_policies import NO_CACHE
 from prefect.runtime import flow_run
 
-from llmpipe.stages.registry import STAGES
 from llmpipe.config.base import ParamsError
-from llmpipe.stages.params import load_params, parse_params
-from llmpipe.util.io import write_text
 from llmpipe.ops.tracking import FLOW_RUN_ENV, PARENT_ENV, Tracker, git_commit
+from llmpipe.stages.params import load_params, parse_params
+from llmpipe.stages.registry import STAGES
+from llmpipe.util.io import write_text
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 # DVC's advice after each stage ("git add dvc.lock ...") is noise inside a flow.
@@ -128,10 +128,11 @@ def apply_overrides(params_path: Path, overrides: dict[str, Any]) -> None:
 
 
 @flow(name="llmpipe", log_prints=True)
-def pipeline(root: str = str(REPO_ROOT), force: bool = False, overrides: dict[str, Any] | None = None) -> list[dict]:
+def pipeline(root: str = str(REPO_ROOT), force: bool = False, overrides: dict[str, Any] | None = None,
+             retries: int | None = None) -> list[dict]:
     """Run the registry's stages through DVC, in order; returns the per-stage summary. `overrides`
     (dotted params keys) are written into params.yaml first: a scheduled run can train on a new source
-    list."""
+    list. `retries` replaces every stage's declared retries (None: the registry's; 0: fail fast)."""
     logger = get_run_logger()
     root_path = Path(root).resolve()
     if overrides:
@@ -153,7 +154,8 @@ def pipeline(root: str = str(REPO_ROOT), force: bool = False, overrides: dict[st
     try:
         for spec in STAGES:
             # Stages that talk to the network declare retries for transient failures.
-            runner = stage_task.with_options(retries=spec.retries, retry_delay_seconds=5) if spec.retries else stage_task
+            n = spec.retries if retries is None else retries
+            runner = stage_task.with_options(retries=n, retry_delay_seconds=5) if n else stage_task
             rows.append(runner(spec.name, str(root_path), env, force))
         status = "FINISHED"
     finally:

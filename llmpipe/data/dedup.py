@@ -44,9 +44,9 @@ import pyarrow.parquet as pq
 import xxhash
 
 from llmpipe.config.dedup import DedupParams
+from llmpipe.data.minhash import ShingleHasher, UnionFind, band_keys, candidate_pairs, jaccard, signatures_flat
 from llmpipe.util.io import (InputError, atomic_dir, read_json,
                              write_json)
-from llmpipe.data.minhash import ShingleHasher, UnionFind, band_keys, candidate_pairs, jaccard, signatures_flat
 
 log = logging.getLogger(__name__)
 

@@ -7,8 +7,8 @@ from pathlib import Path
 import torch
 from safetensors.torch import save_file
 
-from llmpipe.util.io import InputError, atomic_path, read_json, read_safetensors, write_json
 from llmpipe.model.gpt import GPT, GPTConfig
+from llmpipe.util.io import InputError, atomic_path, read_json, read_safetensors, write_json
 
 WEIGHTS, CONFIG = "model.safetensors", "config.json"
 

@@ -16,9 +16,9 @@ from pathlib import Path
 import torch
 from safetensors.torch import save_file
 
-from llmpipe.util.io import InputError, atomic_dir, write_json
 from llmpipe.model.gpt import GPT
 from llmpipe.tokens.bpe import EOT
+from llmpipe.util.io import InputError, atomic_dir, write_json
 
 
 def check_llama_compatible(model: GPT) -> None:

@@ -14,8 +14,8 @@ import pandas as pd
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from llmpipe.util.io import (InputError, atomic_path, iter_parquet_batches, parquet_schema, require_columns, stats_columns, write_json, write_parquet)
 from llmpipe.stages.registry import StageParams, StageResult, stage
+from llmpipe.util.io import (InputError, atomic_path, iter_parquet_batches, parquet_schema, require_columns, stats_columns, write_json, write_parquet)
 
 from llmpipe.data.dedup import Batches, DedupIndex, boilerplate_lines, find_duplicates, removed_table, strip_lines
 

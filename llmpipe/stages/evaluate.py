@@ -8,11 +8,11 @@ from pathlib import Path
 
 from tokenizers import Tokenizer
 
-from llmpipe.training.evaluate import evaluate_model
-from llmpipe.tokens.loader import TokenData
 from llmpipe.model.weights import load_model
 from llmpipe.stages.registry import StageParams, StageResult, stage
 from llmpipe.tokens.bpe import token_byte_lengths
+from llmpipe.tokens.loader import TokenData
+from llmpipe.training.evaluate import evaluate_model
 
 log = logging.getLogger(__name__)
 STAGE = stage("evaluate")

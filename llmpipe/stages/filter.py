@@ -13,13 +13,13 @@ import pyarrow.parquet as pq
 from tqdm import tqdm
 
 from llmpipe.config.filter import FilterParams
-from llmpipe.util.io import (InputError, atomic_dir, atomic_path, iter_parquet_batches, parquet_parts,
-                             require_columns, stats_columns, write_json)
 from llmpipe.data.quality import RULES, first_failure
-from llmpipe.util.executors import map_shards
-from llmpipe.util.tally import Tally
 from llmpipe.data.text import identify_language, wanted_languages
 from llmpipe.stages.registry import StageParams, StageResult, stage
+from llmpipe.util.executors import map_shards
+from llmpipe.util.io import (InputError, atomic_dir, atomic_path, iter_parquet_batches, parquet_parts,
+                             require_columns, stats_columns, write_json)
+from llmpipe.util.tally import Tally
 
 log = logging.getLogger(__name__)
 STAGE = stage("filter")

@@ -7,13 +7,13 @@ import logging
 import time
 from pathlib import Path
 
-from llmpipe.util.io import atomic_path, dvc_lock_out_hashes, dvc_md5
-from llmpipe.util.plots import loss_curve_png
-from llmpipe.tokens.shards import MANIFEST, load_manifest
-from llmpipe.training.parallel import is_main_process
-from llmpipe.training.loop import train
 from llmpipe.model.weights import save_model
 from llmpipe.stages.registry import StageParams, StageResult, stage
+from llmpipe.tokens.shards import MANIFEST, load_manifest
+from llmpipe.training.loop import train
+from llmpipe.training.parallel import is_main_process
+from llmpipe.util.io import atomic_path, dvc_lock_out_hashes, dvc_md5
+from llmpipe.util.plots import loss_curve_png
 
 log = logging.getLogger(__name__)
 STAGE = stage("pretrain")

@@ -10,12 +10,12 @@ from pathlib import Path
 from tokenizers import Tokenizer
 
 from llmpipe.config.sample import SampleParams
-from llmpipe.training.generate import generate_batch
-from llmpipe.util.io import atomic_path
 from llmpipe.model.gpt import GPT
-from llmpipe.tokens.bpe import EOT
 from llmpipe.model.weights import load_model
 from llmpipe.stages.registry import StageParams, StageResult, stage
+from llmpipe.tokens.bpe import EOT
+from llmpipe.training.generate import generate_batch
+from llmpipe.util.io import atomic_path
 
 log = logging.getLogger(__name__)
 STAGE = stage("sample")

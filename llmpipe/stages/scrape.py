@@ -19,12 +19,12 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from llmpipe.data.extract import extraction_tally
-from llmpipe.util.io import (InputError, atomic_dir, atomic_path, iter_parquet_batches, part_name, stats_columns,
-                             write_json)
-from llmpipe.util.executors import map_shards
-from llmpipe.util.tally import Tally
 from llmpipe.data.sources import ScrapeParams, Skip, Unit, iter_unit, now_iso, plan_units
 from llmpipe.stages.registry import StageParams, StageResult, stage
+from llmpipe.util.executors import map_shards
+from llmpipe.util.io import (InputError, atomic_dir, atomic_path, iter_parquet_batches, part_name, stats_columns,
+                             write_json)
+from llmpipe.util.tally import Tally
 
 log = logging.getLogger(__name__)
 STAGE = stage("scrape")

@@ -12,12 +12,12 @@ from tokenizers import Tokenizer
 from tqdm import tqdm
 
 from llmpipe.config.tokens import SplitParams, TokenizeParams
-from llmpipe.tokens.encoder import load_encoder
-from llmpipe.util.io import InputError, atomic_dir, iter_parquet_batches
+from llmpipe.stages.registry import StageParams, StageResult, stage
 from llmpipe.tokens.bpe import EOT
+from llmpipe.tokens.encoder import load_encoder
 from llmpipe.tokens.shards import ShardWriter, token_dtype, tokenizer_hash, write_manifest
 from llmpipe.tokens.split import parquet_val_mask
-from llmpipe.stages.registry import StageParams, StageResult, stage
+from llmpipe.util.io import InputError, atomic_dir, iter_parquet_batches
 
 log = logging.getLogger(__name__)
 STAGE = stage("tokenize")

@@ -13,10 +13,10 @@ from pathlib import Path
 from typing import Iterator
 
 
-from llmpipe.util.io import atomic_path
+from llmpipe.stages.registry import StageParams, StageResult, stage
 from llmpipe.tokens.bpe import EOT, train_tokenizer
 from llmpipe.tokens.split import iter_split_texts
-from llmpipe.stages.registry import StageParams, StageResult, stage
+from llmpipe.util.io import atomic_path
 
 log = logging.getLogger(__name__)
 STAGE = stage("tokenizer")

@@ -17,8 +17,8 @@ import weakref
 
 import torch
 
-from llmpipe.model.gpt import GPT
 from llmpipe.model.decode import KVCache
+from llmpipe.model.gpt import GPT
 
 log = logging.getLogger(__name__)
 

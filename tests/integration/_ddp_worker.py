@@ -5,9 +5,9 @@ import sys
 from pathlib import Path
 
 from llmpipe.config.pretrain import PretrainParams
-from llmpipe.training.parallel import is_main_process
-from llmpipe.training.loop import train
 from llmpipe.model.weights import save_model
+from llmpipe.training.loop import train
+from llmpipe.training.parallel import is_main_process
 
 token_dir, ckpt_dir, out, cfg_json = sys.argv[1:5]
 stop_after = int(sys.argv[5]) if len(sys.argv) > 5 else None

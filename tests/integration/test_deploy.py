@@ -12,7 +12,7 @@ import time
 
 import pytest
 
-from llmpipe.cli import STAGES
+from llmpipe.stages.registry import STAGE_NAMES as STAGES
 
 from tests.conftest import TINY_PARAMS, copy_repo, free_port, local_server
 

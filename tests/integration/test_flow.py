@@ -47,5 +47,5 @@ def test_a_failing_stage_stops_the_flow_naming_stage_and_cause(harness, tmp_path
     params = {**TINY_PARAMS, "scrape": {"sources": [{"kind": "local", "paths": ["no-such-dir/*.txt"]}]}}
     repo = copy_repo(tmp_path / "repo", params)
     with pytest.raises(StageFailed, match=r"stage 'scrape' failed.*no documents"):
-        pipeline(root=str(repo), scrape_retries=0)
+        pipeline(root=str(repo), retries=0)
     assert not (repo / "data" / "filter").exists()  # nothing after the failed stage ran

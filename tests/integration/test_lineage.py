@@ -1,12 +1,16 @@
 """`llmpipe lineage`: the data versions behind a commit, an MLflow run or a registered model version."""
 
+import os
 import subprocess
+from pathlib import Path
 
 import pytest
 import yaml
 
-from llmpipe.util.io import InputError
 from llmpipe.ops.lineage import lineage
+from llmpipe.util.io import InputError
+
+REPO = Path(__file__).resolve().parents[2]
 
 
 def lock(tokens_md5: str, model_md5: str) -> dict:
@@ -90,22 +94,10 @@ def test_model_whose_weights_differ_from_the_lock_is_not_presented_as_its_model(
 
 
 MAKE_OUTS = r'''
-import sys
 from pathlib import Path
-import numpy as np
-from llmpipe.tokens.shards import ShardWriter, write_manifest
+from tests.toy_tokens import write_toy_tokens  # the repository is on PYTHONPATH
 
-out = Path("data/tokens")
-out.mkdir(parents=True)
-rng = np.random.default_rng(0)
-shards = []
-for split, n_docs in (("train", 200), ("val", 20)):
-    w = ShardWriter(out, split, 4000, np.dtype(np.uint16))
-    for _ in range(n_docs):
-        start, step = rng.integers(1, 64), rng.integers(1, 4)
-        w.add([int((start + step * i) % 63) + 1 for i in range(40)] + [0])
-    shards += [{**s, "split": split} for s in w.close()]
-write_manifest(out, {"tokenizer_sha256": "t", "eot_id": 0, "vocab_size": 64, "dtype": "uint16", "shards": shards})
+write_toy_tokens(Path("data/tokens"), docs=(200, 20))
 # DVC 3 hashes text as is (2.x turned CRLF into LF first); nested folders are relpaths with '/'
 notes = Path("data/notes/sub/deeper")
 notes.mkdir(parents=True)
@@ -147,7 +139,8 @@ def test_registered_model_carries_its_dvc_hash_and_how_it_was_trained(tmp_path, 
     git(root, "add", "-A")
     git(root, "commit", "-q", "-m", "pipeline")
     made_at = git(root, "rev-parse", "HEAD")
-    proc = subprocess.run(["dvc", "repro"], cwd=root, capture_output=True, text=True, timeout=600)
+    proc = subprocess.run(["dvc", "repro"], cwd=root, capture_output=True, text=True, timeout=600,
+                          env={**os.environ, "PYTHONPATH": str(REPO)})
     assert proc.returncode == 0, proc.stdout + proc.stderr
     locked = {o["path"]: o["md5"] for s in yaml.safe_load((root / "dvc.lock").read_text())["stages"].values()
               for o in s.get("outs", []) if "md5" in o}

@@ -27,8 +27,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from llmpipe.stages.registry import output
 from llmpipe.data.quality import RULES
+from llmpipe.stages.registry import output
 
 
 MB = 1_000_000

@@ -8,13 +8,12 @@ import subprocess
 import sys
 import time
 
-import numpy as np
 import pytest
 import torch
 import yaml
 from safetensors.torch import load_file
 
-from llmpipe.tokens.shards import ShardWriter, write_manifest
+from tests.toy_tokens import write_toy_tokens
 
 pytestmark = pytest.mark.integration
 
@@ -27,17 +26,7 @@ PARAMS = {
 
 
 def make_root(root):
-    tokens = root / "data" / "tokens"
-    tokens.mkdir(parents=True)
-    rng = np.random.default_rng(0)
-    shards = []
-    for split, n in (("train", 200), ("val", 20)):
-        w = ShardWriter(tokens, split, 5000, np.dtype(np.uint16))
-        for _ in range(n):
-            w.add(rng.integers(1, 64, 50).tolist() + [0])
-        shards += [{**s, "split": split} for s in w.close()]
-    write_manifest(tokens, {"tokenizer_sha256": "t", "eot_id": 0, "vocab_size": 64, "dtype": "uint16",
-                            "shards": shards})
+    write_toy_tokens(root / "data" / "tokens", docs=(200, 20), doc_len=50, shard_tokens=5000, learnable=False)
     (root / "params.yaml").write_text(yaml.safe_dump(PARAMS))
     return root
 

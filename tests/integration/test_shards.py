@@ -5,10 +5,10 @@ import os
 
 import pytest
 
-from llmpipe.stages.registry import output
-from llmpipe.stages.params import parse_params
 from llmpipe.stages import filter as filter_stage
 from llmpipe.stages import scrape
+from llmpipe.stages.params import parse_params
+from llmpipe.stages.registry import output
 
 pytestmark = pytest.mark.integration
 

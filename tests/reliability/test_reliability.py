@@ -35,10 +35,10 @@ import yaml
 from pydantic import BaseModel
 
 from llmpipe import cli
-from llmpipe.stages.registry import STAGE_NAMES as STAGES
-from llmpipe.stages.registry import STAGES as STAGES_DECLARED
 from llmpipe.data.sources import KINDS
 from llmpipe.stages.params import Params, parse_params
+from llmpipe.stages.registry import STAGE_NAMES as STAGES
+from llmpipe.stages.registry import STAGES as STAGES_DECLARED
 from llmpipe.util.io import InputError
 
 from tests.conftest import TINY_PARAMS, clone_repo, copy_repo, run

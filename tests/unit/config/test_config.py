@@ -4,8 +4,8 @@ import sys
 import pytest
 import yaml
 
-from llmpipe.stages.params import Params, load_params, parse_params
 from llmpipe.config.base import ParamsError
+from llmpipe.stages.params import Params, load_params, parse_params
 
 REPO_PARAMS = "params.yaml"
 

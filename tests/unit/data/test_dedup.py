@@ -8,8 +8,8 @@ import pytest
 from datasketch import MinHash
 
 from llmpipe.config.dedup import BoilerplateParams
-from llmpipe.data.minhash import ShingleHasher, signatures
 from llmpipe.data.dedup import DedupIndex, dedup_documents, find_duplicates, removed_table
+from llmpipe.data.minhash import ShingleHasher, signatures
 
 random.seed(0)
 VOCAB = [f"w{i}" for i in range(5000)]

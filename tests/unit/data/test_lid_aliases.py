@@ -4,10 +4,10 @@ for both language-ID models filter.lid_model offers."""
 import pandas as pd
 import pytest
 
-from llmpipe.config.filter import FilterParams
 from llmpipe.config.base import ParamsError
-from llmpipe.stages.params import load_params
+from llmpipe.config.filter import FilterParams
 from llmpipe.stages.filter import filter_documents as filter_tally, removal_report, removal_stats
+from llmpipe.stages.params import load_params
 
 
 def filter_documents(df, cfg):

@@ -1,14 +1,14 @@
 import pandas as pd
 import pytest
 
-from llmpipe.stages.registry import output
-from llmpipe.stages.params import parse_params
-from llmpipe.util.io import InputError, read_json
 from llmpipe.data.sources import ScrapeParams, Skip
 from llmpipe.data.sources.demo import DemoSource, iter_demo
 from llmpipe.data.sources.local import LocalSource, iter_local
 from llmpipe.stages import scrape
+from llmpipe.stages.params import parse_params
+from llmpipe.stages.registry import output
 from llmpipe.stages.scrape import collect_documents
+from llmpipe.util.io import InputError, read_json
 
 
 def doc(i, text):

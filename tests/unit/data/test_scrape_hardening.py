@@ -15,11 +15,11 @@ import pytest
 import yaml
 
 import llmpipe.data.extract as ex
-from llmpipe.stages.registry import output
-from llmpipe.stages.params import parse_params
-from llmpipe.util.io import InputError
 from llmpipe.stages import scrape
+from llmpipe.stages.params import parse_params
+from llmpipe.stages.registry import output
 from llmpipe.stages.scrape import ExtractionBroken
+from llmpipe.util.io import InputError
 
 from tests.unit.data.test_sources import HTML, TEXT, local
 

@@ -3,8 +3,8 @@ import math
 import pytest
 import torch
 
-from llmpipe.training.generate import generate, generate_batch, sample_next
 from llmpipe.model.gpt import GPT, GPTConfig
+from llmpipe.training.generate import generate, generate_batch, sample_next
 
 
 def tiny(**kw):

@@ -4,12 +4,12 @@ import pytest
 import torch
 
 from llmpipe.config.tokens import TokenizerParams
-from llmpipe.ops.export import export_hf
-from llmpipe.training.generate import generate
-from llmpipe.util.io import InputError
 from llmpipe.model.gpt import GPT, GPTConfig
+from llmpipe.ops.export import export_hf
 from llmpipe.tokens.bpe import train_tokenizer
 from llmpipe.tokens.bpe import EOT
+from llmpipe.training.generate import generate
+from llmpipe.util.io import InputError
 
 transformers = pytest.importorskip("transformers")
 

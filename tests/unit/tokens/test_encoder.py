@@ -6,9 +6,9 @@ import pytest
 from tokenizers import Tokenizer, models, pre_tokenizers, trainers
 
 from llmpipe.config.tokens import TokenizerParams
-from llmpipe.tokens.encoder import load_encoder
 from llmpipe.tokens.bpe import train_tokenizer
 from llmpipe.tokens.bpe import EOT
+from llmpipe.tokens.encoder import load_encoder
 
 from tests.unit.tokens.test_tokenizer import CORPUS, HARD
 

@@ -3,10 +3,10 @@ import json
 import numpy as np
 import pytest
 
-from llmpipe.util.io import InputError
-from llmpipe.tokens.shards import HEADER_BYTES, ShardWriter, load_manifest, read_shard, write_manifest
 from llmpipe.tokens.loader import TokenData
+from llmpipe.tokens.shards import HEADER_BYTES, ShardWriter, load_manifest, read_shard, write_manifest
 from llmpipe.tokens.split import val_mask
+from llmpipe.util.io import InputError
 
 
 def make_shards(tmp_path, docs_train, docs_val, shard_tokens=50, vocab=1000):

@@ -7,12 +7,13 @@ import torch
 from safetensors.torch import load_file
 
 from llmpipe.config.pretrain import PretrainParams
-from llmpipe.training.evaluate import evaluate_model
 from llmpipe.tokens.loader import TokenData
-from llmpipe.tokens.shards import ShardWriter, write_manifest
+from llmpipe.training.device import cpu_has_native_bf16, resolve_dtype
+from llmpipe.training.evaluate import evaluate_model
 from llmpipe.training.loop import TrainingDiverged, train
 from llmpipe.training.optim import lr_at
-from llmpipe.training.device import cpu_has_native_bf16, resolve_dtype
+
+from tests.toy_tokens import write_toy_tokens
 
 VOCAB = 64
 
@@ -20,19 +21,7 @@ VOCAB = 64
 @pytest.fixture()
 def token_dir(tmp_path):
     """A learnable toy language: repeated arithmetic sequences."""
-    rng = np.random.default_rng(0)
-    out = tmp_path / "tokens"
-    out.mkdir()
-    shards = []
-    for split, n_docs in (("train", 300), ("val", 30)):
-        w = ShardWriter(out, split, 4000, np.dtype(np.uint16))
-        for _ in range(n_docs):
-            start, step = rng.integers(1, VOCAB), rng.integers(1, 4)
-            w.add([int((start + step * i) % (VOCAB - 1)) + 1 for i in range(40)] + [0])
-        shards += [{**s, "split": split} for s in w.close()]
-    write_manifest(out, {"tokenizer_sha256": "t", "eot_id": 0, "vocab_size": VOCAB, "dtype": "uint16",
-                         "shards": shards})
-    return out
+    return write_toy_tokens(tmp_path / "tokens", VOCAB)
 
 
 def cfg(**kw):

@@ -1,0 +1,31 @@
+"""Token shards of a toy language, for training tests that need no tokenizer or corpus (a plain
+module: a DVC stage command in a test can import it too, with the repository on PYTHONPATH)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+
+from llmpipe.tokens.shards import ShardWriter, write_manifest
+
+
+def write_toy_tokens(out: Path, vocab: int = 64, docs: tuple[int, int] = (300, 30), doc_len: int = 40,
+                     shard_tokens: int = 4000, learnable: bool = True) -> Path:
+    """Train and val shards of `docs` documents each ending in <|endoftext|> (id 0). Learnable:
+    arithmetic sequences (a model's loss falls fast); else uniform random ids."""
+    rng = np.random.default_rng(0)
+    out.mkdir(parents=True, exist_ok=True)
+    shards = []
+    for split, n_docs in zip(("train", "val"), docs):
+        w = ShardWriter(out, split, shard_tokens, np.dtype(np.uint16))
+        for _ in range(n_docs):
+            if learnable:
+                start, step = rng.integers(1, vocab), rng.integers(1, 4)
+                w.add([int((start + step * i) % (vocab - 1)) + 1 for i in range(doc_len)] + [0])
+            else:
+                w.add(rng.integers(1, vocab, doc_len).tolist() + [0])
+        shards += [{**s, "split": split} for s in w.close()]
+    write_manifest(out, {"tokenizer_sha256": "t", "eot_id": 0, "vocab_size": vocab, "dtype": "uint16",
+                         "shards": shards})
+    return out
