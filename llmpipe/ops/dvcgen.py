@@ -12,7 +12,7 @@ from pathlib import Path
 import yaml
 
 from llmpipe.ops.codedeps import code_deps
-from llmpipe.stages.registry import STAGES, Stage
+from llmpipe.stages.registry import STAGES, Stage, check
 from llmpipe.util.io import write_text
 
 HEADER = """\
@@ -40,6 +40,7 @@ def stage_entry(root: Path, s: Stage) -> dict:
 
 
 def render(root: Path) -> str:
+    check()  # inputs name earlier stages' outputs: the list order is a valid run order
     stages = {s.name: stage_entry(root, s) for s in STAGES}
     body = yaml.safe_dump({"stages": stages}, sort_keys=False, width=110)
     # a blank line between stages, for people
