@@ -12,7 +12,7 @@ from fastapi import FastAPI, Request
 from fastapi.responses import HTMLResponse, JSONResponse, StreamingResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
-from llmpipe.ops.serve import protocol as p
+import llmpipe.ops.serve.protocol as p
 from llmpipe.ops.serve.engine import Engine, Job
 from llmpipe.ops.serve.template import CHAT_STOPS, render_chat
 
