@@ -96,10 +96,11 @@ def load(client, clients: int, seconds: float, max_tokens: int) -> dict:
                 with lock:
                     counts["ok"] += 1
                     counts["tokens"] += r.usage.completion_tokens
-            except openai.RateLimitError:
+            except openai.RateLimitError as err:
                 with lock:
                     counts["429"] += 1
-                time.sleep(0.2)  # a client backs off before it retries, as real ones do
+                # a client waits as the server's Retry-After says before it tries again, as real ones do
+                time.sleep(float(err.response.headers.get("retry-after", 1)))
             except Exception as err:  # noqa: BLE001 - counted and shown
                 with lock:
                     counts["other"] += 1

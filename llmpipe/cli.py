@@ -72,6 +72,8 @@ def build_parser() -> argparse.ArgumentParser:
                      help="the largest max_tokens a request may ask for; beyond it: 400 (default 1024)")
     srv.add_argument("--max-body-bytes", type=int, default=1_000_000,
                      help="the largest request body; beyond it: 413 (default 1 MB)")
+    srv.add_argument("--threads", type=int, default=None,
+                     help="torch threads for generation (default: half the cores, leaving the rest to HTTP)")
     srv.add_argument("--compile", action="store_true",
                      help="torch.compile the per-token step (faster per token, about a minute to compile)")
     return parser

@@ -6,6 +6,7 @@ request and response shapes), template (the plain-text chat template), chat.html
 from __future__ import annotations
 
 import logging
+import os
 
 from llmpipe.stages.registry import stage
 from llmpipe.util.io import InputError
@@ -26,11 +27,12 @@ def command(args) -> None:
         if not path.exists():
             raise InputError(f"missing {path} (made by the {made_by} stage: run `dvc repro {made_by}`, or pass "
                              "--model-dir / --tokenizer)")
-    for name in ("max_queue", "max_tokens_limit", "max_body_bytes"):
-        if getattr(args, name) < 1:
+    for name in ("max_queue", "max_tokens_limit", "max_body_bytes", "threads"):
+        if getattr(args, name) is not None and getattr(args, name) < 1:
             raise InputError(f"--{name.replace('_', '-')} must be at least 1")
     engine = Engine(model_dir, tokenizer, model_id=args.model_name, max_queue=args.max_queue,
-                    max_tokens_limit=args.max_tokens_limit, compile=args.compile)
+                    max_tokens_limit=args.max_tokens_limit, compile=args.compile,
+                    threads=args.threads or max(1, (os.cpu_count() or 2) // 2))
     app = create_app(engine, max_body_bytes=args.max_body_bytes)
     log.info("serving %s (%s, context %d tokens) on http://%s:%d/ (web chat at /, API at /v1)",
              args.model_name, model_dir, engine.context, args.host, args.port)

@@ -43,7 +43,7 @@ def create_app(engine: Engine, max_body_bytes: int = 1_000_000) -> FastAPI:
 
     @app.exception_handler(p.ServeError)
     async def refused(_request, err: p.ServeError):
-        return JSONResponse(err.body(), status_code=err.status)
+        return JSONResponse(err.body(), status_code=err.status, headers=err.headers)
 
     @app.exception_handler(StarletteHTTPException)
     async def http_error(_request, err: StarletteHTTPException):  # unknown paths and methods, in OpenAI's shape

@@ -18,6 +18,7 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import torch
 from tokenizers import Tokenizer
 
 from llmpipe.model.weights import load_model
@@ -56,7 +57,12 @@ def held_back(text: str, stops: list[str]) -> int:
 
 class Engine:
     def __init__(self, model_dir: Path, tokenizer_path: Path, model_id: str = "llmpipe", max_queue: int = 16,
-                 max_tokens_limit: int = 1024, default_max_tokens: int = 256, compile: bool = False):
+                 max_tokens_limit: int = 1024, default_max_tokens: int = 256, compile: bool = False,
+                 threads: int | None = None):
+        if threads:
+            # torch's threads spin while they wait: more of them than the cores left free by the HTTP side
+            # and other work makes each token many times slower (20x measured on a busy 2-core machine)
+            torch.set_num_threads(threads)
         self.model = load_model(model_dir)
         self.tok = Tokenizer.from_file(str(tokenizer_path))
         self.eot = self.tok.token_to_id(EOT)
@@ -97,7 +103,7 @@ class Engine:
             if self.waiting >= self.max_queue:
                 raise ServeError(429, f"the server is busy: {self.waiting} requests are waiting (limit "
                                  f"{self.max_queue}, llmpipe serve --max-queue); retry later",
-                                 type_="server_overloaded", code="queue_full")
+                                 type_="server_overloaded", code="queue_full", headers={"Retry-After": "1"})
             self.waiting += 1
         job.loop, job.events = asyncio.get_running_loop(), asyncio.Queue()
         self._jobs.put(job)
