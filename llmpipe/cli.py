@@ -30,6 +30,8 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "generate": ("generate text from the trained model", "llmpipe.ops.generate:command"),
     "export": ("export the trained model for other tools", "llmpipe.ops.export:command"),
     "lineage": ("print the data versions behind a model or run", "llmpipe.ops.lineage:command"),
+    "serve": ("serve the trained model over an OpenAI-compatible HTTP API, with a web chat",
+              "llmpipe.ops.serve:command"),
 }
 
 
@@ -57,6 +59,22 @@ def build_parser() -> argparse.ArgumentParser:
     gen.add_argument("--seed", type=int, default=None)
     gen.add_argument("--stop", action="append", default=None, help="stop string (repeatable)")
     gen.add_argument("--compile", action="store_true", default=None,
+                     help="torch.compile the per-token step (faster per token, about a minute to compile)")
+    srv = tools["serve"]
+    srv.add_argument("--host", default="127.0.0.1", help="address to bind (default 127.0.0.1: this machine only)")
+    srv.add_argument("--port", type=int, default=8000)
+    srv.add_argument("--model-dir", type=Path, default=None, help="model folder (default: the pretrain output)")
+    srv.add_argument("--tokenizer", type=Path, default=None, help="tokenizer.json (default: the tokenizer output)")
+    srv.add_argument("--model-name", default="llmpipe", help="the model id clients name (default llmpipe)")
+    srv.add_argument("--max-queue", type=int, default=16,
+                     help="requests that may wait for the generator; beyond them: 429 (default 16)")
+    srv.add_argument("--max-tokens-limit", type=int, default=1024,
+                     help="the largest max_tokens a request may ask for; beyond it: 400 (default 1024)")
+    srv.add_argument("--max-body-bytes", type=int, default=1_000_000,
+                     help="the largest request body; beyond it: 413 (default 1 MB)")
+    srv.add_argument("--threads", type=int, default=None,
+                     help="torch threads for generation (default: half the cores, leaving the rest to HTTP)")
+    srv.add_argument("--compile", action="store_true",
                      help="torch.compile the per-token step (faster per token, about a minute to compile)")
     return parser
 

@@ -1,0 +1,173 @@
+"""`llmpipe serve` under load: starts the server on 127.0.0.1 with the pipeline's model, checks it with
+the official `openai` client (a chat completion, a streamed one, a completion), then runs --clients
+concurrent clients for --seconds, counting ok answers, 429s (the queue is full: expected under this
+load) and any other error, the generated tokens per second, and the server's peak resident memory.
+
+    python bench/serve.py [--clients 50] [--seconds 30] [--max-queue 16] [--max-tokens 64]
+
+The model is data/model (with data/tokenizer/tokenizer.json) when the pipeline has run; otherwise the
+script first runs a tiny pipeline (the test suite's params) in a temporary copy of the repository,
+about two minutes on 2 cores. --model-dir and --tokenizer name other files.
+
+Last line: RESULT served_ok=<0|1> non_429_errors=<n> peak_rss_mb=<x> tokens_per_s=<x>, where served_ok
+is 1 when the three checks passed and the load phase had ok answers, non_429_errors counts failures
+other than 429 in the load phase (0 expected), tokens_per_s is completion tokens of ok answers per
+second of the load phase. The line is built from a dict, so other scripts' fields can join it.
+"""
+
+from __future__ import annotations
+
+import _root  # noqa: F401  (first: takes bench/ off the import path, see bench/_root.py)
+
+import argparse
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from pathlib import Path
+
+import httpx
+import psutil
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def tiny_model(work: Path) -> tuple[Path, Path]:
+    """Run the tiny pipeline in a copy of the repository; its model and tokenizer."""
+    from tests.conftest import TINY_PARAMS, copy_repo
+
+    repo = copy_repo(work / "repo", TINY_PARAMS)
+    print("no data/model: running a tiny pipeline (dvc repro pretrain) in", repo, flush=True)
+    proc = subprocess.run(["dvc", "repro", "pretrain"], cwd=repo, capture_output=True, text=True)
+    if proc.returncode != 0:
+        sys.exit(f"the tiny pipeline failed:\n{proc.stdout[-2000:]}{proc.stderr[-2000:]}")
+    return repo / "data/model", repo / "data/tokenizer/tokenizer.json"
+
+
+def start_server(model_dir: Path, tokenizer: Path, port: int, max_queue: int, log: Path) -> subprocess.Popen:
+    cmd = [sys.executable, "-m", "llmpipe.cli", "serve", "--port", str(port), "--model-dir", str(model_dir),
+           "--tokenizer", str(tokenizer), "--max-queue", str(max_queue), "--max-tokens-limit", "512"]
+    proc = subprocess.Popen(cmd, cwd=ROOT, stdout=log.open("w"), stderr=subprocess.STDOUT)
+    deadline = time.time() + 180
+    while time.time() < deadline:
+        try:
+            if httpx.get(f"http://127.0.0.1:{port}/health", timeout=2).status_code == 200:
+                return proc
+        except httpx.HTTPError:
+            pass
+        if proc.poll() is not None:
+            break
+        time.sleep(0.5)
+    proc.kill()
+    sys.exit(f"the server did not start:\n{log.read_text()[-3000:]}")
+
+
+def smoke(client) -> bool:
+    """The three kinds of request, each checked for a well-formed answer."""
+    msgs = [{"role": "system", "content": "You speak like a player."}, {"role": "user", "content": "Good morrow."}]
+    chat = client.chat.completions.create(model="llmpipe", messages=msgs, max_tokens=40, seed=1)
+    text = chat.choices[0].message.content
+    chunks = list(client.chat.completions.create(model="llmpipe", messages=msgs, max_tokens=40, seed=1,
+                                                 stream=True))
+    streamed = "".join(c.choices[0].delta.content or "" for c in chunks)
+    comp = client.completions.create(model="llmpipe", prompt="ROMEO.\n", max_tokens=40, temperature=0)
+    print(f"chat: {text!r}\nstreamed ({len(chunks)} chunks): {streamed!r}\ncompletion: {comp.choices[0].text!r}",
+          flush=True)
+    return streamed == text and chat.usage.completion_tokens > 0 and comp.usage.completion_tokens > 0
+
+
+def load(client, clients: int, seconds: float, max_tokens: int) -> dict:
+    import openai
+
+    counts = {"ok": 0, "429": 0, "other": 0, "tokens": 0}
+    errors: list[str] = []
+    lock = threading.Lock()
+    stop_at = time.time() + seconds
+
+    def one(i: int) -> None:
+        n = 0
+        while time.time() < stop_at:
+            n += 1
+            try:
+                r = client.chat.completions.create(
+                    model="llmpipe", messages=[{"role": "user", "content": f"Client {i} asks, for the {n}th time."}],
+                    max_tokens=max_tokens, temperature=0.8)
+                with lock:
+                    counts["ok"] += 1
+                    counts["tokens"] += r.usage.completion_tokens
+            except openai.RateLimitError as err:
+                with lock:
+                    counts["429"] += 1
+                # a client waits as the server's Retry-After says before it tries again, as real ones do
+                time.sleep(float(err.response.headers.get("retry-after", 1)))
+            except Exception as err:  # noqa: BLE001 - counted and shown
+                with lock:
+                    counts["other"] += 1
+                    errors.append(repr(err)[:200])
+
+    t0 = time.time()
+    threads = [threading.Thread(target=one, args=(i,), daemon=True) for i in range(clients)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(max(1.0, stop_at + 120 - time.time()))  # bounded: a request's timeout is 60 s
+    counts["seconds"] = time.time() - t0
+    for e in errors[:5]:
+        print("error:", e)
+    return counts
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--clients", type=int, default=50)
+    ap.add_argument("--seconds", type=float, default=30)
+    ap.add_argument("--max-queue", type=int, default=16)
+    ap.add_argument("--max-tokens", type=int, default=64)
+    ap.add_argument("--model-dir", type=Path, default=None)
+    ap.add_argument("--tokenizer", type=Path, default=None)
+    args = ap.parse_args()
+    from openai import OpenAI
+
+    from tests.conftest import free_port
+
+    work = Path(tempfile.mkdtemp(prefix="bench-serve-"))
+    model_dir, tokenizer = args.model_dir or ROOT / "data/model", args.tokenizer or ROOT / "data/tokenizer/tokenizer.json"
+    if not (model_dir / "model.safetensors").exists() or not tokenizer.exists():
+        model_dir, tokenizer = tiny_model(work)
+    port = free_port()
+    server = start_server(model_dir, tokenizer, port, args.max_queue, work / "server.log")
+    peak = [0]
+    sampling = threading.Event()
+
+    def sample_rss() -> None:
+        proc = psutil.Process(server.pid)
+        while not sampling.is_set():
+            try:
+                peak[0] = max(peak[0], proc.memory_info().rss + sum(c.memory_info().rss for c in proc.children(True)))
+            except psutil.Error:
+                return
+            time.sleep(0.1)
+
+    threading.Thread(target=sample_rss, daemon=True).start()
+    result = {"served_ok": 0, "non_429_errors": -1, "peak_rss_mb": 0.0, "tokens_per_s": 0.0}
+    try:
+        client = OpenAI(base_url=f"http://127.0.0.1:{port}/v1", api_key="x", max_retries=0, timeout=60)
+        ok = smoke(client)
+        c = load(client, args.clients, args.seconds, args.max_tokens)
+        alive = server.poll() is None and httpx.get(f"http://127.0.0.1:{port}/health", timeout=10).status_code == 200
+        print(f"load: {args.clients} clients for {c['seconds']:.1f} s: {c['ok']} ok, {c['429']} refused (429), "
+              f"{c['other']} other errors, {c['tokens']} tokens; server healthy after: {alive}", flush=True)
+        result.update(served_ok=int(ok and alive and c["ok"] > 0), non_429_errors=c["other"],
+                      tokens_per_s=c["tokens"] / c["seconds"])
+    finally:
+        sampling.set()
+        result["peak_rss_mb"] = peak[0] / 2**20
+        server.terminate()
+        server.wait(30)
+    print(f"model {model_dir}; server log {work / 'server.log'}")
+    print("RESULT " + " ".join(f"{k}={v:.1f}" if isinstance(v, float) else f"{k}={v}" for k, v in result.items()))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,39 @@
+"""The text side of `llmpipe serve`, without a model: the chat template and what streaming holds back."""
+
+from __future__ import annotations
+
+import pytest
+
+from llmpipe.ops.serve.engine import held_back
+from llmpipe.ops.serve.protocol import ChatRequest, CompletionRequest, ServeError, parse
+from llmpipe.ops.serve.template import CHAT_STOPS, render_chat
+
+
+def test_chat_template_renders_turns_and_ends_with_the_cue():
+    text = render_chat([{"role": "system", "content": "Be brief."}, {"role": "user", "content": " Hi "},
+                        {"role": "assistant", "content": [{"type": "text", "text": "Hail."}]},
+                        {"role": "user", "content": "Bye"}])
+    assert text == "System: Be brief.\n\nUser: Hi\n\nAssistant: Hail.\n\nUser: Bye\n\nAssistant:"
+    assert CHAT_STOPS == ["\nUser:"]
+
+
+@pytest.mark.parametrize("text, stops, n", [
+    ("Hello", ["\nUser:"], 0),
+    ("Hello\n", ["\nUser:"], 1),      # could be the start of "\nUser:": not sent yet
+    ("Hello\nUs", ["\nUser:"], 3),
+    ("Hello\nUx", ["\nUser:"], 0),
+    ("ab", ["bc", "abc"], 2),        # the longest possible start counts
+    ("ab", [], 0),
+])
+def test_streaming_holds_back_what_could_start_a_stop_string(text, stops, n):
+    assert held_back(text, stops) == n
+
+
+def test_requests_are_validated_with_the_field_named():
+    assert parse(CompletionRequest, {"model": "m", "prompt": "x", "stop": "\n"}).stops() == ["\n"]
+    assert parse(ChatRequest, {"model": "m", "messages": [{"role": "user", "content": "x"}], "logprobs": True})
+    with pytest.raises(ServeError, match="messages.0.role") as err:
+        parse(ChatRequest, {"model": "m", "messages": [{"role": "wizard", "content": "x"}]})
+    assert err.value.status == 400 and err.value.body()["error"]["param"] == "messages.0.role"
+    with pytest.raises(ServeError, match="stop"):
+        parse(CompletionRequest, {"model": "m", "prompt": "x", "stop": ["a", "b", "c", "d", "e"]})
