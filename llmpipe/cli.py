@@ -43,9 +43,12 @@ def build_parser() -> argparse.ArgumentParser:
         sub.add_parser(spec.name, help=f"stage: {spec.help}")
     tools = {name: sub.add_parser(name, help=help_) for name, (help_, _) in COMMANDS.items()}
     tools["dvc-yaml"].add_argument("--check", action="store_true", help="exit 1 if dvc.yaml differs")
-    tools["export"].add_argument("out", type=Path, help="output folder")
-    tools["export"].add_argument("--format", choices=["hf"], default="hf",
-                                 help="hf: a Hugging Face (Llama) model folder")
+    tools["export"].add_argument("out", type=Path, help="output folder (gguf: a .gguf file, or a folder "
+                                 "receiving model.gguf)")
+    tools["export"].add_argument("--format", choices=["hf", "gguf"], default="hf",
+                                 help="hf: a Hugging Face (Llama) model folder; gguf: a llama.cpp file")
+    tools["export"].add_argument("--dtype", choices=["f32", "f16"], default="f32",
+                                 help="weights' precision (gguf only; hf is f32)")
     tools["lineage"].add_argument("target", nargs="?", help="git revision, MLflow run id or "
                                   "models:/<name>/<version> (default: the workspace)")
     gen = tools["generate"]
