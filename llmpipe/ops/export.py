@@ -106,10 +106,6 @@ def command(args) -> None:
     from llmpipe.model.weights import load_model
     from llmpipe.stages.registry import stage
 
-    if args.format == "gguf":  # its own module: the gguf package is imported only for that format
-        from llmpipe.ops.gguf import command as gguf_command
-
-        return gguf_command(args)
     if args.dtype != "f32":
         raise InputError(f"--dtype {args.dtype}: the hf format is written in f32")
     sample = stage("sample")  # the trained model and its tokenizer, as the last stage reads them
