@@ -33,6 +33,11 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "serve": ("serve the trained model over an OpenAI-compatible HTTP API, with a web chat",
               "llmpipe.ops.serve:command"),
 }
+# `export --format F` -> (help, "module:function"); "export" in COMMANDS is the default format's handler.
+EXPORT_FORMATS: dict[str, tuple[str, str]] = {
+    "hf": ("a Hugging Face (Llama) model folder", "llmpipe.ops.export:command"),
+    "gguf": ("one GGUF file for llama.cpp", "llmpipe.ops.gguf:command"),
+}
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -45,9 +50,12 @@ def build_parser() -> argparse.ArgumentParser:
         sub.add_parser(spec.name, help=f"stage: {spec.help}")
     tools = {name: sub.add_parser(name, help=help_) for name, (help_, _) in COMMANDS.items()}
     tools["dvc-yaml"].add_argument("--check", action="store_true", help="exit 1 if dvc.yaml differs")
-    tools["export"].add_argument("out", type=Path, help="output folder")
-    tools["export"].add_argument("--format", choices=["hf"], default="hf",
-                                 help="hf: a Hugging Face (Llama) model folder")
+    tools["export"].add_argument("out", type=Path, help="output folder (gguf: a .gguf file, or a folder "
+                                 "receiving model.gguf)")
+    tools["export"].add_argument("--format", choices=list(EXPORT_FORMATS), default="hf",
+                                 help="; ".join(f"{k}: {h}" for k, (h, _) in EXPORT_FORMATS.items()))
+    tools["export"].add_argument("--dtype", choices=["f32", "f16"], default="f32",
+                                 help="weights' precision (gguf only; hf is f32)")
     tools["lineage"].add_argument("target", nargs="?", help="git revision, MLflow run id or "
                                   "models:/<name>/<version> (default: the workspace)")
     gen = tools["generate"]
@@ -89,8 +97,9 @@ def _setup_logging(verbose: bool) -> None:
         logging.getLogger(noisy).setLevel(logging.CRITICAL)
 
 
-def handler(command: str):
-    module, function = COMMANDS[command][1].split(":")
+def handler(command: str, export_format: str | None = None):
+    target = EXPORT_FORMATS[export_format][1] if command == "export" and export_format else COMMANDS[command][1]
+    module, function = target.split(":")
     return getattr(importlib.import_module(module), function)
 
 
@@ -102,7 +111,7 @@ def main(argv: list[str] | None = None) -> int:
     args.params = args.params if args.params.is_absolute() else args.root / args.params
     try:
         if args.command in COMMANDS:
-            handler(args.command)(args)
+            handler(args.command, getattr(args, "format", None))(args)
         else:
             from llmpipe.ops.shell import run_stage
 

@@ -21,13 +21,15 @@ from llmpipe.tokens.bpe import EOT
 from llmpipe.util.io import InputError, atomic_dir, write_json
 
 
-def check_llama_compatible(model: GPT) -> None:
+def check_llama_compatible(model: GPT, target: str = "a Hugging Face Llama model") -> None:
+    """Refuse, naming each option, a model that Llama's architecture cannot express (dropout does not
+    matter at inference; attention_window only with the alternating pattern)."""
     cfg = model.cfg
     need = {"norm": "rmsnorm", "mlp": "swiglu", "pos": "rope", "attention_pattern": "dense"}
-    wrong = {k: getattr(cfg, k) for k, v in need.items() if getattr(cfg, k) != v}
+    wrong = [f"pretrain.model.{k}: {getattr(cfg, k)} cannot be represented in {target} (needs {v})"
+             for k, v in need.items() if getattr(cfg, k) != v]
     if wrong:
-        raise InputError(f"export --format hf maps onto Llama, which needs {need}; "
-                         f"this model has {wrong}")
+        raise InputError("; ".join(wrong))
 
 
 def llama_state_dict(model: GPT) -> dict[str, torch.Tensor]:
@@ -104,6 +106,8 @@ def command(args) -> None:
     from llmpipe.model.weights import load_model
     from llmpipe.stages.registry import stage
 
+    if args.dtype != "f32":
+        raise InputError(f"--dtype {args.dtype}: the hf format is written in f32")
     sample = stage("sample")  # the trained model and its tokenizer, as the last stage reads them
     out = export_hf(load_model(args.root / sample.inp("model")), args.root / sample.inp("tokenizer"), args.out)
     print(f"wrote a Hugging Face model folder to {out}")
