@@ -63,31 +63,21 @@ def self_trained(tmp: Path, steps: int) -> tuple[GPT, Path]:
     return model.eval(), tok_path
 
 
-def main() -> None:
-    ap = argparse.ArgumentParser()
-    ap.add_argument("--steps", type=int, default=300)
-    ap.add_argument("--threads", type=int, default=2)
-    ap.add_argument("--keep", type=Path, default=None, help="also write the GGUF file here")
-    args = ap.parse_args()
-    torch.set_num_threads(args.threads)
+def parity(model: GPT, tok_path: Path, threads: int = 2, keep: Path | None = None) -> dict:
+    """Export `model` to GGUF and compare llama.cpp with llmpipe: token ids, 32 greedy tokens on each
+    prompt, and the largest logit difference (f32 weights and KV cache)."""
     import llama_cpp
     from tokenizers import Tokenizer
 
     with tempfile.TemporaryDirectory() as tmp:
-        demo_model, demo_tok = ROOT / "data" / "model", ROOT / "data" / "tokenizer" / "tokenizer.json"
-        if (demo_model / "config.json").exists() and demo_tok.exists():
-            model, tok_path, source = load_model(demo_model), demo_tok, "demo"
-        else:
-            print("no data/model + data/tokenizer/tokenizer.json: training a small model here")
-            model, tok_path, source = (*self_trained(Path(tmp), args.steps), "self-trained")
         tok = Tokenizer.from_file(str(tok_path))
-        path = export_gguf(model, tok_path, args.keep or Path(tmp) / "model.gguf")
-        print(f"model ({source}): {model.cfg.model_dump()}; GGUF {path.stat().st_size / 1e6:.1f} MB")
+        path = export_gguf(model, tok_path, keep or Path(tmp) / "model.gguf")
+        print(f"GGUF {path.stat().st_size / 1e6:.1f} MB for {model.cfg.model_dump()}")
         prompts = [tok.encode(p).ids for p in PROMPTS]
         ours = generate_batch(model, prompts, NEW_TOKENS, temperature=0.0)
         n_ctx = min(model.cfg.block_size, max(map(len, prompts)) + NEW_TOKENS + 1)
         # an f32 KV cache (llama.cpp's default is f16, which alone moves logits by ~1e-2): f32 throughout
-        llm = llama_cpp.Llama(model_path=str(path), n_ctx=n_ctx, n_threads=args.threads, logits_all=True,
+        llm = llama_cpp.Llama(model_path=str(path), n_ctx=n_ctx, n_threads=threads, logits_all=True,
                               verbose=False, type_k=llama_cpp.GGML_TYPE_F32, type_v=llama_cpp.GGML_TYPE_F32)
         try:  # closed explicitly: an unclosed Llama's finalizer raises at interpreter exit
             tokens_match = all(llm.tokenize(p.encode(), add_bos=False, special=False) == ids
@@ -111,8 +101,26 @@ def main() -> None:
                 diff = max(diff, float(np.abs(cpp - ref).max()))
         finally:
             llm.close()
-    print(f"RESULT gguf_greedy_match={int(all(matches))} tokens_match={int(tokens_match)} "
-          f"max_logit_diff={diff:.2e} model={source}")
+    return {"gguf_greedy_match": int(all(matches)), "tokens_match": int(tokens_match), "max_logit_diff": diff}
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--steps", type=int, default=300)
+    ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--keep", type=Path, default=None, help="also write the GGUF file here")
+    args = ap.parse_args()
+    torch.set_num_threads(args.threads)
+    with tempfile.TemporaryDirectory() as tmp:
+        demo_model, demo_tok = ROOT / "data" / "model", ROOT / "data" / "tokenizer" / "tokenizer.json"
+        if (demo_model / "config.json").exists() and demo_tok.exists():
+            model, tok_path, source = load_model(demo_model), demo_tok, "demo"
+        else:
+            print("no data/model + data/tokenizer/tokenizer.json: training a small model here")
+            model, tok_path, source = (*self_trained(Path(tmp), args.steps), "self-trained")
+        r = parity(model, tok_path, args.threads, args.keep)
+    print(f"RESULT gguf_greedy_match={r['gguf_greedy_match']} tokens_match={r['tokens_match']} "
+          f"max_logit_diff={r['max_logit_diff']:.2e} model={source}")
 
 
 if __name__ == "__main__":

@@ -9,7 +9,11 @@ The model is data/model (with data/tokenizer/tokenizer.json) when the pipeline h
 script first runs a tiny pipeline (the test suite's params) in a temporary copy of the repository,
 about two minutes on 2 cores. --model-dir and --tokenizer name other files.
 
-Last line: RESULT served_ok=<0|1> non_429_errors=<n> peak_rss_mb=<x> tokens_per_s=<x>, where served_ok
+Then it exports the same model to GGUF and compares llama.cpp's 32 greedy tokens with llmpipe's on 3
+prompts (bench/gguf.py; needs the dev extra's llama-cpp-python).
+
+Last line: RESULT served_ok=<0|1> non_429_errors=<n> peak_rss_mb=<x> tokens_per_s=<x>
+gguf_greedy_match=<0|1>, where served_ok
 is 1 when the three checks passed and the load phase had ok answers, non_429_errors counts failures
 other than 429 in the load phase (0 expected), tokens_per_s is completion tokens of ok answers per
 second of the load phase. The line is built from a dict, so other scripts' fields can join it.
@@ -20,6 +24,7 @@ from __future__ import annotations
 import _root  # noqa: F401  (first: takes bench/ off the import path, see bench/_root.py)
 
 import argparse
+import importlib.util
 import subprocess
 import sys
 import tempfile
@@ -31,6 +36,8 @@ import httpx
 import psutil
 
 ROOT = Path(__file__).resolve().parent.parent
+
+from llmpipe.model.weights import load_model  # noqa: E402
 
 
 def tiny_model(work: Path) -> tuple[Path, Path]:
@@ -166,6 +173,11 @@ def main() -> None:
         server.terminate()
         server.wait(30)
     print(f"model {model_dir}; server log {work / 'server.log'}")
+    # the same model through llama.cpp: its GGUF export's greedy tokens against llmpipe's (bench/gguf.py)
+    spec = importlib.util.spec_from_file_location("bench_gguf", Path(__file__).with_name("gguf.py"))
+    bench_gguf = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(bench_gguf)
+    result["gguf_greedy_match"] = bench_gguf.parity(load_model(model_dir), tokenizer)["gguf_greedy_match"]
     print("RESULT " + " ".join(f"{k}={v:.1f}" if isinstance(v, float) else f"{k}={v}" for k, v in result.items()))
 
 
