@@ -8,23 +8,16 @@ compare view. Screenshots are kept in test-artifacts/.
 from __future__ import annotations
 
 import json
-import os
-import shutil
 import time
-from pathlib import Path
 
 import pytest
 
+from tests.browser import headless_chromium, require_chromium
 from tests.conftest import REPO, TINY_PARAMS, copy_repo, free_port, local_server, run
 
 pytestmark = pytest.mark.integration
 
-CHROMIUM, CHROMEDRIVER = shutil.which("chromium") or "/usr/bin/chromium", shutil.which("chromedriver") or "/usr/bin/chromedriver"
 ARTIFACTS = REPO / "test-artifacts"
-# Chromium on a machine without internet: no background connections, no sandbox (root in CI).
-CHROMIUM_FLAGS = ["--headless=new", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
-                  "--disable-background-networking", "--disable-component-update", "--disable-sync",
-                  "--disable-dev-shm-usage", "--window-size=1600,1000"]
 
 
 @pytest.fixture(scope="module")
@@ -74,23 +67,13 @@ def pretrain_runs(url: str) -> tuple[str, list]:
 
 
 def test_mlflow_ui_lists_and_compares_both_runs(mlflow_server, two_runs):
-    if not (Path(CHROMIUM).exists() and Path(CHROMEDRIVER).exists()):
-        # .ci/run sets LLMPIPE_REQUIRE_BROWSER: there a missing browser is a failure, not a skip
-        if os.environ.get("LLMPIPE_REQUIRE_BROWSER"):
-            pytest.fail("Debian's chromium and chromium-driver are missing (scripts/test.sh installs them with apt)")
-        pytest.skip("Debian's chromium and chromium-driver are not installed (scripts/test.sh installs them with apt)")
-    from selenium import webdriver
-    from selenium.webdriver.chrome.service import Service
+    require_chromium()
     from selenium.webdriver.support.ui import WebDriverWait
 
     exp_id, runs = pretrain_runs(mlflow_server)
     assert len(runs) == 2 and {r.data.params["pretrain.lr"] for r in runs} == {"0.005", "0.002"}
     assert all("val_loss" in r.data.metrics for r in runs)
-    options = webdriver.ChromeOptions()
-    options.binary_location = CHROMIUM
-    for flag in CHROMIUM_FLAGS + [f"--user-data-dir={two_runs.parent / 'chromium-profile'}"]:
-        options.add_argument(flag)
-    driver = webdriver.Chrome(service=Service(CHROMEDRIVER), options=options)
+    driver = headless_chromium(two_runs.parent / 'chromium-profile')
     ARTIFACTS.mkdir(exist_ok=True)
     try:
         ids = [r.info.run_id for r in runs]

@@ -5,7 +5,6 @@ host unresolvable and every proxy dead, opens both pages."""
 from __future__ import annotations
 
 import os
-import shutil
 import subprocess
 import sys
 import time
@@ -13,17 +12,14 @@ from pathlib import Path
 
 import pytest
 
+from tests.browser import headless_chromium, require_chromium
 from tests.conftest import REPO
 
 pytestmark = pytest.mark.integration
 
-CHROMIUM, CHROMEDRIVER = shutil.which("chromium") or "/usr/bin/chromium", shutil.which("chromedriver") or "/usr/bin/chromedriver"
 JS = REPO / ".dvc" / "plots-js"
 OFFLINE = ["--host-resolver-rules=MAP * ~NOTFOUND", "--proxy-server=http://127.0.0.1:9",
            "--proxy-bypass-list=<-loopback>"]
-CHROMIUM_FLAGS = ["--headless=new", "--no-sandbox", "--disable-gpu", "--no-first-run",
-                  "--disable-background-networking", "--disable-component-update", "--disable-dev-shm-usage",
-                  "--window-size=1200,900", *OFFLINE]
 # Pixels of the first canvas that are neither transparent nor white: axes, labels and the curve.
 INKED = """const c = document.querySelector('canvas'); if (!c || !c.width) return 0;
 const d = c.getContext('2d').getImageData(0, 0, c.width, c.height).data; let n = 0;
@@ -39,14 +35,12 @@ def dvc_plots_show(repo: Path, out: str, *extra: str) -> Path:
 
 
 def test_plots_page_renders_offline(tmp_path):
-    if not (Path(CHROMIUM).exists() and Path(CHROMEDRIVER).exists()):
-        if os.environ.get("LLMPIPE_REQUIRE_BROWSER"):
-            pytest.fail("Debian's chromium and chromium-driver are missing (scripts/test.sh installs them with apt)")
-        pytest.skip("Debian's chromium and chromium-driver are not installed (scripts/test.sh installs them with apt)")
+    require_chromium()
     if not all((JS / n).exists() for n in ("vega.min.js", "vega-lite.min.js", "vega-embed.min.js")):
-        pytest.skip(f"{JS} has no Vega scripts: scripts/setup.sh fetches them from npm (it could not here)")
-    from selenium import webdriver
-    from selenium.webdriver.chrome.service import Service
+        why = f"{JS} has no Vega scripts: scripts/setup.sh fetches them from npm (it could not here)"
+        if os.environ.get("LLMPIPE_REQUIRE_BROWSER"):  # .ci/run: the offline page must be checked there
+            pytest.fail(why)
+        pytest.skip(why)
     from selenium.webdriver.support.ui import WebDriverWait
 
     page = tmp_path / "page.html"
@@ -61,11 +55,7 @@ def test_plots_page_renders_offline(tmp_path):
     cdn = dvc_plots_show(repo, "cdn")  # DVC's own page
     assert "cdn.jsdelivr.net" not in offline.read_text() and "cdn.jsdelivr.net" in cdn.read_text()
 
-    options = webdriver.ChromeOptions()
-    options.binary_location = CHROMIUM
-    for flag in CHROMIUM_FLAGS + [f"--user-data-dir={tmp_path / 'chromium-profile'}"]:
-        options.add_argument(flag)
-    driver = webdriver.Chrome(service=Service(CHROMEDRIVER), options=options)
+    driver = headless_chromium(tmp_path / 'chromium-profile', OFFLINE)
     try:
         driver.get(offline.as_uri())
         WebDriverWait(driver, 60).until(lambda d: d.execute_script(INKED) > 500)

@@ -5,14 +5,13 @@ and the web chat at / in headless Chromium."""
 
 from __future__ import annotations
 
-import os
 import sys
 import threading
-from pathlib import Path
 
 import httpx
 import pytest
 
+from tests.browser import headless_chromium, require_chromium
 from tests.conftest import free_port, local_server
 
 pytestmark = pytest.mark.integration
@@ -171,15 +170,7 @@ def test_overload_gets_429s_and_no_other_errors(client):
 
 
 def test_web_chat_streams_an_answer(server, client, tmp_path):
-    from tests.integration.test_mlflow_ui import CHROMEDRIVER, CHROMIUM, CHROMIUM_FLAGS
-
-    if not (Path(CHROMIUM).exists() and Path(CHROMEDRIVER).exists()):
-        # .ci/run sets LLMPIPE_REQUIRE_BROWSER: there a missing browser is a failure, not a skip
-        if os.environ.get("LLMPIPE_REQUIRE_BROWSER"):
-            pytest.fail("Debian's chromium and chromium-driver are missing (scripts/test.sh installs them with apt)")
-        pytest.skip("Debian's chromium and chromium-driver are not installed (scripts/test.sh installs them with apt)")
-    from selenium import webdriver
-    from selenium.webdriver.chrome.service import Service
+    require_chromium()
     from selenium.webdriver.support.ui import WebDriverWait
 
     message = "Good morrow, sir."
@@ -191,11 +182,7 @@ def test_web_chat_streams_an_answer(server, client, tmp_path):
     # a seed whose answer shows something (the tiny model often says only newlines)
     seed, expected = next(((s, a) for s in range(10) if (a := api_answer(s)).strip()), (None, ""))
     assert seed is not None, "no seed in 0-9 gives the tiny model a visible answer"
-    options = webdriver.ChromeOptions()
-    options.binary_location = CHROMIUM
-    for flag in CHROMIUM_FLAGS + [f"--user-data-dir={tmp_path / 'chromium-profile'}"]:
-        options.add_argument(flag)
-    driver = webdriver.Chrome(service=Service(CHROMEDRIVER), options=options)
+    driver = headless_chromium(tmp_path / 'chromium-profile')
     try:
         driver.get(server + "/")
         for field, value in (("temperature", "1"), ("max_tokens", "30"), ("seed", str(seed))):

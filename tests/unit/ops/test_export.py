@@ -3,24 +3,14 @@
 import pytest
 import torch
 
-from llmpipe.config.tokens import TokenizerParams
 from llmpipe.model.gpt import GPT, GPTConfig
 from llmpipe.ops.export import export_hf
-from llmpipe.tokens.bpe import train_tokenizer
 from llmpipe.tokens.bpe import EOT
 from llmpipe.training.generate import generate
 from llmpipe.util.io import InputError
 
 transformers = pytest.importorskip("transformers")
 
-TEXTS = ["To be, or not to be, that is the question.", "Whether 'tis nobler in the mind to suffer."] * 10
-
-
-@pytest.fixture(scope="module")
-def tokenizer_file(tmp_path_factory):
-    path = tmp_path_factory.mktemp("tok") / "tokenizer.json"
-    train_tokenizer(iter(TEXTS), TokenizerParams(vocab_size=320)).save(str(path))
-    return path
 
 
 @pytest.mark.parametrize("kw", [{}, {"n_kv_head": 1}, {"tie_embeddings": False}])

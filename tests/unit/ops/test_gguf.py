@@ -7,23 +7,13 @@ import pytest
 import torch
 
 from llmpipe.cli import main
-from llmpipe.config.tokens import TokenizerParams
 from llmpipe.model.gpt import GPT, GPTConfig, apply_rope, rope_tables
 from llmpipe.model.weights import save_model
 from llmpipe.ops.gguf import export_gguf, rope_interleave
-from llmpipe.tokens.bpe import train_tokenizer
 from llmpipe.util.io import InputError
 
 gguf = pytest.importorskip("gguf")
 
-TEXTS = ["To be, or not to be, that is the question.", "Whether 'tis nobler in the mind to suffer."] * 10
-
-
-@pytest.fixture(scope="module")
-def tokenizer_file(tmp_path_factory):
-    path = tmp_path_factory.mktemp("tok") / "tokenizer.json"
-    train_tokenizer(iter(TEXTS), TokenizerParams(vocab_size=320)).save(str(path))
-    return path
 
 
 def field(reader, key):
