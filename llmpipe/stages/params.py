@@ -33,10 +33,6 @@ def load_params(path: Path | str = "params.yaml"):
     return parse_params(read_yaml(path), path)
 
 
-def default_params():
-    return Params()
-
-
 def params_yaml(params) -> str:
     """The validated tree with every default written out, as params.yaml holds it."""
     return yaml.safe_dump(params.model_dump(), sort_keys=False, allow_unicode=True, width=110)
