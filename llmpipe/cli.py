@@ -32,6 +32,8 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "lineage": ("print the data versions behind a model or run", "llmpipe.ops.lineage:command"),
     "serve": ("serve the trained model over an OpenAI-compatible HTTP API, with a web chat",
               "llmpipe.ops.serve:command"),
+    "seen": ("does a text occur in the training documents, and in which (13-gram index)",
+             "llmpipe.ops.seen:command"),
 }
 # `export --format F` -> (help, "module:function"); "export" in COMMANDS is the default format's handler.
 EXPORT_FORMATS: dict[str, tuple[str, str]] = {
@@ -58,6 +60,8 @@ def build_parser() -> argparse.ArgumentParser:
                                  help="weights' precision (gguf only; hf is f32)")
     tools["lineage"].add_argument("target", nargs="?", help="git revision, MLflow run id or "
                                   "models:/<name>/<version> (default: the workspace)")
+    tools["seen"].add_argument("text", help="the text to look for")
+    tools["seen"].add_argument("--limit", type=int, default=20, help="documents to list (default 20)")
     gen = tools["generate"]
     gen.add_argument("prompts", nargs="+")
     gen.add_argument("--max-new-tokens", type=int, default=None)

@@ -28,6 +28,8 @@ SECTIONS: dict[str, str] = {
     "pretrain": "llmpipe.config.pretrain:PretrainParams",
     "evaluate": "llmpipe.config.evaluate:EvaluateParams",
     "sample": "llmpipe.config.sample:SampleParams",
+    "tasks": "llmpipe.config.evals:TasksParams",  # issue 16: benchmark evaluation
+    "benchmark": "llmpipe.config.evals:BenchmarkParams",
     "tracking": "llmpipe.config.ops:TrackingParams",
     "schedule": "llmpipe.config.ops:ScheduleParams",
     "scale": "llmpipe.config.ops:ScaleParams",

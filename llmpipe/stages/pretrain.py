@@ -7,8 +7,13 @@ import logging
 import time
 from pathlib import Path
 
+from tokenizers import Tokenizer
+
+from llmpipe.evals.suite import inloop_evaluator
+from llmpipe.evals.tasks import read_items
 from llmpipe.model.weights import save_model
 from llmpipe.stages.registry import StageParams, StageResult, stage
+from llmpipe.tokens.bpe import EOT
 from llmpipe.tokens.shards import MANIFEST, load_manifest
 from llmpipe.training.loop import train
 from llmpipe.training.parallel import is_main_process
@@ -28,6 +33,15 @@ def write_tsv(path: Path, rows: list[dict], columns: list[str]) -> None:
         tmp.write_text("\n".join(lines) + "\n")
 
 
+def inloop_evaluator_for(root: Path):
+    """The in-loop benchmark items chosen by the tasks stage (none: no in-loop evaluation)."""
+    items = read_items(root / STAGE.inp("inloop"))
+    if not items:
+        return None
+    tok = Tokenizer.from_file(str(root / STAGE.inp("tokenizer")))
+    return inloop_evaluator(items, tok, tok.token_to_id(EOT))
+
+
 def run(params: StageParams, root: Path, sink=None) -> StageResult:
     t0 = time.perf_counter()
     token_dir = root / STAGE.inp("tokens")
@@ -38,7 +52,8 @@ def run(params: StageParams, root: Path, sink=None) -> StageResult:
         "data_sha256": hashlib.sha256((token_dir / MANIFEST).read_bytes()).hexdigest(),
         "data_dvc_md5": dvc_lock_out_hashes(root).get(str(STAGE.inp("tokens"))),
     }
-    result = train(params.pretrain, token_dir, root / STAGE.out("checkpoints"), manifest.vocab_size, identity, sink)
+    result = train(params.pretrain, token_dir, root / STAGE.out("checkpoints"), manifest.vocab_size, identity, sink,
+                   on_eval=inloop_evaluator_for(root))
     metrics = {**result.metrics, "seconds": round(time.perf_counter() - t0, 3)}
     if not is_main_process():  # under torchrun only rank 0 writes
         return StageResult(metrics)
@@ -50,7 +65,12 @@ def run(params: StageParams, root: Path, sink=None) -> StageResult:
     metrics["model_dvc_md5"] = dvc_md5(root / STAGE.out("model"))
     write_tsv(root / STAGE.out("train"), result.history["train"], TRAIN_COLUMNS)
     write_tsv(root / STAGE.out("val"), result.history["val"], VAL_COLUMNS)
+    bench = result.history.get("bench", [])
+    write_tsv(root / STAGE.out("bench"), bench, list(bench[0]) if bench else ["step", "tokens", "acc_norm"])
+    if bench:
+        metrics.update({f"inloop_{k}": v for k, v in bench[-1].items() if k not in ("step", "tokens")})
     loss_curve_png(result.history["train"], result.history["val"], root / STAGE.out("loss_png"),
                    title=f"{metrics['params'] / 1e6:.2f}M parameters, {metrics['tokens']:,} tokens")
-    return StageResult(metrics, artifacts=[root / STAGE.out("train"), root / STAGE.out("val"), root / STAGE.out("loss_png")],
+    return StageResult(metrics, artifacts=[root / STAGE.out("train"), root / STAGE.out("val"), root / STAGE.out("bench"),
+                                          root / STAGE.out("loss_png")],
                        model_dir=root / STAGE.out("model"))

@@ -63,10 +63,12 @@ def estimate_val_loss(model, val: TokenData, cfg: PretrainParams, device, dtype,
 
 
 def train(cfg: PretrainParams, token_dir: Path, ckpt_dir: Path, vocab_size: int, identity: dict,
-          sink: Callable[[dict, int], None] | None = None, stop_after: int | None = None) -> TrainResult:
+          sink: Callable[[dict, int], None] | None = None, stop_after: int | None = None,
+          on_eval: Callable[[GPT, torch.dtype], dict] | None = None) -> TrainResult:
     """Train from scratch or resume from `ckpt_dir`; returns the model (on rank 0 all ranks agree).
 
-    `stop_after` ends the run early after that many steps in this process (for tests of resume)."""
+    `stop_after` ends the run early after that many steps in this process (for tests of resume).
+    `on_eval(model, dtype)` scores benchmark items at every evaluation (history["bench"])."""
     if cfg.threads:
         torch.set_num_threads(cfg.threads)
     device = resolve_device(cfg)
@@ -163,6 +165,11 @@ def train(cfg: PretrainParams, token_dir: Path, ckpt_dir: Path, vocab_size: int,
                 log.info("step %d val loss %.4f", done, vl)
                 if sink:
                     sink({"val_loss": vl}, done)
+            if on_eval is not None:  # in-loop benchmark items (llmpipe/evals), every rank alike (FSDP)
+                bench = on_eval(model, dtype)
+                history.setdefault("bench", []).append({"step": done, "tokens": done * tokens_per_step, **bench})
+                if ddp.is_main and sink:
+                    sink({f"inloop_{k}": v for k, v in bench.items()}, done)
         if done % cfg.checkpoint_interval == 0 or done == cfg.max_steps:
             checkpoint(done)
     final_step = step

@@ -18,7 +18,7 @@ from llmpipe.stages.registry import STAGES, check, stage
 REPO = Path(__file__).resolve().parents[2]
 # Low to high: a module imports only from its own layer or lower ones.
 LAYERS = [("llmpipe", "llmpipe.config", "llmpipe.util"), ("llmpipe.data",), ("llmpipe.tokens",),
-          ("llmpipe.model",), ("llmpipe.training",), ("llmpipe.stages",), ("llmpipe.ops", "llmpipe.cli")]
+          ("llmpipe.model",), ("llmpipe.evals",), ("llmpipe.training",), ("llmpipe.stages",), ("llmpipe.ops", "llmpipe.cli")]
 MAX_LINES = 400
 
 

