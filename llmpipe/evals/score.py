@@ -71,7 +71,7 @@ def _batches(groups: list[tuple[tuple[int, ...], list]], max_rows: int, block: i
         yield batch
 
 
-@torch.no_grad()
+@torch.inference_mode()
 def _score_batch(model, batch, device, dtype) -> list[tuple[tuple, float, bool]]:
     cfg = model.cfg
     width = max(len(p) for p, _ in batch)
@@ -83,24 +83,23 @@ def _score_batch(model, batch, device, dtype) -> list[tuple[tuple, float, bool]]
     first = F.log_softmax(first, dim=-1)  # (G, V): the next-token distribution after each prefix
     rows = [(g, r) for g, (_, reqs) in enumerate(batch) for r in reqs]
     owner = torch.tensor([g for g, _ in rows], device=device)
-    k_max = max(len(r[3]) for _, r in rows)
-    rest = None
+    lengths = torch.tensor([len(r[3]) for _, r in rows], device=device)
+    k_max = int(lengths.max())
+    targets = torch.tensor([r[3] + [0] * (k_max - len(r[3])) for _, r in rows], device=device)  # (R, k_max)
+    logp = first.index_select(0, owner)[:, None]  # (R, 1, V): the first continuation token's distribution
     if k_max > 1:  # the continuations' own tokens after the first, right-padded, on copies of the cache
         conts = KVCache(cfg, len(rows), device, cache.k[0].dtype)
         for layer in range(cfg.n_layer):
             conts.k[layer] = cache.k[layer].index_select(0, owner)
             conts.v[layer] = cache.v[layer].index_select(0, owner)
         conts.pos = width
-        x = torch.tensor([r[3][:-1] + [0] * (k_max - len(r[3])) for _, r in rows], device=device)
         with torch.autocast(device.type, dtype=dtype, enabled=dtype != torch.float32):
-            logits = model(x, cache=conts, pad=pad.index_select(0, owner) if bool(pad.any()) else None)[0]
-        rest = F.log_softmax(logits.float(), dim=-1)  # (R, k_max - 1, V)
-    out = []
-    for n, (g, r) in enumerate(rows):
-        k = torch.tensor(r[3], device=device)
-        lp = torch.cat([first[g : g + 1], rest[n, : len(k) - 1]]) if len(k) > 1 else first[g : g + 1]
-        out.append(((r[0], r[1]), float(lp.gather(1, k[:, None]).sum()), bool((lp.argmax(-1) == k).all())))
-    return out
+            logits = model(targets[:, :-1], cache=conts, pad=pad.index_select(0, owner) if bool(pad.any()) else None)[0]
+        logp = torch.cat([logp, F.log_softmax(logits.float(), dim=-1)], dim=1)  # (R, k_max, V)
+    real = torch.arange(k_max, device=device)[None, :] < lengths[:, None]
+    token_lp = logp.gather(2, targets[:, :, None])[:, :, 0].masked_fill(~real, 0.0).sum(1)
+    greedy = ((logp.argmax(-1) == targets) | ~real).all(1)
+    return [((r[0], r[1]), ll, g) for (_, r), ll, g in zip(rows, token_lp.tolist(), greedy.tolist())]
 
 
 def score_items(model, tok, items: list[Item], eot_id: int, max_rows: int = 32,
