@@ -1,4 +1,4 @@
-"""A benchmark suite over scored items: the fixed choice of items, few-shot prompts, and the metrics.
+"""A benchmark suite over scored items: the metrics, and scoring whole tasks (in the loop and after it).
 
 - acc: the choice with the highest summed log-likelihood is the right one (first on ties);
 - acc_norm: the same after dividing each log-likelihood by its choice's length in characters, as
@@ -11,37 +11,12 @@
 
 from __future__ import annotations
 
-import random
 import time
 
 import numpy as np
 
 from llmpipe.evals.score import Scored, score_items
 from llmpipe.evals.tasks import Item
-
-
-def choose(items: list[Item], n: int | None, seed: int) -> list[Item]:
-    """A fixed subset: n items drawn with the seed (all, in order, when n is None or covers the task)."""
-    if n is None or n >= len(items):
-        return list(items)
-    picked = sorted(random.Random(f"{seed}:{items[0].task}").sample(range(len(items)), n))
-    return [items[i] for i in picked]
-
-
-def with_shots(items: list[Item], pool: list[Item], k: int, seed: int) -> list[Item]:
-    """Each item's contexts behind k solved examples from the task's pool (never the item itself), drawn
-    with a seed per task and item, each written as context + right continuation, joined by blank lines."""
-    if k <= 0:
-        return items
-    out = []
-    for item in items:
-        rng = random.Random(f"{seed}:{item.task}:{item.id}")
-        others = [p for p in pool if p.id != item.id]
-        shots = rng.sample(others, min(k, len(others)))
-        prefix = "".join(s.text() + "\n\n" for s in shots)
-        out.append(Item(item.task, item.id, item.kind, [prefix + c for c in item.contexts], item.continuations,
-                        item.gold, item.delimiter))
-    return out
 
 
 def item_metrics(item: Item, s: Scored) -> tuple[float, float]:

@@ -1,4 +1,5 @@
-"""Benchmark items: one record shape for every task, and the documented JSONL shapes users bring.
+"""Benchmark items: one record shape for every task, the documented JSONL shapes users bring, and the
+fixed choice of items and few-shot examples.
 
 An item is a list of (context, continuation) pairs, one per choice, and the index of the right one:
 - multiple choice (HellaSwag, ARC, PIQA ...): one context, one continuation per choice;
@@ -17,6 +18,7 @@ lm-eval's target_delimiter does.
 from __future__ import annotations
 
 import json
+import random
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -133,4 +135,28 @@ def read_items(path: Path) -> list[Item]:
             out.append(Item(**json.loads(line)))
         except (json.JSONDecodeError, TypeError) as err:
             raise InputError(f"{path}:{n}: not an item record ({err})") from None
+    return out
+
+
+def choose(items: list[Item], n: int | None, seed: int) -> list[Item]:
+    """A fixed subset: n items drawn with the seed (all, in order, when n is None or covers the task)."""
+    if n is None or n >= len(items):
+        return list(items)
+    picked = sorted(random.Random(f"{seed}:{items[0].task}").sample(range(len(items)), n))
+    return [items[i] for i in picked]
+
+
+def with_shots(items: list[Item], pool: list[Item], k: int, seed: int) -> list[Item]:
+    """Each item's contexts behind k solved examples from the task's pool (never the item itself), drawn
+    with a seed per task and item, each written as context + right continuation, joined by blank lines."""
+    if k <= 0:
+        return items
+    out = []
+    for item in items:
+        rng = random.Random(f"{seed}:{item.task}:{item.id}")
+        others = [p for p in pool if p.id != item.id]
+        shots = rng.sample(others, min(k, len(others)))
+        prefix = "".join(s.text() + "\n\n" for s in shots)
+        out.append(Item(item.task, item.id, item.kind, [prefix + c for c in item.contexts], item.continuations,
+                        item.gold, item.delimiter))
     return out

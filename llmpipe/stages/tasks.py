@@ -23,8 +23,7 @@ from llmpipe.config.tokens import SplitParams
 from llmpipe.evals.builtin import load_builtin
 from llmpipe.evals.contamination import NgramIndex, contaminated_ids
 from llmpipe.evals.indomain import TASK as INDOMAIN, build_indomain
-from llmpipe.evals.suite import choose, with_shots
-from llmpipe.evals.tasks import Item, load_jsonl_task, write_items
+from llmpipe.evals.tasks import Item, choose, load_jsonl_task, with_shots, write_items
 from llmpipe.stages.registry import StageParams, StageResult, stage
 from llmpipe.tokens.split import parquet_val_mask
 from llmpipe.util.io import InputError, atomic_dir, iter_parquet_batches, write_json

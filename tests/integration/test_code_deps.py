@@ -28,11 +28,12 @@ def test_every_module_a_stage_process_imported_is_a_dep(tiny_pipeline):
 EDITS = {
     "llmpipe/data/quality.py": {"filter"},
     "llmpipe/tokens/split.py": {"tokenizer", "tokenize"},
-    "llmpipe/model/decode.py": {"pretrain", "evaluate", "sample"},
+    "llmpipe/model/decode.py": {"pretrain", "evaluate", "benchmark", "sample"},
+    "llmpipe/evals/contamination.py": {"tasks"},
     "llmpipe/training/generate.py": {"sample"},
-    "llmpipe/config/pretrain.py": {"pretrain", "evaluate", "sample"},
-    "llmpipe/stages/registry.py": {"scrape", "filter", "dedup", "tokenizer", "tokenize", "pretrain", "evaluate",
-                                   "sample"},
+    "llmpipe/config/pretrain.py": {"pretrain", "evaluate", "benchmark", "sample"},
+    "llmpipe/stages/registry.py": {"scrape", "filter", "dedup", "tokenizer", "tokenize", "tasks", "pretrain",
+                                   "evaluate", "benchmark", "sample"},
 }
 
 

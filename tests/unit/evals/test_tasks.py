@@ -8,8 +8,8 @@ import json
 import pytest
 
 from llmpipe.evals.score import Scored
-from llmpipe.evals.suite import choose, item_metrics, task_metrics, with_shots
-from llmpipe.evals.tasks import Item, load_jsonl_task, read_items, write_items
+from llmpipe.evals.suite import item_metrics, task_metrics
+from llmpipe.evals.tasks import Item, choose, load_jsonl_task, read_items, with_shots, write_items
 from llmpipe.util.io import InputError
 
 
