@@ -80,25 +80,25 @@ def _score_batch(model, batch, device, dtype) -> list[tuple[tuple, float, bool]]
     cache = KVCache(cfg, len(batch), device, dtype)
     with torch.autocast(device.type, dtype=dtype, enabled=dtype != torch.float32):
         first = model(ctx, cache=cache, pad=pad if bool(pad.any()) else None, last_only=True)[0][:, -1].float()
-    first = F.log_softmax(first, dim=-1)  # (G, V): the next-token distribution after each prefix
     rows = [(g, r) for g, (_, reqs) in enumerate(batch) for r in reqs]
     owner = torch.tensor([g for g, _ in rows], device=device)
     lengths = torch.tensor([len(r[3]) for _, r in rows], device=device)
     k_max = int(lengths.max())
     targets = torch.tensor([r[3] + [0] * (k_max - len(r[3])) for _, r in rows], device=device)  # (R, k_max)
-    logp = first.index_select(0, owner)[:, None]  # (R, 1, V): the first continuation token's distribution
+    logits = first.index_select(0, owner)[:, None]  # (R, 1, V): the first continuation token's distribution
     if k_max > 1:  # the continuations' own tokens after the first, right-padded, on copies of the cache
-        conts = KVCache(cfg, len(rows), device, cache.k[0].dtype)
-        for layer in range(cfg.n_layer):
-            conts.k[layer] = cache.k[layer].index_select(0, owner)
-            conts.v[layer] = cache.v[layer].index_select(0, owner)
+        conts = KVCache.__new__(KVCache)  # filled from the contexts' cache rows, not allocated empty
+        conts.k = [k.index_select(0, owner) for k in cache.k]
+        conts.v = [v.index_select(0, owner) for v in cache.v]
         conts.pos = width
         with torch.autocast(device.type, dtype=dtype, enabled=dtype != torch.float32):
-            logits = model(targets[:, :-1], cache=conts, pad=pad.index_select(0, owner) if bool(pad.any()) else None)[0]
-        logp = torch.cat([logp, F.log_softmax(logits.float(), dim=-1)], dim=1)  # (R, k_max, V)
+            rest = model(targets[:, :-1], cache=conts, pad=pad.index_select(0, owner) if bool(pad.any()) else None)[0]
+        logits = torch.cat([logits, rest.float()], dim=1)  # (R, k_max, V)
     real = torch.arange(k_max, device=device)[None, :] < lengths[:, None]
-    token_lp = logp.gather(2, targets[:, :, None])[:, :, 0].masked_fill(~real, 0.0).sum(1)
-    greedy = ((logp.argmax(-1) == targets) | ~real).all(1)
+    # log-probability of each target without writing a second (R, k_max, V) tensor
+    token_lp = logits.gather(2, targets[:, :, None])[:, :, 0] - torch.logsumexp(logits, dim=-1)
+    token_lp = token_lp.masked_fill(~real, 0.0).sum(1)
+    greedy = ((logits.argmax(-1) == targets) | ~real).all(1)
     return [((r[0], r[1]), ll, g) for (_, r), ll, g in zip(rows, token_lp.tolist(), greedy.tolist())]
 
 
