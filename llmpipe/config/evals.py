@@ -32,14 +32,14 @@ class InDomainParams(Section):
 class InLoopParams(Section):
     # pretrain scores the first `items` of each of these tasks' subsets every eval_interval steps
     tasks: list[str] = Field(default_factory=lambda: ["indomain", "hellaswag"])
-    items: Annotated[int, Field(ge=0)] = 40  # 0: no in-loop evaluation
+    items: Annotated[int, Field(ge=0)] = 30  # 0: no in-loop evaluation
 
 
 class TasksParams(Section):
     # built-in task -> subset size (null: the whole validation set); a fixed, recorded choice of items
     builtin: dict[BuiltinTask, Items | None] = Field(default_factory=lambda: {
-        "hellaswag": 300, "arc_easy": 100, "arc_challenge": 100, "piqa": 100, "winogrande": 100, "copa": 100,
-        "openbookqa": 100, "sciq": 100})
+        "hellaswag": 200, "arc_easy": 100, "arc_challenge": 100, "piqa": 100, "winogrande": 100, "copa": 100,
+        "openbookqa": 100, "sciq": 50})
     custom: list[CustomTask] = Field(default_factory=list)
     fewshot: Annotated[int, Field(ge=0, le=25)] = 0  # solved examples before each item (0: zero-shot)
     seed: Seed = 1234  # chooses the subsets and the shots

@@ -41,7 +41,7 @@ def command(args) -> None:
         total, docs = index.matches(args.text)
         full = [d for d, c in docs.items() if c == total]
         print(f"{total} {index.n}-grams; {'seen' if full else 'partly seen' if docs else 'not seen'} in the "
-              f"training documents ({len(full)} hold all of them, {len(docs)} some)")
+              f"training documents ({len(full)} documents hold all of them, {len(docs) - len(full)} some)")
         for doc_id, count in list(docs.items())[: args.limit]:
             print(f"  {doc_id}\t{count}/{total} n-grams")
     else:
