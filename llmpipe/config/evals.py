@@ -51,4 +51,5 @@ class TasksParams(Section):
 class BenchmarkParams(Section):
     batch_rows: Annotated[int, Field(ge=1, le=4096)] = 32  # continuations per forward pass
     precision: Literal["fp32", "bf16"] = "fp32"
+    device: Literal["auto", "cpu", "cuda"] = "auto"  # auto: a CUDA GPU when there is one
     threads: Annotated[int, Field(ge=0)] = 0  # torch threads (0: torch's default)

@@ -52,10 +52,11 @@ def run(params: StageParams, root: Path, sink=None) -> StageResult:
     report = json.loads((root / STAGE.inp("report")).read_text())
     dirty = {n: set(r["contaminated_ids"]) for n, r in report["tasks"].items()}
     tok = Tokenizer.from_file(str(root / STAGE.inp("tokenizer")))
-    model = load_model(root / STAGE.inp("model"))
+    device = cfg.device if cfg.device != "auto" else ("cuda" if torch.cuda.is_available() else "cpu")
+    model = load_model(root / STAGE.inp("model"), device)
     dtype = torch.bfloat16 if cfg.precision == "bf16" else torch.float32
     result = run_suite(model, tok, tasks, tok.token_to_id(EOT), cfg.batch_rows, dtype, dirty)
-    result["fewshot"] = manifest.get("fewshot", 0)
+    result["fewshot"], result["device"] = manifest.get("fewshot", 0), device
     write_json(root / STAGE.out("results"), result)
     write_text(root / STAGE.out("table"), table(result))
     log.info("benchmark:\n%s", table(result))
