@@ -87,7 +87,7 @@ def _score_batch(model, batch, device, dtype) -> list[tuple[tuple, float, bool]]
     targets = torch.tensor([r[3] + [0] * (k_max - len(r[3])) for _, r in rows], device=device)  # (R, k_max)
     logits = first.index_select(0, owner)[:, None]  # (R, 1, V): the first continuation token's distribution
     if k_max > 1:  # the continuations' own tokens after the first, right-padded, on copies of the cache
-        conts = KVCache.__new__(KVCache)  # filled from the contexts' cache rows, not allocated empty
+        conts = KVCache(cfg, 0, device, dtype)  # no rows of its own: filled from the contexts' cache rows
         conts.k = [k.index_select(0, owner) for k in cache.k]
         conts.v = [v.index_select(0, owner) for v in cache.v]
         conts.pos = width
