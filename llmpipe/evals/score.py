@@ -57,8 +57,9 @@ def requests(items: list[Item], tok, eot_id: int, block: int) -> list[tuple[int,
 
 def _batches(groups: list[tuple[tuple[int, ...], list]], max_rows: int, block: int):
     """Groups (prefix, its continuations) in batches of at most max_rows continuations whose longest
-    prefix plus longest continuation fits the window; longest first, so padding stays small."""
-    groups = sorted(groups, key=lambda g: -(len(g[0]) + max(len(r[3]) for r in g[1])))
+    prefix plus longest continuation fits the window. Sorted by longest continuation first: the
+    continuations outnumber the contexts, so theirs is the padding that costs."""
+    groups = sorted(groups, key=lambda g: (-max(len(r[3]) for r in g[1]), -len(g[0])))
     batch, rows, p_max, k_max = [], 0, 0, 0
     for g in groups:
         gp, gk = len(g[0]), max(len(r[3]) for r in g[1])
@@ -71,23 +72,15 @@ def _batches(groups: list[tuple[tuple[int, ...], list]], max_rows: int, block: i
         yield batch
 
 
-@torch.inference_mode()
-def _score_batch(model, batch, device, dtype) -> list[tuple[tuple, float, bool]]:
-    cfg = model.cfg
-    width = max(len(p) for p, _ in batch)
-    pad = torch.tensor([width - len(p) for p, _ in batch], device=device)
-    ctx = torch.tensor([[0] * (width - len(p)) + list(p) for p, _ in batch], device=device)
-    cache = KVCache(cfg, len(batch), device, dtype)
-    with torch.autocast(device.type, dtype=dtype, enabled=dtype != torch.float32):
-        first = model(ctx, cache=cache, pad=pad if bool(pad.any()) else None, last_only=True)[0][:, -1].float()
-    rows = [(g, r) for g, (_, reqs) in enumerate(batch) for r in reqs]
+def _score_rows(model, cache: KVCache, first, pad, width: int, rows: list, device, dtype) -> list:
+    """The continuations `rows` ((group, request) pairs) after their contexts' cache rows."""
     owner = torch.tensor([g for g, _ in rows], device=device)
     lengths = torch.tensor([len(r[3]) for _, r in rows], device=device)
     k_max = int(lengths.max())
     targets = torch.tensor([r[3] + [0] * (k_max - len(r[3])) for _, r in rows], device=device)  # (R, k_max)
     logits = first.index_select(0, owner)[:, None]  # (R, 1, V): the first continuation token's distribution
     if k_max > 1:  # the continuations' own tokens after the first, right-padded, on copies of the cache
-        conts = KVCache(cfg, 0, device, dtype)  # no rows of its own: filled from the contexts' cache rows
+        conts = KVCache(model.cfg, 0, device, dtype)  # no rows of its own: filled from the contexts' rows
         conts.k = [k.index_select(0, owner) for k in cache.k]
         conts.v = [v.index_select(0, owner) for v in cache.v]
         conts.pos = width
@@ -100,6 +93,21 @@ def _score_batch(model, batch, device, dtype) -> list[tuple[tuple, float, bool]]
     token_lp = token_lp.masked_fill(~real, 0.0).sum(1)
     greedy = ((logits.argmax(-1) == targets) | ~real).all(1)
     return [((r[0], r[1]), ll, g) for (_, r), ll, g in zip(rows, token_lp.tolist(), greedy.tolist())]
+
+
+@torch.inference_mode()
+def _score_batch(model, batch, device, dtype) -> list[tuple[tuple, float, bool]]:
+    width = max(len(p) for p, _ in batch)
+    pad = torch.tensor([width - len(p) for p, _ in batch], device=device)
+    ctx = torch.tensor([[0] * (width - len(p)) + list(p) for p, _ in batch], device=device)
+    cache = KVCache(model.cfg, len(batch), device, dtype)
+    with torch.autocast(device.type, dtype=dtype, enabled=dtype != torch.float32):
+        first = model(ctx, cache=cache, pad=pad if bool(pad.any()) else None, last_only=True)[0][:, -1].float()
+    # The continuations in two passes, shorter half and longer half: the choices of one item differ in
+    # length, and padding all to the longest cost about a sixth more tokens on HellaSwag.
+    rows = sorted(((g, r) for g, (_, reqs) in enumerate(batch) for r in reqs), key=lambda x: len(x[1][3]))
+    halves = [rows[: len(rows) // 2], rows[len(rows) // 2 :]] if len(rows) >= 8 else [rows]
+    return [out for half in halves for out in _score_rows(model, cache, first, pad, width, half, device, dtype)]
 
 
 def score_items(model, tok, items: list[Item], eot_id: int, max_rows: int = 32,
