@@ -32,7 +32,9 @@ def _continuation(text: str, start: int, chars: int) -> str:
 
 
 def build_indomain(val_texts: list[str], n_items: int, choices: int = 4, context_chars: int = 400,
-                   continuation_chars: int = 80, seed: int = 0) -> list[Item]:
+                   continuation_chars: int = 80, seed: int = 0, seen=None, tries: int = 50) -> list[Item]:
+    """`seen(text) -> bool` (the training documents' n-gram index): a passage found there is drawn again,
+    up to `tries` times. A corpus can hold one text twice (two editions of a play) across the split."""
     docs = [t for t in val_texts if len(t) > 4 * (context_chars + continuation_chars)]
     if not docs:
         raise InputError(f"the val split has no document longer than {4 * (context_chars + continuation_chars)} "
@@ -42,12 +44,15 @@ def build_indomain(val_texts: list[str], n_items: int, choices: int = 4, context
     rng = random.Random(seed)
     items = []
     for n in range(n_items):
-        d = rng.choices(range(len(docs)), weights)[0]
-        cut = rng.choice(starts[d])
-        text = docs[d]
-        line = text.rfind("\n", 0, cut - context_chars)  # the context begins at a line's start
-        context = text[line + 1 if line >= 0 else cut - context_chars : cut]
-        true = _continuation(text, cut, continuation_chars)
+        for _ in range(tries):
+            d = rng.choices(range(len(docs)), weights)[0]
+            cut = rng.choice(starts[d])
+            text = docs[d]
+            line = text.rfind("\n", 0, cut - context_chars)  # the context begins at a line's start
+            context = text[line + 1 if line >= 0 else cut - context_chars : cut]
+            true = _continuation(text, cut, continuation_chars)
+            if seen is None or not seen(context + true):
+                break
         options = [true]
         while len(options) < choices:
             others = [o for o in range(len(docs)) if o != d] or [d]

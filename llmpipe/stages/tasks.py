@@ -46,8 +46,9 @@ def split_docs(path: Path, split: SplitParams, want_val: bool) -> Iterator[tuple
             row += 1
 
 
-def choose_tasks(cfg: TasksParams, root: Path, val_texts: list[str]) -> dict[str, list[Item]]:
-    """Core: every task's fixed subset, with its shots."""
+def choose_tasks(cfg: TasksParams, root: Path, val_texts: list[str], seen=None) -> dict[str, list[Item]]:
+    """Core: every task's fixed subset, with its shots; in-domain passages the training documents hold
+    (`seen`) are drawn again."""
     tasks: dict[str, list[Item]] = {}
     for name, n in cfg.builtin.items():
         pool = load_builtin(name)
@@ -60,7 +61,7 @@ def choose_tasks(cfg: TasksParams, root: Path, val_texts: list[str]) -> dict[str
     if cfg.indomain.items:
         d = cfg.indomain
         tasks[INDOMAIN] = build_indomain(val_texts, d.items, d.choices, d.context_chars, d.continuation_chars,
-                                         cfg.seed)
+                                         cfg.seed, seen)
     return tasks
 
 
@@ -75,12 +76,12 @@ def run(params: StageParams, root: Path, sink=None) -> StageResult:
     t0 = time.perf_counter()
     cfg: TasksParams = params.tasks
     docs = root / STAGE.inp("docs")
-    tasks = choose_tasks(cfg, root, [t for _, t in split_docs(docs, params.split, want_val=True)])
-    if not tasks:
-        raise InputError("tasks: no task chosen (tasks.builtin, tasks.custom and tasks.indomain are all empty)")
     t_index = time.perf_counter()
     index = NgramIndex.build(split_docs(docs, params.split, want_val=False), cfg.ngram)
     index_s = time.perf_counter() - t_index
+    tasks = choose_tasks(cfg, root, [t for _, t in split_docs(docs, params.split, want_val=True)], index.contains_any)
+    if not tasks:
+        raise InputError("tasks: no task chosen (tasks.builtin, tasks.custom and tasks.indomain are all empty)")
     report, metrics = {"ngram": cfg.ngram, "tasks": {}}, {}
     for name, items in tasks.items():
         dirty = sorted(contaminated_ids(index, items), key=lambda s: int(s) if s.isdigit() else s)

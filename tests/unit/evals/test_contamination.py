@@ -51,6 +51,9 @@ def test_indomain_items_take_the_true_continuation_among_other_documents():
         others = [c for j, c in enumerate(item.continuations) if j != item.gold]
         assert not any(src + "w" in c for c in others), (doc, others)
     assert build_indomain(docs, 30, 4, 100, 30, seed=1) == items
+    # passages the training documents hold are drawn again (here: all of document 0)
+    clean = build_indomain(docs, 30, 4, 100, 30, seed=1, seen=lambda text: "d0w" in text)
+    assert not any("d0w" in i.text() for i in clean) and any("d0w" in i.text() for i in items)
 
 
 def test_seen_answers_from_the_tasks_stage_index(tmp_path):
