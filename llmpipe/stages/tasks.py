@@ -46,30 +46,36 @@ def split_docs(path: Path, split: SplitParams, want_val: bool) -> Iterator[tuple
             row += 1
 
 
-def choose_tasks(cfg: TasksParams, root: Path, val_texts: list[str], seen=None) -> dict[str, list[Item]]:
-    """Core: every task's fixed subset, with its shots; in-domain passages the training documents hold
-    (`seen`) are drawn again."""
+def choose_tasks(cfg: TasksParams, root: Path, val_texts: list[str], seen=None):
+    """Core: every task's fixed subset with its shots, and the in-loop items. In-domain passages the
+    training documents hold (`seen`) are drawn again. The in-loop items of a task are drawn from its whole
+    pool (the in-domain task: its first items), so resizing the benchmark's subsets leaves them, and
+    pretraining, alone."""
     tasks: dict[str, list[Item]] = {}
+    pools: dict[str, list[Item]] = {}
     for name, n in cfg.builtin.items():
-        pool = load_builtin(name)
-        tasks[name] = with_shots(choose(pool, n, cfg.seed), pool, cfg.fewshot, cfg.seed)
+        pools[name] = load_builtin(name)
+        tasks[name] = with_shots(choose(pools[name], n, cfg.seed), pools[name], cfg.fewshot, cfg.seed)
     for custom in cfg.custom:
         if custom.name in tasks or custom.name == INDOMAIN:
             raise InputError(f"tasks.custom: task name {custom.name!r} is already used")
-        pool = load_jsonl_task(root / custom.path, custom.kind, custom.name, custom.delimiter)
-        tasks[custom.name] = with_shots(choose(pool, custom.items, cfg.seed), pool, cfg.fewshot, cfg.seed)
+        pools[custom.name] = load_jsonl_task(root / custom.path, custom.kind, custom.name, custom.delimiter)
+        tasks[custom.name] = with_shots(choose(pools[custom.name], custom.items, cfg.seed), pools[custom.name],
+                                        cfg.fewshot, cfg.seed)
     if cfg.indomain.items:
         d = cfg.indomain
         tasks[INDOMAIN] = build_indomain(val_texts, d.items, d.choices, d.context_chars, d.continuation_chars,
                                          cfg.seed, seen)
-    return tasks
-
-
-def inloop_items(cfg: TasksParams, tasks: dict[str, list[Item]]) -> list[Item]:
+    inloop, n = [], cfg.inloop.items
     unknown = [t for t in cfg.inloop.tasks if t not in tasks]
-    if unknown and cfg.inloop.items:
+    if unknown and n:
         raise InputError(f"tasks.inloop.tasks: {', '.join(unknown)} not among the chosen tasks ({', '.join(tasks)})")
-    return [i for t in cfg.inloop.tasks if t in tasks for i in tasks[t][: cfg.inloop.items]]
+    for name in cfg.inloop.tasks if n else []:
+        if name == INDOMAIN:
+            inloop += tasks[name][:n]  # built one item after another: the first n do not depend on the total
+        else:
+            inloop += with_shots(choose(pools[name], n, cfg.seed), pools[name], cfg.fewshot, cfg.seed)
+    return tasks, inloop
 
 
 def run(params: StageParams, root: Path, sink=None) -> StageResult:
@@ -79,7 +85,8 @@ def run(params: StageParams, root: Path, sink=None) -> StageResult:
     t_index = time.perf_counter()
     index = NgramIndex.build(split_docs(docs, params.split, want_val=False), cfg.ngram)
     index_s = time.perf_counter() - t_index
-    tasks = choose_tasks(cfg, root, [t for _, t in split_docs(docs, params.split, want_val=True)], index.contains_any)
+    tasks, inloop = choose_tasks(cfg, root, [t for _, t in split_docs(docs, params.split, want_val=True)],
+                                 index.contains_any)
     if not tasks:
         raise InputError("tasks: no task chosen (tasks.builtin, tasks.custom and tasks.indomain are all empty)")
     report, metrics = {"ngram": cfg.ngram, "tasks": {}}, {}
@@ -94,7 +101,7 @@ def run(params: StageParams, root: Path, sink=None) -> StageResult:
             write_items(tmp / f"{name}.jsonl", items)
         write_json(tmp / "manifest.json", {"seed": cfg.seed, "fewshot": cfg.fewshot, "tasks": list(tasks),
                                            "ids": {n: [i.id for i in items] for n, items in tasks.items()}})
-    write_items(root / STAGE.out("inloop"), inloop_items(cfg, tasks))
+    write_items(root / STAGE.out("inloop"), inloop)
     index.save(root / STAGE.out("index"))
     write_json(root / STAGE.out("report"), report)
     metrics.update({"tasks": len(tasks), "index_documents": len(index.doc_ids), "index_ngrams": int(len(index.hashes)),

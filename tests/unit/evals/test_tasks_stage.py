@@ -57,6 +57,12 @@ def test_user_tasks_indomain_and_inloop_items(root):
     metrics = result.metrics
     assert metrics["indomain_items"] == 8 and metrics["indomain_contaminated"] == 0  # val documents only
     assert metrics["index_documents"] >= 3
+    # resizing the benchmark's subsets leaves the in-loop items (pretraining's input) byte for byte alone
+    before = (root / "data/evals/inloop.jsonl").read_bytes()
+    run_tasks(root, [{"name": "mine", "path": "tasks/mc.jsonl", "kind": "multiple_choice", "items": 7}],
+              indomain=12, inloop=("indomain", "mine"))
+    assert (root / "data/evals/inloop.jsonl").read_bytes() == before
+    assert len(json.loads((root / "data/evals/tasks/manifest.json").read_text())["ids"]["mine"]) == 7
 
 
 @pytest.mark.parametrize("content, message", [
