@@ -125,7 +125,7 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--seconds", type=float, default=12.0, help="training seconds per run")
     ap.add_argument("--seeds", type=int, default=3)
-    ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--threads", type=int, default=1, help="1: spinning OpenMP threads on a shared, loaded machine cost more than they give")
     ap.add_argument("--precision", default="auto", choices=["auto", "bf16", "fp32"])
     ap.add_argument("--eval-tokens", type=int, default=32768)
     ap.add_argument("--only", nargs="*", help="changes to include (default: all)")
@@ -170,7 +170,7 @@ def main() -> None:
         if name == "baseline":
             print(f"| baseline | {steps[name]} | {mean:.4f} ± {std:.4f} | | |")
             continue
-        _, p = welch(vals, base)
+        _, p = welch(vals, base) if len(vals) > 1 else (0.0, float("nan"))
         delta = mean - statistics.mean(base)
         if name == "all":
             p_all = p

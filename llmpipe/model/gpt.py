@@ -246,13 +246,17 @@ class GPT(nn.Module):
         cap = self.cfg.logit_softcap
         return logits if cap is None else cap * torch.tanh(logits.float() / cap)
 
-    @staticmethod
-    def fused_loss(x: torch.Tensor) -> bool:
-        """Whether the loss goes through linear_cross_entropy: fp32 on CPU, where the chunking pays (a
-        memory-bound output layer); under autocast, on GPUs and under torch.compile (which fuses the
-        loss itself) the plain path runs."""
-        return x.device.type == "cpu" and x.dtype == torch.float32 and not torch.is_autocast_enabled("cpu") \
-            and not torch.compiler.is_compiling()
+    FUSED_BF16 = True  # the chunked loss under bf16 autocast too (bench/train.py measures both)
+
+    @classmethod
+    def fused_loss(cls, x: torch.Tensor) -> bool:
+        """Whether the loss goes through linear_cross_entropy: on CPU, where the chunking pays (a
+        memory-bound output layer), in fp32 and (FUSED_BF16) under bf16 autocast; on GPUs and under
+        torch.compile (which fuses the loss itself) the plain path runs."""
+        if x.device.type != "cpu" or torch.compiler.is_compiling():
+            return False
+        return not torch.is_autocast_enabled("cpu") or (cls.FUSED_BF16 and
+                                                        torch.get_autocast_dtype("cpu") == torch.bfloat16)
 
     def forward(self, idx: torch.Tensor, targets: torch.Tensor | None = None, cache: KVCache | None = None,
                 last_only: bool = False, pad: torch.Tensor | None = None):
@@ -291,8 +295,9 @@ class GPT(nn.Module):
         if last_only:
             x = x[:, -1:, :]
         if targets is not None and self.fused_loss(x):
+            mm = torch.bfloat16 if torch.is_autocast_enabled("cpu") else None
             return None, linear_cross_entropy(x.reshape(-1, x.size(-1)), self.lm_head.weight, targets.reshape(-1),
-                                              softcap=self.cfg.logit_softcap)
+                                              softcap=self.cfg.logit_softcap, mm_dtype=mm)
         logits = self.lm_head(x)
         if self.cfg.logit_softcap is not None:
             logits = self.softcap(logits)

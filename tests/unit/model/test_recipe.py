@@ -109,3 +109,24 @@ def test_relu2_mlp_is_relu_squared_and_qk_norm_bounds_attention_inputs():
     with torch.no_grad():
         assert torch.allclose(mlp(x), mlp.down(torch.relu(mlp.up(x)) ** 2), atol=1e-6)
     assert mlp.up.weight.shape == (128, 32)  # 4 * d_model, ungated
+
+
+@pytest.mark.parametrize("softcap", [None, 15.0])
+def test_fused_loss_under_bf16_autocast_matches_the_plain_autocast_path(softcap, monkeypatch):
+    """The chunked loss with bf16 matmuls (issue 18's bf16 throughput fix) gives what plain autocast
+    gives, to bf16's resolution, and gradients in the parameters' own dtype."""
+    model = tiny(logit_softcap=softcap, tie_embeddings=False)
+    x, y = torch.randint(0, 97, (4, 32)), torch.randint(0, 97, (4, 32))
+    grads = {}
+    for fused in (True, False):
+        monkeypatch.setattr(GPT, "FUSED_BF16", fused)
+        model.zero_grad()
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            logits, loss = model(x, y)
+        assert (logits is None) == fused
+        loss.backward()
+        grads[fused] = (loss.detach(), {n: p.grad.clone() for n, p in model.named_parameters()})
+    assert torch.allclose(grads[True][0], grads[False][0], atol=2e-2)
+    for n, g in grads[False][1].items():
+        assert grads[True][1][n].dtype == torch.float32
+        assert torch.allclose(grads[True][1][n], g, atol=2e-2 * g.abs().max().item() + 1e-6), n
