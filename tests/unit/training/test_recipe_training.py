@@ -90,3 +90,32 @@ def test_doc_aligned_rows_start_at_documents(tmp_path):
     # ranks split the aligned global batch as they split the plain one
     halves = [data.random_batch(0, 0, 32, 32, seed=1, rank=r, world=2, doc_aligned=True)[0] for r in (0, 1)]
     assert torch.equal(torch.cat(halves), aligned)
+
+
+def test_budget_in_tokens_picks_the_shape_nearest_the_ratio_and_its_steps(token_dir, tmp_path):  # noqa: F811
+    from llmpipe.training.budget import count_params, resolve_budget, shape
+
+    budget = {"unit": "tokens", "amount": 200_000, "tokens_per_param": 2.0, "aspect": 16, "head_dim": 8,
+              "min_layers": 1, "max_layers": 4}
+    c = cfg(budget=budget, micro_batch_size=4)
+    trained, plan, identity = resolve_budget(c, token_dir, tmp_path / "ckpt", VOCAB, {"id": 1})
+    ratios = {L: 200_000 / count_params(shape(c, L), VOCAB)[0] for L in range(1, 5)}
+    best = min(ratios, key=lambda L: abs(np.log(ratios[L] / 2.0)))
+    assert (trained.model.n_layer, trained.model.d_model, trained.model.n_head) == (best, 16 * best, 2 * best)
+    assert trained.max_steps == round(200_000 / (4 * 32)) and trained.budget is None
+    assert identity["budget_plan"] == plan and plan["params"] == count_params(trained, VOCAB)[0]
+
+
+def test_budget_in_minutes_measures_this_machine_and_a_resumed_run_keeps_the_plan(token_dir, tmp_path):  # noqa: F811
+    from llmpipe.training.budget import resolve_budget
+
+    budget = {"unit": "minutes", "amount": 0.1, "tokens_per_param": 1.0, "aspect": 16, "head_dim": 8,
+              "min_layers": 1, "max_layers": 2}
+    c = cfg(budget=budget, micro_batch_size=4)
+    trained, plan, identity = resolve_budget(c, token_dir, tmp_path / "ckpt", VOCAB, {"id": 1})
+    assert plan["unit"] == "minutes" and len(plan["candidates"]) >= 1 and trained.max_steps >= 1
+    # the probes measured real steps: the planned tokens fit the minutes at the measured speed
+    assert 0 < plan["tokens"] < 0.1 * 60 * 1e6
+    train(trained, token_dir, tmp_path / "ckpt", VOCAB, identity, stop_after=trained.checkpoint_interval)
+    again, plan2, identity2 = resolve_budget(c, token_dir, tmp_path / "ckpt", VOCAB, {"id": 1})
+    assert plan2 == plan and identity2 == identity and again == trained  # no new measurement
