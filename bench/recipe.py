@@ -1,9 +1,10 @@
 """The ablation table of the speedrun recipe (issue 18): the baseline, each change alone and all of
 them together, at equal wall-clock per run, on the demo corpus's token shards, in one run.
 
-    python bench/recipe.py [--seconds 12] [--seeds 3] [--threads 2]
+    python bench/recipe.py [--seconds 15] [--seeds 3] [--threads 1]
 
-Every configuration trains a small model (4 layers x 128, context 128) for the same number of seconds:
+Every configuration trains a small model (4 layers x 128, context 64, 1,024 tokens a step) for the
+same number of seconds:
 a few timed steps first give each configuration's step time, which sets its max_steps, so a faster
 recipe gets more steps and a slower one fewer, as a fixed budget would. Runs go round-robin over the
 configurations (seed 1 of each, then seed 2, ...) so drifting machine load spreads over all of them.
@@ -41,7 +42,7 @@ from llmpipe.training.evaluate import evaluate_model  # noqa: E402
 from llmpipe.training.loop import train  # noqa: E402
 
 # The baseline is the recipe before issue 18 (params.yaml's defaults then), at a small size.
-BASE = dict(model={"n_layer": 4, "n_head": 4, "d_model": 128, "block_size": 128, "norm": "rmsnorm",
+BASE = dict(model={"n_layer": 4, "n_head": 4, "d_model": 128, "block_size": 64, "norm": "rmsnorm",
                    "mlp": "swiglu", "pos": "rope", "tie_embeddings": True},
             micro_batch_size=16, lr=2e-3, min_lr_ratio=0.1, weight_decay=0.1, optimizer="adamw",
             schedule="cosine", doc_aligned=False)
@@ -123,7 +124,7 @@ def token_bytes_table(tokenizer_path: Path):
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--seconds", type=float, default=12.0, help="training seconds per run")
+    ap.add_argument("--seconds", type=float, default=15.0, help="training seconds per run")
     ap.add_argument("--seeds", type=int, default=3)
     ap.add_argument("--threads", type=int, default=1, help="1: spinning OpenMP threads on a shared, loaded machine cost more than they give")
     ap.add_argument("--precision", default="auto", choices=["auto", "bf16", "fp32"])
