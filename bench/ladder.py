@@ -122,9 +122,11 @@ def main() -> None:
     # tokens for n_opt at this compute: interpolate FLOPs per token per parameter between the points
     fpt_per_param = sum(r["flops"] / r["tokens"] / r["params"] for r in iso) / 3
     ratio = mid["flops"] / (fpt_per_param * n_opt) / n_opt
+    edge = min(abs(log_n - math.log(r["params"])) for r in (iso[0], iso[2])) < 1e-9
     print(f"IsoFLOP at {mid['flops']:.3g} FLOPs: " + ", ".join(f"{r['params'] / 1e6:.3f}M -> {r['bpb']:.4f}"
                                                            for r in iso) +
-          f"; best {n_opt / 1e6:.3f}M parameters, {ratio:.2f} tokens per parameter")
+          f"; best {n_opt / 1e6:.3f}M parameters, {ratio:.2f} tokens per parameter" +
+          (" (at the slice's edge: the optimum lies beyond, the ratio is a bound)" if edge else ""))
     print(f"RESULT tokens_per_param={ratio:.3f} exponent={b:.4f} heldout_error={error:.4f} "
           f"heldout_bpb={held['bpb']:.4f} predicted_bpb={predicted:.4f} seconds={time.perf_counter() - t_start:.0f}")
 
