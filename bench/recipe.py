@@ -144,12 +144,13 @@ def main() -> None:
                   eval_interval=10**9, checkpoint_interval=10**9, eval_batches=1)
     cfgs = {name: PretrainParams.model_validate({**c, **common, "max_steps": 10, "warmup_steps": 0})
             for name, c in configs(args.only).items()}
-    # Equal wall-clock: each configuration's own step time sets its steps. Timed twice, round-robin,
-    # keeping the faster: a load spike on a shared machine must not cost one configuration its steps.
+    # Equal wall-clock: each configuration's own step time sets its steps. Timed three times,
+    # round-robin, keeping the fastest: a load spike on a shared machine must not cost one
+    # configuration its steps (two timings were not enough at a load of 6 on 2 cores).
     step_s: dict[str, float] = {}
-    for _ in range(2):
+    for _ in range(3):
         for name, c in cfgs.items():
-            t = time_steps(c, token_dir, vocab, steps=3, warmup=1)
+            t = time_steps(c, token_dir, vocab, steps=5, warmup=1)
             step_s[name] = min(t, step_s.get(name, t))
     steps = {name: max(10, int(args.seconds / t)) for name, t in step_s.items()}
     for name, n in steps.items():
