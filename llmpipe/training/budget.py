@@ -31,14 +31,15 @@ def tokens_per_step(cfg: PretrainParams, world: int | None = None) -> int:
 
 
 def time_steps(cfg: PretrainParams, token_dir: Path, vocab: int, steps: int = 3, warmup: int = 1) -> float:
-    """Seconds per optimizer step of `cfg` on this machine: the mean of `steps` after `warmup`."""
+    """Seconds per optimizer step of `cfg` on this machine: the median of `steps` after `warmup` (one
+    step slowed by another job on a shared machine must not decide the shape)."""
     from llmpipe.training.loop import train  # the very loop the run will use
     probe = cfg.model_copy(update={"max_steps": warmup + steps, "warmup_steps": 0, "log_interval": 1,
                                    "eval_interval": 10**9, "eval_batches": 1, "checkpoint_interval": 10**9})
     with tempfile.TemporaryDirectory() as tmp:
         res = train(probe, token_dir, Path(tmp) / "ckpt", vocab, {"probe": True})
     rows = res.history["train"][warmup:]
-    seconds = sum(tokens_per_step(cfg) / r["tokens_per_s"] for r in rows) / len(rows)
+    seconds = sorted(tokens_per_step(cfg) / r["tokens_per_s"] for r in rows)[len(rows) // 2]
     import torch
     import torch.distributed as dist
     if dist.is_initialized():  # every rank takes rank 0's figure: the ranks must choose alike
@@ -89,8 +90,9 @@ def plan(cfg: PretrainParams, token_dir: Path, vocab: int) -> dict:
         candidates.append({"n_layer": depth, "d_model": c.model.d_model, "n_head": c.model.n_head,
                            "params": n, "flops_per_token": fpt, "tokens": int(tokens),
                            "tokens_per_param": tokens / n})
-        if b.unit == "minutes" and tokens / n < b.tokens_per_param / 4:
-            break  # larger shapes only get fewer tokens each: stop probing
+        below = [c["tokens_per_param"] < b.tokens_per_param / 4 for c in candidates[-2:]]
+        if b.unit == "minutes" and len(below) == 2 and all(below):
+            break  # two shapes in a row far under the ratio: larger ones only get fewer tokens each
     best = min(candidates, key=lambda c: abs(math.log(max(c["tokens_per_param"], 1e-9) / b.tokens_per_param)))
     steps = max(1, round(best["tokens"] / tokens_per_step(shape(cfg, best["n_layer"]))))
     return {**best, "max_steps": steps, "unit": b.unit, "amount": b.amount,
