@@ -1,7 +1,7 @@
 """Training throughput and quality on CPU: our model at its default settings against a plain
-GPT-2-style reference, on the demo corpus's token shards, with the same token budget, in one run.
+GPT-2-style reference, on the demo corpus's token shards, at equal wall-clock, in one run.
 
-    python bench/train.py [--steps 100] [--threads 2] [--eval-tokens 65536]
+    python bench/train.py [--seconds 120] [--threads 2] [--eval-tokens 65536]
 
 Needs the pipeline's outputs up to the tokenize stage (data/tokens, data/tokenizer; `dvc repro
 tokenize`). Each side trains in its own process (so peak memory is its own, read from ru_maxrss):
@@ -11,9 +11,14 @@ tokenize`). Each side trains in its own process (so peak memory is its own, read
 - reference: a GPT-2 block as nanoGPT writes it (LayerNorm with bias, learned positions, GELU MLP with
   biases, separate-bias QKV, tied embeddings), in fp32 as nanoGPT runs on CPU, with the same width,
   depth, heads, context, batch, optimizer, schedule, clipping and the very same batches.
+Equal wall-clock: each side first times a few steps of its own, and trains for as many steps as fit in
+--seconds (--steps N instead fixes the steps, equal tokens). Our side is params.yaml's recipe (issue
+18: Muon, QK-norm, ReLU², ... as params.yaml sets them) at params.yaml's model shape (the budget dial
+off, so both sides have the same width and depth); the reference keeps AdamW with cosine.
 Throughput is tokens/s over the log intervals after the first (warm-up); bits per byte is scored by
 llmpipe.evaluate on the first --eval-tokens tokens of the val split for both.
-Last line: RESULT throughput_ratio_vs_reference=<x> bpb=<x> reference_bpb=<x> tokens=<n>
+Last line: RESULT bpb=<x> reference_bpb=<x> seconds=<x> throughput_ratio_vs_reference=<x> tokens=<n>
+reference_tokens=<n>
 """
 
 from __future__ import annotations
@@ -44,6 +49,7 @@ from llmpipe.tokens.loader import TokenData  # noqa: E402
 from llmpipe.tokens.shards import load_manifest  # noqa: E402
 from llmpipe.training.optim import lr_at, make_optimizer  # noqa: E402
 from llmpipe.training.loop import train  # noqa: E402
+from llmpipe.training.budget import time_steps  # noqa: E402
 
 
 # --- the reference: GPT-2 as nanoGPT writes it ----------------------------------------------------
@@ -107,6 +113,7 @@ class RefGPT(nn.Module):
 
 
 def train_reference(cfg: PretrainParams, token_dir: Path, vocab_size: int) -> tuple[RefGPT, list[dict]]:
+    cfg = cfg.model_copy(update={"optimizer": "adamw", "schedule": "cosine"})  # GPT-2's recipe
     m = cfg.model
     torch.manual_seed(cfg.seed)
     model = RefGPT(RefConfig(vocab_size, m.n_layer, m.n_head, m.d_model, m.block_size))
@@ -142,14 +149,28 @@ def token_bytes_table(tokenizer_path: Path):
     return token_byte_lengths(Tokenizer.from_file(str(tokenizer_path)))
 
 
+def reference_step_seconds(cfg: PretrainParams, token_dir: Path, vocab: int, steps: int = 3, warmup: int = 2) -> float:
+    probe = cfg.model_copy(update={"max_steps": warmup + steps, "warmup_steps": 0, "log_interval": 1})
+    _, history = train_reference(probe, token_dir, vocab)
+    return sum(1.0 / r["tokens_per_s"] for r in history[warmup:]) / steps * (
+        cfg.micro_batch_size * cfg.model.block_size * cfg.grad_accum_steps)
+
+
 def worker(side: str, args) -> dict:
     torch.set_num_threads(args.threads)
     token_dir = ROOT / output("tokenize.tokens")
     base = load_params(ROOT / "params.yaml").pretrain
-    cfg = base.model_copy(update={
-        "max_steps": args.steps, "warmup_steps": min(base.warmup_steps, args.steps // 5), "device": "cpu",
-        "threads": args.threads, "log_interval": 10, "eval_interval": 10**9, "checkpoint_interval": 10**9})
+    base = base.model_copy(update={"budget": None, "device": "cpu", "threads": args.threads,
+                                   "eval_interval": 10**9, "checkpoint_interval": 10**9, "eval_batches": 1})
     vocab = load_manifest(token_dir).vocab_size
+    steps = args.steps
+    if not steps:  # equal wall-clock: this side's own step time sets its steps
+        probe = base.model_copy(update={"max_steps": 5, "warmup_steps": 0})
+        step_s = time_steps(probe, token_dir, vocab) if side == "ours" else reference_step_seconds(probe, token_dir, vocab)
+        steps = max(20, int(args.seconds / step_s))
+    cfg = base.model_copy(update={"max_steps": steps, "warmup_steps": min(base.warmup_steps, steps // 5),
+                                  "log_interval": 10})
+    t0 = time.perf_counter()
     if side == "ours":
         import tempfile
         with tempfile.TemporaryDirectory() as tmp:
@@ -158,20 +179,22 @@ def worker(side: str, args) -> dict:
     else:
         model, history = train_reference(cfg, token_dir, vocab)
         precision = "float32"
+    seconds = time.perf_counter() - t0
     timed = history[1:] or history
     tps = len(timed) / sum(1.0 / r["tokens_per_s"] for r in timed)
     evals = evaluate_model(model, TokenData(token_dir, "val"), token_bytes_table(ROOT / output("tokenizer.tokenizer")),
                            batch_size=8, max_tokens=args.eval_tokens)
     return {"side": side, "tokens_per_s": tps, "bpb": evals["bits_per_byte"], "val_loss": evals["val_loss"],
-            "final_train_loss": history[-1]["loss"], "precision": precision,
-            "tokens": args.steps * cfg.micro_batch_size * cfg.model.block_size * cfg.grad_accum_steps,
+            "final_train_loss": history[-1]["loss"], "precision": precision, "seconds": seconds,
+            "steps": steps, "tokens": steps * cfg.micro_batch_size * cfg.model.block_size * cfg.grad_accum_steps,
             "params": sum(p.numel() for p in model.parameters()),
             "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}
 
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--steps", type=int, default=100)
+    ap.add_argument("--seconds", type=float, default=120.0, help="training seconds per side")
+    ap.add_argument("--steps", type=int, default=0, help="fixed steps per side instead (equal tokens)")
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--eval-tokens", type=int, default=65536)
     ap.add_argument("--worker", choices=["ours", "reference"], help=argparse.SUPPRESS)
@@ -184,17 +207,19 @@ def main() -> None:
         sys.exit(f"{tokens}: no token shards; run `dvc repro tokenize` first")
     results = {}
     for side in ("reference", "ours"):
-        cmd = [sys.executable, __file__, "--worker", side, "--steps", str(args.steps),
+        cmd = [sys.executable, __file__, "--worker", side, "--steps", str(args.steps), "--seconds", str(args.seconds),
                "--threads", str(args.threads), "--eval-tokens", str(args.eval_tokens)]
         out = subprocess.run(cmd, check=True, stdout=subprocess.PIPE, text=True).stdout
         results[side] = json.loads(next(ln for ln in out.splitlines() if ln.startswith("WORKER "))[7:])
-    print(f"{'':10} {'tokens/s':>10} {'peak MB':>8} {'val bpb':>8} {'val loss':>8} {'params':>9}  precision")
+    print(f"{'':10} {'tokens/s':>10} {'steps':>6} {'seconds':>7} {'peak MB':>8} {'val bpb':>8} {'val loss':>8} "
+          f"{'params':>9}  precision")
     for side, r in results.items():
-        print(f"{side:10} {r['tokens_per_s']:>10.0f} {r['peak_rss_mb']:>8.0f} {r['bpb']:>8.4f} "
-              f"{r['val_loss']:>8.4f} {r['params']:>9}  {r['precision']}")
+        print(f"{side:10} {r['tokens_per_s']:>10.0f} {r['steps']:>6} {r['seconds']:>7.1f} {r['peak_rss_mb']:>8.0f} "
+              f"{r['bpb']:>8.4f} {r['val_loss']:>8.4f} {r['params']:>9}  {r['precision']}")
     ours, ref = results["ours"], results["reference"]
-    print(f"RESULT throughput_ratio_vs_reference={ours['tokens_per_s'] / ref['tokens_per_s']:.3f} "
-          f"bpb={ours['bpb']:.4f} reference_bpb={ref['bpb']:.4f} tokens={ours['tokens']}")
+    print(f"RESULT bpb={ours['bpb']:.4f} reference_bpb={ref['bpb']:.4f} seconds={ours['seconds']:.1f} "
+          f"throughput_ratio_vs_reference={ours['tokens_per_s'] / ref['tokens_per_s']:.3f} "
+          f"tokens={ours['tokens']} reference_tokens={ref['tokens']}")
 
 
 if __name__ == "__main__":

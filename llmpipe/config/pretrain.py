@@ -19,7 +19,7 @@ class ModelParams(Section):
     d_model: Annotated[int, Field(ge=8, le=65536)] = 256
     block_size: Annotated[int, Field(ge=8, le=131072)] = 256
     norm: Literal["rmsnorm", "layernorm"] = "rmsnorm"
-    mlp: Literal["swiglu", "gelu"] = "swiglu"
+    mlp: Literal["swiglu", "gelu", "relu2"] = "swiglu"  # relu2: relu(x)^2, ungated (Primer, nanochat)
     pos: Literal["rope", "learned"] = "rope"
     rope_base: Annotated[float, Field(gt=1.0)] = 10000.0
     tie_embeddings: bool = True
@@ -28,6 +28,11 @@ class ModelParams(Section):
     # (sliding window of attention_window positions), as in GPT-3's banded sparse layers and GPT-Neo.
     attention_pattern: Literal["dense", "alternating"] = "dense"
     attention_window: Annotated[int, Field(ge=1)] = 128
+    # --- speedrun recipe options (issue 18; modded-nanogpt's changes, each switchable) ---
+    qk_norm: bool = False  # RMS-normalize each head's queries and keys before RoPE (no gain)
+    zero_init_head: bool = False  # start the (untied) output layer at zero: uniform first predictions
+    logit_softcap: Annotated[float, Field(gt=0.0)] | None = None  # logits = cap * tanh(logits / cap)
+    value_embeds: bool = False  # a second token embedding mixed into every layer's values
 
     @model_validator(mode="after")
     def _heads_divide(self) -> "ModelParams":
@@ -35,6 +40,8 @@ class ModelParams(Section):
             raise ValueError(f"d_model ({self.d_model}) must be divisible by n_head ({self.n_head})")
         if (self.d_model // self.n_head) % 2 and self.pos == "rope":
             raise ValueError("head size (d_model / n_head) must be even for RoPE")
+        if self.zero_init_head and self.tie_embeddings:
+            raise ValueError("zero_init_head needs tie_embeddings: false (a zero head would zero the embeddings)")
         kv = self.n_kv_head or self.n_head
         if self.n_head % kv:
             raise ValueError(f"n_head ({self.n_head}) must be a multiple of n_kv_head ({kv})")
@@ -54,12 +61,35 @@ class ModelParams(Section):
     @property
     def ffn_dim(self) -> int:
         # SwiGLU uses 2/3 of 4*d so its three matrices cost what GELU's two do; rounded up to 64.
-        hidden = 4 * self.d_model if self.mlp == "gelu" else int(8 * self.d_model / 3)
+        hidden = int(8 * self.d_model / 3) if self.mlp == "swiglu" else 4 * self.d_model
         return 64 * math.ceil(hidden / 64)
+
+
+class BudgetParams(Section):
+    """The time-budget dial (llmpipe.training.budget): width, depth and steps follow from `amount` of
+    `unit` (minutes of this machine, training tokens, or training FLOPs) and replace model.n_layer,
+    model.d_model, model.n_head and max_steps."""
+
+    unit: Literal["minutes", "tokens", "flops"] = "minutes"
+    amount: Annotated[float, Field(gt=0.0, le=1e30)] = 5.0
+    tokens_per_param: Annotated[float, Field(gt=0.0, le=1e4)] = 20.0  # measured by bench/ladder.py
+    aspect: Annotated[int, Field(ge=8, le=1024)] = 64  # d_model per layer
+    head_dim: Annotated[int, Field(ge=8, le=512)] = 64
+    min_layers: Annotated[int, Field(ge=1, le=256)] = 1
+    max_layers: Annotated[int, Field(ge=1, le=256)] = 12
+    train_fraction: Annotated[float, Field(gt=0.0, le=1.0)] = 0.9  # of the minutes: the rest evaluates
+
+    @model_validator(mode="after")
+    def _layers(self) -> "BudgetParams":
+        if self.min_layers > self.max_layers:
+            raise ValueError(f"min_layers ({self.min_layers}) exceeds max_layers ({self.max_layers})")
+        return self
 
 
 class PretrainParams(Section):
     model: ModelParams = ModelParams()
+    # When set, the dial chooses the model's shape and max_steps (see BudgetParams).
+    budget: BudgetParams | None = None
     micro_batch_size: Annotated[int, Field(ge=1)] = 16
     grad_accum_steps: Annotated[int, Field(ge=1)] = 1
     # The global batch in tokens; when set, grad_accum_steps follows from it and the number of ranks.
@@ -86,6 +116,19 @@ class PretrainParams(Section):
     # Under torchrun: ddp replicates the model on every rank; fsdp shards parameters, gradients and
     # optimizer state across ranks (FSDP2), for models that do not fit one device.
     parallel: Literal["ddp", "fsdp"] = "ddp"
+    # --- speedrun recipe options (issue 18) ---
+    # muon: the blocks' matrices take Newton-Schulz orthogonalized momentum (Muon) at muon_lr; the
+    # embeddings, the output layer and the vectors stay on AdamW at lr.
+    optimizer: Literal["adamw", "muon"] = "adamw"
+    muon_lr: Annotated[float, Field(gt=0.0, le=1.0)] = 0.02
+    muon_momentum: Annotated[float, Field(ge=0.0, lt=1.0)] = 0.95
+    # cosine: warmup then cosine to min_lr; wsd: warmup, flat at lr, then linear to min_lr over the
+    # last decay_frac of the steps (warmup-stable-decay, trapezoidal)
+    schedule: Literal["cosine", "wsd"] = "cosine"
+    decay_frac: Annotated[float, Field(gt=0.0, le=1.0)] = 0.3
+    # Rows of a batch start at the next document start when one lies within a block of their random
+    # offset (so most rows begin at a document's first token, as in modded-nanogpt)
+    doc_aligned: bool = False
 
     @model_validator(mode="after")
     def _warmup_fits(self) -> "PretrainParams":

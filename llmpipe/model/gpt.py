@@ -4,7 +4,8 @@ Pre-normalization (RMSNorm or LayerNorm), causal multi-head attention through
 scaled_dot_product_attention (flash kernels on GPU) with grouped-query heads, rotary position
 embeddings (or learned absolute positions, for comparison), a SwiGLU or GELU MLP, optional tied
 embeddings, GPT-2-style init with residual projections scaled by 1/sqrt(2 * n_layer), and a KV cache
-for generation.
+for generation. Options from modded-nanogpt's speedrun recipe: QK-norm, a ReLU² MLP, a zero-initialized
+untied output layer, a logit soft-cap and value embeddings (each off by default, see ModelParams).
 """
 
 from __future__ import annotations
@@ -86,12 +87,19 @@ class CausalSelfAttention(nn.Module):
         self.qkv_proj = Linear(cfg.d_model, (cfg.n_head + 2 * cfg.kv_heads) * hd, bias=False)
         self.o_proj = Linear(cfg.n_head * hd, cfg.d_model, bias=False)
         self.o_proj.residual_scale = True
+        # value embeddings: v + ve_gate * (the token's value embedding), the gate learned per layer
+        self.ve_gate = nn.Parameter(torch.full((1,), 0.5)) if cfg.value_embeds else None
 
-    def forward(self, x, rope, cache: KVCache | None = None, mask: torch.Tensor | None = None):
+    def forward(self, x, rope, cache: KVCache | None = None, mask: torch.Tensor | None = None,
+                ve: torch.Tensor | None = None):
         B, T, _ = x.shape
         cfg, hd = self.cfg, self.cfg.head_dim
         qkv = self.qkv_proj(x).view(B, T, cfg.n_head + 2 * cfg.kv_heads, hd).transpose(1, 2)
         qk, v = qkv.split([cfg.n_head + cfg.kv_heads, cfg.kv_heads], dim=1)
+        if ve is not None:  # (B, T, kv_heads * hd) -> (B, kv_heads, T, hd)
+            v = v + self.ve_gate.to(v.dtype) * ve.view(B, T, cfg.kv_heads, hd).transpose(1, 2).to(v.dtype)
+        if cfg.qk_norm:  # bounded attention logits: no loss spikes at high learning rates
+            qk = F.rms_norm(qk, (hd,))
         if rope is not None:  # queries and keys rotate alike: one pass over both
             qk = apply_rope(qk, *rope)
         q, k = qk.split([cfg.n_head, cfg.kv_heads], dim=1)
@@ -113,7 +121,7 @@ class CausalSelfAttention(nn.Module):
 class MLP(nn.Module):
     def __init__(self, cfg: GPTConfig):
         super().__init__()
-        self.swiglu = cfg.mlp == "swiglu"
+        self.swiglu, self.relu2 = cfg.mlp == "swiglu", cfg.mlp == "relu2"
         self.up = Linear(cfg.d_model, cfg.ffn_dim * (2 if self.swiglu else 1), bias=False)
         self.down = Linear(cfg.ffn_dim, cfg.d_model, bias=False)
         self.down.residual_scale = True
@@ -123,6 +131,8 @@ class MLP(nn.Module):
         if self.swiglu:
             gate, val = h.chunk(2, dim=-1)
             h = F.silu(gate) * val
+        elif self.relu2:
+            h = F.relu(h).square()
         else:
             h = F.gelu(h, approximate="tanh")
         return self.down(h)
@@ -135,8 +145,8 @@ class Block(nn.Module):
         self.norm2, self.mlp = make_norm(cfg), MLP(cfg)
         self.drop = nn.Dropout(cfg.dropout)
 
-    def forward(self, x, rope, cache=None, mask=None):
-        x = x + self.drop(self.attn(self.norm1(x), rope, cache, mask))
+    def forward(self, x, rope, cache=None, mask=None, ve=None):
+        x = x + self.drop(self.attn(self.norm1(x), rope, cache, mask, ve))
         return x + self.drop(self.mlp(self.norm2(x)))
 
 
@@ -146,6 +156,7 @@ class GPT(nn.Module):
         self.cfg = cfg
         self.tok_emb = nn.Embedding(cfg.vocab_size, cfg.d_model)
         self.pos_emb = nn.Embedding(cfg.block_size, cfg.d_model) if cfg.pos == "learned" else None
+        self.value_emb = nn.Embedding(cfg.vocab_size, cfg.kv_heads * cfg.head_dim) if cfg.value_embeds else None
         self.drop = nn.Dropout(cfg.dropout)
         self.blocks = nn.ModuleList(Block(cfg, i) for i in range(cfg.n_layer))
         self.norm_f = make_norm(cfg)
@@ -157,6 +168,8 @@ class GPT(nn.Module):
             self.register_buffer("rope_cos", cos, persistent=False)
             self.register_buffer("rope_sin", sin, persistent=False)
         self.apply(self._init_weights)
+        if cfg.zero_init_head:
+            nn.init.zeros_(self.lm_head.weight)
 
     def _init_weights(self, module: nn.Module) -> None:
         if isinstance(module, nn.Linear):
@@ -185,6 +198,7 @@ class GPT(nn.Module):
         if non_embedding:
             n -= self.tok_emb.weight.numel() if not self.cfg.tie_embeddings else 0
             n -= self.pos_emb.weight.numel() if self.pos_emb is not None else 0
+            n -= self.value_emb.weight.numel() if self.value_emb is not None else 0
         return n
 
     def flops_per_token(self, seq_len: int | None = None) -> int:
@@ -222,17 +236,27 @@ class GPT(nn.Module):
         else:
             rope = (self.rope_cos[positions][:, None], self.rope_sin[positions][:, None])
         cache = SlotCache(k, v, slot)
+        ve = self.value_emb(idx) if self.value_emb is not None else None
         for i, block in enumerate(self.blocks):
-            x = block(x, rope, cache, local_mask if self.cfg.is_local(i) else mask)
-        return self.lm_head(self.norm_f(x))[:, -1].float()
+            x = block(x, rope, cache, local_mask if self.cfg.is_local(i) else mask, ve)
+        return self.softcap(self.lm_head(self.norm_f(x))[:, -1].float())
 
-    @staticmethod
-    def fused_loss(x: torch.Tensor) -> bool:
-        """Whether the loss goes through linear_cross_entropy: fp32 on CPU, where the chunking pays (a
-        memory-bound output layer); under autocast, on GPUs and under torch.compile (which fuses the
-        loss itself) the plain path runs."""
-        return x.device.type == "cpu" and x.dtype == torch.float32 and not torch.is_autocast_enabled("cpu") \
-            and not torch.compiler.is_compiling()
+    def softcap(self, logits: torch.Tensor) -> torch.Tensor:
+        """Gemma 2's soft-cap (cap * tanh(logits / cap)), in fp32; identity without logit_softcap."""
+        cap = self.cfg.logit_softcap
+        return logits if cap is None else cap * torch.tanh(logits.float() / cap)
+
+    FUSED_BF16 = True  # the chunked loss under bf16 autocast too (bench/train.py measures both)
+
+    @classmethod
+    def fused_loss(cls, x: torch.Tensor) -> bool:
+        """Whether the loss goes through linear_cross_entropy: on CPU, where the chunking pays (a
+        memory-bound output layer), in fp32 and (FUSED_BF16) under bf16 autocast; on GPUs and under
+        torch.compile (which fuses the loss itself) the plain path runs."""
+        if x.device.type != "cpu" or torch.compiler.is_compiling():
+            return False
+        return not torch.is_autocast_enabled("cpu") or (cls.FUSED_BF16 and
+                                                        torch.get_autocast_dtype("cpu") == torch.bfloat16)
 
     def forward(self, idx: torch.Tensor, targets: torch.Tensor | None = None, cache: KVCache | None = None,
                 last_only: bool = False, pad: torch.Tensor | None = None):
@@ -262,16 +286,21 @@ class GPT(nn.Module):
         local = None
         if self.cfg.attention_pattern != "dense":
             local = self.attention_mask(T, start, pad, idx.device, window=self.cfg.attention_window)
+        ve = self.value_emb(idx) if self.value_emb is not None else None
         for i, block in enumerate(self.blocks):
-            x = block(x, rope, cache, local if self.cfg.is_local(i) else mask)
+            x = block(x, rope, cache, local if self.cfg.is_local(i) else mask, ve)
         if cache is not None:
             cache.pos += T
         x = self.norm_f(x)
         if last_only:
             x = x[:, -1:, :]
         if targets is not None and self.fused_loss(x):
-            return None, linear_cross_entropy(x.reshape(-1, x.size(-1)), self.lm_head.weight, targets.reshape(-1))
+            mm = torch.bfloat16 if torch.is_autocast_enabled("cpu") else None
+            return None, linear_cross_entropy(x.reshape(-1, x.size(-1)), self.lm_head.weight, targets.reshape(-1),
+                                              softcap=self.cfg.logit_softcap, mm_dtype=mm)
         logits = self.lm_head(x)
+        if self.cfg.logit_softcap is not None:
+            logits = self.softcap(logits)
         if targets is None:
             return logits.float(), None
         # The loss upcasts to fp32 inside; the logits go back as computed (bf16 under autocast), so a

@@ -26,6 +26,9 @@ def check_llama_compatible(model: GPT, target: str = "a Hugging Face Llama model
     matter at inference; attention_window only with the alternating pattern)."""
     cfg = model.cfg
     need = {"norm": "rmsnorm", "mlp": "swiglu", "pos": "rope", "attention_pattern": "dense"}
+    # issue 18's recipe options: Llama has no QK-norm, soft-cap or value embeddings; a zero-init head
+    # is only an initialization and exports as it trained
+    need.update({"qk_norm": False, "logit_softcap": None, "value_embeds": False})
     wrong = [f"pretrain.model.{k}: {getattr(cfg, k)} cannot be represented in {target} (needs {v})"
              for k, v in need.items() if getattr(cfg, k) != v]
     if wrong:

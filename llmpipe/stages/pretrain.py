@@ -15,6 +15,7 @@ from llmpipe.model.weights import save_model
 from llmpipe.stages.registry import StageParams, StageResult, stage
 from llmpipe.tokens.bpe import EOT
 from llmpipe.tokens.shards import MANIFEST, load_manifest
+from llmpipe.training.budget import resolve_budget
 from llmpipe.training.loop import train
 from llmpipe.training.parallel import is_main_process
 from llmpipe.util.io import atomic_path, dvc_lock_out_hashes, dvc_md5
@@ -52,9 +53,15 @@ def run(params: StageParams, root: Path, sink=None) -> StageResult:
         "data_sha256": hashlib.sha256((token_dir / MANIFEST).read_bytes()).hexdigest(),
         "data_dvc_md5": dvc_lock_out_hashes(root).get(str(STAGE.inp("tokens"))),
     }
-    result = train(params.pretrain, token_dir, root / STAGE.out("checkpoints"), manifest.vocab_size, identity, sink,
+    # issue 18's dial: a budget becomes a shape and a number of steps measured on this machine
+    cfg, plan, identity = resolve_budget(params.pretrain, token_dir, root / STAGE.out("checkpoints"),
+                                         manifest.vocab_size, identity)
+    result = train(cfg, token_dir, root / STAGE.out("checkpoints"), manifest.vocab_size, identity, sink,
                    on_eval=inloop_evaluator_for(root))
     metrics = {**result.metrics, "seconds": round(time.perf_counter() - t0, 3)}
+    if plan:  # machine-dependent: recorded with the run (metrics, and so MLflow and lineage)
+        metrics.update({f"budget_{k}": v for k, v in plan.items() if k != "candidates"})
+        metrics.update({"n_layer": cfg.model.n_layer, "d_model": cfg.model.d_model, "n_head": cfg.model.n_head})
     if not is_main_process():  # under torchrun only rank 0 writes
         return StageResult(metrics)
     save_model(result.model, root / STAGE.out("model"), extra={"eot_id": manifest.eot_id,

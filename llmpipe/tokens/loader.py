@@ -23,14 +23,42 @@ class TokenData:
             raise InputError(f"{Path(token_dir) / MANIFEST}: no {split} shards")
         self.lengths = np.array([len(a) for a in self.arrays], dtype=np.int64)
         self.n_tokens = int(self.lengths.sum())
+        self.token_dir = Path(token_dir)
+        self._starts: list[np.ndarray] | None = None
+
+    def doc_starts(self) -> list[np.ndarray]:
+        """Per shard, the sorted offsets where documents start (the `.idx.npy` beside each shard)."""
+        if self._starts is None:
+            starts = []
+            for s in self.manifest.shards(self.split):
+                path = self.token_dir / (s["file"] + ".idx.npy")
+                try:
+                    starts.append(np.sort(np.load(path, allow_pickle=False).astype(np.int64)))
+                except (OSError, ValueError) as err:
+                    raise InputError(f"{path}: document offsets unreadable ({err})") from err
+            self._starts = starts
+        return self._starts
+
+    def _align(self, shard_idx: np.ndarray, offsets: np.ndarray, block: int) -> np.ndarray:
+        """Move each offset forward to the next document start when one lies within `block` tokens
+        and leaves a whole row; rows inside a long document stay where they fell."""
+        out = offsets.copy()
+        for i, (s, o) in enumerate(zip(shard_idx, offsets)):
+            starts = self.doc_starts()[s]
+            j = np.searchsorted(starts, o)
+            if j < len(starts) and starts[j] - o < block and starts[j] + block + 1 <= self.lengths[s]:
+                out[i] = starts[j]
+        return out
 
     def random_batch(self, step: int, micro_step: int, rows: int, block: int, seed: int,
-                     rank: int = 0, world: int = 1, stream: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
+                     rank: int = 0, world: int = 1, stream: int = 0,
+                     doc_aligned: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
         """The rows of global batch (step, micro_step) that belong to `rank`.
 
         The global batch is a pure function of (seed, step, micro_step): no loader state to save, a
         resumed run draws exactly the batches the uninterrupted run would, and N ranks together draw
-        exactly the rows one process would. `stream` separates independent uses (0 training, 1 eval)."""
+        exactly the rows one process would. `stream` separates independent uses (0 training, 1 eval).
+        With `doc_aligned`, rows start at a document's first token where one is near (see _align)."""
         usable = np.maximum(self.lengths - block - 1, 0).astype(np.float64)
         if usable.sum() == 0:
             raise InputError(f"{self.split} split has no shard longer than block_size + 1 = {block + 1} tokens")
@@ -38,6 +66,8 @@ class TokenData:
         shard_idx = rng.choice(len(self.arrays), size=rows * world, p=usable / usable.sum())
         offsets = (rng.random(rows * world) * usable[shard_idx]).astype(np.int64)
         mine = slice(rank * rows, (rank + 1) * rows)
+        if doc_aligned:
+            offsets[mine] = self._align(shard_idx[mine], offsets[mine], block)
         chunks = [np.asarray(self.arrays[s][o : o + block + 1], dtype=np.int64)
                   for s, o in zip(shard_idx[mine], offsets[mine])]
         batch = torch.from_numpy(np.stack(chunks))

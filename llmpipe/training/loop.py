@@ -115,11 +115,12 @@ def train(cfg: PretrainParams, token_dir: Path, ckpt_dir: Path, vocab_size: int,
     step = start
     while step < cfg.max_steps and (stop_after is None or steps_here < stop_after):
         lr = lr_at(step, cfg)
-        for group in opt.param_groups:
-            group["lr"] = lr
+        for group in opt.param_groups:  # Muon's groups run at muon_lr: their lr_scale (training.muon)
+            group["lr"] = lr * group.get("lr_scale", 1.0)
         loss_sum = 0.0
         for micro in range(accum):
-            x, y = train_data.random_batch(step, micro, rows, mcfg.block_size, cfg.seed, ddp.rank, ddp.world)
+            x, y = train_data.random_batch(step, micro, rows, mcfg.block_size, cfg.seed, ddp.rank, ddp.world,
+                                           doc_aligned=cfg.doc_aligned)
             x, y = x.to(device, non_blocking=True), y.to(device, non_blocking=True)
             ctx = set_grad_sync(net, model, ddp, sync=micro == accum - 1)
             with ctx, torch.autocast(device.type, dtype=dtype, enabled=dtype != torch.float32):

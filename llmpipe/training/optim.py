@@ -7,16 +7,49 @@ import math
 import torch
 
 from llmpipe.config.pretrain import PretrainParams
+from llmpipe.training.muon import MuonAdamW
 from llmpipe.util.io import InputError
 
 
-def make_optimizer(model: torch.nn.Module, cfg: PretrainParams, device: torch.device) -> torch.optim.AdamW:
+def make_optimizer(model: torch.nn.Module, cfg: PretrainParams, device: torch.device) -> torch.optim.Optimizer:
+    if cfg.optimizer == "muon":
+        return make_muon(model, cfg)
     params = [p for p in model.parameters() if p.requires_grad]
     decay = [p for p in params if p.dim() >= 2]  # matrices and embeddings; not norms or biases
     no_decay = [p for p in params if p.dim() < 2]
     groups = [{"params": decay, "weight_decay": cfg.weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
     return torch.optim.AdamW(groups, lr=cfg.lr, betas=(cfg.beta1, cfg.beta2),
                              fused=device.type == "cuda")
+
+
+def muon_split(name: str, model: torch.nn.Module) -> list[int] | None:
+    """Row blocks of a fused matrix that are separate matrices of the math (q, k, v; gate, value)."""
+    c = getattr(model, "cfg", None)
+    if c is None:
+        return None
+    if name.endswith("qkv_proj.weight"):
+        return [c.n_head * c.head_dim, c.kv_heads * c.head_dim, c.kv_heads * c.head_dim]
+    if name.endswith("mlp.up.weight") and c.mlp == "swiglu":
+        return [c.ffn_dim, c.ffn_dim]
+    return None
+
+
+def make_muon(model: torch.nn.Module, cfg: PretrainParams) -> MuonAdamW:
+    """Muon for the matrices inside the blocks, AdamW (at lr) for embeddings, output layer and vectors."""
+    groups: dict[str, dict] = {}
+    for name, p in model.named_parameters():
+        if not p.requires_grad:
+            continue
+        if name.startswith("blocks.") and p.dim() == 2:
+            split = muon_split(name, model)
+            key = f"muon{split}"
+            groups.setdefault(key, {"params": [], "muon": True, "split": split,
+                                    "lr_scale": cfg.muon_lr / cfg.lr, "lr": cfg.muon_lr})
+        else:
+            key = "adamw_decay" if p.dim() >= 2 else "adamw"
+            groups.setdefault(key, {"params": [], "weight_decay": cfg.weight_decay if p.dim() >= 2 else 0.0})
+        groups[key]["params"].append(p)
+    return MuonAdamW(list(groups.values()), lr=cfg.lr, betas=(cfg.beta1, cfg.beta2), momentum=cfg.muon_momentum)
 
 
 def accumulation_steps(cfg: PretrainParams, world: int) -> int:
@@ -34,6 +67,10 @@ def lr_at(step: int, cfg: PretrainParams) -> float:
     min_lr = cfg.lr * cfg.min_lr_ratio
     if step < cfg.warmup_steps:
         return cfg.lr * (step + 1) / cfg.warmup_steps
+    if cfg.schedule == "wsd":  # flat, then a straight line to min_lr over the last decay_frac of the run
+        decay = max(int(round(cfg.decay_frac * cfg.max_steps)), 1)
+        left = min(max(cfg.max_steps - step, 0), decay)
+        return min_lr + (cfg.lr - min_lr) * left / decay
     span = max(cfg.max_steps - cfg.warmup_steps, 1)
     progress = min((step - cfg.warmup_steps) / span, 1.0)
     return min_lr + 0.5 * (1.0 + math.cos(math.pi * progress)) * (cfg.lr - min_lr)

@@ -35,10 +35,19 @@ COMMON = dict(max_steps=12, log_interval=1, eval_interval=6, checkpoint_interval
 PRECISIONS = {"fp32": (1e-5, 1e-4), "bf16": (2e-2, 2e-2)}
 
 
-@pytest.mark.parametrize("parallel,precision", [("ddp", "fp32"), ("fsdp", "fp32"), ("ddp", "bf16")])
-def test_two_ranks_match_one_process(token_dir, tmp_path, parallel, precision):
+# issue 18's recipe: Muon (its sharded matrices orthogonalized whole under FSDP), every model option,
+# the warmup-stable-decay schedule and document-aligned rows
+RECIPE = dict(optimizer="muon", schedule="wsd", doc_aligned=True,
+              model={"n_layer": 2, "n_head": 2, "d_model": 32, "block_size": 32, "qk_norm": True, "mlp": "relu2",
+                     "tie_embeddings": False, "zero_init_head": True, "logit_softcap": 15.0, "value_embeds": True})
+
+
+@pytest.mark.parametrize("parallel,precision,recipe", [("ddp", "fp32", False), ("fsdp", "fp32", False),
+                                                       ("ddp", "bf16", False), ("ddp", "fp32", True),
+                                                       ("fsdp", "fp32", True)])
+def test_two_ranks_match_one_process(token_dir, tmp_path, parallel, precision, recipe):
     assert VOCAB == 64
-    common = {**COMMON, "precision": precision}
+    common = {**COMMON, "precision": precision, **(RECIPE if recipe else {})}
     loss_tol, weight_tol = PRECISIONS[precision]
     single = run_worker(token_dir, tmp_path, "single", 1, cfg(micro_batch_size=8, **common))
     double = run_worker(token_dir, tmp_path, parallel, 2, cfg(micro_batch_size=4, parallel=parallel, **common))
@@ -55,8 +64,9 @@ def test_two_ranks_match_one_process(token_dir, tmp_path, parallel, precision):
     assert max((a_w[k] - b_w[k]).abs().max().item() for k in a_w) < weight_tol
 
 
-def test_fsdp_resume_continues_exactly(token_dir, tmp_path):
-    c = cfg(micro_batch_size=4, parallel="fsdp", grad_accum_steps=2, **COMMON)
+@pytest.mark.parametrize("recipe", [False, True])
+def test_fsdp_resume_continues_exactly(token_dir, tmp_path, recipe):
+    c = cfg(micro_batch_size=4, parallel="fsdp", grad_accum_steps=2, **COMMON, **(RECIPE if recipe else {}))
     whole = run_worker(token_dir, tmp_path, "whole", 2, c)
     run_worker(token_dir, tmp_path, "first", 2, c, stop_after=6, ckpt="split")  # checkpoint at step 6, then exit
     resumed = run_worker(token_dir, tmp_path, "rest", 2, c, ckpt="split")

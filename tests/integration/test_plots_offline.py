@@ -66,3 +66,29 @@ def test_plots_page_renders_offline(tmp_path):
         assert driver.execute_script(INKED) == 0
     finally:
         driver.quit()
+
+
+def test_plots_diff_of_two_runs_uses_the_offline_page_too(tmp_path):
+    """Comparing two runs' loss curves (`dvc plots diff`) takes the page that scripts/setup.sh names in
+    DVC's local config (plots.html_template), as `dvc plots show` does: no CDN, both revisions."""
+    repo = tmp_path / "repo"
+    repo.mkdir()
+
+    def sh(*cmd):
+        subprocess.run(cmd, cwd=repo, check=True, capture_output=True, text=True, timeout=300)
+    sh("git", "init", "-q")
+    sh("git", "config", "user.email", "t@example.com")
+    sh("git", "config", "user.name", "t")
+    sh("dvc", "init", "-q")
+    for loss in (4.0, 3.0):  # two recipes' runs, one commit each
+        (repo / "train.tsv").write_text(f"tokens\tloss\n0\t5.0\n100\t{loss}\n")
+        sh("git", "add", "-A")
+        sh("git", "commit", "-qm", f"run {loss}")
+    page = (REPO / ".dvc" / "plots-page.html").read_text().replace(
+        "<!-- llmpipe:vega-scripts -->", "<script>/* vega inlined here */</script>")
+    (repo / ".dvc" / "plots-offline.html").write_text(page)
+    sh("dvc", "config", "--local", "plots.html_template", "plots-offline.html")
+    sh("dvc", "plots", "diff", "HEAD~1", "HEAD", "--targets", "train.tsv", "-x", "tokens", "-y", "loss", "-o", "out")
+    html = (repo / "out" / "index.html").read_text()
+    assert "vega inlined here" in html and "cdn.jsdelivr.net" not in html
+    assert "HEAD~1" in html and "HEAD" in html

@@ -13,7 +13,8 @@ transformers = pytest.importorskip("transformers")
 
 
 
-@pytest.mark.parametrize("kw", [{}, {"n_kv_head": 1}, {"tie_embeddings": False}])
+@pytest.mark.parametrize("kw", [{}, {"n_kv_head": 1}, {"tie_embeddings": False},
+                                {"tie_embeddings": False, "zero_init_head": True}])
 def test_logits_and_greedy_generation_match_transformers(tmp_path, tokenizer_file, kw):
     torch.manual_seed(0)
     model = GPT(GPTConfig(vocab_size=320, n_layer=2, n_head=4, d_model=64, block_size=64, **kw)).eval()
@@ -48,9 +49,11 @@ def test_tokenizer_loads_in_transformers_with_special_tokens(tmp_path, tokenizer
     assert fast.convert_tokens_to_ids(EOT) == 0
 
 
-def test_architectures_llama_cannot_express_are_refused(tmp_path, tokenizer_file):
-    model = GPT(GPTConfig(vocab_size=320, n_layer=1, n_head=2, d_model=32, block_size=32, mlp="gelu"))
-    with pytest.raises(InputError, match="mlp"):
+@pytest.mark.parametrize("option, value", [("mlp", "gelu"), ("mlp", "relu2"), ("qk_norm", True),
+                                           ("logit_softcap", 15.0), ("value_embeds", True)])
+def test_architectures_llama_cannot_express_are_refused(tmp_path, tokenizer_file, option, value):
+    model = GPT(GPTConfig(vocab_size=320, n_layer=1, n_head=2, d_model=32, block_size=32, **{option: value}))
+    with pytest.raises(InputError, match=f"pretrain.model.{option}: {value} cannot be represented"):
         export_hf(model, tokenizer_file, tmp_path / "hf")
     assert not (tmp_path / "hf").exists()
 

@@ -74,7 +74,8 @@ def test_interleaved_rows_under_adjacent_pair_rope_equal_our_half_split_rope():
 
 
 @pytest.mark.parametrize("option, value", [("norm", "layernorm"), ("mlp", "gelu"), ("pos", "learned"),
-                                           ("attention_pattern", "alternating")])
+                                           ("attention_pattern", "alternating"), ("mlp", "relu2"),
+                                           ("qk_norm", True), ("logit_softcap", 15.0), ("value_embeds", True)])
 def test_configs_llama_cpp_cannot_run_are_refused_naming_the_option(tmp_path, tokenizer_file, option, value):
     model = GPT(GPTConfig(vocab_size=320, n_layer=2, n_head=2, d_model=32, block_size=32, **{option: value}))
     with pytest.raises(InputError, match=f"pretrain.model.{option}: {value} cannot be represented in GGUF"):

@@ -1,0 +1,194 @@
+"""The ablation table of the speedrun recipe (issue 18): the baseline, each change alone and all of
+them together, at equal wall-clock per run, on the demo corpus's token shards, in one run.
+
+    python bench/recipe.py [--seconds 15] [--seeds 3] [--threads 1]
+
+Every configuration trains a small model (4 layers x 128, context 64, 1,024 tokens a step) for the
+same number of seconds:
+a few timed steps first give each configuration's step time, which sets its max_steps, so a faster
+recipe gets more steps and a slower one fewer, as a fixed budget would. Runs go round-robin over the
+configurations (seed 1 of each, then seed 2, ...) so drifting machine load spreads over all of them.
+Each run is scored by llmpipe's evaluator on the first --eval-tokens of the val split, in bits per byte;
+the table gives mean ± std over seeds and Welch's t-test p-value (two-sided) against the baseline.
+modded-nanogpt's acceptance rule: a change becomes a default only if it helps with p < 0.01.
+
+Needs data/tokens and data/tokenizer (`dvc repro tokenize`).
+Last line: RESULT baseline_bpb=<x> all_bpb=<x> p_all=<x> helps=<names> seconds=<total>
+"""
+
+from __future__ import annotations
+
+import _root  # noqa: F401  (first: takes bench/ off the import path, see bench/_root.py)
+
+import argparse
+import logging
+import math
+import statistics
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import torch
+
+ROOT = Path(__file__).resolve().parent.parent
+
+from llmpipe.config.pretrain import PretrainParams  # noqa: E402
+from llmpipe.stages.registry import output  # noqa: E402
+from llmpipe.tokens.loader import TokenData  # noqa: E402
+from llmpipe.tokens.shards import load_manifest  # noqa: E402
+from llmpipe.training.budget import time_steps  # noqa: E402
+from llmpipe.training.evaluate import evaluate_model  # noqa: E402
+from llmpipe.training.loop import train  # noqa: E402
+
+# The baseline is the recipe before issue 18 (params.yaml's defaults then), at a small size.
+BASE = dict(model={"n_layer": 4, "n_head": 4, "d_model": 128, "block_size": 64, "norm": "rmsnorm",
+                   "mlp": "swiglu", "pos": "rope", "tie_embeddings": True},
+            micro_batch_size=16, lr=2e-3, min_lr_ratio=0.1, weight_decay=0.1, optimizer="adamw",
+            schedule="cosine", doc_aligned=False)
+CHANGES = {
+    "muon": {"optimizer": "muon"},
+    "qk_norm": {"model": {"qk_norm": True}},
+    "relu2": {"model": {"mlp": "relu2"}},
+    "zero_head": {"model": {"tie_embeddings": False, "zero_init_head": True}},
+    "softcap": {"model": {"logit_softcap": 15.0}},
+    "value_embeds": {"model": {"value_embeds": True}},
+    "wsd": {"schedule": "wsd"},
+    "doc_aligned": {"doc_aligned": True},
+}
+
+
+def merged(*parts: dict) -> dict:
+    out: dict = {}
+    for p in parts:
+        for k, v in p.items():
+            out[k] = {**out.get(k, {}), **v} if isinstance(v, dict) else v
+    return out
+
+
+def configs(names: list[str] | None = None) -> dict[str, dict]:
+    chosen = {k: v for k, v in CHANGES.items() if names is None or k in names}
+    return {"baseline": BASE, **{k: merged(BASE, v) for k, v in chosen.items()},
+            "all": merged(BASE, *chosen.values())}
+
+
+# --- Welch's t-test, with the t distribution from the regularized incomplete beta function ---------
+
+
+def _betacf(a: float, b: float, x: float) -> float:
+    """The continued fraction of the incomplete beta function (modified Lentz's method)."""
+    tiny, c, d = 1e-300, 1.0, 1.0 - (a + b) * x / (a + 1.0)
+    d = 1.0 / (d if abs(d) > tiny else tiny)
+    h = d
+    for m in range(1, 300):
+        for num in (m * (b - m) * x / ((a + 2 * m - 1) * (a + 2 * m)),
+                    -(a + m) * (a + b + m) * x / ((a + 2 * m) * (a + 2 * m + 1))):
+            d = 1.0 + num * d
+            d = 1.0 / (d if abs(d) > tiny else tiny)
+            c = 1.0 + num / c
+            c = c if abs(c) > tiny else tiny
+            h *= d * c
+        if abs(d * c - 1.0) < 1e-15:
+            break
+    return h
+
+
+def betainc(a: float, b: float, x: float) -> float:
+    if x <= 0.0 or x >= 1.0:
+        return max(0.0, min(1.0, x))
+    ln = math.lgamma(a + b) - math.lgamma(a) - math.lgamma(b) + a * math.log(x) + b * math.log1p(-x)
+    if x < (a + 1.0) / (a + b + 2.0):
+        return math.exp(ln) * _betacf(a, b, x) / a
+    return 1.0 - math.exp(ln) * _betacf(b, a, 1.0 - x) / b
+
+
+def welch(a: list[float], b: list[float]) -> tuple[float, float]:
+    """(t, two-sided p) of Welch's unequal-variance t-test of mean(a) != mean(b)."""
+    va, vb = statistics.variance(a) / len(a), statistics.variance(b) / len(b)
+    if va + vb == 0:
+        return (0.0, 1.0) if statistics.mean(a) == statistics.mean(b) else (math.inf, 0.0)
+    t = (statistics.mean(a) - statistics.mean(b)) / math.sqrt(va + vb)
+    df = (va + vb) ** 2 / (va**2 / (len(a) - 1) + vb**2 / (len(b) - 1))
+    return t, betainc(df / 2, 0.5, df / (df + t * t))
+
+
+# --- the runs --------------------------------------------------------------------------------------
+
+
+def token_bytes_table(tokenizer_path: Path):
+    from tokenizers import Tokenizer
+
+    from llmpipe.tokens.bpe import token_byte_lengths
+    return token_byte_lengths(Tokenizer.from_file(str(tokenizer_path)))
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--seconds", type=float, default=15.0, help="training seconds per run")
+    ap.add_argument("--seeds", type=int, default=3)
+    ap.add_argument("--threads", type=int, default=1, help="1: spinning OpenMP threads on a shared, loaded machine cost more than they give")
+    ap.add_argument("--precision", default="auto", choices=["auto", "bf16", "fp32"])
+    ap.add_argument("--eval-tokens", type=int, default=32768)
+    ap.add_argument("--only", nargs="*", help="changes to include (default: all)")
+    args = ap.parse_args()
+    logging.basicConfig(level=logging.WARNING)
+    t_start = time.perf_counter()
+    token_dir = ROOT / output("tokenize.tokens")
+    if not (token_dir / "manifest.json").exists():
+        sys.exit(f"{token_dir}: no token shards; run `dvc repro tokenize` first")
+    torch.set_num_threads(args.threads)
+    vocab = load_manifest(token_dir).vocab_size
+    table = token_bytes_table(ROOT / output("tokenizer.tokenizer"))
+    val = TokenData(token_dir, "val")
+    common = dict(device="cpu", precision=args.precision, threads=args.threads, log_interval=10**6,
+                  eval_interval=10**9, checkpoint_interval=10**9, eval_batches=1)
+    cfgs = {name: PretrainParams.model_validate({**c, **common, "max_steps": 10, "warmup_steps": 0})
+            for name, c in configs(args.only).items()}
+    # Equal wall-clock: each configuration's own step time sets its steps. Timed three times,
+    # round-robin, keeping the fastest: a load spike on a shared machine must not cost one
+    # configuration its steps (two timings were not enough at a load of 6 on 2 cores).
+    step_s: dict[str, float] = {}
+    for _ in range(3):
+        for name, c in cfgs.items():
+            t = time_steps(c, token_dir, vocab, steps=5, warmup=1)
+            step_s[name] = min(t, step_s.get(name, t))
+    steps = {name: max(10, int(args.seconds / t)) for name, t in step_s.items()}
+    for name, n in steps.items():
+        print(f"{name:13} {n:5d} steps in {args.seconds:.0f} s ({step_s[name] * 1000:.0f} ms a step)", flush=True)
+    bpb: dict[str, list[float]] = {name: [] for name in cfgs}
+    for seed in range(1, args.seeds + 1):
+        for name, c in cfgs.items():  # round-robin: load drift spreads over every configuration
+            n = steps[name]
+            run = c.model_copy(update={"max_steps": n, "warmup_steps": max(1, n // 10), "seed": seed,
+                                       "log_interval": max(1, n // 5)})
+            t0 = time.perf_counter()
+            with tempfile.TemporaryDirectory() as tmp:
+                res = train(run, token_dir, Path(tmp) / "ckpt", vocab, {"bench": "recipe"})
+            took = time.perf_counter() - t0
+            ev = evaluate_model(res.model, val, table, batch_size=8, max_tokens=args.eval_tokens)
+            bpb[name].append(ev["bits_per_byte"])
+            print(f"seed {seed} {name:13} {ev['bits_per_byte']:.4f} bpb  ({took:.1f} s)", flush=True)
+    base = bpb["baseline"]
+    print(f"\n| change | steps | val bpb (mean ± std, {args.seeds} seeds) | Δ vs baseline | p (Welch) |")
+    print("|---|---:|---:|---:|---:|")
+    helps = []
+    p_all = 1.0
+    for name, vals in bpb.items():
+        mean, std = statistics.mean(vals), statistics.stdev(vals) if len(vals) > 1 else 0.0
+        if name == "baseline":
+            print(f"| baseline | {steps[name]} | {mean:.4f} ± {std:.4f} | | |")
+            continue
+        _, p = welch(vals, base) if len(vals) > 1 else (0.0, float("nan"))
+        delta = mean - statistics.mean(base)
+        if name == "all":
+            p_all = p
+        elif delta < 0 and p < 0.01:
+            helps.append(name)
+        print(f"| {name} | {steps[name]} | {mean:.4f} ± {std:.4f} | {delta:+.4f} | {p:.2g} |")
+    total = time.perf_counter() - t_start
+    print(f"RESULT baseline_bpb={statistics.mean(base):.4f} all_bpb={statistics.mean(bpb['all']):.4f} "
+          f"p_all={p_all:.2g} helps={','.join(helps) or 'none'} seconds={total:.0f}")
+
+
+if __name__ == "__main__":
+    main()

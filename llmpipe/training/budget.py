@@ -1,0 +1,128 @@
+"""The time-budget dial: turn `pretrain.budget` (minutes, tokens or FLOPs) into a model shape and a
+number of steps, compute-optimally for this machine.
+
+Minutes mean nothing until the machine's speed is known, so each candidate shape trains a few steps
+here first (`time_steps`); its tokens per second turn the minutes into tokens. The shape whose
+tokens-per-parameter ratio comes closest to budget.tokens_per_param (measured by bench/ladder.py)
+wins. The plan depends on the machine: the stage records it in its metrics (and so in lineage) and in
+the checkpoint's identity, so a resumed run continues with the shape it started with rather than
+measuring again. Under torchrun every rank follows rank 0's timings.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import os
+import tempfile
+import time
+from pathlib import Path
+
+from llmpipe.config.pretrain import PretrainParams
+from llmpipe.util.io import read_json
+
+log = logging.getLogger(__name__)
+
+
+def tokens_per_step(cfg: PretrainParams, world: int | None = None) -> int:
+    from llmpipe.training.optim import accumulation_steps
+    world = world or int(os.environ.get("WORLD_SIZE", "1"))
+    return cfg.micro_batch_size * cfg.model.block_size * accumulation_steps(cfg, world) * world
+
+
+def time_steps(cfg: PretrainParams, token_dir: Path, vocab: int, steps: int = 3, warmup: int = 1) -> float:
+    """Seconds per optimizer step of `cfg` on this machine: the median of `steps` after `warmup` (one
+    step slowed by another job on a shared machine must not decide the shape)."""
+    from llmpipe.training.loop import train  # the very loop the run will use
+    probe = cfg.model_copy(update={"max_steps": warmup + steps, "warmup_steps": 0, "log_interval": 1,
+                                   "eval_interval": 10**9, "eval_batches": 1, "checkpoint_interval": 10**9})
+    with tempfile.TemporaryDirectory() as tmp:
+        res = train(probe, token_dir, Path(tmp) / "ckpt", vocab, {"probe": True})
+    rows = res.history["train"][warmup:]
+    seconds = sorted(tokens_per_step(cfg) / r["tokens_per_s"] for r in rows)[len(rows) // 2]
+    import torch
+    import torch.distributed as dist
+    if dist.is_initialized():  # every rank takes rank 0's figure: the ranks must choose alike
+        t = torch.tensor([seconds], dtype=torch.float64)
+        dist.broadcast(t, 0)
+        seconds = float(t.item())
+    return seconds
+
+
+def shape(cfg: PretrainParams, depth: int) -> PretrainParams:
+    """The candidate of `depth` layers: d_model = aspect * depth (nanochat's one-dial rule), heads of
+    budget.head_dim channels."""
+    b = cfg.budget
+    d = b.aspect * depth
+    heads = max(1, d // b.head_dim)
+    model = cfg.model.model_copy(update={"n_layer": depth, "d_model": d, "n_head": heads, "n_kv_head": None})
+    return cfg.model_copy(update={"model": model})
+
+
+def count_params(cfg: PretrainParams, vocab: int) -> tuple[int, int]:
+    """(parameters, training FLOPs per token) of a shape, from the model itself (on the meta device)."""
+    import torch
+
+    from llmpipe.model.gpt import GPT, GPTConfig
+    with torch.device("meta"):
+        model = GPT(GPTConfig(vocab_size=vocab, **cfg.model.model_dump()))
+    return model.num_params(), model.flops_per_token()
+
+
+def plan(cfg: PretrainParams, token_dir: Path, vocab: int) -> dict:
+    """Pick depth, width and steps for cfg.budget; returns the plan (recorded as metrics)."""
+    b = cfg.budget
+    t0 = time.perf_counter()
+    candidates = []
+    for depth in range(b.min_layers, b.max_layers + 1):
+        c = shape(cfg, depth)
+        n, fpt = count_params(c, vocab)
+        tps = tokens_per_step(c)
+        if b.unit == "tokens":
+            tokens = b.amount
+        elif b.unit == "flops":
+            tokens = b.amount / fpt
+        else:
+            step_s = time_steps(c, token_dir, vocab)
+            spent = time.perf_counter() - t0  # the probes come out of the budget too
+            # evaluations and checkpoints take a share of the run; b.train_fraction leaves room for them
+            tokens = max(b.amount * 60 * b.train_fraction - spent, 0) / step_s * tps
+        candidates.append({"n_layer": depth, "d_model": c.model.d_model, "n_head": c.model.n_head,
+                           "params": n, "flops_per_token": fpt, "tokens": int(tokens),
+                           "tokens_per_param": tokens / n})
+        below = [c["tokens_per_param"] < b.tokens_per_param / 4 for c in candidates[-2:]]
+        if b.unit == "minutes" and len(below) == 2 and all(below):
+            break  # two shapes in a row far under the ratio: larger ones only get fewer tokens each
+    best = min(candidates, key=lambda c: abs(math.log(max(c["tokens_per_param"], 1e-9) / b.tokens_per_param)))
+    steps = max(1, round(best["tokens"] / tokens_per_step(shape(cfg, best["n_layer"]))))
+    return {**best, "max_steps": steps, "unit": b.unit, "amount": b.amount,
+            "target_tokens_per_param": b.tokens_per_param, "plan_seconds": round(time.perf_counter() - t0, 2),
+            "candidates": candidates}
+
+
+def apply_plan(cfg: PretrainParams, p: dict) -> PretrainParams:
+    """cfg with the plan's shape and steps (warmup and intervals scaled to the number of steps)."""
+    c = shape(cfg, p["n_layer"])
+    steps = p["max_steps"]
+    return c.model_copy(update={
+        "max_steps": steps, "warmup_steps": min(cfg.warmup_steps, max(steps // 10, 1)),
+        "eval_interval": max(steps // 4, 1), "checkpoint_interval": max(steps // 4, 1),
+        "log_interval": max(1, min(cfg.log_interval, steps // 20 or 1)), "budget": None})
+
+
+def resolve_budget(cfg: PretrainParams, token_dir: Path, ckpt_dir: Path, vocab: int,
+                   identity: dict) -> tuple[PretrainParams, dict, dict]:
+    """(cfg as trained: the budget turned into a shape and steps, the plan, the run's identity with the
+    plan in it). The plan of a checkpoint of this same run (identity equal but for the plan) is reused."""
+    if cfg.budget is None:
+        return cfg, {}, identity
+    state = ckpt_dir / "state.json"
+    old = read_json(state).get("identity", {}) if state.exists() else {}
+    if "budget_plan" in old and {k: v for k, v in old.items() if k != "budget_plan"} == identity:
+        p = old["budget_plan"]
+    else:
+        p = plan(cfg, token_dir, vocab)
+    log.info("budget %s %s: %d layers x %d wide, %.2fM parameters, %d steps (%d tokens, %.1f per parameter)",
+             p["amount"], p["unit"], p["n_layer"], p["d_model"], p["params"] / 1e6, p["max_steps"], p["tokens"],
+             p["tokens_per_param"])
+    return apply_plan(cfg, p), p, {**identity, "budget_plan": p}

@@ -1,0 +1,121 @@
+"""The speedrun recipe's training options (issue 18): Muon, the warmup-stable-decay schedule and
+document-aligned batches; they learn and resume exactly, Muon's momentum included."""
+
+import json
+
+import numpy as np
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from llmpipe.model.gpt import GPT, GPTConfig
+from llmpipe.tokens.loader import TokenData
+from llmpipe.tokens.shards import ShardWriter, write_manifest
+from llmpipe.training.loop import train
+from llmpipe.training.muon import MuonAdamW, orthogonalize
+from llmpipe.training.optim import lr_at, make_optimizer
+
+from tests.unit.training.test_train import VOCAB, cfg, token_dir  # noqa: F401  (fixture)
+
+RECIPE = dict(optimizer="muon", schedule="wsd", doc_aligned=True,
+              model={"n_layer": 2, "n_head": 2, "d_model": 32, "block_size": 32, "qk_norm": True, "mlp": "relu2",
+                     "tie_embeddings": False, "zero_init_head": True, "logit_softcap": 15.0, "value_embeds": True})
+
+
+def test_wsd_schedule_is_warmup_flat_then_linear_to_the_floor():
+    c = cfg(max_steps=100, warmup_steps=10, lr=1.0, min_lr_ratio=0.1, schedule="wsd", decay_frac=0.2)
+    assert lr_at(0, c) == pytest.approx(0.1)
+    assert lr_at(9, c) == lr_at(50, c) == lr_at(80, c) == pytest.approx(1.0)
+    assert lr_at(90, c) == pytest.approx(0.55)
+    assert lr_at(100, c) == pytest.approx(0.1)
+
+
+def test_newton_schulz_orthogonalizes_tall_and_wide_matrices():
+    torch.manual_seed(0)
+    for rows, cols in [(64, 16), (16, 64), (32, 32)]:
+        k = min(rows, cols)
+        u, v = torch.linalg.qr(torch.randn(rows, k))[0], torch.linalg.qr(torch.randn(cols, k))[0]
+        g = 7.0 * u @ torch.diag(torch.logspace(-1.5, 0, k)) @ v.t()  # singular values spread 30x
+        o = orthogonalize(g)
+        s = torch.linalg.svdvals(o)
+        assert s.min() > 0.6 and s.max() < 1.25, (rows, cols, s)
+        assert torch.allclose(u.t() @ o @ v, torch.diag(torch.diagonal(u.t() @ o @ v)), atol=1e-3)  # g's vectors
+
+
+def test_muon_takes_the_blocks_matrices_and_adamw_the_rest():
+    c = cfg(**RECIPE)
+    model = GPT(GPTConfig(vocab_size=VOCAB, **c.model.model_dump()))
+    opt = make_optimizer(model, c, torch.device("cpu"))
+    assert isinstance(opt, MuonAdamW)
+    names = {id(p): n for n, p in model.named_parameters()}
+    muon = {names[id(p)] for g in opt.param_groups if g["muon"] for p in g["params"]}
+    other = {names[id(p)] for g in opt.param_groups if not g["muon"] for p in g["params"]}
+    assert muon == {n for n, p in model.named_parameters() if n.startswith("blocks.") and p.dim() == 2}
+    assert {"tok_emb.weight", "lm_head.weight", "value_emb.weight", "blocks.0.attn.ve_gate"} <= other
+    split = next(g["split"] for g in opt.param_groups if g["muon"] and g["split"])
+    assert split == [32, 32, 32]  # q, k and v of the fused matrix, orthogonalized one by one
+
+
+def test_recipe_learns_and_resumes_bitwise_with_muon_state(token_dir, tmp_path):  # noqa: F811
+    c = cfg(max_steps=30, checkpoint_interval=10, lr=0.01, **RECIPE)
+    full = train(c, token_dir, tmp_path / "a", VOCAB, {"id": 1})
+    losses = [r["loss"] for r in full.history["train"]]
+    assert losses[-1] < losses[0] - 1.0
+    train(c, token_dir, tmp_path / "b", VOCAB, {"id": 1}, stop_after=20)  # "killed" after step 20
+    tensors = load_file(str(tmp_path / "b" / "optimizer.safetensors"))
+    assert any(k.endswith("momentum_buffer") for k in tensors) and any(k.endswith("exp_avg") for k in tensors)
+    resumed = train(c, token_dir, tmp_path / "b", VOCAB, {"id": 1})
+    a, b = load_file(str(tmp_path / "a" / "model.safetensors")), load_file(str(tmp_path / "b" / "model.safetensors"))
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+    assert resumed.history["train"][-1]["loss"] == full.history["train"][-1]["loss"]
+    groups = json.loads((tmp_path / "b" / "state.json").read_text())["optimizer"]["param_groups"]
+    assert any(g["muon"] for g in groups) and any(not g["muon"] for g in groups)
+
+
+def test_doc_aligned_rows_start_at_documents(tmp_path):
+    out = tmp_path / "tok"
+    out.mkdir()
+    w = ShardWriter(out, "train", 5000, np.dtype(np.uint16))
+    rng = np.random.default_rng(0)
+    for _ in range(100):  # documents of 20-60 tokens whose first token is 1 (and only it)
+        w.add([1] + rng.integers(2, 60, rng.integers(20, 60)).tolist(), eot=0)
+    shards = [{**s, "split": "train"} for s in w.close()]
+    write_manifest(out, {"tokenizer_sha256": "t", "eot_id": 0, "vocab_size": 64, "dtype": "uint16", "shards": shards})
+    data = TokenData(out, "train")
+    plain, _ = data.random_batch(0, 0, 64, 32, seed=1)
+    aligned, y = data.random_batch(0, 0, 64, 32, seed=1, doc_aligned=True)
+    assert (plain[:, 0] == 1).float().mean() < 0.2
+    assert (aligned[:, 0] == 1).float().mean() > 0.6  # a start within 32 tokens: about 32 / 42 of rows
+    assert torch.equal(aligned[:, 1:], y[:, :-1])
+    # ranks split the aligned global batch as they split the plain one
+    halves = [data.random_batch(0, 0, 32, 32, seed=1, rank=r, world=2, doc_aligned=True)[0] for r in (0, 1)]
+    assert torch.equal(torch.cat(halves), aligned)
+
+
+def test_budget_in_tokens_picks_the_shape_nearest_the_ratio_and_its_steps(token_dir, tmp_path):  # noqa: F811
+    from llmpipe.training.budget import count_params, resolve_budget, shape
+
+    budget = {"unit": "tokens", "amount": 200_000, "tokens_per_param": 2.0, "aspect": 16, "head_dim": 8,
+              "min_layers": 1, "max_layers": 4}
+    c = cfg(budget=budget, micro_batch_size=4)
+    trained, plan, identity = resolve_budget(c, token_dir, tmp_path / "ckpt", VOCAB, {"id": 1})
+    ratios = {L: 200_000 / count_params(shape(c, L), VOCAB)[0] for L in range(1, 5)}
+    best = min(ratios, key=lambda L: abs(np.log(ratios[L] / 2.0)))
+    assert (trained.model.n_layer, trained.model.d_model, trained.model.n_head) == (best, 16 * best, 2 * best)
+    assert trained.max_steps == round(200_000 / (4 * 32)) and trained.budget is None
+    assert identity["budget_plan"] == plan and plan["params"] == count_params(trained, VOCAB)[0]
+
+
+def test_budget_in_minutes_measures_this_machine_and_a_resumed_run_keeps_the_plan(token_dir, tmp_path):  # noqa: F811
+    from llmpipe.training.budget import resolve_budget
+
+    budget = {"unit": "minutes", "amount": 0.1, "tokens_per_param": 1.0, "aspect": 16, "head_dim": 8,
+              "min_layers": 1, "max_layers": 2}
+    c = cfg(budget=budget, micro_batch_size=4)
+    trained, plan, identity = resolve_budget(c, token_dir, tmp_path / "ckpt", VOCAB, {"id": 1})
+    assert plan["unit"] == "minutes" and len(plan["candidates"]) >= 1 and trained.max_steps >= 1
+    # the probes measured real steps: the planned tokens fit the minutes at the measured speed
+    assert 0 < plan["tokens"] < 0.1 * 60 * 1e6
+    train(trained, token_dir, tmp_path / "ckpt", VOCAB, identity, stop_after=trained.checkpoint_interval)
+    again, plan2, identity2 = resolve_budget(c, token_dir, tmp_path / "ckpt", VOCAB, {"id": 1})
+    assert plan2 == plan and identity2 == identity and again == trained  # no new measurement
