@@ -6,9 +6,9 @@ Lordship", continuation lines below). A passage is a few consecutive speeches, e
 lines, written as "Speaker: line"; each item asks one question whose answer can be read off the
 passage and is checked by exact match (see `normalize`):
 
-- speaker: who speaks a given line of the passage (a name from the passage);
-- next: which line comes right after a given line (a line from the passage);
-- count: how many different characters speak in the passage (a number).
+- speaker: who says a given line of the passage (a name from the passage);
+- next: which line follows a given line (a line from the passage);
+- count: how many characters speak in the passage (a number).
 
 The answers are copied or counted from the prompt, so a small model can learn the skill rather than
 the plays. Items are made per document: the caller splits documents, so held-out items come from
@@ -87,20 +87,20 @@ def make_item(window: list[Speech], rng: random.Random, max_lines: int) -> Item 
         counts[line] = counts.get(line, 0) + 1
     unique = [k for k, (_, line) in enumerate(rows) if counts[line] == 1 and len(line) >= 8]
     task = rng.choice(TASKS)
-    head = f"Passage:\n{passage}\n\n"
+    head = f"{passage}\n\n"
     if task == "count":
         n = len({s.speaker for s in window})
-        return Item(task, head + "How many different characters speak in the passage?", str(n))
+        return Item(task, head + "How many characters speak?", str(n))
     if task == "next":
         unique = [k for k in unique if k + 1 < len(rows)]
         if not unique:
             return None
         k = rng.choice(unique)
-        return Item(task, head + f'Which line comes right after "{rows[k][1]}"?', rows[k + 1][1])
+        return Item(task, head + f'Which line follows "{rows[k][1]}"?', rows[k + 1][1])
     if not unique:
         return None
     k = rng.choice(unique)
-    return Item(task, head + f'Who speaks the line "{rows[k][1]}"?', rows[k][0])
+    return Item(task, head + f'Who says "{rows[k][1]}"?', rows[k][0])
 
 
 def items_of_play(text: str, seed: int, doc_id: str, max_speeches: int = 4, max_lines: int = 2,

@@ -64,7 +64,8 @@ def is_val(messages: list[dict], val_fraction: float, seed: int) -> bool:
 
 
 def demo_conversations(docs: Path, params: StageParams) -> tuple[list[dict], list[dict]]:
-    """(train, val) items from the plays; val items only from the split section's val documents."""
+    """(train, val) pools of items from the plays, shuffled; val items only from the split section's val
+    documents."""
     demo, split = params.sft_data.demo, params.split
     ids, texts = [], []
     for batch in iter_parquet_batches(docs, 64, ["id", "text"]):
@@ -81,17 +82,21 @@ def demo_conversations(docs: Path, params: StageParams) -> tuple[list[dict], lis
     rng = random.Random(params.sft_data.seed)
     for pool in pools:
         rng.shuffle(pool)
-    return pools[0][: demo.train_items], pools[1][: demo.val_items]
+    return pools[0], pools[1]
 
 
-def render(conversations: list[dict], fmt: ChatFormat, block_size: int, tally: Tally) -> tuple[list, list[dict]]:
-    """(rendered, kept conversations): one longer than the context is counted as too_long."""
+def render(conversations: list[dict], fmt: ChatFormat, block_size: int, tally: Tally, group: str = "skipped",
+           limit: int | None = None) -> tuple[list, list[dict]]:
+    """(rendered, kept conversations), at most `limit`: one longer than the context is counted as
+    too_long in `group` (the demo's pool counts apart: its long passages are not bad input)."""
     rendered, kept = [], []
     for c in conversations:
+        if limit is not None and len(kept) >= limit:
+            break
         r = fmt.render(c["messages"])
         if len(r.ids) > block_size + 1:
-            tally.note("skipped", "too_long", example={"where": c["source"], "why": f"{len(r.ids)} tokens, "
-                                                       f"the context is {block_size} (sft_data.block_size)"})
+            tally.note(group, "too_long", example={"where": c["source"], "why": f"{len(r.ids)} tokens, "
+                                                   f"the context is {block_size} (sft_data.block_size)"})
             continue
         rendered.append(r)
         kept.append(c)
@@ -109,13 +114,12 @@ def run(params: StageParams, root: Path, sink=None) -> StageResult:
     splits: dict[str, list[dict]] = {"train": [], "val": []}
     for c in file_conversations(cfg.files, root, tally):
         splits["val" if is_val(c["messages"], cfg.val_fraction, cfg.seed) else "train"].append(c)
-    if cfg.demo.enabled:
-        train, val = demo_conversations(root / STAGE.inp("docs"), params)
-        splits["train"] += train
-        splits["val"] += val
+    pools = demo_conversations(root / STAGE.inp("docs"), params) if cfg.demo.enabled else ([], [])
     metrics: dict = {}
-    for name, conversations in splits.items():
+    for (name, conversations), pool, n in zip(splits.items(), pools, (cfg.demo.train_items, cfg.demo.val_items)):
         rendered, kept = render(conversations, fmt, cfg.block_size, tally)
+        demo_rendered, demo_kept = render(pool, fmt, cfg.block_size, tally, group="demo", limit=n)
+        rendered, kept = rendered + demo_rendered, kept + demo_kept
         if name == "train" and not kept:
             counts = ", ".join(f"{r} {n}" for r, n in tally.group("skipped").most_common()) or "no records"
             raise InputError(f"sft-data: no usable training conversation ({counts}; see the files in "
@@ -127,6 +131,8 @@ def run(params: StageParams, root: Path, sink=None) -> StageResult:
                         f"{name}_target_tokens": int(mask.sum())})
     skipped = tally.group("skipped")
     metrics.update({f"skipped_{reason}": n for reason, n in sorted(skipped.items())})
+    if cfg.demo.enabled:  # passages too long for the context, passed over while choosing demo items
+        metrics["demo_passed_over_too_long"] = tally.group("demo")["too_long"]
     report = {"records_in_files": tally.totals["records"], "skipped": dict(skipped),
               "examples": tally.examples.get("skipped", {}), **metrics}
     write_json(root / STAGE.out("report"), report)

@@ -136,7 +136,7 @@ def finetune(cfg: FinetuneParams, model: GPT, train_dir: Path, val_dir: Path, ck
             with torch.autocast(device.type, dtype=dtype, enabled=dtype != torch.float32):
                 loss = masked_loss(model, x, y, m)
             (loss / cfg.grad_accum_steps).backward()
-            loss_sum += float(loss)
+            loss_sum += float(loss.detach())
             targets += float(m.sum())
         loss_val = loss_sum / cfg.grad_accum_steps
         if not math.isfinite(loss_val):

@@ -27,12 +27,13 @@ def test_every_module_a_stage_process_imported_is_a_dep(tiny_pipeline):
 # module -> the stages whose process can run it (what the architecture intends, written by hand)
 EDITS = {
     "llmpipe/data/quality.py": {"filter"},
-    "llmpipe/tokens/split.py": {"tokenizer", "tokenize"},
-    "llmpipe/model/decode.py": {"pretrain", "evaluate", "sample"},
-    "llmpipe/training/generate.py": {"sample"},
-    "llmpipe/config/pretrain.py": {"pretrain", "evaluate", "sample"},
+    "llmpipe/tokens/split.py": {"tokenizer", "tokenize", "sft-data"},
+    "llmpipe/model/decode.py": {"pretrain", "evaluate", "sample", "finetune", "chat-eval"},
+    "llmpipe/training/generate.py": {"sample", "chat-eval"},
+    "llmpipe/config/pretrain.py": {"pretrain", "evaluate", "sample", "finetune", "chat-eval"},
     "llmpipe/stages/registry.py": {"scrape", "filter", "dedup", "tokenizer", "tokenize", "pretrain", "evaluate",
-                                   "sample"},
+                                   "sample", "sft-data", "finetune", "chat-eval"},
+    "llmpipe/tokens/chat.py": {"sft-data", "finetune", "chat-eval"},
 }
 
 

@@ -122,4 +122,4 @@ def test_pretrain_params_rerun_only_pretrain_and_downstream(repro_repo):
     proc = run(["dvc", "repro"], repo)
     assert proc.returncode == 0, proc.stderr[-2000:]
     ran = [line.split("'")[1] for line in proc.stdout.splitlines() if line.startswith("Running stage")]
-    assert ran == ["pretrain", "evaluate", "sample"]
+    assert ran == ["pretrain", "evaluate", "sample", "finetune", "chat-eval"]
