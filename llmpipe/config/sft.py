@@ -16,9 +16,9 @@ class DemoInstructions(Section):
     enabled: bool = True
     train_items: Annotated[int, Field(ge=0)] = 4000
     val_items: Annotated[int, Field(ge=0)] = 300
-    max_speeches: Annotated[int, Field(ge=2, le=20)] = 4  # speeches in a passage
+    max_speeches: Annotated[int, Field(ge=2, le=20)] = 3  # speeches in a passage
     max_lines: Annotated[int, Field(ge=1, le=20)] = 2  # lines kept of each speech
-    max_chars: Annotated[int, Field(ge=40)] = 400  # characters of a passage
+    max_chars: Annotated[int, Field(ge=40)] = 320  # characters of a passage
 
 
 class SftDataParams(Section):
@@ -69,6 +69,6 @@ class ChatEvalParams(Section):
     """Exact match on the held-out items, base and finetuned model alike (same prompt, greedy)."""
 
     max_items: Annotated[int, Field(ge=1)] | None = None  # null: every held-out item
-    max_new_tokens: Annotated[int, Field(ge=1, le=4096)] = 48
+    max_new_tokens: Annotated[int, Field(ge=1, le=4096)] = 32
     batch_size: Annotated[int, Field(ge=1, le=1024)] = 32
     samples: Annotated[int, Field(ge=0)] = 12  # conversations written to the samples file
