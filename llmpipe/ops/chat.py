@@ -3,7 +3,8 @@
 Replies stream as they are generated, in the chat format of llmpipe.tokens.chat, ending at `<|end|>`.
 The conversation is kept within the model's context: when the next prompt would not leave room for a
 reply, the oldest turns are dropped (the system prompt stays), and a note says so. `/reset` starts over,
-`/exit` (or Ctrl-D) leaves. Ctrl-C while a reply is generated stops it and returns to the prompt (the
+`/exit` (or Ctrl-D) leaves; a line ending with a backslash continues the message on the next line
+(a passage to ask about). Ctrl-C while a reply is generated stops it and returns to the prompt (the
 reply so far stays in the conversation); Ctrl-C at the prompt leaves cleanly.
 """
 
@@ -22,8 +23,8 @@ from llmpipe.tokens.chat import ChatFormat
 from llmpipe.training.generate import generate_batch
 from llmpipe.util.io import InputError
 
-USER_PROMPT, REPLY_PREFIX = "you> ", "assistant> "
-HELP = "(/reset starts over, /exit or Ctrl-D leaves; Ctrl-C stops a reply)"
+USER_PROMPT, MORE_PROMPT, REPLY_PREFIX = "you> ", "...> ", "assistant> "
+HELP = "(a line ending with \\ continues the message; /reset starts over, /exit or Ctrl-D leaves; Ctrl-C stops a reply)"
 
 
 class Chat:
@@ -101,6 +102,8 @@ def command(args) -> None:
     while True:
         try:
             line = input(USER_PROMPT)
+            while line.endswith("\\"):  # a trailing backslash continues the message on the next line
+                line = line[:-1] + "\n" + input(MORE_PROMPT)
         except (EOFError, KeyboardInterrupt):  # Ctrl-D or Ctrl-C at the prompt: leave cleanly
             print()
             return

@@ -98,8 +98,10 @@ def test_turns_reset_and_leaving_with_ctrl_c_and_ctrl_d(chat_model, tokenizer_fi
     term.send("To be?\r")
     reply = term.expect("you> ")
     assert "assistant> " in reply and len(reply.split("assistant> ")[1].strip()) > 0
-    term.send("And then?\r")
-    term.expect("you> ")
+    term.send("Hor: Do, if it will not stand.\\\r")  # a backslash continues the message
+    term.expect("...> ")
+    term.send("Who says it?\r")
+    assert "assistant> " in term.expect("you> ")
     term.send("/reset\r")
     assert "(conversation reset)" in term.expect("you> ")
     term.send("\x03")  # Ctrl-C at the prompt: a clean exit, no traceback
