@@ -45,18 +45,18 @@ class Chat:
     def reset(self) -> None:
         self.messages = list(self.system)
 
-    def reply(self, text: str, out, notes=sys.stderr) -> str:
+    def reply(self, text: str, out, notes=sys.stderr, prefix: str = "") -> str:
         self.messages.append({"role": "user", "content": text})
         kept, ids = self.fmt.fit(self.messages, self.budget)
         if len(kept) < len(self.messages):
             print(f"(context full: dropped the {len(self.messages) - len(kept)} oldest messages)", file=notes,
                   flush=True)
             self.messages = kept
-        shown, tokens = "", []
+        out.write(prefix)
+        shown = ""
 
         def stream(_row: int, generated: list[int]) -> bool:
             nonlocal shown
-            tokens[:] = generated
             stop = generated[-1] in self.fmt.stop_ids
             text_now = self.fmt.tok.decode([t for t in generated if t not in self.fmt.stop_ids])
             if not text_now.endswith("\ufffd"):  # wait until a multi-byte character is complete
@@ -116,5 +116,4 @@ def command(args) -> None:
             chat.reset()
             print("(conversation reset)", flush=True)
             continue
-        sys.stdout.write(REPLY_PREFIX)
-        chat.reply(text, sys.stdout)
+        chat.reply(text, sys.stdout, prefix=REPLY_PREFIX)
