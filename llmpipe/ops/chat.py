@@ -11,6 +11,7 @@ reply so far stays in the conversation); Ctrl-C at the prompt leaves cleanly.
 from __future__ import annotations
 
 import random
+import signal
 import sys
 from pathlib import Path
 
@@ -92,6 +93,12 @@ def command(args) -> None:
                              "--model-dir / --tokenizer)")
     if args.threads:
         torch.set_num_threads(args.threads)
+    if sys.stdin.isatty():  # Ctrl-C must reach us even when started by a shell that ignores SIGINT (`cmd &`)
+        signal.signal(signal.SIGINT, signal.default_int_handler)
+        try:  # line editing and history for input(), whose read then also wakes on Ctrl-C
+            import readline  # noqa: F401
+        except ImportError:
+            pass
     try:
         fmt = ChatFormat(Tokenizer.from_file(str(tokenizer)))
     except ValueError as err:

@@ -41,6 +41,7 @@ class Terminal:
     def __init__(self, argv: list[str]):
         self.pid, self.fd = pty.fork()
         if self.pid == 0:
+            signal.signal(signal.SIGINT, signal.SIG_DFL)  # as in a terminal, even when pytest runs in the background
             os.chdir(REPO)
             os.execvpe(argv[0], argv, {**os.environ, "PYTHONPATH": REPO})
         self.buffer = ""
