@@ -34,6 +34,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
               "llmpipe.ops.serve:command"),
     "seen": ("does a text occur in the training documents, and in which (13-gram index)",
              "llmpipe.ops.seen:command"),
+    "chat": ("chat with the finetuned model in the terminal", "llmpipe.ops.chat:command"),
 }
 # `export --format F` -> (help, "module:function"); "export" in COMMANDS is the default format's handler.
 EXPORT_FORMATS: dict[str, tuple[str, str]] = {
@@ -88,6 +89,17 @@ def build_parser() -> argparse.ArgumentParser:
                      help="torch threads for generation (default: half the cores, leaving the rest to HTTP)")
     srv.add_argument("--compile", action="store_true",
                      help="torch.compile the per-token step (faster per token, about a minute to compile)")
+    chat = tools["chat"]
+    chat.add_argument("--model-dir", type=Path, default=None,
+                      help="model folder (default: the finetune output, else the pretrain output)")
+    chat.add_argument("--tokenizer", type=Path, default=None, help="tokenizer.json (default: the tokenizer output)")
+    chat.add_argument("--system", default=None, help="a system prompt, kept when old turns are dropped")
+    chat.add_argument("--max-new-tokens", type=int, default=256)
+    chat.add_argument("--temperature", type=float, default=0.7)
+    chat.add_argument("--top-k", type=int, default=50)
+    chat.add_argument("--top-p", type=float, default=1.0)
+    chat.add_argument("--seed", type=int, default=None)
+    chat.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's)")
     return parser
 
 

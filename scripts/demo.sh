@@ -13,6 +13,18 @@ for line in open("data/samples/samples.jsonl", encoding="utf-8"):
     print(f"--- {s['prompt']!r}\n{s['prompt']}{s['completion']}\n")
 m = json.load(open("data/metrics/evaluate.json"))
 print(f"val loss {m['val_loss']:.4f}  perplexity {m['perplexity']:.1f}  bits per byte {m['bits_per_byte']:.4f}")
+print("\n== the finetuned model on held-out instructions (data/chat_eval/samples.jsonl) ==")
+for line in list(open("data/chat_eval/samples.jsonl", encoding="utf-8"))[:3]:
+    s = json.loads(line)
+    print(f"user> {s['prompt'][-1]['content']}\nassistant> {s['finetuned']}   (expected {s['reference']!r}; "
+          f"the base model said {s['base'][:40]!r})\n")
+c = json.load(open("data/metrics/chat-eval.json"))
+print(f"exact match on {c['n_val_items']} held-out items: finetuned {c['finetuned_acc']:.3f}, base {c['base_acc']:.3f}")
+times = {s: json.load(open(f"data/metrics/{s}.json")).get("seconds", 0) for s in
+         ("scrape", "filter", "dedup", "tokenizer", "tokenize", "pretrain", "evaluate", "sample", "sft-data",
+          "finetune", "chat-eval")}
+print("seconds per stage: " + ", ".join(f"{k} {v:.0f}" for k, v in times.items()))
+print("talk to it: llmpipe chat")
 PY
 echo
 echo "== benchmark (data/evals/benchmark.md) =="

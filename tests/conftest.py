@@ -37,6 +37,12 @@ TINY_PARAMS = {
               "indomain": {"items": 8, "context_chars": 120, "continuation_chars": 40}, "inloop": {"items": 2}},
     "benchmark": {"batch_rows": 32},
     "sample": {"prompts": ["ROMEO.\n", "Enter"], "max_new_tokens": 24},
+    # the chat stages: short passages for the 64-token context, a few finetuning steps
+    "sft_data": {"demo": {"train_items": 300, "val_items": 40, "max_speeches": 2, "max_lines": 1,
+                          "max_chars": 70}, "block_size": 64},
+    "finetune": {"max_steps": 10, "micro_batch_size": 8, "warmup_steps": 2, "eval_interval": 5,
+                 "eval_batches": 2, "log_interval": 5, "checkpoint_interval": 5},
+    "chat_eval": {"max_new_tokens": 12, "batch_size": 16, "samples": 4},
     "tracking": {"experiment": "llmpipe-test"},
 }
 

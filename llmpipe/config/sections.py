@@ -30,6 +30,9 @@ SECTIONS: dict[str, str] = {
     "sample": "llmpipe.config.sample:SampleParams",
     "tasks": "llmpipe.config.evals:TasksParams",  # issue 16: benchmark evaluation
     "benchmark": "llmpipe.config.evals:BenchmarkParams",
+    "sft_data": "llmpipe.config.sft:SftDataParams",
+    "finetune": "llmpipe.config.sft:FinetuneParams",
+    "chat_eval": "llmpipe.config.sft:ChatEvalParams",
     "tracking": "llmpipe.config.ops:TrackingParams",
     "schedule": "llmpipe.config.ops:ScheduleParams",
     "scale": "llmpipe.config.ops:ScaleParams",

@@ -17,7 +17,8 @@ class SplitParams(Section):
 
 
 class TokenizerParams(Section):
-    vocab_size: Annotated[int, Field(ge=260, le=1_000_000)] = 4096
+    # at least the 256 single bytes and the 5 special tokens (<|endoftext|> and the chat markers)
+    vocab_size: Annotated[int, Field(ge=261, le=1_000_000)] = 4096
     min_frequency: Annotated[int, Field(ge=1)] = 2
     nfc: bool = False
 

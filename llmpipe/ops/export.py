@@ -17,7 +17,8 @@ import torch
 from safetensors.torch import save_file
 
 from llmpipe.model.gpt import GPT
-from llmpipe.tokens.bpe import EOT
+from llmpipe.tokens.bpe import CHAT_TOKENS, EOT
+from llmpipe.tokens.chat import CHAT_TEMPLATE
 from llmpipe.util.io import InputError, atomic_dir, write_json
 
 
@@ -85,6 +86,15 @@ def llama_config(model: GPT, eot_id: int) -> dict:
     }
 
 
+def chat_config(tokenizer_json: dict) -> dict:
+    """The chat template (llmpipe.tokens.chat), for tokenizers that reserve the chat markers: then
+    transformers' apply_chat_template renders conversations exactly as llmpipe does."""
+    added = {t["content"] for t in tokenizer_json.get("added_tokens", [])}
+    if not set(CHAT_TOKENS) <= added:
+        return {}
+    return {"chat_template": CHAT_TEMPLATE}
+
+
 def export_hf(model: GPT, tokenizer_path: Path, out_dir: Path) -> Path:
     """Write a Hugging Face model folder (atomically: the folder appears whole or not at all)."""
     check_llama_compatible(model)
@@ -101,7 +111,8 @@ def export_hf(model: GPT, tokenizer_path: Path, out_dir: Path) -> Path:
         write_json(tmp / "special_tokens_map.json", special)
         write_json(tmp / "tokenizer_config.json", {"tokenizer_class": "PreTrainedTokenizerFast",
                                                    "model_max_length": model.cfg.block_size,
-                                                   "clean_up_tokenization_spaces": False, **special})
+                                                   "clean_up_tokenization_spaces": False, **special,
+                                                   **chat_config(tok)})
     return out_dir
 
 

@@ -79,10 +79,17 @@ def run_stage(name: str, params_path: Path, root: Path) -> dict:
                **{f"train.{k}": result.metrics.get(k) for k in ("precision", "device", "cpu", "cpu_bf16_units", "gpu")}}
         own = {k: str(v) for k, v in own.items() if v is not None}
         tracker.set_tags(own)
-        lineage = {**dvc_lineage_tags(root, name), "git.commit": git_commit(root) or "unknown", **own}
-        version = tracker.log_model(result.model_dir, experiment.registered_model, lineage)
+        lineage = {**dvc_lineage_tags(root, name), "git.commit": git_commit(root) or "unknown", **own,
+                   **result.model_tags}
+        registered = experiment.registered_model and experiment.registered_model + result.registered_suffix
+        for key, md5 in result.model_tags.items():  # a derived model names its base's registered version
+            if key.startswith("base.dvc.out.") and experiment.registered_model:
+                base = tracker.find_model_version(experiment.registered_model, key.removeprefix("base."), md5)
+                lineage["base.model_version"] = f"models:/{experiment.registered_model}/{base}" if base else "unregistered"
+        tracker.set_tags({k: v for k, v in lineage.items() if k.startswith("base.")})
+        version = tracker.log_model(result.model_dir, registered, lineage)
         if version:
-            log.info("registered model %s version %s", experiment.registered_model, version)
+            log.info("registered model %s version %s", registered, version)
     tracker.end("FINISHED")
     trace_imports(name)
     return result.metrics

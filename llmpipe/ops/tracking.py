@@ -182,6 +182,17 @@ class Tracker:
             self._fail(f"model registration failed ({err.__class__.__name__}: {err})")
             return None
 
+    def find_model_version(self, name: str, tag: str, value: str) -> str | None:
+        """The latest version of registered model `name` whose tag `tag` is `value` (a base model by the
+        DVC hash of its weights), or None."""
+        if self._client is None:
+            return None
+        try:
+            found = [v for v in self._client.search_model_versions(f"name='{name}'") if v.tags.get(tag) == value]
+        except Exception:  # noqa: BLE001 - a lookup for a tag: never fail the run for it
+            return None
+        return max(found, key=lambda v: int(v.version)).version if found else None
+
     def end(self, status: str = "FINISHED") -> None:
         self.flush()
         self._call(lambda: self._client.set_terminated(self.run_id, status=status))

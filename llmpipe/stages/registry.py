@@ -31,6 +31,10 @@ class StageResult:
     artifacts: list[Path] = field(default_factory=list)
     # A model folder to log as the run's "model" artifact and register in the MLflow Model Registry.
     model_dir: Path | None = None
+    # Registered as tracking.registered_model + this suffix (a finetune: "-chat"), with these extra tags;
+    # a tag "base.dvc.out.<path>" names the base model's weights, whose registered version the shell finds.
+    registered_suffix: str = ""
+    model_tags: dict[str, str] = field(default_factory=dict)
 
 
 @dataclass(frozen=True)
@@ -62,7 +66,7 @@ class Stage:
 
     @property
     def module(self) -> str:
-        return f"llmpipe.stages.{self.name}"
+        return f"llmpipe.stages.{self.name.replace('-', '_')}"  # sft-data -> llmpipe.stages.sft_data
 
     @property
     def metrics(self) -> str:
@@ -118,6 +122,19 @@ STAGES: list[Stage] = [
     Stage("sample", "generate text from the prompts", ("sample",),
           {"model": "pretrain.model", "tokenizer": "tokenizer.tokenizer"},
           {"samples": Out("data/samples/samples.jsonl", "report")}),
+    # From a base model to an assistant: instruction data, finetuning, and exact match on held-out items.
+    Stage("sft-data", "instruction data to chat-format examples with a loss mask", ("sft_data", "split"),
+          {"docs": "dedup.docs", "tokenizer": "tokenizer.tokenizer"},
+          {"train": Out("data/sft/train"), "val": Out("data/sft/val"),
+           "report": Out("data/sft/report.json", "report")}),
+    Stage("finetune", "finetune the pretrained model on the instruction examples", ("finetune",),
+          {"model": "pretrain.model", "train": "sft-data.train", "val": "sft-data.val"},
+          {"model": Out("data/finetune/model"), "checkpoints": Out("data/finetune/checkpoints", "state")},
+          {"train": Plot("data/plots/finetune.tsv", "step", "loss")}),
+    Stage("chat-eval", "exact match on held-out instructions, base and finetuned", ("chat_eval",),
+          {"base": "pretrain.model", "model": "finetune.model", "val": "sft-data.val",
+           "tokenizer": "tokenizer.tokenizer"},
+          {"samples": Out("data/chat_eval/samples.jsonl", "report")}),
 ]
 
 _BY_NAME = {s.name: s for s in STAGES}

@@ -2,7 +2,10 @@
 
 Pre-tokenization is GPT-2's regex (contractions, letters, numbers, other symbols, whitespace runs) over
 the 256-symbol byte alphabet, so any UTF-8 text round-trips: decode(encode(x)) == x.
-`<|endoftext|>` is special token 0 and separates documents.
+`<|endoftext|>` is special token 0 and separates documents. The chat format's turn markers are
+reserved right after it (ids 1-4, llmpipe.tokens.chat) when the tokenizer is trained, so a base model
+and its finetune share ids; they never occur in pretraining text (a literal `<|user|>` in a document is
+encoded as text, like a literal `<|endoftext|>`).
 """
 
 from __future__ import annotations
@@ -15,7 +18,9 @@ from tokenizers import Tokenizer, decoders, models, normalizers, pre_tokenizers,
 from llmpipe.config.tokens import TokenizerParams
 
 EOT = "<|endoftext|>"
-SPECIAL_TOKENS = [EOT]  # fixed ids: <|endoftext|> = 0
+# The chat format's markers (llmpipe.tokens.chat): system, user and assistant turns, end of turn.
+CHAT_TOKENS = ["<|system|>", "<|user|>", "<|assistant|>", "<|end|>"]
+SPECIAL_TOKENS = [EOT, *CHAT_TOKENS]  # fixed ids: <|endoftext|> = 0, then the chat markers 1-4
 
 
 def train_tokenizer(texts: Iterable[str], cfg: TokenizerParams, length: int | None = None) -> Tokenizer:

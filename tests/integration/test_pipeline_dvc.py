@@ -66,6 +66,26 @@ def test_each_stage_has_an_mlflow_run_with_lineage(repro_repo):
     versions = client.search_model_versions("name='llmpipe-gpt'")
     assert [v.run_id for v in versions] == [pretrain_id]
     assert versions[0].tags["dvc.dep.data/tokens"] == by_stage["pretrain"].data.tags["dvc.dep.data/tokens"]
+    # the finetuned model is a model of its own, whose version names its base
+    chat = client.search_model_versions("name='llmpipe-gpt-chat'")
+    assert [v.run_id for v in chat] == [by_stage["finetune"].info.run_id]
+    assert chat[0].tags["base.model_version"] == "models:/llmpipe-gpt/1"
+    assert chat[0].tags["base.dvc.out.data/model"] == versions[0].tags["dvc.out.data/model"]
+    assert chat[0].tags["dvc.dep.data/model"] == versions[0].tags["dvc.out.data/model"]
+    assert len(client.get_metric_history(by_stage["finetune"].info.run_id, "loss")) == 10 // 5
+
+
+def test_the_chat_stages_report_what_they_did(repro_repo):
+    repo, _ = repro_repo
+    data = repo / "data"
+    sft = json.loads((data / "metrics" / "sft-data.json").read_text())
+    assert sft["train_conversations"] > 0 and sft["val_conversations"] > 0 and sft["train_target_tokens"] > 0
+    ev = json.loads((data / "metrics" / "chat-eval.json").read_text())
+    assert ev["n_val_items"] == sft["val_conversations"] and 0 <= ev["base_acc"] <= 1 and 0 <= ev["finetuned_acc"] <= 1
+    samples = [json.loads(s) for s in (data / "chat_eval" / "samples.jsonl").read_text().splitlines()]
+    assert len(samples) == TINY_PARAMS["chat_eval"]["samples"] and {"base", "finetuned", "reference"} <= set(samples[0])
+    ft = json.loads((data / "metrics" / "finetune.json").read_text())
+    assert ft["steps"] == TINY_PARAMS["finetune"]["max_steps"] and (data / "finetune" / "checkpoints" / "state.json").exists()
 
 
 def test_second_repro_does_nothing_quickly(repro_repo):
@@ -122,4 +142,4 @@ def test_pretrain_params_rerun_only_pretrain_and_downstream(repro_repo):
     proc = run(["dvc", "repro"], repo)
     assert proc.returncode == 0, proc.stderr[-2000:]
     ran = [line.split("'")[1] for line in proc.stdout.splitlines() if line.startswith("Running stage")]
-    assert ran[0] == "pretrain" and sorted(ran) == ["benchmark", "evaluate", "pretrain", "sample"]
+    assert ran[0] == "pretrain" and sorted(ran) == ["benchmark", "chat-eval", "evaluate", "finetune", "pretrain", "sample"]

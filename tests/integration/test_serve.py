@@ -103,6 +103,14 @@ def test_chat_completion_and_its_stream_agree(client):
     assert all(c.id == chunks[0].id and c.object == "chat.completion.chunk" for c in chunks)
 
 
+def test_chat_prompts_are_rendered_in_the_chat_format(client, own):
+    from llmpipe.tokens.chat import ChatFormat
+
+    messages = [{"role": "system", "content": "Be brief."}, {"role": "user", "content": "Speak, friend."}]
+    got = client.chat.completions.create(model="llmpipe", messages=messages, max_tokens=5, temperature=0)
+    assert got.usage.prompt_tokens == len(ChatFormat(own.tok).prompt(messages))
+
+
 def test_the_stream_ends_with_done(server):
     body = {"model": "llmpipe", "messages": [{"role": "user", "content": "Hi"}], "max_tokens": 5, "stream": True}
     with httpx.stream("POST", f"{server}/v1/chat/completions", json=body, timeout=60) as resp:

@@ -366,7 +366,8 @@ def test_full_disk_is_a_clear_error_and_loses_nothing(tmp_path, monkeypatch):
 
 DATA_OUTS = ["scrape/docs", "scrape/report.json", "filter/docs", "filter/report.json", "dedup/docs.parquet",
              "dedup/removed.parquet", "dedup/report.json", "dedup/index", "tokenizer/tokenizer.json", "tokens",
-             "evals/tasks", "evals/inloop.jsonl", "evals/index", "evals/contamination.json"]
+             "evals/tasks", "evals/inloop.jsonl", "evals/index", "evals/contamination.json",
+             "sft/train", "sft/val", "sft/report.json"]
 
 
 def outs_snapshot(repo: Path) -> dict[str, bytes]:
@@ -379,10 +380,10 @@ def outs_snapshot(repo: Path) -> dict[str, bytes]:
     return files
 
 
-def weights(repo: Path) -> dict:
+def weights(repo: Path, model: str = "model") -> dict:
     from safetensors.torch import load_file
 
-    return load_file(str(repo / "data" / "model" / "model.safetensors"))
+    return load_file(str(repo / "data" / model / "model.safetensors"))
 
 
 @pytest.fixture(scope="module")
@@ -443,6 +444,8 @@ def test_sigkill_of_each_stage_then_repro_loses_nothing(reference, killed):
     assert outs_snapshot(repo) == outs_snapshot(reference)  # the data stages' outputs, byte for byte
     a, b = weights(reference), weights(repo)
     assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)  # training resumed exactly
+    a, b = weights(reference, "finetune/model"), weights(repo, "finetune/model")
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)  # and so did finetuning
     assert not list((repo / "data").rglob("*.tmp"))  # the reruns cleared what the kills left
 
 

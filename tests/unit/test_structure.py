@@ -95,7 +95,7 @@ def test_code_deps_are_exact_and_tight():
     assert {"llmpipe/model/gpt.py", "llmpipe/model/decode.py", "llmpipe/model/weights.py"} <= deps["sample"]
     for name, d in deps.items():
         assert {"llmpipe/cli.py", "llmpipe/ops/shell.py", "llmpipe/config/sections.py",
-                "llmpipe/util/io.py", f"llmpipe/stages/{name}.py"} <= d, name
+                "llmpipe/util/io.py", stage(name).module.replace(".", "/") + ".py"} <= d, name
         assert "llmpipe/ops/tracking.py" not in d  # writes to MLflow, never to an output
     assert not any(p.startswith(("llmpipe/model/", "llmpipe/training/")) for p in deps["scrape"] | deps["filter"])
     assert "llmpipe/config/pretrain.py" not in deps["scrape"] | deps["dedup"] | deps["tokenize"]

@@ -1,7 +1,8 @@
 """`llmpipe serve`: the trained model behind an OpenAI-compatible HTTP API, with a web chat at `/`.
 
 engine (the model, one worker thread, the bounded queue), app (the FastAPI routes), protocol (OpenAI's
-request and response shapes), template (the plain-text chat template), chat.html (the page)."""
+request and response shapes), template (the chat template: the chat format, or plain text for
+older tokenizers), chat.html (the page)."""
 
 from __future__ import annotations
 

@@ -14,7 +14,6 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 
 import llmpipe.ops.serve.protocol as p
 from llmpipe.ops.serve.engine import Engine, Job
-from llmpipe.ops.serve.template import CHAT_STOPS, render_chat
 
 CHAT_PAGE = Path(__file__).with_name("chat.html")
 
@@ -72,14 +71,15 @@ def create_app(engine: Engine, max_body_bytes: int = 1_000_000) -> FastAPI:
             raise p.ServeError(404, f"the model {name!r} does not exist; this server serves {engine.model_id!r}",
                                param="model", code="model_not_found")
 
-    def job_for(req, prompt: str, param: str, stops: list[str], max_tokens: int | None, mt_param: str) -> Job:
+    def job_for(req, prompt: str | list[int], param: str, stops: list[str], max_tokens: int | None, mt_param: str,
+                stop_ids: frozenset = frozenset()) -> Job:
         check_model(req.model)
         if (req.n or 1) != 1:
             raise p.ServeError(400, f"n={req.n}: this server makes one choice per request (n=1)", param="n")
         return Job(prompt_ids=engine.encode(prompt, param),
                    max_tokens=engine.check_max_tokens(max_tokens, mt_param),
                    temperature=1.0 if req.temperature is None else req.temperature,
-                   top_p=1.0 if req.top_p is None else req.top_p, seed=req.seed, stops=stops)
+                   top_p=1.0 if req.top_p is None else req.top_p, seed=req.seed, stops=stops, stop_ids=stop_ids)
 
     @app.post("/v1/chat/completions")
     async def chat(request: Request):
@@ -87,7 +87,9 @@ def create_app(engine: Engine, max_body_bytes: int = 1_000_000) -> FastAPI:
         messages = [m.model_dump() for m in req.messages]
         limit, name = ((req.max_completion_tokens, "max_completion_tokens") if req.max_completion_tokens
                        else (req.max_tokens, "max_tokens"))
-        job = job_for(req, render_chat(messages), "messages", CHAT_STOPS + req.stops(), limit, name)
+        template = engine.template  # the chat format, or plain text for a tokenizer without its markers
+        job = job_for(req, template.prompt_ids(messages), "messages", template.stops + req.stops(), limit, name,
+                      template.stop_ids)
         rid = p.new_id("chatcmpl")
         engine.submit(job)
         if req.stream:

@@ -23,6 +23,7 @@ from tokenizers import Tokenizer
 
 from llmpipe.model.weights import load_model
 from llmpipe.ops.serve.protocol import ServeError
+from llmpipe.ops.serve.template import ChatTemplate
 from llmpipe.stages.sample import cut_at_stop
 from llmpipe.tokens.bpe import EOT
 from llmpipe.training.generate import generate_batch
@@ -41,6 +42,7 @@ class Job:
     top_p: float = 1.0
     seed: int | None = None
     stops: list[str] = field(default_factory=list)
+    stop_ids: frozenset = frozenset()  # token ids that end the reply (the chat format's <|end|>)
     loop: asyncio.AbstractEventLoop | None = None
     events: asyncio.Queue | None = None
     cancelled: bool = False  # the client went away: stop at the next token
@@ -66,6 +68,7 @@ class Engine:
         self.model = load_model(model_dir)
         self.tok = Tokenizer.from_file(str(tokenizer_path))
         self.eot = self.tok.token_to_id(EOT)
+        self.template = ChatTemplate(self.tok)
         self.model_id, self.max_queue, self.compile = model_id, max_queue, compile
         self.max_tokens_limit = max_tokens_limit
         self.default_max_tokens = min(default_max_tokens, max_tokens_limit)
@@ -80,9 +83,10 @@ class Engine:
         self._worker.start()
 
     # -- admission (called on the event loop) --
-    def encode(self, text: str, param: str) -> list[int]:
-        """A prompt's ids; a prompt that does not fit the context is a 400 (it would be cut silently)."""
-        ids = self.tok.encode(text).ids
+    def encode(self, text: str | list[int], param: str) -> list[int]:
+        """A prompt's ids (of a text, or ids already); one that does not fit the context is a 400 (it
+        would be cut silently)."""
+        ids = self.tok.encode(text).ids if isinstance(text, str) else text
         if len(ids) >= self.context:
             raise ServeError(400, f"the prompt is {len(ids)} tokens, but this model's context is {self.context} "
                              f"tokens, so a prompt may have at most {self.context - 1}; shorten the {param}",
@@ -134,6 +138,7 @@ class Engine:
         def on_step(_row: int, ids: list[int]) -> bool:
             nonlocal sent, stopped
             text, stopped = cut_at_stop(self.tok.decode(ids), job.stops)
+            stopped = stopped or (bool(ids) and ids[-1] in job.stop_ids)
             if not stopped:
                 if text.endswith("\ufffd"):  # wait until a multi-byte character is complete
                     return job.cancelled
@@ -150,6 +155,7 @@ class Engine:
                              temperature=job.temperature, top_k=0, top_p=job.top_p, seed=seed,
                              stop_fn=on_step, compile=self.compile)[0]
         text, stopped = cut_at_stop(self.tok.decode(out), job.stops)
+        stopped = stopped or (bool(out) and out[-1] in job.stop_ids)
         if len(text) > len(sent):  # what was held back, once nothing more can follow it
             job.emit("text", text[len(sent):])
         finish = "length" if len(out) >= job.max_tokens and not stopped else "stop"

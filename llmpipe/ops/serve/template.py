@@ -1,7 +1,12 @@
-"""The chat template: how `/v1/chat/completions` turns messages into one prompt for a base model.
+"""The chat template: how `/v1/chat/completions` turns messages into the prompt a model continues.
 
-The tokenizer has no chat format yet, so a conversation is rendered as plain text, one turn per
-paragraph, ending with the assistant's cue:
+A tokenizer that reserves the chat markers (every tokenizer trained since they exist) gets the chat
+format of llmpipe.tokens.chat, the one the finetune stage trains on and the Hugging Face export's
+template renders: `<|endoftext|><|system|>...<|end|><|user|>...<|end|><|assistant|>`, the reply ending
+at `<|end|>` (or `<|endoftext|>`); message text can never forge a marker.
+
+Fallback, only for models whose tokenizer predates the markers: the conversation as plain text, one
+turn per paragraph, ending with the assistant's cue,
 
     System: You are terse.
 
@@ -9,15 +14,18 @@ paragraph, ending with the assistant's cue:
 
     Assistant:
 
-and the reply ends at `<|endoftext|>` or at the next "\\nUser:" (the model starting the user's next
-turn itself). This module is the only place that knows the format: a real chat format replaces
-`render_chat` and `CHAT_STOPS` here.
+the reply ending at `<|endoftext|>` or at the next "\\nUser:" (the model starting the user's turn itself).
+This module is the only place that knows these formats.
 """
 
 from __future__ import annotations
 
+from tokenizers import Tokenizer
+
+from llmpipe.tokens.chat import ChatFormat, has_chat_tokens
+
 ROLES = {"system": "System", "developer": "System", "user": "User", "assistant": "Assistant"}
-CHAT_STOPS = ["\nUser:"]
+CHAT_STOPS = ["\nUser:"]  # the plain-text fallback's stop
 
 
 def message_text(content) -> str:
@@ -30,6 +38,29 @@ def message_text(content) -> str:
 
 
 def render_chat(messages: list[dict]) -> str:
-    """Messages ({"role", "content"}) -> the prompt text the model continues."""
+    """The plain-text fallback: messages ({"role", "content"}) -> the prompt text the model continues."""
     turns = [f"{ROLES[m['role']]}: {message_text(m.get('content')).strip()}" for m in messages]
     return "\n\n".join(turns + ["Assistant:"])
+
+
+class ChatTemplate:
+    """The chat format when the tokenizer has its markers, else the plain-text fallback."""
+
+    def __init__(self, tok: Tokenizer):
+        self.tok = tok
+        self.format = ChatFormat(tok) if has_chat_tokens(tok) else None
+
+    @property
+    def stops(self) -> list[str]:
+        return [] if self.format else list(CHAT_STOPS)
+
+    @property
+    def stop_ids(self) -> frozenset[int]:
+        return self.format.stop_ids if self.format else frozenset()
+
+    def prompt_ids(self, messages: list[dict]) -> list[int]:
+        if self.format is None:
+            return self.tok.encode(render_chat(messages)).ids
+        role = {"developer": "system"}
+        return self.format.prompt([{"role": role.get(m["role"], m["role"]), "content": message_text(m.get("content"))}
+                                   for m in messages])

@@ -39,7 +39,7 @@ def test_fields_and_tensors_are_llama_cpp_s(tmp_path, tokenizer_file, tie, dtype
     assert {k: field(r, k) for k in expect} == expect
     tokens = field(r, "tokenizer.ggml.tokens")
     assert len(tokens) == 320 and tokens[0] == "<|endoftext|>"
-    assert field(r, "tokenizer.ggml.token_type")[:2] == [3, 1]  # control, normal
+    assert field(r, "tokenizer.ggml.token_type")[:6] == [3, 3, 3, 3, 3, 1]  # control (eot, chat markers), normal
     assert all(len(m.split(" ")) == 2 for m in field(r, "tokenizer.ggml.merges"))
 
     tensors = {t.name: t for t in r.tensors}

@@ -37,3 +37,34 @@ def test_requests_are_validated_with_the_field_named():
     assert err.value.status == 400 and err.value.body()["error"]["param"] == "messages.0.role"
     with pytest.raises(ServeError, match="stop"):
         parse(CompletionRequest, {"model": "m", "prompt": "x", "stop": ["a", "b", "c", "d", "e"]})
+
+
+def test_a_tokenizer_with_the_chat_markers_gets_the_chat_format(tokenizer_file):
+    from tokenizers import Tokenizer
+
+    from llmpipe.ops.serve.template import ChatTemplate
+    from llmpipe.tokens.chat import ChatFormat
+
+    tok = Tokenizer.from_file(str(tokenizer_file))
+    template = ChatTemplate(tok)
+    ids = template.prompt_ids([{"role": "developer", "content": "Be brief."},
+                               {"role": "user", "content": [{"type": "text", "text": "Hi <|end|>"}]}])
+    fmt = ChatFormat(tok)
+    assert ids == fmt.prompt([{"role": "system", "content": "Be brief."}, {"role": "user", "content": "Hi <|end|>"}])
+    assert template.stops == [] and template.stop_ids == {fmt.end, fmt.eot}
+
+
+def test_a_tokenizer_without_them_falls_back_to_plain_text(tmp_path):
+    from tokenizers import Tokenizer, models, pre_tokenizers, trainers
+
+    from llmpipe.ops.serve.template import ChatTemplate
+    from llmpipe.tokens.bpe import EOT
+
+    tok = Tokenizer(models.BPE())
+    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    tok.train_from_iterator(["Hello there, User and Assistant"] * 5, trainers.BpeTrainer(
+        vocab_size=280, special_tokens=[EOT], initial_alphabet=pre_tokenizers.ByteLevel.alphabet()))
+    template = ChatTemplate(tok)
+    messages = [{"role": "user", "content": "Hi"}]
+    assert template.prompt_ids(messages) == tok.encode(render_chat(messages)).ids
+    assert template.stops == CHAT_STOPS and not template.stop_ids

@@ -1,0 +1,74 @@
+"""The sft_data, finetune and chat_eval sections: from a base model to an assistant."""
+
+from __future__ import annotations
+
+from typing import Annotated, Literal
+
+from pydantic import Field, model_validator
+
+from llmpipe.config.base import Seed, Section
+
+
+class DemoInstructions(Section):
+    """The checkable instruction set made from the corpus's plays (llmpipe.data.playqa); items of val
+    documents (the split section's, as in pretraining) are held out."""
+
+    enabled: bool = True
+    train_items: Annotated[int, Field(ge=0)] = 4000
+    val_items: Annotated[int, Field(ge=0)] = 300
+    max_speeches: Annotated[int, Field(ge=2, le=20)] = 3  # speeches in a passage
+    max_lines: Annotated[int, Field(ge=1, le=20)] = 2  # lines kept of each speech
+    max_chars: Annotated[int, Field(ge=40)] = 320  # characters of a passage
+
+
+class SftDataParams(Section):
+    # Instruction files (globs, relative to the repository): Alpaca JSON/JSONL, ShareGPT, OpenAI messages
+    # JSONL, optionally gzipped. They are not DVC deps: after editing them, `dvc repro -f sft-data`.
+    files: list[Annotated[str, Field(min_length=1)]] = Field(default_factory=list)
+    val_fraction: Annotated[float, Field(ge=0.0, lt=1.0)] = 0.05  # of the files' records, by a hash
+    seed: Seed = 0
+    demo: DemoInstructions = DemoInstructions()
+    # Tokens an example may have (the finetuned model's context: at most pretrain.model.block_size);
+    # longer conversations are counted as too_long.
+    block_size: Annotated[int, Field(ge=8, le=131072)] = 256
+    # packed: examples back to back in rows of block_size + 1 tokens; padded: one example a row.
+    layout: Literal["packed", "padded"] = "packed"
+
+
+class FinetuneParams(Section):
+    """Full finetuning of the pretrained model on the sft-data examples, loss on the assistant's tokens."""
+
+    max_steps: Annotated[int, Field(ge=1)] = 150
+    micro_batch_size: Annotated[int, Field(ge=1)] = 16
+    grad_accum_steps: Annotated[int, Field(ge=1)] = 1
+    lr: Annotated[float, Field(gt=0.0, le=1.0)] = 1e-3
+    schedule: Literal["cosine", "linear", "constant"] = "cosine"  # after the warmup
+    warmup_steps: Annotated[int, Field(ge=0)] = 10
+    min_lr_ratio: Annotated[float, Field(ge=0.0, le=1.0)] = 0.1
+    weight_decay: Annotated[float, Field(ge=0.0)] = 0.0
+    beta1: Annotated[float, Field(ge=0.0, lt=1.0)] = 0.9
+    beta2: Annotated[float, Field(ge=0.0, lt=1.0)] = 0.95
+    grad_clip: Annotated[float, Field(ge=0.0)] = 1.0
+    seed: Seed = 1337
+    device: Literal["auto", "cpu", "cuda"] = "auto"
+    precision: Literal["auto", "bf16", "fp32"] = "auto"
+    eval_interval: Annotated[int, Field(ge=1)] = 50
+    eval_batches: Annotated[int, Field(ge=1)] = 4
+    log_interval: Annotated[int, Field(ge=1)] = 10
+    checkpoint_interval: Annotated[int, Field(ge=1)] = 50
+    threads: Annotated[int, Field(ge=0)] = 0  # 0: torch's default
+
+    @model_validator(mode="after")
+    def _warmup_fits(self) -> "FinetuneParams":
+        if self.warmup_steps > self.max_steps:
+            raise ValueError(f"warmup_steps ({self.warmup_steps}) exceeds max_steps ({self.max_steps})")
+        return self
+
+
+class ChatEvalParams(Section):
+    """Exact match on the held-out items, base and finetuned model alike (same prompt, greedy)."""
+
+    max_items: Annotated[int, Field(ge=1)] | None = None  # null: every held-out item
+    max_new_tokens: Annotated[int, Field(ge=1, le=4096)] = 32
+    batch_size: Annotated[int, Field(ge=1, le=1024)] = 32
+    samples: Annotated[int, Field(ge=0)] = 12  # conversations written to the samples file

@@ -1,0 +1,90 @@
+"""Stage chat-eval: exact-match accuracy on the held-out instruction items, for the base model and the
+finetuned one, with the same chat-format prompt and greedy decoding; samples of both side by side.
+
+An item is a held-out conversation: the prompt is everything before its last assistant turn, the
+reference is that turn; an answer counts when it equals the reference after `normalize` (case,
+whitespace and trailing punctuation). The base model never saw the chat markers, so its accuracy is
+what the format alone gives a model that was not finetuned.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import time
+from collections import Counter
+from pathlib import Path
+
+from tokenizers import Tokenizer
+
+from llmpipe.data.playqa import normalize
+from llmpipe.model.gpt import GPT
+from llmpipe.model.weights import load_model
+from llmpipe.stages.registry import StageParams, StageResult, stage
+from llmpipe.tokens.chat import ChatFormat, prompt_and_reference
+from llmpipe.tokens.examples import read_conversations
+from llmpipe.training.generate import generate_batch
+from llmpipe.util.io import InputError, atomic_path
+
+log = logging.getLogger(__name__)
+STAGE = stage("chat-eval")
+
+
+def answers(model: GPT, fmt: ChatFormat, prompts: list[list[dict]], max_new_tokens: int,
+            batch_size: int) -> list[str]:
+    """Greedy replies to each prompt (a list of messages), each ending at <|end|> or <|endoftext|>."""
+    ids = [fmt.prompt(p) for p in prompts]
+    order = sorted(range(len(ids)), key=lambda i: len(ids[i]))  # similar lengths share a batch: less padding
+    out: list[str] = [""] * len(ids)
+    for s in range(0, len(order), batch_size):
+        rows = order[s : s + batch_size]
+        gen = generate_batch(model, [ids[i] for i in rows], max_new_tokens, eot_id=fmt.end, temperature=0.0,
+                             stop_fn=lambda _row, toks: toks[-1] in fmt.stop_ids)
+        for i, toks in zip(rows, gen):
+            out[i] = fmt.tok.decode([t for t in toks if t not in fmt.stop_ids])
+    return out
+
+
+def score(conversations: list[dict], replies: list[str]) -> tuple[float, dict[str, float], list[bool]]:
+    """(accuracy, accuracy per task, right or wrong per item)."""
+    right = [normalize(r) == normalize(prompt_and_reference(c["messages"])[1]) for c, r in zip(conversations, replies)]
+    per: dict[str, list[bool]] = {}
+    for c, ok in zip(conversations, right):
+        per.setdefault(c.get("task") or "files", []).append(ok)
+    acc = sum(right) / len(right) if right else 0.0
+    return acc, {task: sum(v) / len(v) for task, v in sorted(per.items())}, right
+
+
+def run(params: StageParams, root: Path, sink=None) -> StageResult:
+    t0 = time.perf_counter()
+    cfg = params.chat_eval
+    conversations = read_conversations(root / STAGE.inp("val"))[: cfg.max_items]
+    if not conversations:
+        raise InputError(f"{STAGE.inp('val')}: no held-out conversations to evaluate (see data/sft/report.json)")
+    try:
+        fmt = ChatFormat(Tokenizer.from_file(str(root / STAGE.inp("tokenizer"))))
+    except ValueError as err:
+        raise InputError(f"{STAGE.inp('tokenizer')}: {err}") from None
+    prompts = [prompt_and_reference(c["messages"])[0] for c in conversations]
+    metrics: dict = {"n_val_items": len(conversations)}
+    replies, right = {}, {}
+    for name, key in (("base", "base"), ("finetuned", "model")):
+        t1 = time.perf_counter()
+        replies[name] = answers(load_model(root / STAGE.inp(key)), fmt, prompts, cfg.max_new_tokens, cfg.batch_size)
+        acc, per_task, right[name] = score(conversations, replies[name])
+        metrics[f"{name}_acc"] = round(acc, 4)
+        metrics.update({f"{name}_acc_{task}": round(a, 4) for task, a in per_task.items()})
+        metrics[f"{name}_seconds"] = round(time.perf_counter() - t1, 3)
+        log.info("chat-eval: %s model %.1f%% exact match on %d items", name, 100 * acc, len(conversations))
+    metrics["gain"] = round(metrics["finetuned_acc"] - metrics["base_acc"], 4)
+    metrics["tasks"] = ",".join(f"{k}:{n}" for k, n in sorted(Counter(c.get("task") or "files" for c in conversations).items()))
+    dest = root / STAGE.out("samples")
+    with atomic_path(dest) as tmp, open(tmp, "w", encoding="utf-8") as f:
+        for i, c in enumerate(conversations[: cfg.samples]):
+            f.write(json.dumps({"source": c.get("source"), "task": c.get("task"), "prompt": prompts[i],
+                                "reference": prompt_and_reference(c["messages"])[1],
+                                "base": replies["base"][i], "base_ok": right["base"][i],
+                                "finetuned": replies["finetuned"][i], "finetuned_ok": right["finetuned"][i]},
+                               ensure_ascii=False) + "\n")
+    metrics["seconds"] = round(time.perf_counter() - t0, 3)
+    return StageResult(metrics, artifacts=[dest])

@@ -1,0 +1,49 @@
+"""Stage finetune: the pretrained model, finetuned on the sft-data examples (the assistant's tokens
+only); resumes from data/finetune/checkpoints. Its model is registered as its own MLflow model
+(`<tracking.registered_model>-chat`), tagged with the base model it started from."""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import time
+from pathlib import Path
+
+from llmpipe.model.weights import load_model, save_model
+from llmpipe.stages.registry import StageParams, StageResult, stage
+from llmpipe.tokens.examples import TOKENS
+from llmpipe.training.finetune import finetune
+from llmpipe.util.io import atomic_path, dvc_lock_out_hashes, dvc_md5, read_json
+
+log = logging.getLogger(__name__)
+STAGE = stage("finetune")
+COLUMNS = ["step", "loss", "lr", "grad_norm", "target_tokens_per_s"]
+
+
+def write_tsv(path: Path, rows: list[dict]) -> None:
+    lines = ["\t".join(COLUMNS)] + ["\t".join(str(r.get(c, "")) for c in COLUMNS) for r in rows]
+    with atomic_path(path) as tmp:
+        tmp.write_text("\n".join(lines) + "\n")
+
+
+def run(params: StageParams, root: Path, sink=None) -> StageResult:
+    t0 = time.perf_counter()
+    base_dir = root / STAGE.inp("model")
+    base_md5 = dvc_md5(base_dir)
+    train_dir, val_dir = root / STAGE.inp("train"), root / STAGE.inp("val")
+    # A checkpoint is resumed only by a run with the same params, base model and examples.
+    identity = {"finetune": params.finetune.model_dump(mode="json"), "base_model_md5": base_md5,
+                "train_sha256": hashlib.sha256((train_dir / TOKENS).read_bytes()).hexdigest(),
+                "train_dvc_md5": dvc_lock_out_hashes(root).get(str(STAGE.inp("train")))}
+    result = finetune(params.finetune, load_model(base_dir), train_dir, val_dir, root / STAGE.out("checkpoints"),
+                      identity, sink)
+    base_config = read_json(base_dir / "config.json")
+    extra = {k: base_config[k] for k in ("eot_id", "tokenizer_sha256") if k in base_config}
+    save_model(result.model, root / STAGE.out("model"), extra={**extra, "base_model_md5": base_md5})
+    write_tsv(root / STAGE.out("train"), result.history["train"])
+    metrics = {**result.metrics, "seconds": round(time.perf_counter() - t0, 3),
+               "model_dvc_md5": dvc_md5(root / STAGE.out("model")), "base_model_dvc_md5": base_md5}
+    # The shell registers it under its own name, tagged with its base (the pretrain model's weights).
+    return StageResult(metrics, artifacts=[root / STAGE.out("train")], model_dir=root / STAGE.out("model"),
+                       registered_suffix="-chat",
+                       model_tags={"base.dvc.out.data/model": base_md5, "base.stage": "pretrain"})

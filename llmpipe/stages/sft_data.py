@@ -1,0 +1,143 @@
+"""Stage sft-data: instruction data -> chat-format examples with a loss mask, split train/val.
+
+Two sources, in any mix: the instruction files named in `sft_data.files` (Alpaca, ShareGPT, OpenAI
+messages; llmpipe.data.instructions), split by a hash of each conversation, and the demo's checkable
+set made from the corpus's plays (llmpipe.data.playqa), split by document with the `split` section,
+so held-out items come from plays neither pretraining nor finetuning saw. Every record that cannot be
+used is counted by reason with file:line in data/sft/report.json; the stage fails (exit 2) only
+when no training conversation remains.
+"""
+
+from __future__ import annotations
+
+import glob
+import json
+import logging
+import random
+import time
+from pathlib import Path
+
+import xxhash
+from tokenizers import Tokenizer
+
+from llmpipe.data.instructions import BadRecord, read_records, to_conversation
+from llmpipe.data.playqa import items_of_play
+from llmpipe.stages.registry import StageParams, StageResult, stage
+from llmpipe.tokens.chat import ChatFormat
+from llmpipe.tokens.examples import packed, padded, write_examples
+from llmpipe.tokens.split import val_mask
+from llmpipe.util.io import InputError, iter_parquet_batches, write_json
+from llmpipe.util.tally import Tally
+
+log = logging.getLogger(__name__)
+STAGE = stage("sft-data")
+
+
+def file_conversations(patterns: list[str], root: Path, tally: Tally) -> list[dict]:
+    """Every usable conversation of the files, as {"messages", "source": "file:line"}; the rest counted."""
+    out = []
+    for pattern in patterns:
+        paths = sorted(glob.glob(str(root / pattern), recursive=True))
+        if not paths:
+            raise InputError(f"sft_data.files: {pattern!r} matches no file under {root}")
+        for path in map(Path, paths):
+            name = path.relative_to(root).as_posix() if path.is_relative_to(root) else str(path)
+            try:
+                records = list(read_records(path))
+            except OSError as err:
+                raise InputError(f"{name}: unreadable ({err.strerror or err})") from None
+            for line, record in records:
+                tally.count("records")
+                try:
+                    messages = to_conversation(record)
+                except BadRecord as bad:
+                    tally.note("skipped", bad.reason, example={"where": f"{name}:{line}", "why": bad.detail})
+                    continue
+                out.append({"messages": messages, "source": f"{name}:{line}"})
+    return out
+
+
+def is_val(messages: list[dict], val_fraction: float, seed: int) -> bool:
+    """Held out by a hash of the conversation itself: a duplicate lands on the same side."""
+    key = json.dumps(messages, sort_keys=True, ensure_ascii=False).encode("utf-8")
+    return xxhash.xxh64_intdigest(key, seed=seed) / 2.0**64 < val_fraction
+
+
+def demo_conversations(docs: Path, params: StageParams) -> tuple[list[dict], list[dict]]:
+    """(train, val) pools of items from the plays, shuffled; val items only from the split section's val
+    documents."""
+    demo, split = params.sft_data.demo, params.split
+    ids, texts = [], []
+    for batch in iter_parquet_batches(docs, 64, ["id", "text"]):
+        ids += batch.column("id").to_pylist()
+        texts += batch.column("text").to_pylist()
+    held_out = val_mask(ids, split.val_fraction, split.seed) if ids else []
+    pools: tuple[list[dict], list[dict]] = ([], [])
+    for doc_id, text, val in zip(ids, texts, held_out):
+        for k, item in enumerate(items_of_play(text, params.sft_data.seed, doc_id, demo.max_speeches,
+                                               demo.max_lines, demo.max_chars)):
+            pools[int(val)].append({"messages": [{"role": "user", "content": item.question},
+                                                 {"role": "assistant", "content": item.answer}],
+                                    "source": f"demo:{doc_id}#{k}", "task": item.task})
+    rng = random.Random(params.sft_data.seed)
+    for pool in pools:
+        rng.shuffle(pool)
+    return pools[0], pools[1]
+
+
+def render(conversations: list[dict], fmt: ChatFormat, block_size: int, tally: Tally, group: str = "skipped",
+           limit: int | None = None) -> tuple[list, list[dict]]:
+    """(rendered, kept conversations), at most `limit`: one longer than the context is counted as
+    too_long in `group` (the demo's pool counts apart: its long passages are not bad input)."""
+    rendered, kept = [], []
+    for c in conversations:
+        if limit is not None and len(kept) >= limit:
+            break
+        r = fmt.render(c["messages"])
+        if len(r.ids) > block_size + 1:
+            tally.note(group, "too_long", example={"where": c["source"], "why": f"{len(r.ids)} tokens, "
+                                                   f"the context is {block_size} (sft_data.block_size)"})
+            continue
+        rendered.append(r)
+        kept.append(c)
+    return rendered, kept
+
+
+def run(params: StageParams, root: Path, sink=None) -> StageResult:
+    t0 = time.perf_counter()
+    cfg = params.sft_data
+    try:
+        fmt = ChatFormat(Tokenizer.from_file(str(root / STAGE.inp("tokenizer"))))
+    except ValueError as err:
+        raise InputError(f"{STAGE.inp('tokenizer')}: {err}") from None
+    tally = Tally(max_examples=5)
+    splits: dict[str, list[dict]] = {"train": [], "val": []}
+    for c in file_conversations(cfg.files, root, tally):
+        splits["val" if is_val(c["messages"], cfg.val_fraction, cfg.seed) else "train"].append(c)
+    pools = demo_conversations(root / STAGE.inp("docs"), params) if cfg.demo.enabled else ([], [])
+    metrics: dict = {}
+    for (name, conversations), pool, n in zip(splits.items(), pools, (cfg.demo.train_items, cfg.demo.val_items)):
+        rendered, kept = render(conversations, fmt, cfg.block_size, tally)
+        demo_rendered, demo_kept = render(pool, fmt, cfg.block_size, tally, group="demo", limit=n)
+        rendered, kept = rendered + demo_rendered, kept + demo_kept
+        if name == "train" and not kept:
+            counts = ", ".join(f"{r} {n}" for r, n in tally.group("skipped").most_common()) or "no records"
+            raise InputError(f"sft-data: no usable training conversation ({counts}; see the files in "
+                             f"sft_data.files and sft_data.demo)")
+        layout = packed if cfg.layout == "packed" else padded
+        tokens, mask = layout(rendered, cfg.block_size, fmt.eot)
+        write_examples(root / STAGE.out(name), tokens, mask, kept)
+        metrics.update({f"{name}_conversations": len(kept), f"{name}_rows": int(tokens.shape[0]),
+                        f"{name}_target_tokens": int(mask.sum())})
+    skipped = tally.group("skipped")
+    metrics.update({f"skipped_{reason}": n for reason, n in sorted(skipped.items())})
+    if cfg.demo.enabled:  # passages too long for the context, passed over while choosing demo items
+        metrics["demo_passed_over_too_long"] = tally.group("demo")["too_long"]
+    report = {"records_in_files": tally.totals["records"], "skipped": dict(skipped),
+              "examples": tally.examples.get("skipped", {}), **metrics}
+    write_json(root / STAGE.out("report"), report)
+    for reason, n in skipped.most_common():
+        where = ", ".join(e["where"] for e in tally.examples["skipped"].get(reason, [])[:3])
+        log.warning("sft-data: %d records skipped as %s (e.g. %s)", n, reason, where)
+    metrics["seconds"] = round(time.perf_counter() - t0, 3)
+    return StageResult(metrics, artifacts=[root / STAGE.out("report")])

@@ -1,0 +1,174 @@
+"""Full finetuning of a trained GPT on chat examples: the loss counts the assistant's tokens only.
+
+One process (the models finetuned here fit one device). Batches are a pure function of (seed, step,
+micro-step), like pretraining's, so the checkpoints of llmpipe.training.checkpoint (weights,
+optimizer state, RNG state and the step, in safetensors and JSON) resume a run exactly: a run stopped
+and resumed ends with the weights of an uninterrupted one.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from llmpipe.config.sft import FinetuneParams
+from llmpipe.model.gpt import GPT
+from llmpipe.model.weights import model_state
+from llmpipe.tokens.examples import read_examples
+from llmpipe.training.checkpoint import load_checkpoint, save_checkpoint
+from llmpipe.training.device import cpu_kind, resolve_device, resolve_dtype
+from llmpipe.util.io import InputError
+
+log = logging.getLogger(__name__)
+
+
+class FinetuneDiverged(RuntimeError):
+    """The loss became NaN or infinite; the last good checkpoint is kept."""
+
+
+@dataclass
+class FinetuneResult:
+    model: GPT
+    step: int
+    history: dict = field(default_factory=dict)
+    metrics: dict = field(default_factory=dict)
+
+
+class Examples:
+    """Rows of (block_size + 1) tokens with their loss mask; batches by (seed, step, micro-step)."""
+
+    def __init__(self, folder: Path, block_size: int):
+        self.tokens, self.mask = read_examples(folder)
+        if self.tokens.shape[1] > block_size + 1:
+            raise InputError(f"{folder}: rows of {self.tokens.shape[1] - 1} tokens exceed the model's context "
+                             f"of {block_size} (set sft_data.block_size to at most {block_size})")
+
+    def __len__(self) -> int:
+        return self.tokens.shape[0]
+
+    def rows(self, index) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        t = torch.from_numpy(self.tokens[index].astype(np.int64))
+        m = torch.from_numpy(self.mask[index].astype(np.float32))
+        return t[:, :-1], t[:, 1:], m[:, 1:]
+
+    def batch(self, seed: int, step: int, micro: int, rows: int):
+        rng = np.random.default_rng([seed, step, micro])
+        return self.rows(rng.integers(0, len(self), rows))
+
+
+def masked_loss(model: GPT, x, y, m) -> torch.Tensor:
+    """Mean cross-entropy over the targets the mask counts."""
+    logits, _ = model(x)
+    ce = F.cross_entropy(logits.float().reshape(-1, logits.size(-1)), y.reshape(-1), reduction="none")
+    return (ce * m.reshape(-1)).sum() / m.sum().clamp(min=1.0)
+
+
+def lr_at(step: int, cfg: FinetuneParams) -> float:
+    if step < cfg.warmup_steps:
+        return cfg.lr * (step + 1) / cfg.warmup_steps
+    progress = min((step - cfg.warmup_steps) / max(cfg.max_steps - cfg.warmup_steps, 1), 1.0)
+    min_lr = cfg.lr * cfg.min_lr_ratio
+    if cfg.schedule == "constant":
+        return cfg.lr
+    if cfg.schedule == "linear":
+        return cfg.lr - progress * (cfg.lr - min_lr)
+    return min_lr + 0.5 * (1.0 + math.cos(math.pi * progress)) * (cfg.lr - min_lr)
+
+
+@torch.no_grad()
+def val_loss(model: GPT, val: Examples, cfg: FinetuneParams, device, dtype) -> float | None:
+    """Masked loss on the first eval_batches x micro_batch_size val rows (the same ones every time)."""
+    n = min(len(val), cfg.eval_batches * cfg.micro_batch_size)
+    if n == 0:
+        return None
+    model.eval()
+    total = weight = 0.0
+    for s in range(0, n, cfg.micro_batch_size):
+        x, y, m = (t.to(device) for t in val.rows(np.arange(s, min(s + cfg.micro_batch_size, n))))
+        with torch.autocast(device.type, dtype=dtype, enabled=dtype != torch.float32):
+            loss = masked_loss(model, x, y, m)
+        total += float(loss) * float(m.sum())
+        weight += float(m.sum())
+    model.train()
+    return total / max(weight, 1.0)
+
+
+def finetune(cfg: FinetuneParams, model: GPT, train_dir: Path, val_dir: Path, ckpt_dir: Path, identity: dict,
+             sink: Callable[[dict, int], None] | None = None, stop_after: int | None = None) -> FinetuneResult:
+    """Finetune `model` (the base weights) or resume from `ckpt_dir`; `stop_after` ends this process's
+    run early after that many steps (for tests of resume)."""
+    if cfg.threads:
+        torch.set_num_threads(cfg.threads)
+    device = resolve_device(cfg)
+    dtype = resolve_dtype(cfg, device)
+    torch.manual_seed(cfg.seed)
+    model = model.to(device).train()
+    train, val = Examples(train_dir, model.cfg.block_size), Examples(val_dir, model.cfg.block_size)
+    if len(train) == 0:
+        raise InputError(f"{train_dir}: no training rows")
+    params = [p for p in model.parameters() if p.requires_grad]
+    groups = [{"params": [p for p in params if p.dim() >= 2], "weight_decay": cfg.weight_decay},
+              {"params": [p for p in params if p.dim() < 2], "weight_decay": 0.0}]
+    opt = torch.optim.AdamW(groups, lr=cfg.lr, betas=(cfg.beta1, cfg.beta2), fused=device.type == "cuda")
+    start, history = 0, {"train": [], "val": []}
+    resumed = load_checkpoint(ckpt_dir, model, opt, identity)
+    if resumed is not None:
+        start, history = resumed
+        log.info("resuming finetuning from %s at step %d", ckpt_dir, start)
+    log.info("finetuning %.2fM parameters on %d rows (%d val), %s on %s, %d steps", model.num_params() / 1e6,
+             len(train), len(val), str(dtype).removeprefix("torch."), device, cfg.max_steps)
+    step, steps_here, t_last, targets = start, 0, time.perf_counter(), 0.0
+    while step < cfg.max_steps and (stop_after is None or steps_here < stop_after):
+        lr = lr_at(step, cfg)
+        for group in opt.param_groups:
+            group["lr"] = lr
+        loss_sum = 0.0
+        for micro in range(cfg.grad_accum_steps):
+            x, y, m = (t.to(device) for t in train.batch(cfg.seed, step, micro, cfg.micro_batch_size))
+            with torch.autocast(device.type, dtype=dtype, enabled=dtype != torch.float32):
+                loss = masked_loss(model, x, y, m)
+            (loss / cfg.grad_accum_steps).backward()
+            loss_sum += float(loss.detach())
+            targets += float(m.sum())
+        loss_val = loss_sum / cfg.grad_accum_steps
+        if not math.isfinite(loss_val):
+            raise FinetuneDiverged(f"loss is {loss_val} at step {step}; the last good checkpoint in {ckpt_dir} is kept")
+        grad_norm = torch.nn.utils.clip_grad_norm_(params, cfg.grad_clip if cfg.grad_clip > 0 else float("inf"))
+        opt.step()
+        opt.zero_grad(set_to_none=True)
+        step, steps_here = step + 1, steps_here + 1
+        if step % cfg.log_interval == 0 or step == cfg.max_steps:
+            now = time.perf_counter()
+            row = {"step": step, "loss": round(loss_val, 6), "lr": lr, "grad_norm": round(float(grad_norm), 6),
+                   "target_tokens_per_s": round(targets / (now - t_last), 1)}
+            t_last, targets = now, 0.0
+            history["train"].append(row)
+            log.info("finetune step %d/%d loss %.4f lr %.2e", step, cfg.max_steps, loss_val, lr)
+            if sink:
+                sink({k: v for k, v in row.items() if k != "step"}, step)
+        if step % cfg.eval_interval == 0 or step == cfg.max_steps:
+            vl = val_loss(model, val, cfg, device, dtype)
+            if vl is not None:
+                history["val"].append({"step": step, "val_loss": round(vl, 6)})
+                log.info("finetune step %d val loss %.4f", step, vl)
+                if sink:
+                    sink({"val_loss": vl}, step)
+        if step % cfg.checkpoint_interval == 0 or step == cfg.max_steps:
+            if not all(bool(torch.isfinite(p).all()) for p in model.parameters()):
+                raise FinetuneDiverged(f"non-finite weights at step {step}; the last good checkpoint is kept")
+            save_checkpoint(ckpt_dir, model_state(model), opt.state_dict(), step, identity, history)
+    metrics = {"steps": step, "params": model.num_params(), "precision": str(dtype).removeprefix("torch."),
+               "device": device.type, **cpu_kind()}
+    if history["train"]:
+        metrics["final_train_loss"] = history["train"][-1]["loss"]
+    if history["val"]:
+        metrics["final_val_loss"] = history["val"][-1]["val_loss"]
+    return FinetuneResult(model.cpu().eval(), step, history, metrics)

@@ -1,0 +1,110 @@
+"""Instruction records in the common shapes, each bad one named by reason with its line; the demo's
+checkable items made from plays."""
+
+import gzip
+import json
+
+import pytest
+
+from llmpipe.data.instructions import BadRecord, read_records, to_conversation
+from llmpipe.data.playqa import items_of_play, normalize, speeches
+
+ALPACA = {"instruction": "Name the speaker.", "input": "Ham. To be.", "output": "Hamlet"}
+SHAREGPT = {"conversations": [{"from": "system", "value": "Be brief."}, {"from": "human", "value": "Hi"},
+                              {"from": "gpt", "value": "Hail."}, {"from": "human", "value": "Bye"},
+                              {"from": "gpt", "value": "Farewell."}]}
+OPENAI = {"messages": [{"role": "user", "content": [{"type": "text", "text": "Hello"}]},
+                       {"role": "assistant", "content": " Good morrow. "}]}
+
+
+def test_the_three_shapes_become_one_conversation_shape():
+    assert to_conversation(ALPACA) == [{"role": "user", "content": "Name the speaker.\n\nHam. To be."},
+                                       {"role": "assistant", "content": "Hamlet"}]
+    assert [m["role"] for m in to_conversation(SHAREGPT)] == ["system", "user", "assistant", "user", "assistant"]
+    assert to_conversation(OPENAI) == [{"role": "user", "content": "Hello"},
+                                       {"role": "assistant", "content": "Good morrow."}]
+    assert to_conversation({"instruction": "Say hi", "input": "", "output": "hi"})[0]["content"] == "Say hi"
+
+
+@pytest.mark.parametrize("record, reason", [
+    ({"instruction": "no output"}, "missing_fields"),
+    ({"prompt": "x", "completion": "y"}, "missing_fields"),
+    ({"messages": []}, "missing_fields"),
+    ({"messages": [{"role": "user"}]}, "missing_fields"),
+    ([1, 2], "not_an_object"),
+    ({"instruction": "x", "output": "   "}, "empty_turn"),
+    ({"messages": [{"role": "user", "content": "a"}, {"role": "assistant", "content": ""}]}, "empty_turn"),
+    ({"messages": [{"role": "assistant", "content": "a"}, {"role": "user", "content": "b"}]}, "roles_out_of_order"),
+    ({"messages": [{"role": "user", "content": "a"}, {"role": "user", "content": "b"}]}, "roles_out_of_order"),
+    ({"messages": [{"role": "user", "content": "a"}]}, "roles_out_of_order"),
+    ({"conversations": [{"from": "human", "value": "a"}, {"from": "robot", "value": "b"}]}, "unknown_role"),
+])
+def test_bad_records_are_refused_by_reason(record, reason):
+    with pytest.raises(BadRecord) as err:
+        to_conversation(record)
+    assert err.value.reason == reason
+
+
+def test_jsonl_lines_and_json_arrays_give_each_record_its_line(tmp_path):
+    jsonl = tmp_path / "a.jsonl"
+    jsonl.write_text(json.dumps(ALPACA) + "\n\n{broken\n" + json.dumps(OPENAI) + "\n")
+    got = list(read_records(jsonl))
+    assert [line for line, _ in got] == [1, 3, 4]
+    assert isinstance(got[1][1], BadRecord) and got[1][1].reason == "broken_json"
+    array = tmp_path / "b.json"
+    array.write_text("[\n  " + json.dumps(ALPACA) + ",\n  " + json.dumps(SHAREGPT, indent=1) + ",\n  {oops\n]")
+    got = list(read_records(array))
+    assert [line for line, _ in got][:2] == [2, 3] and got[2][1].reason == "broken_json"
+    gz = tmp_path / "c.jsonl.gz"
+    gz.write_bytes(gzip.compress((json.dumps(SHAREGPT) + "\n").encode()))
+    assert [to_conversation(r)[1]["content"] for _, r in read_records(gz)] == ["Hi"]
+
+
+MODERN = """ACT I. SCENE I.
+
+Hor.
+Do, if it will not stand.
+
+Ber.
+'Tis here!
+
+[Exit Ghost.]
+
+Mar.
+It faded on the crowing of the cock.
+Some say that ever 'gainst that season comes
+
+Hor.
+So have I heard, and do in part believe it.
+"""
+
+FOLIO = """Enter Horatio and Marcellus.
+
+  Hor. Haile to your Lordship
+
+   Ham. I am glad to see you well:
+Horatio, or I do forget my selfe
+
+   Hor. The same my Lord,
+And your poore Seruant euer
+"""
+
+
+def test_both_layouts_of_the_plays_read_into_speeches():
+    assert [(s.speaker, len(s.lines)) for s in speeches(MODERN)] == [("Hor", 1), ("Ber", 1), ("Mar", 2), ("Hor", 1)]
+    assert [s.speaker for s in speeches(FOLIO)] == ["Hor", "Ham", "Hor"]
+    assert speeches(FOLIO)[1].lines == ["I am glad to see you well:", "Horatio, or I do forget my selfe"]
+
+
+def test_items_are_answerable_from_their_passage_and_deterministic():
+    play = (MODERN + "\n") * 30
+    items = items_of_play(play, seed=0, doc_id="d")
+    assert items and items == items_of_play(play, seed=0, doc_id="d")
+    assert {i.task for i in items} == {"speaker", "next", "count"}
+    for item in items:
+        passage = item.question.rsplit("\n\n", 1)[0]
+        if item.task == "count":
+            assert int(item.answer) == len({line.split(":")[0] for line in passage.splitlines() if ": " in line})
+        else:
+            assert item.answer in passage
+    assert normalize("  Good  morrow. ") == normalize("good morrow") == "good morrow"

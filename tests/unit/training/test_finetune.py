@@ -1,0 +1,124 @@
+"""Finetuning: the examples and their mask, the masked loss, exact resume; the sft-data stage on
+instruction files with bad records."""
+
+import json
+from pathlib import Path
+from types import SimpleNamespace
+
+import numpy as np
+import pytest
+import torch
+import torch.nn.functional as F
+
+from llmpipe.config.sft import FinetuneParams, SftDataParams
+from llmpipe.config.tokens import SplitParams, TokenizerParams
+from llmpipe.model.gpt import GPT, GPTConfig
+from llmpipe.model.weights import model_state
+from llmpipe.stages import sft_data
+from llmpipe.tokens.bpe import train_tokenizer
+from llmpipe.tokens.chat import ChatFormat, Rendered
+from llmpipe.tokens.examples import packed, padded, read_conversations, read_examples, write_examples
+from llmpipe.training.finetune import Examples, finetune, masked_loss
+from llmpipe.util.io import InputError
+
+CORPUS = ["To be, or not to be, that is the question: Whether 'tis nobler in the mind to suffer"] * 30
+
+
+@pytest.fixture(scope="module")
+def tokenizer_file(tmp_path_factory):
+    path = tmp_path_factory.mktemp("tok") / "tokenizer.json"
+    train_tokenizer(iter(CORPUS), TokenizerParams(vocab_size=300)).save(str(path))
+    return path
+
+
+def test_packed_and_padded_rows_keep_the_mask_aligned():
+    a, b = Rendered([0, 2, 7, 4, 3, 8, 9, 4], [0, 0, 0, 0, 0, 1, 1, 1]), Rendered([0, 2, 5, 4, 3, 6, 4], [0, 0, 0, 0, 0, 1, 1])
+    tokens, mask = packed([a, b], block_size=5, filler=0)
+    assert tokens.shape == (3, 6) and tokens.ravel()[:15].tolist() == a.ids + b.ids
+    assert mask.ravel()[:15].tolist() == a.mask + b.mask and mask.ravel()[15:].sum() == 0
+    tokens, mask = padded([a, b], block_size=8, filler=0)
+    assert tokens.shape == (2, 9) and tokens[1, :7].tolist() == b.ids and mask[1].tolist() == b.mask + [0, 0]
+
+
+def test_masked_loss_counts_only_the_masked_targets():
+    torch.manual_seed(0)
+    model = GPT(GPTConfig(vocab_size=50, n_layer=1, n_head=2, d_model=16, block_size=8)).eval()
+    x, y = torch.randint(0, 50, (2, 8)), torch.randint(0, 50, (2, 8))
+    m = torch.zeros(2, 8)
+    m[0, 5:], m[1, 2] = 1, 1
+    logits, _ = model(x)
+    ce = F.cross_entropy(logits.reshape(-1, 50), y.reshape(-1), reduction="none").reshape(2, 8)
+    expected = (ce[0, 5:].sum() + ce[1, 2]) / 4
+    assert torch.allclose(masked_loss(model, x, y, m), expected, atol=1e-6)
+    y2 = y.clone()
+    y2[m == 0] = 7  # unmasked targets do not matter
+    assert torch.allclose(masked_loss(model, x, y2, m), expected, atol=1e-6)
+
+
+def _toy_examples(root: Path, fmt: ChatFormat) -> tuple[Path, Path]:
+    convs = [[{"role": "user", "content": f"Who says line {i}?"}, {"role": "assistant", "content": f"Hamlet {i}"}]
+             for i in range(40)]
+    rendered = [fmt.render(c) for c in convs]
+    for name, part in (("train", rendered[:32]), ("val", rendered[32:])):
+        write_examples(root / name, *packed(part, 32, fmt.eot), [{"messages": c} for c in convs])
+    return root / "train", root / "val"
+
+
+def test_finetune_resumes_exactly_after_a_stop(tmp_path, tokenizer_file):
+    from tokenizers import Tokenizer
+
+    fmt = ChatFormat(Tokenizer.from_file(str(tokenizer_file)))
+    train_dir, val_dir = _toy_examples(tmp_path, fmt)
+    assert read_examples(train_dir)[0].shape[1] == 33 and len(read_conversations(val_dir)) == 40
+    cfg = FinetuneParams(max_steps=6, micro_batch_size=4, warmup_steps=1, precision="fp32", checkpoint_interval=2,
+                         eval_interval=3, log_interval=1, eval_batches=1, threads=1)
+
+    def base():
+        torch.manual_seed(0)
+        return GPT(GPTConfig(vocab_size=300, n_layer=1, n_head=2, d_model=16, block_size=32))
+
+    ident = {"test": 1}
+    whole = finetune(cfg, base(), train_dir, val_dir, tmp_path / "ck_a", ident)
+    assert whole.step == 6 and whole.history["train"][-1]["loss"] < whole.history["train"][0]["loss"]
+    part = finetune(cfg, base(), train_dir, val_dir, tmp_path / "ck_b", ident, stop_after=3)
+    assert part.step == 3  # steps 1-3 ran, the checkpoint holds step 2
+    resumed = finetune(cfg, base(), train_dir, val_dir, tmp_path / "ck_b", ident)
+    a, b = model_state(whole.model), model_state(resumed.model)
+    assert all(torch.equal(a[k], b[k]) for k in a)
+    assert [r["loss"] for r in resumed.history["train"]] == [r["loss"] for r in whole.history["train"]]
+    with pytest.raises(InputError, match="exceed the model's context"):
+        Examples(train_dir, block_size=16)
+
+
+def _params(files, **demo):
+    return SimpleNamespace(sft_data=SftDataParams(files=files, block_size=48, demo={"enabled": False, **demo}),
+                           split=SplitParams())
+
+
+def test_sft_data_counts_bad_records_by_reason_with_file_and_line(tmp_path, tokenizer_file):
+    root = tmp_path
+    (root / "data/tokenizer").mkdir(parents=True)
+    (root / "data/tokenizer/tokenizer.json").write_bytes(tokenizer_file.read_bytes())
+    good = [{"instruction": f"Say {i}", "output": f"{i}"} for i in range(30)]
+    lines = [json.dumps(g) for g in good] + [
+        "{not json", json.dumps({"instruction": "x"}), json.dumps({"instruction": "x", "output": ""}),
+        json.dumps({"messages": [{"role": "assistant", "content": "a"}, {"role": "user", "content": "b"}]}),
+        json.dumps({"instruction": "to be or not " * 40, "output": "long"})]
+    (root / "ins").mkdir()
+    (root / "ins/a.jsonl").write_text("\n".join(lines) + "\n")
+    result = sft_data.run(_params(["ins/*.jsonl"]), root)
+    report = json.loads((root / "data/sft/report.json").read_text())
+    assert report["skipped"] == {"broken_json": 1, "missing_fields": 1, "empty_turn": 1, "roles_out_of_order": 1,
+                                 "too_long": 1}
+    assert report["examples"]["broken_json"][0]["where"] == "ins/a.jsonl:31"
+    assert report["examples"]["too_long"][0]["where"] == "ins/a.jsonl:35"
+    m = result.metrics
+    assert m["train_conversations"] + m["val_conversations"] == 30 and m["skipped_missing_fields"] == 1
+    tokens, mask = read_examples(root / "data/sft/train")
+    assert tokens.shape[1] == 49 and mask.sum() == m["train_target_tokens"] > 0
+    (root / "ins/a.jsonl").write_text("\n".join(lines[30:]) + "\n")  # nothing usable left: the stage fails
+    with pytest.raises(InputError, match="no usable training conversation"):
+        sft_data.run(_params(["ins/*.jsonl"]), root)
+    with pytest.raises(InputError, match="matches no file"):
+        sft_data.run(_params(["nothing/*.json"]), root)
+    assert np.load(root / "data/sft/train/tokens.npy").shape[0] > 0  # the earlier output stays whole
