@@ -21,7 +21,7 @@ for line in list(open("data/chat_eval/samples.jsonl", encoding="utf-8"))[:3]:
 c = json.load(open("data/metrics/chat-eval.json"))
 print(f"exact match on {c['n_val_items']} held-out items: finetuned {c['finetuned_acc']:.3f}, base {c['base_acc']:.3f}")
 times = {s: json.load(open(f"data/metrics/{s}.json")).get("seconds", 0) for s in
-         ("scrape", "filter", "dedup", "tokenizer", "tokenize", "pretrain", "evaluate", "sample", "sft-data",
+         ("scrape", "filter", "dedup", "tokenizer", "tokenize", "tasks", "pretrain", "evaluate", "benchmark", "sample", "sft-data",
           "finetune", "chat-eval")}
 print("seconds per stage: " + ", ".join(f"{k} {v:.0f}" for k, v in times.items()))
 print("talk to it: llmpipe chat")
