@@ -7,7 +7,8 @@ from typing import Annotated, Literal
 
 from pydantic import Field, model_validator
 
-from llmpipe.config.base import Seed, Section
+from llmpipe.config.base import Section
+from llmpipe.config.training import TrainingRun
 
 
 class ModelParams(Section):
@@ -86,31 +87,12 @@ class BudgetParams(Section):
         return self
 
 
-class PretrainParams(Section):
+class PretrainParams(TrainingRun):
     model: ModelParams = ModelParams()
     # When set, the dial chooses the model's shape and max_steps (see BudgetParams).
     budget: BudgetParams | None = None
-    micro_batch_size: Annotated[int, Field(ge=1)] = 16
-    grad_accum_steps: Annotated[int, Field(ge=1)] = 1
     # The global batch in tokens; when set, grad_accum_steps follows from it and the number of ranks.
     batch_tokens: Annotated[int, Field(ge=1)] | None = None
-    max_steps: Annotated[int, Field(ge=1)] = 200
-    lr: Annotated[float, Field(gt=0.0, le=1.0)] = 2e-3
-    min_lr_ratio: Annotated[float, Field(ge=0.0, le=1.0)] = 0.1
-    warmup_steps: Annotated[int, Field(ge=0)] = 20
-    weight_decay: Annotated[float, Field(ge=0.0)] = 0.1
-    beta1: Annotated[float, Field(ge=0.0, lt=1.0)] = 0.9
-    beta2: Annotated[float, Field(ge=0.0, lt=1.0)] = 0.95
-    grad_clip: Annotated[float, Field(ge=0.0)] = 1.0
-    seed: Seed = 1337
-    device: Literal["auto", "cpu", "cuda"] = "auto"
-    # auto: bf16 autocast on CUDA and on CPUs with native bf16 matrix units, fp32 elsewhere.
-    precision: Literal["auto", "bf16", "fp32"] = "auto"
-    eval_interval: Annotated[int, Field(ge=1)] = 50
-    eval_batches: Annotated[int, Field(ge=1)] = 4
-    log_interval: Annotated[int, Field(ge=1)] = 10
-    checkpoint_interval: Annotated[int, Field(ge=1)] = 50
-    threads: Annotated[int, Field(ge=0)] = 0  # 0: torch's default
     # torch.compile the model: worth it on GPUs; on CPU it adds ~2% after a 30-50 s compile.
     compile: bool = False
     # Under torchrun: ddp replicates the model on every rank; fsdp shards parameters, gradients and
@@ -131,9 +113,7 @@ class PretrainParams(Section):
     doc_aligned: bool = False
 
     @model_validator(mode="after")
-    def _warmup_fits(self) -> "PretrainParams":
-        if self.warmup_steps > self.max_steps:
-            raise ValueError(f"warmup_steps ({self.warmup_steps}) exceeds max_steps ({self.max_steps})")
+    def _batch_given_once(self) -> "PretrainParams":
         if self.batch_tokens is not None and self.grad_accum_steps != 1:
             raise ValueError("set either batch_tokens or grad_accum_steps, not both")
         return self

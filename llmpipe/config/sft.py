@@ -4,9 +4,10 @@ from __future__ import annotations
 
 from typing import Annotated, Literal
 
-from pydantic import Field, model_validator
+from pydantic import Field
 
 from llmpipe.config.base import Seed, Section
+from llmpipe.config.training import TrainingRun
 
 
 class DemoInstructions(Section):
@@ -35,34 +36,15 @@ class SftDataParams(Section):
     layout: Literal["packed", "padded"] = "packed"
 
 
-class FinetuneParams(Section):
-    """Full finetuning of the pretrained model on the sft-data examples, loss on the assistant's tokens."""
+class FinetuneParams(TrainingRun):
+    """Full finetuning of the pretrained model on the sft-data examples, loss on the assistant's tokens
+    (the shared training settings, with finetuning's defaults: fewer steps, a lower lr, no decay)."""
 
     max_steps: Annotated[int, Field(ge=1)] = 150
-    micro_batch_size: Annotated[int, Field(ge=1)] = 16
-    grad_accum_steps: Annotated[int, Field(ge=1)] = 1
     lr: Annotated[float, Field(gt=0.0, le=1.0)] = 1e-3
     schedule: Literal["cosine", "linear", "constant"] = "cosine"  # after the warmup
     warmup_steps: Annotated[int, Field(ge=0)] = 10
-    min_lr_ratio: Annotated[float, Field(ge=0.0, le=1.0)] = 0.1
     weight_decay: Annotated[float, Field(ge=0.0)] = 0.0
-    beta1: Annotated[float, Field(ge=0.0, lt=1.0)] = 0.9
-    beta2: Annotated[float, Field(ge=0.0, lt=1.0)] = 0.95
-    grad_clip: Annotated[float, Field(ge=0.0)] = 1.0
-    seed: Seed = 1337
-    device: Literal["auto", "cpu", "cuda"] = "auto"
-    precision: Literal["auto", "bf16", "fp32"] = "auto"
-    eval_interval: Annotated[int, Field(ge=1)] = 50
-    eval_batches: Annotated[int, Field(ge=1)] = 4
-    log_interval: Annotated[int, Field(ge=1)] = 10
-    checkpoint_interval: Annotated[int, Field(ge=1)] = 50
-    threads: Annotated[int, Field(ge=0)] = 0  # 0: torch's default
-
-    @model_validator(mode="after")
-    def _warmup_fits(self) -> "FinetuneParams":
-        if self.warmup_steps > self.max_steps:
-            raise ValueError(f"warmup_steps ({self.warmup_steps}) exceeds max_steps ({self.max_steps})")
-        return self
 
 
 class ChatEvalParams(Section):

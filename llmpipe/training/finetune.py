@@ -11,7 +11,6 @@ from __future__ import annotations
 import logging
 import math
 import time
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable
 
@@ -25,21 +24,11 @@ from llmpipe.model.weights import model_state
 from llmpipe.tokens.examples import read_examples
 from llmpipe.training.checkpoint import load_checkpoint, save_checkpoint
 from llmpipe.training.device import cpu_kind, resolve_device, resolve_dtype
+from llmpipe.training.loop import TrainResult, TrainingDiverged
+from llmpipe.training.optim import lr_at
 from llmpipe.util.io import InputError
 
 log = logging.getLogger(__name__)
-
-
-class FinetuneDiverged(RuntimeError):
-    """The loss became NaN or infinite; the last good checkpoint is kept."""
-
-
-@dataclass
-class FinetuneResult:
-    model: GPT
-    step: int
-    history: dict = field(default_factory=dict)
-    metrics: dict = field(default_factory=dict)
 
 
 class Examples:
@@ -71,18 +60,6 @@ def masked_loss(model: GPT, x, y, m) -> torch.Tensor:
     return (ce * m.reshape(-1)).sum() / m.sum().clamp(min=1.0)
 
 
-def lr_at(step: int, cfg: FinetuneParams) -> float:
-    if step < cfg.warmup_steps:
-        return cfg.lr * (step + 1) / cfg.warmup_steps
-    progress = min((step - cfg.warmup_steps) / max(cfg.max_steps - cfg.warmup_steps, 1), 1.0)
-    min_lr = cfg.lr * cfg.min_lr_ratio
-    if cfg.schedule == "constant":
-        return cfg.lr
-    if cfg.schedule == "linear":
-        return cfg.lr - progress * (cfg.lr - min_lr)
-    return min_lr + 0.5 * (1.0 + math.cos(math.pi * progress)) * (cfg.lr - min_lr)
-
-
 @torch.no_grad()
 def val_loss(model: GPT, val: Examples, cfg: FinetuneParams, device, dtype) -> float | None:
     """Masked loss on the first eval_batches x micro_batch_size val rows (the same ones every time)."""
@@ -102,7 +79,7 @@ def val_loss(model: GPT, val: Examples, cfg: FinetuneParams, device, dtype) -> f
 
 
 def finetune(cfg: FinetuneParams, model: GPT, train_dir: Path, val_dir: Path, ckpt_dir: Path, identity: dict,
-             sink: Callable[[dict, int], None] | None = None, stop_after: int | None = None) -> FinetuneResult:
+             sink: Callable[[dict, int], None] | None = None, stop_after: int | None = None) -> TrainResult:
     """Finetune `model` (the base weights) or resume from `ckpt_dir`; `stop_after` ends this process's
     run early after that many steps (for tests of resume)."""
     if cfg.threads:
@@ -140,7 +117,7 @@ def finetune(cfg: FinetuneParams, model: GPT, train_dir: Path, val_dir: Path, ck
             targets += float(m.sum())
         loss_val = loss_sum / cfg.grad_accum_steps
         if not math.isfinite(loss_val):
-            raise FinetuneDiverged(f"loss is {loss_val} at step {step}; the last good checkpoint in {ckpt_dir} is kept")
+            raise TrainingDiverged(f"loss is {loss_val} at step {step}; the last good checkpoint in {ckpt_dir} is kept")
         grad_norm = torch.nn.utils.clip_grad_norm_(params, cfg.grad_clip if cfg.grad_clip > 0 else float("inf"))
         opt.step()
         opt.zero_grad(set_to_none=True)
@@ -163,7 +140,7 @@ def finetune(cfg: FinetuneParams, model: GPT, train_dir: Path, val_dir: Path, ck
                     sink({"val_loss": vl}, step)
         if step % cfg.checkpoint_interval == 0 or step == cfg.max_steps:
             if not all(bool(torch.isfinite(p).all()) for p in model.parameters()):
-                raise FinetuneDiverged(f"non-finite weights at step {step}; the last good checkpoint is kept")
+                raise TrainingDiverged(f"non-finite weights at step {step}; the last good checkpoint is kept")
             save_checkpoint(ckpt_dir, model_state(model), opt.state_dict(), step, identity, history)
     metrics = {"steps": step, "params": model.num_params(), "precision": str(dtype).removeprefix("torch."),
                "device": device.type, **cpu_kind()}
@@ -171,4 +148,4 @@ def finetune(cfg: FinetuneParams, model: GPT, train_dir: Path, val_dir: Path, ck
         metrics["final_train_loss"] = history["train"][-1]["loss"]
     if history["val"]:
         metrics["final_val_loss"] = history["val"][-1]["val_loss"]
-    return FinetuneResult(model.cpu().eval(), step, history, metrics)
+    return TrainResult(model.cpu().eval(), step, history, metrics)

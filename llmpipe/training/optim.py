@@ -7,6 +7,7 @@ import math
 import torch
 
 from llmpipe.config.pretrain import PretrainParams
+from llmpipe.config.training import TrainingRun
 from llmpipe.training.muon import MuonAdamW
 from llmpipe.util.io import InputError
 
@@ -63,14 +64,20 @@ def accumulation_steps(cfg: PretrainParams, world: int) -> int:
     return cfg.batch_tokens // per_micro
 
 
-def lr_at(step: int, cfg: PretrainParams) -> float:
+def lr_at(step: int, cfg: TrainingRun) -> float:
+    """The learning rate at `step`: linear warmup, then cfg.schedule (pretraining: cosine or wsd;
+    finetuning: cosine, linear or constant) down to lr * min_lr_ratio."""
     min_lr = cfg.lr * cfg.min_lr_ratio
     if step < cfg.warmup_steps:
         return cfg.lr * (step + 1) / cfg.warmup_steps
+    if cfg.schedule == "constant":
+        return cfg.lr
     if cfg.schedule == "wsd":  # flat, then a straight line to min_lr over the last decay_frac of the run
         decay = max(int(round(cfg.decay_frac * cfg.max_steps)), 1)
         left = min(max(cfg.max_steps - step, 0), decay)
         return min_lr + (cfg.lr - min_lr) * left / decay
     span = max(cfg.max_steps - cfg.warmup_steps, 1)
     progress = min((step - cfg.warmup_steps) / span, 1.0)
+    if cfg.schedule == "linear":
+        return cfg.lr - progress * (cfg.lr - min_lr)
     return min_lr + 0.5 * (1.0 + math.cos(math.pi * progress)) * (cfg.lr - min_lr)
