@@ -22,19 +22,13 @@ import _root  # noqa: F401  (first: takes bench/ off the import path, see bench/
 import argparse
 import logging
 import math
-import sys
 import tempfile
 import time
 from pathlib import Path
 
-import torch
-
 ROOT = Path(__file__).resolve().parent.parent
 
 from llmpipe.stages.params import load_params  # noqa: E402
-from llmpipe.stages.registry import output  # noqa: E402
-from llmpipe.tokens.loader import TokenData  # noqa: E402
-from llmpipe.tokens.shards import load_manifest  # noqa: E402
 from llmpipe.training.budget import count_params  # noqa: E402
 from llmpipe.training.evaluate import evaluate_model  # noqa: E402
 from llmpipe.training.loop import train  # noqa: E402
@@ -70,14 +64,8 @@ def main() -> None:
     args = ap.parse_args()
     logging.basicConfig(level=logging.WARNING)
     t_start = time.perf_counter()
-    token_dir = ROOT / output("tokenize.tokens")
-    if not (token_dir / "manifest.json").exists():
-        sys.exit(f"{token_dir}: no token shards; run `dvc repro tokenize` first")
-    torch.set_num_threads(args.threads)
-    vocab = load_manifest(token_dir).vocab_size
-    from bench.recipe import token_bytes_table  # noqa: E402  (one helper, shared)
-    table = token_bytes_table(ROOT / output("tokenizer.tokenizer"))
-    val = TokenData(token_dir, "val")
+    from bench.recipe import demo_tokens  # noqa: E402  (one helper, shared)
+    token_dir, vocab, table, val = demo_tokens(args.threads)
     base = load_params(ROOT / "params.yaml").pretrain.model_copy(update={
         "budget": None, "device": "cpu", "threads": args.threads, "micro_batch_size": 16,
         "log_interval": 10**6, "eval_interval": 10**9, "checkpoint_interval": 10**9, "eval_batches": 1})

@@ -122,6 +122,16 @@ def token_bytes_table(tokenizer_path: Path):
     return token_byte_lengths(Tokenizer.from_file(str(tokenizer_path)))
 
 
+def demo_tokens(threads: int):
+    """(token folder, vocabulary size, bytes per token id, val data) of the demo's shards; sets torch's threads."""
+    token_dir = ROOT / output("tokenize.tokens")
+    if not (token_dir / "manifest.json").exists():
+        sys.exit(f"{token_dir}: no token shards; run `dvc repro tokenize` first")
+    torch.set_num_threads(threads)
+    table = token_bytes_table(ROOT / output("tokenizer.tokenizer"))
+    return token_dir, load_manifest(token_dir).vocab_size, table, TokenData(token_dir, "val")
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--seconds", type=float, default=15.0, help="training seconds per run")
@@ -133,13 +143,7 @@ def main() -> None:
     args = ap.parse_args()
     logging.basicConfig(level=logging.WARNING)
     t_start = time.perf_counter()
-    token_dir = ROOT / output("tokenize.tokens")
-    if not (token_dir / "manifest.json").exists():
-        sys.exit(f"{token_dir}: no token shards; run `dvc repro tokenize` first")
-    torch.set_num_threads(args.threads)
-    vocab = load_manifest(token_dir).vocab_size
-    table = token_bytes_table(ROOT / output("tokenizer.tokenizer"))
-    val = TokenData(token_dir, "val")
+    token_dir, vocab, table, val = demo_tokens(args.threads)
     common = dict(device="cpu", precision=args.precision, threads=args.threads, log_interval=10**6,
                   eval_interval=10**9, checkpoint_interval=10**9, eval_batches=1)
     cfgs = {name: PretrainParams.model_validate({**c, **common, "max_steps": 10, "warmup_steps": 0})
