@@ -24,6 +24,7 @@ from llmpipe.util.io import InputError
 # training state are not lineage).
 LINEAGE = {s.name: {o.path for o in s.outputs.values() if o.kind == "data"} for s in STAGES}
 CHAIN = [name for name, paths in LINEAGE.items() if paths]
+DATA_PATHS = set().union(*LINEAGE.values())
 
 
 def read_lock(root: Path, commit: str | None = None) -> dict:
@@ -125,6 +126,8 @@ def lineage(root: Path, target: str | None) -> str:
         from llmpipe.ops.tracking import recorded_lineage
 
         commit, recorded, tags = recorded_lineage(root, target)
+        # a dep that cannot change the weights (pretrain's in-loop benchmark items) is not lineage
+        recorded = {path: md5 for path, md5 in recorded.items() if path in DATA_PATHS}
         made = {k.removeprefix("dvc.out."): v for k, v in tags.items() if k.startswith("dvc.out.")}
         trained = {k.removeprefix("train."): v for k, v in tags.items() if k.startswith("train.")}
         commit = commit_recording(root, commit, recorded, made)

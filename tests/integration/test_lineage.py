@@ -94,21 +94,36 @@ def test_model_whose_weights_differ_from_the_lock_is_not_presented_as_its_model(
 
 
 MAKE_OUTS = r'''
+import sys
 from pathlib import Path
 from tests.toy_tokens import write_toy_tokens  # the repository is on PYTHONPATH
 
-write_toy_tokens(Path("data/tokens"), docs=(200, 20))
-# DVC 3 hashes text as is (2.x turned CRLF into LF first); nested folders are relpaths with '/'
-notes = Path("data/notes/sub/deeper")
-notes.mkdir(parents=True)
-(notes / "crlf.txt").write_bytes(b"one\r\ntwo\r\n")
-(Path("data/notes") / "b.bin").write_bytes(bytes(range(256)))
-(Path("data/notes/sub") / "a.txt").write_text("x\n")
+if sys.argv[1:] == ["tokenizer"]:  # pretrain also reads the tokenizer and the in-loop benchmark items
+    from llmpipe.config.tokens import TokenizerParams
+    from llmpipe.tokens.bpe import train_tokenizer
+    Path("data/tokenizer").mkdir(parents=True)
+    train_tokenizer(["to be or not to be"] * 20, TokenizerParams(vocab_size=300)).save("data/tokenizer/tokenizer.json")
+elif sys.argv[1:] == ["tasks"]:
+    from llmpipe.evals.tasks import Item, write_items
+    Path("data/evals").mkdir(parents=True)
+    write_items(Path("data/evals/inloop.jsonl"), [Item("t", "1", "multiple_choice", ["to be or"], ["not", "be"])])
+else:
+    write_toy_tokens(Path("data/tokens"), vocab=512, docs=(200, 20))
+    # DVC 3 hashes text as is (2.x turned CRLF into LF first); nested folders are relpaths with '/'
+    notes = Path("data/notes/sub/deeper")
+    notes.mkdir(parents=True)
+    (notes / "crlf.txt").write_bytes(b"one\r\ntwo\r\n")
+    (Path("data/notes") / "b.bin").write_bytes(bytes(range(256)))
+    (Path("data/notes/sub") / "a.txt").write_text("x\n")
 '''
 
 DVC_YAML = {"stages": {
+    "tokenizer": {"cmd": "python make_outs.py tokenizer", "deps": ["make_outs.py"],
+                  "outs": ["data/tokenizer/tokenizer.json"]},
+    "tasks": {"cmd": "python make_outs.py tasks", "deps": ["make_outs.py"], "outs": ["data/evals/inloop.jsonl"]},
     "tokenize": {"cmd": "python make_outs.py", "deps": ["make_outs.py"], "outs": ["data/tokens", "data/notes"]},
-    "pretrain": {"cmd": "llmpipe pretrain", "deps": ["data/tokens"], "params": ["pretrain"],
+    "pretrain": {"cmd": "llmpipe pretrain", "deps": ["data/tokens", "data/tokenizer/tokenizer.json",
+                                                     "data/evals/inloop.jsonl"], "params": ["pretrain"],
                  "outs": ["data/model", {"data/checkpoints": {"persist": True, "cache": False}}],
                  "metrics": [{"data/metrics/pretrain.json": {"cache": False}}]},
 }}
