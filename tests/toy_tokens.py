@@ -29,3 +29,19 @@ def write_toy_tokens(out: Path, vocab: int = 64, docs: tuple[int, int] = (300, 3
     write_manifest(out, {"tokenizer_sha256": "t", "eot_id": 0, "vocab_size": vocab, "dtype": "uint16",
                          "shards": shards})
     return out
+
+
+def write_pretrain_extras(root: Path) -> None:
+    """What the pretrain stage reads besides its token shards: a tokenizer and the in-loop benchmark
+    items (made by the tokenizer and tasks stages in a real pipeline). Token shards of a vocabulary of
+    at least 300 can be scored with them."""
+    from llmpipe.config.tokens import TokenizerParams
+    from llmpipe.evals.tasks import Item, write_items
+    from llmpipe.tokens.bpe import train_tokenizer
+
+    (root / "data" / "tokenizer").mkdir(parents=True, exist_ok=True)
+    tok = train_tokenizer(["to be or not to be"] * 20, TokenizerParams(vocab_size=300))
+    tok.save(str(root / "data" / "tokenizer" / "tokenizer.json"))
+    (root / "data" / "evals").mkdir(parents=True, exist_ok=True)
+    write_items(root / "data" / "evals" / "inloop.jsonl",
+                [Item("toy", "1", "multiple_choice", ["to be or"], ["not", "be"])])

@@ -96,17 +96,10 @@ def test_model_whose_weights_differ_from_the_lock_is_not_presented_as_its_model(
 MAKE_OUTS = r'''
 import sys
 from pathlib import Path
-from tests.toy_tokens import write_toy_tokens  # the repository is on PYTHONPATH
+from tests.toy_tokens import write_pretrain_extras, write_toy_tokens  # the repository is on PYTHONPATH
 
-if sys.argv[1:] == ["tokenizer"]:  # pretrain also reads the tokenizer and the in-loop benchmark items
-    from llmpipe.config.tokens import TokenizerParams
-    from llmpipe.tokens.bpe import train_tokenizer
-    Path("data/tokenizer").mkdir(parents=True)
-    train_tokenizer(["to be or not to be"] * 20, TokenizerParams(vocab_size=300)).save("data/tokenizer/tokenizer.json")
-elif sys.argv[1:] == ["tasks"]:
-    from llmpipe.evals.tasks import Item, write_items
-    Path("data/evals").mkdir(parents=True)
-    write_items(Path("data/evals/inloop.jsonl"), [Item("t", "1", "multiple_choice", ["to be or"], ["not", "be"])])
+if sys.argv[1:] == ["extras"]:  # pretrain also reads the tokenizer and the in-loop benchmark items
+    write_pretrain_extras(Path("."))
 else:
     write_toy_tokens(Path("data/tokens"), vocab=512, docs=(200, 20))
     # DVC 3 hashes text as is (2.x turned CRLF into LF first); nested folders are relpaths with '/'
@@ -118,9 +111,8 @@ else:
 '''
 
 DVC_YAML = {"stages": {
-    "tokenizer": {"cmd": "python make_outs.py tokenizer", "deps": ["make_outs.py"],
-                  "outs": ["data/tokenizer/tokenizer.json"]},
-    "tasks": {"cmd": "python make_outs.py tasks", "deps": ["make_outs.py"], "outs": ["data/evals/inloop.jsonl"]},
+    "tokenizer": {"cmd": "python make_outs.py extras", "deps": ["make_outs.py"],
+                  "outs": ["data/tokenizer/tokenizer.json", "data/evals/inloop.jsonl"]},
     "tokenize": {"cmd": "python make_outs.py", "deps": ["make_outs.py"], "outs": ["data/tokens", "data/notes"]},
     "pretrain": {"cmd": "llmpipe pretrain", "deps": ["data/tokens", "data/tokenizer/tokenizer.json",
                                                      "data/evals/inloop.jsonl"], "params": ["pretrain"],

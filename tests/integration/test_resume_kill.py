@@ -13,7 +13,7 @@ import torch
 import yaml
 from safetensors.torch import load_file
 
-from tests.toy_tokens import write_toy_tokens
+from tests.toy_tokens import write_pretrain_extras, write_toy_tokens
 
 pytestmark = pytest.mark.integration
 
@@ -26,7 +26,9 @@ PARAMS = {
 
 
 def make_root(root):
-    write_toy_tokens(root / "data" / "tokens", docs=(200, 20), doc_len=50, shard_tokens=5000, learnable=False)
+    write_toy_tokens(root / "data" / "tokens", vocab=320, docs=(200, 20), doc_len=50, shard_tokens=5000,
+                     learnable=False)
+    write_pretrain_extras(root)
     (root / "params.yaml").write_text(yaml.safe_dump(PARAMS))
     return root
 
