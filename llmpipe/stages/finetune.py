@@ -12,6 +12,7 @@ from pathlib import Path
 from llmpipe.model.weights import load_model, save_model
 from llmpipe.stages.registry import StageParams, StageResult, stage
 from llmpipe.tokens.examples import TOKENS
+from llmpipe.training.device import trained_precision
 from llmpipe.training.finetune import finetune
 from llmpipe.util.io import atomic_path, dvc_lock_out_hashes, dvc_md5, read_json
 
@@ -31,10 +32,11 @@ def run(params: StageParams, root: Path, sink=None) -> StageResult:
     base_dir = root / STAGE.inp("model")
     base_md5 = dvc_md5(base_dir)
     train_dir, val_dir = root / STAGE.inp("train"), root / STAGE.inp("val")
-    # A checkpoint is resumed only by a run with the same params, base model and examples.
+    # A checkpoint is resumed only by a run with the same params, base model, examples and precision.
     identity = {"finetune": params.finetune.model_dump(mode="json"), "base_model_md5": base_md5,
                 "train_sha256": hashlib.sha256((train_dir / TOKENS).read_bytes()).hexdigest(),
-                "train_dvc_md5": dvc_lock_out_hashes(root).get(str(STAGE.inp("train")))}
+                "train_dvc_md5": dvc_lock_out_hashes(root).get(str(STAGE.inp("train"))),
+                "precision": trained_precision(params.finetune)}
     result = finetune(params.finetune, load_model(base_dir), train_dir, val_dir, root / STAGE.out("checkpoints"),
                       identity, sink)
     base_config = read_json(base_dir / "config.json")

@@ -16,6 +16,7 @@ from llmpipe.stages.registry import StageParams, StageResult, stage
 from llmpipe.tokens.bpe import EOT
 from llmpipe.tokens.shards import MANIFEST, load_manifest
 from llmpipe.training.budget import resolve_budget
+from llmpipe.training.device import trained_precision
 from llmpipe.training.loop import train
 from llmpipe.training.parallel import is_main_process
 from llmpipe.util.io import atomic_path, dvc_lock_out_hashes, dvc_md5
@@ -47,11 +48,12 @@ def run(params: StageParams, root: Path, sink=None) -> StageResult:
     t0 = time.perf_counter()
     token_dir = root / STAGE.inp("tokens")
     manifest = load_manifest(token_dir)
-    # A checkpoint is resumed only by a run with the same params and the same data.
+    # A checkpoint is resumed only by a run with the same params, data and precision.
     identity = {
         "pretrain": params.pretrain.model_dump(mode="json"),
         "data_sha256": hashlib.sha256((token_dir / MANIFEST).read_bytes()).hexdigest(),
         "data_dvc_md5": dvc_lock_out_hashes(root).get(str(STAGE.inp("tokens"))),
+        "precision": trained_precision(params.pretrain),
     }
     # issue 18's dial: a budget becomes a shape and a number of steps measured on this machine
     cfg, plan, identity = resolve_budget(params.pretrain, token_dir, root / STAGE.out("checkpoints"),

@@ -66,6 +66,13 @@ def resolve_dtype(cfg: PretrainParams, device: torch.device) -> torch.dtype:
     return torch.bfloat16 if cpu_has_native_bf16() else torch.float32
 
 
+def trained_precision(cfg) -> str:
+    """What a run of `cfg` (pretrain or finetune section) computes in on this machine: "bfloat16" or
+    "float32". Part of a checkpoint's identity: `auto` resolves differently on another CPU kind, and a
+    run there must not resume (and be labelled with) a checkpoint made in the other precision."""
+    return str(resolve_dtype(cfg, resolve_device(cfg))).removeprefix("torch.")
+
+
 def peak_flops(device: torch.device) -> float | None:
     if device.type != "cuda":
         return None

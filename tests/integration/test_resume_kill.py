@@ -62,3 +62,22 @@ def test_sigkill_then_resume_is_bitwise_equal(tmp_path):
     assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
     tsv = (killed / "data" / "plots" / "train.tsv").read_text().splitlines()
     assert [int(r.split("\t")[0]) for r in tsv[1:]] == list(range(5, 61, 5))  # the whole curve survives
+
+
+def test_checkpoint_of_another_precision_is_not_resumed(tmp_path):
+    """`precision: auto` is bf16 on a CPU with bf16 units and fp32 on an AVX2-only one: a run on the other
+    kind (LLMPIPE_CPU_BF16 plays it here) trains afresh instead of resuming, and is labelled truly."""
+    root = make_root(tmp_path / "run")
+    params = yaml.safe_load((root / "params.yaml").read_text())
+    params["pretrain"].update(max_steps=10, checkpoint_interval=5, eval_interval=5)
+    (root / "params.yaml").write_text(yaml.safe_dump(params))
+    runs = {}
+    for bf16 in ("1", "0"):
+        proc = subprocess.run(pretrain_cmd(root), capture_output=True, text=True,
+                              env={**os.environ, "LLMPIPE_CPU_BF16": bf16})
+        assert proc.returncode == 0, proc.stderr
+        runs[bf16] = (proc.stderr, json.loads((root / "data" / "metrics" / "pretrain.json").read_text()))
+    assert runs["1"][1]["precision"] == "bfloat16" and runs["0"][1]["precision"] == "float32"
+    assert "resuming" not in runs["0"][0]
+    state = json.loads((root / "data" / "checkpoints" / "state.json").read_text())
+    assert state["identity"]["precision"] == "float32" and state["step"] == 10
