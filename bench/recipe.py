@@ -55,6 +55,9 @@ CHANGES = {
     "value_embeds": {"model": {"value_embeds": True}},
     "wsd": {"schedule": "wsd"},
     "doc_aligned": {"doc_aligned": True},
+    # hyperparameters around the recipe (not modded-nanogpt's switches, measured the same way)
+    "lr_x2": {"lr": 4e-3},
+    "half_batch": {"micro_batch_size": 8},
 }
 
 
@@ -66,10 +69,13 @@ def merged(*parts: dict) -> dict:
     return out
 
 
-def configs(names: list[str] | None = None) -> dict[str, dict]:
-    chosen = {k: v for k, v in CHANGES.items() if names is None or k in names}
-    return {"baseline": BASE, **{k: merged(BASE, v) for k, v in chosen.items()},
-            "all": merged(BASE, *chosen.values())}
+def configs(names: list[str] | None = None, accepted: list[str] = (), block: int = 64) -> dict[str, dict]:
+    """baseline, each change alone and all together. `accepted`: changes an earlier round made defaults,
+    in every configuration (the baseline included), as modded-nanogpt's records build on each other."""
+    base = merged(BASE, {"model": {"block_size": block}}, *(CHANGES[a] for a in accepted))
+    chosen = {k: v for k, v in CHANGES.items() if (names is None or k in names) and k not in accepted}
+    return {"baseline": base, **{k: merged(base, v) for k, v in chosen.items()},
+            "all": merged(base, *chosen.values())}
 
 
 # --- Welch's t-test, with the t distribution from the regularized incomplete beta function ---------
@@ -141,6 +147,9 @@ def main() -> None:
     ap.add_argument("--precision", default="auto", choices=["auto", "bf16", "fp32"])
     ap.add_argument("--eval-tokens", type=int, default=32768)
     ap.add_argument("--only", nargs="*", help="changes to include (default: all)")
+    ap.add_argument("--accepted", nargs="*", default=[], choices=sorted(CHANGES),
+                    help="changes in every configuration, the baseline too (a later round: --accepted wsd)")
+    ap.add_argument("--block", type=int, default=64, help="context (tokens a row; 16 rows a step)")
     args = ap.parse_args()
     logging.basicConfig(level=logging.WARNING)
     t_start = time.perf_counter()
@@ -148,7 +157,7 @@ def main() -> None:
     common = dict(device="cpu", precision=args.precision, threads=args.threads, log_interval=10**6,
                   eval_interval=10**9, checkpoint_interval=10**9, eval_batches=1)
     cfgs = {name: PretrainParams.model_validate({**c, **common, "max_steps": 10, "warmup_steps": 0})
-            for name, c in configs(args.only).items()}
+            for name, c in configs(args.only, args.accepted, args.block).items()}
     # Equal wall-clock: each configuration's own step time sets its steps. Timed three times,
     # round-robin, keeping the fastest: a load spike on a shared machine must not cost one
     # configuration its steps (two timings were not enough at a load of 6 on 2 cores).

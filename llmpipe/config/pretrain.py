@@ -78,7 +78,7 @@ class BudgetParams(Section):
     head_dim: Annotated[int, Field(ge=8, le=512)] = 64
     min_layers: Annotated[int, Field(ge=1, le=256)] = 1
     max_layers: Annotated[int, Field(ge=1, le=256)] = 12
-    train_fraction: Annotated[float, Field(gt=0.0, le=1.0)] = 0.9  # of the minutes: the rest evaluates
+    train_fraction: Annotated[float, Field(gt=0.0, le=1.0)] = 0.95  # of the minutes: probes and training; the rest saves
 
     @model_validator(mode="after")
     def _layers(self) -> "BudgetParams":

@@ -15,7 +15,7 @@ from llmpipe.model.weights import save_model
 from llmpipe.stages.registry import StageParams, StageResult, stage
 from llmpipe.tokens.bpe import EOT
 from llmpipe.tokens.shards import MANIFEST, load_manifest
-from llmpipe.training.budget import resolve_budget
+from llmpipe.training.budget import pace_for, resolve_budget
 from llmpipe.training.device import trained_precision
 from llmpipe.training.loop import train
 from llmpipe.training.parallel import is_main_process
@@ -59,7 +59,7 @@ def run(params: StageParams, root: Path, sink=None) -> StageResult:
     cfg, plan, identity = resolve_budget(params.pretrain, token_dir, root / STAGE.out("checkpoints"),
                                          manifest.vocab_size, identity)
     result = train(cfg, token_dir, root / STAGE.out("checkpoints"), manifest.vocab_size, identity, sink,
-                   on_eval=inloop_evaluator_for(root))
+                   on_eval=inloop_evaluator_for(root), pace=pace_for(plan))
     metrics = {**result.metrics, "seconds": round(time.perf_counter() - t0, 3)}
     if plan:  # machine-dependent: recorded with the run (metrics, and so MLflow and lineage)
         metrics.update({f"budget_{k}": v for k, v in plan.items() if k != "candidates"})

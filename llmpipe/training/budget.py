@@ -6,7 +6,9 @@ here first (`time_steps`); its tokens per second turn the minutes into tokens. T
 tokens-per-parameter ratio comes closest to budget.tokens_per_param (measured by bench/ladder.py)
 wins. The plan depends on the machine: the stage records it in its metrics (and so in lineage) and in
 the checkpoint's identity, so a resumed run continues with the shape it started with rather than
-measuring again. Under torchrun every rank follows rank 0's timings.
+measuring again. Under torchrun every rank follows rank 0's timings. The timed steps cannot foresee
+evaluations or a change of load, so for minutes the loop corrects the number of steps as it trains
+(llmpipe.training.pace).
 """
 
 from __future__ import annotations
@@ -19,6 +21,7 @@ import time
 from pathlib import Path
 
 from llmpipe.config.pretrain import PretrainParams
+from llmpipe.training.pace import Pace
 from llmpipe.util.io import read_json
 
 log = logging.getLogger(__name__)
@@ -85,7 +88,7 @@ def plan(cfg: PretrainParams, token_dir: Path, vocab: int) -> dict:
         else:
             step_s = time_steps(c, token_dir, vocab)
             spent = time.perf_counter() - t0  # the probes come out of the budget too
-            # evaluations and checkpoints take a share of the run; b.train_fraction leaves room for them
+            # the training seconds left after the probes (the loop then corrects the steps: training.pace)
             tokens = max(b.amount * 60 * b.train_fraction - spent, 0) / step_s * tps
         candidates.append({"n_layer": depth, "d_model": c.model.d_model, "n_head": c.model.n_head,
                            "params": n, "flops_per_token": fpt, "tokens": int(tokens),
@@ -95,9 +98,16 @@ def plan(cfg: PretrainParams, token_dir: Path, vocab: int) -> dict:
             break  # two shapes in a row far under the ratio: larger ones only get fewer tokens each
     best = min(candidates, key=lambda c: abs(math.log(max(c["tokens_per_param"], 1e-9) / b.tokens_per_param)))
     steps = max(1, round(best["tokens"] / tokens_per_step(shape(cfg, best["n_layer"]))))
+    spent = time.perf_counter() - t0
+    timed = {"train_seconds": round(max(b.amount * 60 * b.train_fraction - spent, 1.0), 2)} if b.unit == "minutes" else {}
     return {**best, "max_steps": steps, "unit": b.unit, "amount": b.amount,
-            "target_tokens_per_param": b.tokens_per_param, "plan_seconds": round(time.perf_counter() - t0, 2),
+            "target_tokens_per_param": b.tokens_per_param, "plan_seconds": round(spent, 2), **timed,
             "candidates": candidates}
+
+
+def pace_for(p: dict) -> Pace | None:
+    """A minutes plan's pace: the loop keeps the run within the training seconds the plan left."""
+    return Pace(p["train_seconds"]) if p.get("train_seconds") else None
 
 
 def apply_plan(cfg: PretrainParams, p: dict) -> PretrainParams:

@@ -23,6 +23,7 @@ from llmpipe.tokens.loader import TokenData
 from llmpipe.training.checkpoint import load_checkpoint, save_checkpoint
 from llmpipe.training.device import cpu_kind, peak_flops, resolve_device, resolve_dtype
 from llmpipe.training.optim import accumulation_steps, lr_at, make_optimizer
+from llmpipe.training.pace import Pace
 from llmpipe.training.parallel import (Dist, all_finite, full, gather_model_state, gather_optimizer_state,
                                        init_distributed, set_grad_sync, shard, wrap)
 
@@ -62,13 +63,27 @@ def estimate_val_loss(model, val: TokenData, cfg: PretrainParams, device, dtype,
     return mean.item()
 
 
+def repace(cfg: PretrainParams, pace: Pace, step: int, ddp: Dist) -> PretrainParams:
+    """cfg with the length `pace` asks for at `step` (rank 0's answer on every rank)."""
+    steps = pace.max_steps(cfg, step)
+    if ddp.world > 1:  # the ranks must stop at the same step
+        t = torch.tensor([steps], dtype=torch.int64, device="cuda" if dist.get_backend() == "nccl" else "cpu")
+        dist.broadcast(t, 0)
+        steps = int(t.item())
+    if abs(steps - cfg.max_steps) > cfg.max_steps // 50 and ddp.is_main:  # log the moves that matter
+        log.info("pace: %d steps fit in the budget (was %d), %.0f s spent of %.0f", steps, cfg.max_steps,
+                 pace.elapsed(), pace.seconds)
+    return cfg.model_copy(update={"max_steps": steps}) if steps != cfg.max_steps else cfg
+
+
 def train(cfg: PretrainParams, token_dir: Path, ckpt_dir: Path, vocab_size: int, identity: dict,
           sink: Callable[[dict, int], None] | None = None, stop_after: int | None = None,
-          on_eval: Callable[[GPT, torch.dtype], dict] | None = None) -> TrainResult:
+          on_eval: Callable[[GPT, torch.dtype], dict] | None = None, pace: Pace | None = None) -> TrainResult:
     """Train from scratch or resume from `ckpt_dir`; returns the model (on rank 0 all ranks agree).
 
     `stop_after` ends the run early after that many steps in this process (for tests of resume).
-    `on_eval(model, dtype)` scores benchmark items at every evaluation (history["bench"])."""
+    `on_eval(model, dtype)` scores benchmark items at every evaluation (history["bench"]).
+    `pace` moves max_steps so that the run ends on time (a minutes budget: llmpipe.training.pace)."""
     if cfg.threads:
         torch.set_num_threads(cfg.threads)
     device = resolve_device(cfg)
@@ -90,6 +105,10 @@ def train(cfg: PretrainParams, token_dir: Path, ckpt_dir: Path, vocab_size: int,
     if resumed is not None:
         start, history = resumed
         log.info("resuming from %s at step %d", ckpt_dir, start)
+    if pace is not None:
+        pace.start(start, history)
+        if "pace" in history:  # the length the run had reached: a resumed run keeps it
+            cfg = cfg.model_copy(update={"max_steps": history["pace"]["max_steps"]})
     net = wrap(torch.compile(model) if cfg.compile else model, ddp)
     rows = cfg.micro_batch_size
     accum = accumulation_steps(cfg, ddp.world)
@@ -105,6 +124,8 @@ def train(cfg: PretrainParams, token_dir: Path, ckpt_dir: Path, vocab_size: int,
         if not all_finite(model, ddp):
             raise TrainingDiverged(f"non-finite weights at step {step}; the last good checkpoint in {ckpt_dir} is kept")
         weights, optimizer = gather_model_state(model, ddp), gather_optimizer_state(model, opt, ddp)
+        if pace is not None:
+            pace.record(history, cfg)
         if ddp.is_main:
             save_checkpoint(ckpt_dir, weights, optimizer, step, identity, history)
         if ddp.world > 1:
@@ -159,6 +180,8 @@ def train(cfg: PretrainParams, token_dir: Path, ckpt_dir: Path, vocab_size: int,
                 log.info("step %d/%d loss %.4f lr %.2e %.0f tok/s", done, cfg.max_steps, loss_val, lr, tps)
                 if sink:
                     sink({k: v for k, v in row.items() if k != "step"}, done)
+            if pace is not None:
+                cfg = repace(cfg, pace, done, ddp)
         if done % cfg.eval_interval == 0 or done == cfg.max_steps:
             vl = estimate_val_loss(model, val_data, cfg, device, dtype, ddp)
             history["val"].append({"step": done, "tokens": done * tokens_per_step, "val_loss": round(vl, 6)})
@@ -178,6 +201,8 @@ def train(cfg: PretrainParams, token_dir: Path, ckpt_dir: Path, vocab_size: int,
                "params": model.num_params(), "flops_per_token": model.flops_per_token(),
                "precision": str(dtype).removeprefix("torch."), "device": device.type, "world_size": ddp.world,
                **cpu_kind()}
+    if pace is not None:
+        metrics["pace_seconds"] = round(pace.elapsed(), 2)  # training seconds, resumed parts included
     if device.type == "cuda":
         metrics["gpu"] = torch.cuda.get_device_name(device)
     if history["train"]:

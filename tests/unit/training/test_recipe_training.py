@@ -107,7 +107,7 @@ def test_budget_in_tokens_picks_the_shape_nearest_the_ratio_and_its_steps(token_
 
 
 def test_budget_in_minutes_measures_this_machine_and_a_resumed_run_keeps_the_plan(token_dir, tmp_path):  # noqa: F811
-    from llmpipe.training.budget import resolve_budget
+    from llmpipe.training.budget import pace_for, resolve_budget
 
     budget = {"unit": "minutes", "amount": 0.1, "tokens_per_param": 1.0, "aspect": 16, "head_dim": 8,
               "min_layers": 1, "max_layers": 2}
@@ -116,6 +116,9 @@ def test_budget_in_minutes_measures_this_machine_and_a_resumed_run_keeps_the_pla
     assert plan["unit"] == "minutes" and len(plan["candidates"]) >= 1 and trained.max_steps >= 1
     # the probes measured real steps: the planned tokens fit the minutes at the measured speed
     assert 0 < plan["tokens"] < 0.1 * 60 * 1e6
+    # what the probes did not use is the training's time, which the loop keeps (training.pace)
+    assert 0 < plan["train_seconds"] <= 0.1 * 60 * c.budget.train_fraction - plan["plan_seconds"] + 1.0
+    assert pace_for(plan).seconds == plan["train_seconds"]
     train(trained, token_dir, tmp_path / "ckpt", VOCAB, identity, stop_after=trained.checkpoint_interval)
     again, plan2, identity2 = resolve_budget(c, token_dir, tmp_path / "ckpt", VOCAB, {"id": 1})
     assert plan2 == plan and identity2 == identity and again == trained  # no new measurement
