@@ -2,6 +2,12 @@
 them together, at equal wall-clock per run, on the demo corpus's token shards, in one run.
 
     python bench/recipe.py [--seconds 15] [--seeds 3] [--threads 1]
+    python bench/recipe.py --accepted wsd --only muon relu2 half_batch --precision fp32 --seconds 30 --seeds 5
+
+`--accepted` puts changes an earlier round made defaults into every configuration, the baseline
+included (the second round builds on the first, as modded-nanogpt's records do); `--only` picks the
+changes to measure. Besides the recipe's switches, two hyperparameters are measured the same way:
+`lr_x2` (AdamW at 4e-3) and `half_batch` (8 rows a step: twice the steps at equal time).
 
 Every configuration trains a small model (4 layers x 128, context 64, 1,024 tokens a step) for the
 same number of seconds:
