@@ -1,6 +1,7 @@
 """Two processes under torchrun (gloo, CPU) follow the single-process loss curve at the same global batch."""
 
 import json
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -14,14 +15,14 @@ from tests.unit.training.test_train import VOCAB, cfg, token_dir  # noqa: F401  
 pytestmark = pytest.mark.integration
 
 
-def run_worker(token_dir, tmp_path, name, nproc, c, stop_after=None, ckpt=None):
+def run_worker(token_dir, tmp_path, name, nproc, c, stop_after=None, ckpt=None, env=None):
     out = tmp_path / f"{name}.json"
     cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", str(nproc),
            str(Path(__file__).with_name("_ddp_worker.py")), str(token_dir), str(tmp_path / f"ckpt-{ckpt or name}"),
            str(out), c.model_dump_json()] + ([str(stop_after)] if stop_after else [])
     if nproc == 1:
         cmd = [sys.executable] + cmd[cmd.index(str(Path(__file__).with_name("_ddp_worker.py"))):]
-    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=600)
+    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=600, env={**os.environ, **(env or {})})
     assert proc.returncode == 0, proc.stderr[-3000:]
     return json.loads(out.read_text())
 
@@ -75,3 +76,13 @@ def test_fsdp_resume_continues_exactly(token_dir, tmp_path, recipe):
     assert "tok_emb.weight" in groups[0]["params"]  # FSDP's optimizer state, keyed by parameter name
     a_w, b_w = (load_file(str(tmp_path / f"{n}.model" / "model.safetensors")) for n in ("whole", "rest"))
     assert all(torch.equal(a_w[k], b_w[k]) for k in a_w)
+
+
+def test_paced_ranks_stop_at_rank_0s_length(token_dir, tmp_path):
+    # A minutes budget (training.pace): rank 0's clock says 12 planned steps are too few for the time,
+    # rank 1's that they are too many. The ranks must train the same steps, the length rank 0 chose.
+    c = cfg(micro_batch_size=4, parallel="ddp", schedule="wsd", **COMMON)
+    env = {"PACE_SECONDS": "20", "PACE_TICK": "0.25,2.0"}
+    paced = run_worker(token_dir, tmp_path, "paced", 2, c, env=env)
+    steps = [r["step"] for r in paced["train"]]
+    assert steps == list(range(1, len(steps) + 1)) and len(steps) > 12
