@@ -17,8 +17,8 @@ Equal wall-clock: each side first times a few steps of its own, and trains for a
 off, so both sides have the same width and depth); the reference keeps AdamW with cosine.
 Throughput is tokens/s over the log intervals after the first (warm-up); bits per byte is scored by
 llmpipe.evaluate on the first --eval-tokens tokens of the val split for both.
-Last line: RESULT bpb=<x> reference_bpb=<x> seconds=<x> throughput_ratio_vs_reference=<x> tokens=<n>
-reference_tokens=<n>
+Last line: RESULT bpb=<x> reference_bpb=<x> seconds=<x> reference_seconds=<x>
+throughput_ratio_vs_reference=<x> tokens=<n> reference_tokens=<n>
 """
 
 from __future__ import annotations
@@ -149,11 +149,12 @@ def token_bytes_table(tokenizer_path: Path):
     return token_byte_lengths(Tokenizer.from_file(str(tokenizer_path)))
 
 
-def reference_step_seconds(cfg: PretrainParams, token_dir: Path, vocab: int, steps: int = 3, warmup: int = 2) -> float:
+def reference_step_seconds(cfg: PretrainParams, token_dir: Path, vocab: int, steps: int = 5, warmup: int = 3) -> float:
+    """The reference's seconds per step: the median of `steps` after `warmup`, as time_steps does for ours."""
     probe = cfg.model_copy(update={"max_steps": warmup + steps, "warmup_steps": 0, "log_interval": 1})
     _, history = train_reference(probe, token_dir, vocab)
-    return sum(1.0 / r["tokens_per_s"] for r in history[warmup:]) / steps * (
-        cfg.micro_batch_size * cfg.model.block_size * cfg.grad_accum_steps)
+    per_step = sorted(1.0 / r["tokens_per_s"] for r in history[warmup:])[steps // 2]
+    return per_step * cfg.micro_batch_size * cfg.model.block_size * cfg.grad_accum_steps
 
 
 def worker(side: str, args) -> dict:
@@ -165,8 +166,11 @@ def worker(side: str, args) -> dict:
     vocab = load_manifest(token_dir).vocab_size
     steps = args.steps
     if not steps:  # equal wall-clock: this side's own step time sets its steps
-        probe = base.model_copy(update={"max_steps": 5, "warmup_steps": 0})
-        step_s = time_steps(probe, token_dir, vocab) if side == "ours" else reference_step_seconds(probe, token_dir, vocab)
+        # the median of 5 steps after 3 (the first steps allocate: a mean of few steps made the
+        # reference plan 104 steps for 90 s and train 56 s)
+        probe = base.model_copy(update={"max_steps": 8, "warmup_steps": 0})
+        step_s = (time_steps(probe, token_dir, vocab, steps=5, warmup=3) if side == "ours"
+                  else reference_step_seconds(probe, token_dir, vocab))
         steps = max(20, int(args.seconds / step_s))
     cfg = base.model_copy(update={"max_steps": steps, "warmup_steps": min(base.warmup_steps, steps // 5),
                                   "log_interval": 10})
@@ -218,6 +222,7 @@ def main() -> None:
               f"{r['bpb']:>8.4f} {r['val_loss']:>8.4f} {r['params']:>9}  {r['precision']}")
     ours, ref = results["ours"], results["reference"]
     print(f"RESULT bpb={ours['bpb']:.4f} reference_bpb={ref['bpb']:.4f} seconds={ours['seconds']:.1f} "
+          f"reference_seconds={ref['seconds']:.1f} "
           f"throughput_ratio_vs_reference={ours['tokens_per_s'] / ref['tokens_per_s']:.3f} "
           f"tokens={ours['tokens']} reference_tokens={ref['tokens']}")
 
