@@ -20,8 +20,9 @@ import numpy as np
 import torch
 
 from llmpipe.model.gpt import GPT
-from llmpipe.ops.export import check_llama_compatible, llama_state_dict
+from llmpipe.ops.export import chat_config, check_llama_compatible, llama_state_dict
 from llmpipe.tokens.bpe import EOT
+from llmpipe.tokens.chat import END
 from llmpipe.util.io import InputError, atomic_path
 
 log = logging.getLogger(__name__)
@@ -144,6 +145,10 @@ def export_gguf(model: GPT, tokenizer_path: Path, out: Path, dtype: str = "f32",
         # our model never saw a BOS before a prompt: llama.cpp must not prepend one either
         writer.add_add_bos_token(False)
         writer.add_add_eos_token(False)
+        chat = chat_config(json.loads(Path(tokenizer_path).read_text(encoding="utf-8")))
+        if chat:  # the HF export's template: llama.cpp's chat completion renders llmpipe's ids with it,
+            writer.add_chat_template(chat["chat_template"])
+            writer.add_eot_token_id(tokens.index(END))  # and a reply ends at <|end|>
         for key, w in tensors.items():
             arr = w.numpy()
             if dtype == "f16" and arr.ndim == 2:

@@ -97,3 +97,26 @@ def test_f16_export_loads_and_stays_close(exported, tiny_pipeline, tmp_path):
     # half-precision weights: about 3 significant digits per weight
     assert np.abs(cpp - ref).max() < 5e-2
     assert (cpp.argmax(-1) == ref.argmax(-1)).mean() >= 0.9
+
+
+def test_llama_cpp_chat_completion_renders_and_answers_as_llmpipe(exported):
+    # The GGUF file carries the chat template and <|end|> as the end of a turn (llmpipe.ops.gguf):
+    # llama-cpp-python's own chat handler then gives the model llmpipe's prompt ids.
+    from llama_cpp.llama_chat_format import Jinja2ChatFormatter
+
+    from llmpipe.tokens.chat import CHAT_TEMPLATE, ChatFormat
+    from llmpipe.training.generate import generate_batch
+
+    path, model, tok = exported
+    fmt = ChatFormat(tok)
+    messages = [{"role": "system", "content": "Answer briefly."}, {"role": "user", "content": "Who is Romeo?"}]
+    prompt = fmt.prompt(messages)
+    mine = generate_batch(model, [prompt], 8, temperature=0.0)[0]
+    mine = mine[:next((i for i, t in enumerate(mine) if t in fmt.stop_ids), len(mine))]
+    with llama(path, n_ctx=model.cfg.block_size) as llm:
+        assert llm.metadata["tokenizer.chat_template"] == CHAT_TEMPLATE
+        eot = tok.id_to_token(0)
+        rendered = Jinja2ChatFormatter(CHAT_TEMPLATE, eos_token=eot, bos_token=eot)(messages=messages).prompt
+        assert llm.tokenize(rendered.encode(), add_bos=False, special=True) == prompt
+        reply = llm.create_chat_completion(messages, max_tokens=8, temperature=0.0, repeat_penalty=1.0, seed=0)
+    assert reply["choices"][0]["message"]["content"] == tok.decode(mine)

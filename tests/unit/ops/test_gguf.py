@@ -10,6 +10,7 @@ from llmpipe.cli import main
 from llmpipe.model.gpt import GPT, GPTConfig, apply_rope, rope_tables
 from llmpipe.model.weights import save_model
 from llmpipe.ops.gguf import export_gguf, rope_interleave
+from llmpipe.tokens.chat import CHAT_TEMPLATE
 from llmpipe.util.io import InputError
 
 gguf = pytest.importorskip("gguf")
@@ -35,7 +36,8 @@ def test_fields_and_tensors_are_llama_cpp_s(tmp_path, tokenizer_file, tie, dtype
               "llama.attention.head_count_kv": 2, "llama.rope.freq_base": 5000.0,
               "llama.attention.layer_norm_rms_epsilon": pytest.approx(1e-6),
               "tokenizer.ggml.model": "gpt2", "tokenizer.ggml.pre": "gpt-2",
-              "tokenizer.ggml.bos_token_id": 0, "tokenizer.ggml.eos_token_id": 0}
+              "tokenizer.ggml.bos_token_id": 0, "tokenizer.ggml.eos_token_id": 0,
+              "tokenizer.chat_template": CHAT_TEMPLATE, "tokenizer.ggml.eot_token_id": 4}  # <|end|> ends a turn
     assert {k: field(r, k) for k in expect} == expect
     tokens = field(r, "tokenizer.ggml.tokens")
     assert len(tokens) == 320 and tokens[0] == "<|endoftext|>"
