@@ -53,6 +53,8 @@ class Pace:
         if done_here < 1 or step < cfg.warmup_steps or step >= decay_start(cfg):
             return cfg.max_steps
         per_step = (self.clock() - self.started) / done_here
+        if per_step <= 0:  # a clock too coarse to time these steps: keep the plan
+            return cfg.max_steps
         fit = step + max(0, math.floor((self.seconds - self.elapsed()) / per_step))
         # Never so short that this step would already be inside the decay: its lr would jump.
         fit = max(fit, step + 1)

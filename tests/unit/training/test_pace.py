@@ -29,6 +29,9 @@ def test_pace_moves_the_end_while_the_lr_is_flat_and_never_after():
     short = pace.max_steps(c, 20)
     assert decay_start(c.model_copy(update={"max_steps": short})) == 21
     assert pace.max_steps(c, 5) == 100  # still warming up
+    frozen = paced(60.0, {"t": 3.0})
+    frozen.start(0, {})
+    assert frozen.max_steps(c, 20) == 100  # a clock that did not move times nothing
     assert pace.max_steps(c, 75) == 100  # decaying since step 70: the length is fixed
     assert paced(60.0, now).max_steps(cfg(max_steps=100, warmup_steps=10), 20) == 100  # cosine: always fixed
 
