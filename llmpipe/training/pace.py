@@ -3,10 +3,10 @@
 The dial (llmpipe.training.budget) turns minutes into steps from a few timed steps before training.
 Those timings miss the evaluations and checkpoints, and a machine whose load changes (another job, a
 CPU clocking down) makes them wrong. So while the learning rate does not yet depend on the run's
-length (warmup and the flat part of `schedule: wsd` or `constant`), the loop asks `Pace` at every log
-step how many steps fit in the time left, at the average speed of the run so far, evaluations
-included, and moves the end of the run there; the decay then starts from the corrected length. Once
-the decay has begun the length is fixed.
+length (the flat part of `schedule: wsd` or `constant`; not the warmup, whose first steps are slow),
+the loop asks `Pace` at every log step how many steps fit in the time left, at the average speed of
+the run so far, evaluations included, and moves the end of the run there; the decay then starts from
+the corrected length. Once the decay has begun the length is fixed.
 
 The length and the seconds spent go into every checkpoint (history["pace"]), so a resumed run keeps
 the length it had and counts the time of the processes before it."""
@@ -48,7 +48,7 @@ class Pace:
 
     def max_steps(self, cfg: TrainingRun, step: int) -> int:
         """The run's length that ends it at `seconds` at this process's speed so far; cfg.max_steps
-        where the length may no longer change (the decay has begun, or no step was timed yet)."""
+        where it stays: in the warmup, once the decay has begun, or before a step was timed."""
         done_here = step - self.first_step
         if done_here < 1 or step < cfg.warmup_steps or step >= decay_start(cfg):
             return cfg.max_steps
