@@ -7,7 +7,6 @@ found in the training documents; the CORE-style mean; items per second. A table 
 
 from __future__ import annotations
 
-import json
 import logging
 import time
 from pathlib import Path
@@ -49,7 +48,7 @@ def run(params: StageParams, root: Path, sink=None) -> StageResult:
     empty = [n for n, items in tasks.items() if not items]
     if empty:
         raise InputError(f"{folder}: task(s) {', '.join(empty)} have no items")
-    report = json.loads((root / STAGE.inp("report")).read_text())
+    report = read_json(root / STAGE.inp("report"))
     dirty = {n: set(r["contaminated_ids"]) for n, r in report["tasks"].items()}
     tok = Tokenizer.from_file(str(root / STAGE.inp("tokenizer")))
     device = cfg.device if cfg.device != "auto" else ("cuda" if torch.cuda.is_available() else "cpu")

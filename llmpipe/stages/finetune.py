@@ -4,7 +4,6 @@ only); resumes from data/finetune/checkpoints. Its model is registered as its ow
 
 from __future__ import annotations
 
-import hashlib
 import logging
 import time
 from pathlib import Path
@@ -14,17 +13,11 @@ from llmpipe.stages.registry import StageParams, StageResult, stage
 from llmpipe.tokens.examples import TOKENS
 from llmpipe.training.device import trained_precision
 from llmpipe.training.finetune import finetune
-from llmpipe.util.io import atomic_path, dvc_lock_out_hashes, dvc_md5, read_json
+from llmpipe.util.io import dvc_lock_out_hashes, dvc_md5, file_sha256, read_json, write_tsv
 
 log = logging.getLogger(__name__)
 STAGE = stage("finetune")
 COLUMNS = ["step", "loss", "lr", "grad_norm", "target_tokens_per_s"]
-
-
-def write_tsv(path: Path, rows: list[dict]) -> None:
-    lines = ["\t".join(COLUMNS)] + ["\t".join(str(r.get(c, "")) for c in COLUMNS) for r in rows]
-    with atomic_path(path) as tmp:
-        tmp.write_text("\n".join(lines) + "\n")
 
 
 def run(params: StageParams, root: Path, sink=None) -> StageResult:
@@ -34,7 +27,7 @@ def run(params: StageParams, root: Path, sink=None) -> StageResult:
     train_dir, val_dir = root / STAGE.inp("train"), root / STAGE.inp("val")
     # A checkpoint is resumed only by a run with the same params, base model, examples and precision.
     identity = {"finetune": params.finetune.model_dump(mode="json"), "base_model_md5": base_md5,
-                "train_sha256": hashlib.sha256((train_dir / TOKENS).read_bytes()).hexdigest(),
+                "train_sha256": file_sha256(train_dir / TOKENS),
                 "train_dvc_md5": dvc_lock_out_hashes(root).get(str(STAGE.inp("train"))),
                 "precision": trained_precision(params.finetune)}
     result = finetune(params.finetune, load_model(base_dir), train_dir, val_dir, root / STAGE.out("checkpoints"),
@@ -42,7 +35,7 @@ def run(params: StageParams, root: Path, sink=None) -> StageResult:
     base_config = read_json(base_dir / "config.json")
     extra = {k: base_config[k] for k in ("eot_id", "tokenizer_sha256") if k in base_config}
     save_model(result.model, root / STAGE.out("model"), extra={**extra, "base_model_md5": base_md5})
-    write_tsv(root / STAGE.out("train"), result.history["train"])
+    write_tsv(root / STAGE.out("train"), result.history["train"], COLUMNS)
     metrics = {**result.metrics, "seconds": round(time.perf_counter() - t0, 3),
                "model_dvc_md5": dvc_md5(root / STAGE.out("model")), "base_model_dvc_md5": base_md5}
     # The shell registers it under its own name, tagged with its base (the pretrain model's weights).

@@ -19,7 +19,7 @@ from llmpipe.training.budget import pace_for, resolve_budget
 from llmpipe.training.device import trained_precision
 from llmpipe.training.loop import train
 from llmpipe.training.parallel import is_main_process
-from llmpipe.util.io import atomic_path, dvc_lock_out_hashes, dvc_md5
+from llmpipe.util.io import dvc_lock_out_hashes, dvc_md5, write_tsv
 from llmpipe.util.plots import loss_curve_png
 
 log = logging.getLogger(__name__)
@@ -27,12 +27,6 @@ STAGE = stage("pretrain")
 
 TRAIN_COLUMNS = ["step", "tokens", "loss", "lr", "grad_norm", "tokens_per_s"]
 VAL_COLUMNS = ["step", "tokens", "val_loss"]
-
-
-def write_tsv(path: Path, rows: list[dict], columns: list[str]) -> None:
-    lines = ["\t".join(columns)] + ["\t".join(str(r.get(c, "")) for c in columns) for r in rows]
-    with atomic_path(path) as tmp:
-        tmp.write_text("\n".join(lines) + "\n")
 
 
 def inloop_evaluator_for(root: Path):

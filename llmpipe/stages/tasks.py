@@ -14,36 +14,18 @@ from __future__ import annotations
 import logging
 import time
 from pathlib import Path
-from typing import Iterator
-
-import pyarrow.parquet as pq
 
 from llmpipe.config.evals import TasksParams
-from llmpipe.config.tokens import SplitParams
 from llmpipe.evals.builtin import load_builtin
 from llmpipe.evals.contamination import NgramIndex, contaminated_ids
 from llmpipe.evals.indomain import TASK as INDOMAIN, build_indomain
 from llmpipe.evals.tasks import Item, choose, load_jsonl_task, with_shots, write_items
 from llmpipe.stages.registry import StageParams, StageResult, stage
-from llmpipe.tokens.split import parquet_val_mask
-from llmpipe.util.io import InputError, atomic_dir, iter_parquet_batches, write_json
+from llmpipe.tokens.split import iter_split_docs
+from llmpipe.util.io import InputError, atomic_dir, write_json
 
 log = logging.getLogger(__name__)
 STAGE = stage("tasks")
-
-
-def split_docs(path: Path, split: SplitParams, want_val: bool) -> Iterator[tuple[str, str]]:
-    """(id, text) of one split's documents, streamed."""
-    try:
-        mask = parquet_val_mask(pq.ParquetFile(path), split.val_fraction, split.seed)
-    except FileNotFoundError:
-        raise InputError(f"{path}: file not found (did the dedup stage run?)") from None
-    row = 0
-    for batch in iter_parquet_batches(path, 64, ["id", "text"], max_bytes=32_000_000):
-        for doc_id, text in zip(batch.column("id").to_pylist(), batch.column("text").to_pylist()):
-            if bool(mask[row]) == want_val:
-                yield doc_id, text
-            row += 1
 
 
 def choose_tasks(cfg: TasksParams, root: Path, val_texts: list[str], seen=None):
@@ -83,9 +65,9 @@ def run(params: StageParams, root: Path, sink=None) -> StageResult:
     cfg: TasksParams = params.tasks
     docs = root / STAGE.inp("docs")
     t_index = time.perf_counter()
-    index = NgramIndex.build(split_docs(docs, params.split, want_val=False), cfg.ngram)
+    index = NgramIndex.build(iter_split_docs(docs, params.split, want_val=False), cfg.ngram)
     index_s = time.perf_counter() - t_index
-    tasks, inloop = choose_tasks(cfg, root, [t for _, t in split_docs(docs, params.split, want_val=True)],
+    tasks, inloop = choose_tasks(cfg, root, [t for _, t in iter_split_docs(docs, params.split, want_val=True)],
                                  index.contains_any)
     if not tasks:
         raise InputError("tasks: no task chosen (tasks.builtin, tasks.custom and tasks.indomain are all empty)")

@@ -31,18 +31,23 @@ def parquet_val_mask(pf, val_fraction: float, seed: int) -> np.ndarray:
     return val_mask(pf.read(columns=["id"]).column("id").to_pylist(), val_fraction, seed)
 
 
-def iter_split_texts(path: Path, split: SplitParams, want_val: bool, batch_rows: int = 64,
-                     batch_bytes: int = 32_000_000) -> Iterator[str]:
-    """Stream the texts of one split from a Parquet file without loading the corpus whole (reads of at
-    most batch_rows documents and about batch_bytes, whatever the documents' sizes)."""
+def iter_split_docs(path: Path, split: SplitParams, want_val: bool, batch_rows: int = 64,
+                    batch_bytes: int = 32_000_000) -> Iterator[tuple[str, str]]:
+    """Stream (id, text) of one split's documents from a Parquet file without loading the corpus whole
+    (reads of at most batch_rows documents and about batch_bytes, whatever the documents' sizes)."""
     try:
         pf = pq.ParquetFile(path)
     except FileNotFoundError:
         raise InputError(f"{path}: file not found (did the dedup stage run?)") from None
     mask = parquet_val_mask(pf, split.val_fraction, split.seed)
     row = 0
-    for batch in iter_parquet_batches(path, batch_rows, ["text"], max_bytes=batch_bytes):
-        for text in batch.column("text").to_pylist():
+    for batch in iter_parquet_batches(path, batch_rows, ["id", "text"], max_bytes=batch_bytes):
+        for doc_id, text in zip(batch.column("id").to_pylist(), batch.column("text").to_pylist()):
             if bool(mask[row]) == want_val:
-                yield text
+                yield doc_id, text
             row += 1
+
+
+def iter_split_texts(path: Path, split: SplitParams, want_val: bool, **kw) -> Iterator[str]:
+    """The texts of iter_split_docs."""
+    return (text for _, text in iter_split_docs(path, split, want_val, **kw))

@@ -25,7 +25,8 @@ from llmpipe.tokens.examples import read_examples
 from llmpipe.training.checkpoint import load_checkpoint, save_checkpoint
 from llmpipe.training.device import cpu_kind, resolve_device, resolve_dtype
 from llmpipe.training.loop import TrainResult, TrainingDiverged
-from llmpipe.training.optim import lr_at
+from llmpipe.training.optim import lr_at, make_adamw
+from llmpipe.training.parallel import Dist, all_finite
 from llmpipe.util.io import InputError
 
 log = logging.getLogger(__name__)
@@ -91,10 +92,7 @@ def finetune(cfg: FinetuneParams, model: GPT, train_dir: Path, val_dir: Path, ck
     train, val = Examples(train_dir, model.cfg.block_size), Examples(val_dir, model.cfg.block_size)
     if len(train) == 0:
         raise InputError(f"{train_dir}: no training rows")
-    params = [p for p in model.parameters() if p.requires_grad]
-    groups = [{"params": [p for p in params if p.dim() >= 2], "weight_decay": cfg.weight_decay},
-              {"params": [p for p in params if p.dim() < 2], "weight_decay": 0.0}]
-    opt = torch.optim.AdamW(groups, lr=cfg.lr, betas=(cfg.beta1, cfg.beta2), fused=device.type == "cuda")
+    opt = make_adamw(model, cfg, device)
     start, history = 0, {"train": [], "val": []}
     resumed = load_checkpoint(ckpt_dir, model, opt, identity)
     if resumed is not None:
@@ -118,7 +116,7 @@ def finetune(cfg: FinetuneParams, model: GPT, train_dir: Path, val_dir: Path, ck
         loss_val = loss_sum / cfg.grad_accum_steps
         if not math.isfinite(loss_val):
             raise TrainingDiverged(f"loss is {loss_val} at step {step}; the last good checkpoint in {ckpt_dir} is kept")
-        grad_norm = torch.nn.utils.clip_grad_norm_(params, cfg.grad_clip if cfg.grad_clip > 0 else float("inf"))
+        grad_norm = torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip if cfg.grad_clip > 0 else float("inf"))
         opt.step()
         opt.zero_grad(set_to_none=True)
         step, steps_here = step + 1, steps_here + 1
@@ -139,7 +137,7 @@ def finetune(cfg: FinetuneParams, model: GPT, train_dir: Path, val_dir: Path, ck
                 if sink:
                     sink({"val_loss": vl}, step)
         if step % cfg.checkpoint_interval == 0 or step == cfg.max_steps:
-            if not all(bool(torch.isfinite(p).all()) for p in model.parameters()):
+            if not all_finite(model, Dist()):
                 raise TrainingDiverged(f"non-finite weights at step {step}; the last good checkpoint is kept")
             save_checkpoint(ckpt_dir, model_state(model), opt.state_dict(), step, identity, history)
     metrics = {"steps": step, "params": model.num_params(), "precision": str(dtype).removeprefix("torch."),

@@ -15,6 +15,11 @@ from llmpipe.util.io import InputError
 def make_optimizer(model: torch.nn.Module, cfg: PretrainParams, device: torch.device) -> torch.optim.Optimizer:
     if cfg.optimizer == "muon":
         return make_muon(model, cfg)
+    return make_adamw(model, cfg, device)
+
+
+def make_adamw(model: torch.nn.Module, cfg: TrainingRun, device: torch.device) -> torch.optim.AdamW:
+    """AdamW with weight decay on matrices and embeddings only (pretraining's default, finetuning's)."""
     params = [p for p in model.parameters() if p.requires_grad]
     decay = [p for p in params if p.dim() >= 2]  # matrices and embeddings; not norms or biases
     no_decay = [p for p in params if p.dim() < 2]
@@ -64,6 +69,16 @@ def accumulation_steps(cfg: PretrainParams, world: int) -> int:
     return cfg.batch_tokens // per_micro
 
 
+def decay_start(cfg: TrainingRun) -> int:
+    """The first step after which lr_at depends on max_steps (the end of the warmup for cosine and
+    linear, of the flat part for wsd; never for constant)."""
+    if cfg.schedule == "constant":
+        return cfg.max_steps
+    if cfg.schedule == "wsd":
+        return cfg.max_steps - max(int(round(cfg.decay_frac * cfg.max_steps)), 1)
+    return cfg.warmup_steps
+
+
 def lr_at(step: int, cfg: TrainingRun) -> float:
     """The learning rate at `step`: linear warmup, then cfg.schedule (pretraining: cosine or wsd;
     finetuning: cosine, linear or constant) down to lr * min_lr_ratio."""
@@ -73,7 +88,7 @@ def lr_at(step: int, cfg: TrainingRun) -> float:
     if cfg.schedule == "constant":
         return cfg.lr
     if cfg.schedule == "wsd":  # flat, then a straight line to min_lr over the last decay_frac of the run
-        decay = max(int(round(cfg.decay_frac * cfg.max_steps)), 1)
+        decay = cfg.max_steps - decay_start(cfg)
         left = min(max(cfg.max_steps - step, 0), decay)
         return min_lr + (cfg.lr - min_lr) * left / decay
     span = max(cfg.max_steps - cfg.warmup_steps, 1)

@@ -19,15 +19,7 @@ from dataclasses import dataclass, field
 from typing import Callable
 
 from llmpipe.config.training import TrainingRun
-
-
-def decay_start(cfg: TrainingRun) -> int:
-    """The first step whose learning rate depends on max_steps (after the warmup)."""
-    if cfg.schedule == "constant":
-        return cfg.max_steps
-    if cfg.schedule == "wsd":
-        return cfg.max_steps - max(int(round(cfg.decay_frac * cfg.max_steps)), 1)
-    return cfg.warmup_steps  # cosine, linear: the whole run after the warmup
+from llmpipe.training.optim import decay_start
 
 
 @dataclass

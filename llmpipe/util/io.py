@@ -119,6 +119,13 @@ def write_text(dest: Path | str, text: str) -> None:
     write_bytes(dest, text.encode("utf-8"))
 
 
+def write_tsv(dest: Path | str, rows: list[dict], columns: list[str]) -> None:
+    """Rows as a tab-separated table (a DVC plot's data), written atomically; a missing field is empty."""
+    lines = ["\t".join(columns)] + ["\t".join(str(r.get(c, "")) for c in columns) for r in rows]
+    with atomic_path(dest) as tmp:
+        tmp.write_text("\n".join(lines) + "\n")
+
+
 def write_json(dest: Path | str, obj: Any) -> None:
     write_text(dest, json.dumps(obj, indent=2, sort_keys=True, ensure_ascii=False) + "\n")
 

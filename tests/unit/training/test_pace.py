@@ -7,7 +7,8 @@ import torch
 from safetensors.torch import load_file
 
 from llmpipe.training.loop import train
-from llmpipe.training.pace import Pace, decay_start
+from llmpipe.training.optim import decay_start
+from llmpipe.training.pace import Pace
 
 from tests.unit.training.test_train import VOCAB, cfg, token_dir  # noqa: F401  (fixture)
 
