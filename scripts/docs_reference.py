@@ -388,7 +388,8 @@ def param_tables() -> list[tuple[str, str, list[tuple]]]:
         tables.append((f"### {name}", doc, _rows(model, None, name, written_all.get(name) or {}, comments)))
     for kind, module in KINDS.items():
         doc = _own_doc(module.PARAMS) or (module.__doc__ or "").split("\n")[0]
-        tables.append((f"#### kind: {kind}", " ".join(doc.split()), _rows(module.PARAMS, None, "scrape.sources[]", {}, {})))
+        rows = _rows(module.PARAMS, None, "scrape.sources[]", {}, {})
+        tables.append((f"#### kind: {kind}", " ".join(doc.split()), rows))
     return tables
 
 

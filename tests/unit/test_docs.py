@@ -10,6 +10,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+import yaml
+
 REPO = Path(__file__).resolve().parents[2]
 
 
@@ -64,7 +66,6 @@ def test_reference_page_matches_the_code():
 def test_reference_lists_every_command_and_params_leaf():
     from llmpipe.cli import COMMANDS
     from llmpipe.stages.registry import STAGES
-    import yaml
 
     text = (REPO / "docs" / "reference.md").read_text(encoding="utf-8")
     for command in [s.name for s in STAGES] + list(COMMANDS):
@@ -81,6 +82,20 @@ def test_reference_lists_every_command_and_params_leaf():
     missing = [k for section, body in written.items() for k in keys(body, section)
                if f"| `{k}` |" not in text and not k.startswith("tasks.builtin.")]
     assert not missing, f"params.yaml keys missing from docs/reference.md: {missing}"
+
+
+def test_params_examples_in_the_docs_are_valid():
+    from llmpipe.config.sections import SECTIONS, validate_section
+
+    checked = 0
+    for page in [REPO / "README.md", *sorted((REPO / "docs").glob("*.md"))]:
+        for block in re.findall(r"```yaml\n(.*?)```", page.read_text(encoding="utf-8"), re.S):
+            data = yaml.safe_load(block)
+            if isinstance(data, dict) and data and set(data) <= set(SECTIONS):
+                for section in data:
+                    validate_section(section, data, f"{page.name} example")  # raises, naming the key
+                    checked += 1
+    assert checked >= 5
 
 
 def test_readme_is_a_short_front_door_whose_links_land():
