@@ -133,6 +133,7 @@ MEANINGS: dict[str, str] = {
     "SampleParams.top_p": "nucleus sampling: the smallest set of tokens holding this probability",
     "SampleParams.seed": "sampling seed",
     "CustomTask.name": "the task's name in reports (lowercase, digits, _)",
+    "CustomTask.path": "a JSONL file, relative to the repository root (shapes: [Evaluation](evaluation.md))",
     "CustomTask.kind": "item shape: multiple_choice, schema or language_modeling (see Evaluation)",
     "CustomTask.delimiter": "joins a choice (or the continuation) to its context",
     "InDomainParams.choices": "continuations per item (one true)",
