@@ -62,7 +62,7 @@ def test_loglikelihoods_equal_lm_evals_own_task_definition(setup, task):
     ref_ll = np.concatenate([np.array(t) for t in theirs])
     diff = np.abs(np.concatenate([np.array(s.loglik) for s in ours]) - ref_ll)
     print(f"{task}: max |loglik diff| {diff.max():.2e} over {diff.size} choices; largest |loglik| {np.abs(ref_ll).max():.1f}")
-    assert np.all(diff <= match_tolerance(ref_ll)), [(d, r) for d, r in zip(diff, ref_ll) if d > 1e-4]
+    assert np.all(diff <= match_tolerance(ref_ll)), [(d, r) for d, r in zip(diff, ref_ll) if d > 1e-4][:3]
     # the same right answer: accuracy item by item equals lm-eval's (and acc_norm where it reports it)
     for item, s, m in zip(items[task], ours, metrics):
         acc, acc_norm = item_metrics(item, s)
