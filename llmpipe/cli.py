@@ -35,6 +35,8 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "seen": ("does a text occur in the training documents, and in which (13-gram index)",
              "llmpipe.ops.seen:command"),
     "chat": ("chat with the finetuned model in the terminal", "llmpipe.ops.chat:command"),
+    "trace": ("the spans of a text found verbatim in the training documents (suffix array)",
+              "llmpipe.ops.trace:command"),
 }
 # `export --format F` -> (help, "module:function"); "export" in COMMANDS is the default format's handler.
 EXPORT_FORMATS: dict[str, tuple[str, str]] = {
@@ -62,6 +64,9 @@ def build_parser() -> argparse.ArgumentParser:
     tools["lineage"].add_argument("target", nargs="?", help="git revision, MLflow run id or "
                                   "models:/<name>/<version> (default: the workspace)")
     tools["seen"].add_argument("text", help="the text to look for")
+    tools["trace"].add_argument("text", help="the text to trace (- reads standard input)")
+    tools["trace"].add_argument("--min-tokens", type=int, default=None, help="shortest span (default: trace.min_tokens)")
+    tools["trace"].add_argument("--json", action="store_true", help="print the spans and documents as JSON")
     tools["seen"].add_argument("--limit", type=int, default=20, help="documents to list (default 20)")
     gen = tools["generate"]
     gen.add_argument("prompts", nargs="+")

@@ -100,6 +100,10 @@ STAGES: list[Stage] = [
           {"tokenizer": Out("data/tokenizer/tokenizer.json")}),
     Stage("tokenize", "encode the documents into token shards", ("tokenize", "split"),
           {"docs": "dedup.docs", "tokenizer": "tokenizer.tokenizer"}, {"tokens": Out("data/tokens")}),
+    # issue 28: an exact-match index of the training tokens (a suffix array) for `llmpipe trace`
+    Stage("trace-index", "index the training tokens for tracing text into the training data", (),
+          {"tokens": "tokenize.tokens", "tokenizer": "tokenizer.tokenizer"},
+          {"index": Out("data/trace", "report")}),
     # issue 16: the benchmark items (a fixed subset per task, the in-domain task, the contamination index);
     # "report" outputs: the model's weights do not depend on them, so they are no part of its lineage
     Stage("tasks", "choose the benchmark items, build the in-domain task, check contamination",
