@@ -21,7 +21,7 @@ import xxhash
 from tokenizers import Tokenizer
 
 from llmpipe.data.instructions import BadRecord, read_records, to_conversation
-from llmpipe.data.playqa import items_of_play
+from llmpipe.data.playqa import balanced, items_of_play
 from llmpipe.stages.registry import StageParams, StageResult, stage
 from llmpipe.tokens.chat import ChatFormat
 from llmpipe.tokens.examples import packed, padded, write_examples
@@ -64,25 +64,27 @@ def is_val(messages: list[dict], val_fraction: float, seed: int) -> bool:
 
 
 def demo_conversations(docs: Path, params: StageParams) -> tuple[list[dict], list[dict]]:
-    """(train, val) pools of items from the plays, shuffled; val items only from the split section's val
-    documents."""
+    """(train, val) pools of items from the plays, in `balanced` order; val items only from the split
+    section's val documents."""
     demo, split = params.sft_data.demo, params.split
     ids, texts = [], []
     for batch in iter_parquet_batches(docs, 64, ["id", "text"]):
         ids += batch.column("id").to_pylist()
         texts += batch.column("text").to_pylist()
     held_out = val_mask(ids, split.val_fraction, split.seed) if ids else []
-    pools: tuple[list[dict], list[dict]] = ([], [])
+    pools: tuple[list, list] = ([], [])
     for doc_id, text, val in zip(ids, texts, held_out):
         for k, item in enumerate(items_of_play(text, params.sft_data.seed, doc_id, demo.max_speeches,
                                                demo.max_lines, demo.max_chars)):
-            pools[int(val)].append({"messages": [{"role": "user", "content": item.question},
-                                                 {"role": "assistant", "content": item.answer}],
-                                    "source": f"demo:{doc_id}#{k}", "task": item.task})
+            pools[int(val)].append((f"demo:{doc_id}#{k}", item))
+    # Balanced in every prefix (no trivial rule beats chance, whatever number of items is taken); the
+    # passage's rows go along, for the trivial baselines of chat-eval (llmpipe.evals.trivial).
     rng = random.Random(params.sft_data.seed)
-    for pool in pools:
-        rng.shuffle(pool)
-    return pools[0], pools[1]
+    train, val = ([{"messages": [{"role": "user", "content": item.question},
+                                 {"role": "assistant", "content": item.answer}],
+                    "source": source, "task": item.task, "passage": item.passage, "stratum": item.stratum}
+                   for source, item in balanced(pool, rng, key=lambda p: p[1])] for pool in pools)
+    return train, val
 
 
 def render(conversations: list[dict], fmt: ChatFormat, block_size: int, tally: Tally, group: str = "skipped",
