@@ -28,6 +28,7 @@ from __future__ import annotations
 import random
 import re
 from collections import defaultdict
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 
 TASKS = ("speaker", "next", "count")
@@ -37,6 +38,7 @@ _FOLIO = re.compile(r"^ {1,6}([A-Z][A-Za-z'\-]*(?: [A-Z][A-Za-z'\-]*){0,2})\. (\
 _NOT_NAMES = re.compile(r"^(ACT|Act|SCENE|Scene|Actus|Scena|Scoena|THE|The|Enter|Exit|Exeunt|FINIS|Finis|"
                         r"Epilogue|EPILOGUE|Prologue|PROLOGUE)\b")
 _DIRECTION = re.compile(r"^(\[|Enter\b|Exit\b|Exeunt\b|Re-enter\b|Manet\b|Flourish\b|Alarum)")
+_DONE = object()  # the end of a stream
 MIN_QUOTED_CHARS = 8  # a quoted line shorter than this ("Ay.") is too often not unique in spirit
 
 
@@ -155,29 +157,38 @@ def items_of_play(text: str, seed: int, doc_id: str, max_speeches: int = 3, max_
     return out
 
 
-def balanced(items: list, rng: random.Random, key=lambda x: x) -> list:
-    """The items reordered so that every prefix is balanced: within a group, each cell is cut to the
-    size of the group's smallest, and the order visits the cells in turn (so a prefix holds each cell
-    of a group as often as the others, give or take one); the tasks, too, come in turn. A group missing
-    a cell its size implies (a speaker group of c characters lacking a rank) is dropped. `key` maps an
-    element to its Item (elements may carry more, e.g. their source)."""
+def balanced(items: list, rng: random.Random, key=lambda x: x, keep=lambda x: True) -> Iterator:
+    """The items in an order whose every prefix is balanced, lazily: each group yields rounds of one
+    item per cell (the next that `keep` accepts: `keep` is asked only of the items reached), and ends
+    when a cell has no item left, so a prefix holds each cell of a group as often as the others, give
+    or take one; the groups of a task, and the tasks, take turns item by item. A group missing a cell
+    its shape implies (turns "ABC" lacking a rank) is left out. `key` maps an element to its Item
+    (elements may carry more, e.g. their source)."""
     cells: dict[str, dict[str, dict[int, list]]] = defaultdict(lambda: defaultdict(lambda: defaultdict(list)))
     for x in items:
         group, cell = key(x).stratum
         cells[key(x).task][group][cell].append(x)
-    per_task: list[list] = []
+    per_task = []
     for name in sorted(cells):
-        queues = []
+        groups = []
         for group, by_cell in sorted(cells[name].items()):
             expected = _expected_cells(group)
             if expected is not None and set(by_cell) != expected:
                 continue
-            size = min(len(v) for v in by_cell.values())
             for cell in sorted(by_cell):
                 rng.shuffle(by_cell[cell])
-                queues.append(by_cell[cell][:size])
-        per_task.append(_in_turn(queues))
+            groups.append(_rounds([iter(by_cell[c]) for c in sorted(by_cell)], keep))
+        per_task.append(_in_turn(groups))
     return _in_turn(per_task)
+
+
+def _rounds(queues: list[Iterator], keep) -> Iterator:
+    """One accepted item of each queue per round, until a queue has none left (its round is dropped)."""
+    while True:
+        batch = [next(filter(keep, q), _DONE) for q in queues]
+        if any(x is _DONE for x in batch):
+            return
+        yield from batch
 
 
 def _expected_cells(group: str) -> set[int] | None:
@@ -191,10 +202,14 @@ def _expected_cells(group: str) -> set[int] | None:
     return None
 
 
-def _in_turn(queues: list[list]) -> list:
-    """One from each queue in turn until all are empty (an empty queue drops out of the turn)."""
-    out, depth = [], 0
-    while any(depth < len(q) for q in queues):
-        out += [q[depth] for q in queues if depth < len(q)]
-        depth += 1
-    return out
+def _in_turn(streams: list[Iterator]) -> Iterator:
+    """One item from each stream in turn; a stream that ends drops out of the turn."""
+    live = list(streams)
+    while live:
+        still = []
+        for stream in live:
+            x = next(stream, _DONE)
+            if x is not _DONE:
+                still.append(stream)
+                yield x
+        live = still

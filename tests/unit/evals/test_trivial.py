@@ -4,12 +4,13 @@ more than 0.05 on any item type."""
 
 import itertools
 import random
+from types import SimpleNamespace
 
 import numpy as np
 import pytest
 
 from llmpipe.config.sft import DemoInstructions
-from llmpipe.data.playqa import balanced, items_of_play, normalize
+from llmpipe.data.playqa import balanced, items_of_play, normalize, passage_text
 from llmpipe.evals.trivial import RULES, Case, baselines, chance, paired_gain, sign_test_p
 from llmpipe.stages.chat_eval import baseline_metrics
 
@@ -135,28 +136,74 @@ def test_the_demo_set_from_the_corpus_is_balanced():
     for doc, val in zip(docs, held_out):
         pools[int(val)].extend(items_of_play(doc["text"], 0, doc["id"], cfg.max_speeches, cfg.max_lines, cfg.max_chars))
     rng = random.Random(0)
-    train, val = (balanced(pool, rng)[:n] for pool, n in zip(pools, (cfg.train_items, cfg.val_items)))
+    train, val = (list(itertools.islice(balanced(pool, rng), n)) for pool, n in zip(pools, (cfg.train_items, cfg.val_items)))
     assert len(val) == 300 and {t: sum(i.task == t for i in val) for t in ("count", "speaker", "next")} == \
         {"count": 100, "speaker": 100, "next": 100}
     base, odds = assert_no_trivial_rule_beats_chance(train, val)
     assert odds["count"] == pytest.approx(1 / 3)  # counts 1, 2, 3 equally often
 
 
-def test_a_synthetic_play_gives_a_balanced_set_in_every_prefix():
-    rng = random.Random(1)
+def synthetic_play(seed: int, speeches: int = 3000) -> str:
+    rng = random.Random(seed)
     cast = ["Ham", "Hor", "Oph", "King", "Queen"]
-    speeches = []
-    for k in range(3000):
+    out = []
+    for k in range(speeches):
         who = rng.choice(cast[:2]) if rng.random() < 0.7 else rng.choice(cast)  # two leads, as in a scene
         lines = [f"speech {k} says line {j} of {rng.randint(1000, 9999)}" for j in range(rng.randint(1, 3))]
-        speeches.append(f"{who}.\n" + "\n".join(lines))
-    items = items_of_play("\n\n".join(speeches), seed=0, doc_id="synthetic")
-    train, val = items[: len(items) // 2], balanced(items[len(items) // 2 :], random.Random(0))
+        out.append(f"{who}.\n" + "\n".join(lines))
+    return "\n\n".join(out)
+
+
+def assert_balanced_prefixes(items: list, sizes=(60, 150, 301)):
+    for n in sizes:
+        strata, tasks = {}, {}
+        for i in items[:n]:
+            strata.setdefault(i.stratum[0], []).append(i.stratum[1])
+            tasks[i.task] = tasks.get(i.task, 0) + 1
+        for group, cells in strata.items():  # every cell of a group equally often, give or take one
+            counts = [cells.count(c) for c in set(cells)]
+            assert max(counts) - min(counts) <= 1, (n, group, counts)
+        assert max(tasks.values()) - min(tasks.values()) <= 1, (n, tasks)
+
+
+def test_a_synthetic_play_gives_a_balanced_set_in_every_prefix():
+    items = items_of_play(synthetic_play(1), seed=0, doc_id="synthetic")
+    train, val = items[: len(items) // 2], list(balanced(items[len(items) // 2 :], random.Random(0)))
+    assert_balanced_prefixes(val)
     for n in (60, 150, 301):
         assert_no_trivial_rule_beats_chance(train, val[:n])
-        strata = {}
-        for i in val[:n]:
-            strata.setdefault(i.stratum[0], []).append(i.stratum[1])
-        for group, cells in strata.items():  # every cell of a group equally often, give or take one
-            sizes = [cells.count(c) for c in set(cells)]
-            assert max(sizes) - min(sizes) <= 1, (n, group, sizes)
+    # items passed over (too long for the context) are replaced from their own cell: still balanced
+    asked = []
+    short = list(itertools.islice(balanced(items, random.Random(0), keep=lambda i: asked.append(i) or len(i.question) < 240), 301))
+    assert len(short) == 301 and all(len(i.question) < 240 for i in short)
+    assert sum(len(i.question) >= 240 for i in asked) > 50 and len(asked) < len(items) / 2  # asked lazily
+    assert_balanced_prefixes(short)
+
+
+def test_sft_data_keeps_the_demo_items_balanced_and_their_passages(tmp_path):
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    from llmpipe.config.sft import SftDataParams
+    from llmpipe.config.tokens import SplitParams, TokenizerParams
+    from llmpipe.stages import sft_data
+    from llmpipe.tokens.bpe import train_tokenizer
+    from llmpipe.tokens.examples import read_conversations
+
+    plays = [synthetic_play(seed, 1500) for seed in range(4)]
+    (tmp_path / "data/dedup").mkdir(parents=True)
+    pq.write_table(pa.table({"id": [f"play{k}" for k in range(4)], "text": plays}), tmp_path / "data/dedup/docs.parquet")
+    (tmp_path / "data/tokenizer").mkdir(parents=True)
+    train_tokenizer(iter(plays), TokenizerParams(vocab_size=400)).save(str(tmp_path / "data/tokenizer/tokenizer.json"))
+    demo = {"train_items": 300, "val_items": 90}
+    params = SimpleNamespace(sft_data=SftDataParams(block_size=112, demo=demo), split=SplitParams(val_fraction=0.5))
+    metrics = sft_data.run(params, tmp_path).metrics
+    assert metrics["demo_passed_over_too_long"] > 0  # block_size 112 leaves out the longest passages
+    val = read_conversations(tmp_path / "data/sft/val")
+    train = read_conversations(tmp_path / "data/sft/train")
+    assert (len(train), len(val)) == (300, 90) and {c["source"].split("#")[0] for c in val}.isdisjoint(
+        {c["source"].split("#")[0] for c in train})
+    items = [SimpleNamespace(task=c["task"], stratum=tuple(c["stratum"])) for c in val]
+    assert_balanced_prefixes(items, sizes=(30, 90))
+    for c in val:  # the passage kept beside each item is the one in its question
+        assert c["messages"][0]["content"].startswith(passage_text([tuple(r) for r in c["passage"]]) + "\n\n")
