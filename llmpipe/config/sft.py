@@ -17,7 +17,7 @@ class DemoInstructions(Section):
     enabled: bool = True
     train_items: Annotated[int, Field(ge=0)] = 4000
     val_items: Annotated[int, Field(ge=0)] = 300
-    max_speeches: Annotated[int, Field(ge=2, le=20)] = 3  # speeches in a passage: 1..this (the counts asked)
+    max_speeches: Annotated[int, Field(ge=2, le=20)] = 3  # speeches in a passage
     max_lines: Annotated[int, Field(ge=1, le=20)] = 2  # lines kept of each speech
     max_chars: Annotated[int, Field(ge=40)] = 320  # characters of a passage
 
