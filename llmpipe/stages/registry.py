@@ -135,9 +135,10 @@ STAGES: list[Stage] = [
           {"model": "pretrain.model", "train": "sft-data.train", "val": "sft-data.val"},
           {"model": Out("data/finetune/model"), "checkpoints": Out("data/finetune/checkpoints", "state")},
           {"train": Plot("data/plots/finetune.tsv", "step", "loss")}),
-    Stage("chat-eval", "exact match on held-out instructions, base and finetuned", ("chat_eval",),
-          {"base": "pretrain.model", "model": "finetune.model", "val": "sft-data.val",
-           "tokenizer": "tokenizer.tokenizer"},
+    # the train items give the majority-answer baseline (issue 25)
+    Stage("chat-eval", "exact match on held-out instructions: finetuned vs trivial baselines, and base",
+          ("chat_eval",), {"base": "pretrain.model", "model": "finetune.model", "val": "sft-data.val",
+                           "train": "sft-data.train", "tokenizer": "tokenizer.tokenizer"},
           {"samples": Out("data/chat_eval/samples.jsonl", "report")}),
 ]
 
