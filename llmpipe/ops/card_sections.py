@@ -200,7 +200,7 @@ def samples(inputs, root: Path, params_path: Path | None) -> str:
             inputs.note("data/trace", why)
     out = []
     if tracer is not None:
-        out.append(f'<p class="src">marked: spans of {tracer.min_tokens}+ tokens found verbatim in the training '
+        out.append(f'<p class="src">marked: spans of {tracer.min_tokens}+ tokens (trace.min_tokens) found verbatim in the training '
                    "documents; hover a mark for the documents (source: data/trace)</p>")
     for i, s in enumerate(rows):
         text = str(s.get("completion", ""))
