@@ -68,7 +68,8 @@ def funnel(inputs) -> str:
         src = "data/scrape/report.json"
         if skipped:
             out.append("<h3>Scrape: inputs skipped, by reason</h3>" + table(
-                ["reason", "inputs"], [[escape(r), cell(n, f"{src}: skipped.{r}")] for r, n in sorted(skipped.items())], [src]))
+                ["reason", "inputs"], [[escape(r), cell(n, f"{src}: skipped.{r}")] for r, n in sorted(skipped.items())],
+                [src]))
         else:
             out.append(f'<p class="src">scrape skipped no input (source: {src})</p>')
     if filt is not None:
@@ -96,19 +97,24 @@ def funnel(inputs) -> str:
 
 
 def tokenizer(inputs) -> str:
-    rows = []
+    rows, sources = [], []
     meta = inputs.json(M + "tokenizer.json")
     if meta is not None:
-        rows += [[k, cell(meta[k], f"{M}tokenizer.json: {k}")] for k in ("vocab_size", "eot_id", "train_docs") if k in meta]
+        sources.append(M + "tokenizer.json")
+        rows += [[k, cell(meta[k], f"{M}tokenizer.json: {k}")] for k in ("vocab_size", "eot_id", "train_docs")
+                 if k in meta]
     tok = inputs.json(M + "tokenize.json")
     if tok and tok.get("val_tokens"):
+        sources.append(M + "tokenize.json")
         rows.append(["bytes per token (val split)", cell(tok["val_bytes"] / tok["val_tokens"],
                                                           f"{M}tokenize.json: val_bytes / val_tokens")])
         rows += [[k, cell(tok[k], f"{M}tokenize.json: {k}")] for k in ("train_tokens", "val_tokens") if k in tok]
     ev = inputs.json(M + "evaluate.json")
     if ev and "bytes_per_token" in ev:
-        rows.append(["bytes per token (evaluated tokens)", cell(ev["bytes_per_token"], f"{M}evaluate.json: bytes_per_token")])
-    out = table(["statistic", "value"], rows, sorted({c.split('source: ')[1].split(':')[0] for _, c in rows})) if rows else ""
+        sources.append(M + "evaluate.json")
+        rows.append(["bytes per token (evaluated tokens)",
+                     cell(ev["bytes_per_token"], f"{M}evaluate.json: bytes_per_token")])
+    out = table(["statistic", "value"], rows, sources) if rows else ""
     spec = inputs.json("data/tokenizer/tokenizer.json")
     if spec is not None:
         special = [t for t in spec.get("added_tokens", []) if t.get("special")]
@@ -138,7 +144,8 @@ def curves(inputs) -> str:
     baselines = [(f"uniform over {vocab} tokens (ln V)", math.log(vocab))] if vocab else []
     if series:
         svg = line_chart(series, "tokens seen", "cross-entropy (nats per token)", baselines)
-        out.append(figure(svg, "source: " + ", ".join(TSV_CURVES[k] for k, rows in (("train", train), ("val", val)) if rows)
+        drawn = [TSV_CURVES[k] for k, rows in (("train", train), ("val", val)) if rows]
+        out.append(figure(svg, "source: " + ", ".join(drawn)
                           + (f"; baseline: vocab_size of {M}tokenizer.json" if vocab else "")))
     bench = inputs.rows(TSV_CURVES["bench"])
     if bench:
@@ -147,14 +154,16 @@ def curves(inputs) -> str:
                    [r[c] for r in bench]) for c in columns]
         results = inputs.json("data/evals/benchmark.json") or {}
         chance = {name: t.get("random") for name, t in results.get("tasks", {}).items()}
-        named = {c.removesuffix("_acc_norm"): chance.get(c.removesuffix("_acc_norm")) for c in columns if c != "acc_norm"}
+        named = {c.removesuffix("_acc_norm"): chance.get(c.removesuffix("_acc_norm"))
+                 for c in columns if c != "acc_norm"}
         levels: dict[float, list[str]] = {}
         for name, level in sorted(named.items()):
             if level is not None:
                 levels.setdefault(level, []).append(name)
         baselines = [(f"chance: {', '.join(names)}", level) for level, names in sorted(levels.items())]
         svg = line_chart(series, "tokens seen", "accuracy (acc_norm), in-loop items", baselines)
-        out.append(figure(svg, f"source: {TSV_CURVES['bench']}" + ("; chance: data/evals/benchmark.json" if baselines else "")))
+        chance_src = "; chance: data/evals/benchmark.json" if baselines else ""
+        out.append(figure(svg, f"source: {TSV_CURVES['bench']}{chance_src}"))
     return "".join(out) or "<p>no curves</p>"
 
 
@@ -165,12 +174,14 @@ def evaluation(inputs) -> str:
         src = M + "evaluate.json"
         bpb = [[k, cell(v, f"{src}: {k}")] for k, v in sorted(ev.items()) if k.endswith("bits_per_byte")]
         if bpb:
-            out.append("<h3>Held-out bits per byte: the model and its baselines</h3>" + table(["measure", "bits per byte"], bpb, [src]))
+            out.append("<h3>Held-out bits per byte: the model and its baselines</h3>"
+                       + table(["measure", "bits per byte"], bpb, [src]))
         out.append("<h3>evaluate.json</h3>" + key_values(ev, src))
     results = inputs.json("data/evals/benchmark.json")
     if results is not None:
         src = "data/evals/benchmark.json"
-        columns = sorted({k for t in results.get("tasks", {}).values() for k, v in t.items() if not isinstance(v, (dict, list))})
+        columns = sorted({k for t in results.get("tasks", {}).values() for k, v in t.items()
+                          if not isinstance(v, (dict, list))})
         rows = [[escape(name)] + [cell(t[c], f"{src}: tasks.{name}.{c}") if c in t else "<td>-</td>" for c in columns]
                 for name, t in sorted(results.get("tasks", {}).items())]
         out.append("<h3>Benchmarks</h3>" + table(["task", *columns], rows, [src, "data/evals/benchmark.md"]))
@@ -200,8 +211,8 @@ def samples(inputs, root: Path, params_path: Path | None) -> str:
             inputs.note("data/trace", why)
     out = []
     if tracer is not None:
-        out.append(f'<p class="src">marked: spans of {tracer.min_tokens}+ tokens (trace.min_tokens) found verbatim in the training '
-                   "documents; hover a mark for the documents (source: data/trace)</p>")
+        out.append(f'<p class="src">marked: spans of {tracer.min_tokens}+ tokens (trace.min_tokens) found verbatim '
+                   "in the training documents; hover a mark for the documents (source: data/trace)</p>")
     for i, s in enumerate(rows):
         text = str(s.get("completion", ""))
         spans = tracer.trace(text)["spans"] if tracer is not None and text else []
