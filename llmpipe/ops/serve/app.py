@@ -106,14 +106,12 @@ def create_app(engine: Engine, max_body_bytes: int = 1_000_000, api_key: str | N
         return p.model_card(model_id, engine.created[model_id])
 
     def job_for(req, prompt, param: str, stops: list[str], max_tokens: int | None, mt_param: str,
-                stop_ids: frozenset = frozenset(), logprobs: int | None = None) -> Job:
+                stop_ids: frozenset = frozenset(), logprobs: int | None = None, chars: int = 0) -> Job:
         """In a worker thread: the prompt's ids (tokenizing a long prompt takes a while)."""
         engine.check_model(req.model)
         if (req.n or 1) != 1:
             raise p.ServeError(400, f"n={req.n}: this server makes one choice per request (n=1)", param="n")
-        if callable(prompt):
-            prompt = prompt()
-        return Job(prompt_ids=engine.encode(prompt, param, req.model),
+        return Job(prompt_ids=engine.encode(prompt, param, req.model, chars),
                    max_tokens=engine.check_max_tokens(max_tokens, mt_param),
                    temperature=1.0 if req.temperature is None else req.temperature,
                    top_p=1.0 if req.top_p is None else req.top_p, seed=req.seed, stops=stops, stop_ids=stop_ids,
@@ -126,7 +124,7 @@ def create_app(engine: Engine, max_body_bytes: int = 1_000_000, api_key: str | N
                        else (req.max_tokens, "max_tokens"))
         template = engine.template  # the chat format, or plain text for a tokenizer without its markers
         return req, job_for(req, lambda: template.prompt_ids(messages), "messages", template.stops + req.stops(),
-                            limit, name, template.stop_ids, req.logprobs_k())
+                            limit, name, template.stop_ids, req.logprobs_k(), template.chars(messages))
 
     def completion_job(body: bytes):
         req = p.parse(p.CompletionRequest, decode_json(body))
@@ -178,7 +176,7 @@ def create_app(engine: Engine, max_body_bytes: int = 1_000_000, api_key: str | N
     return app
 
 
-async def watch_disconnect(request: Request, job: Job, every: float = 0.1) -> None:
+async def watch_disconnect(request: Request, job: Job, every: float = 0.05) -> None:
     """Cancel the job when its client goes away (uvicorn does not stop a handler for that)."""
     while not job.cancelled:
         if await request.is_disconnected():

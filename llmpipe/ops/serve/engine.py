@@ -78,6 +78,9 @@ class Engine:
         self.model_id = next(iter(models))  # the default
         self.tok = Tokenizer.from_file(str(tokenizer_path))
         self.token_bytes = TokenBytes(self.tok)
+        # no token spells more characters than the longest vocabulary entry: a prompt longer than the
+        # context times that cannot fit, and is refused before any tokenizing
+        self.max_token_chars = max(len(t) for t in self.tok.get_vocab())
         self.eot = self.tok.token_to_id(EOT)
         self.template = ChatTemplate(self.tok)
         self.max_queue, self.compile = max_queue, compile
@@ -102,11 +105,20 @@ class Engine:
                              f"{', '.join(map(repr, self.models))}", param="model", code="model_not_found")
 
     # -- admission (called off the event loop: a 1 MB prompt takes a while to tokenize) --
-    def encode(self, text: str | list[int], param: str, model_id: str) -> list[int]:
-        """A prompt's ids (of a text, or ids already); one that does not fit the context is a 400 (it
-        would be cut silently)."""
-        ids = self.tok.encode(text).ids if isinstance(text, str) else text
+    def encode(self, text, param: str, model_id: str, chars: int = 0) -> list[int]:
+        """A prompt's ids, of a text, of ids already, or made by a function (the chat template); one that does
+        not fit the context is a 400 (it would be cut silently). chars: the characters text holds."""
         context = self.context(model_id)
+        chars = len(text) if isinstance(text, str) else chars
+        if chars > (context - 1) * self.max_token_chars:
+            raise ServeError(400, f"the prompt is {chars} characters, more than {context - 1} tokens can spell (at "
+                             f"most {self.max_token_chars} characters each), but this model's context is {context} "
+                             f"tokens; shorten the {param}",
+                             param=param, code="context_length_exceeded")
+        if callable(text):
+            ids = text()
+        else:  # the batch call lets go of the GIL: other requests go on while a long prompt is tokenized
+            ids = self.tok.encode_batch([text])[0].ids if isinstance(text, str) else text
         if len(ids) >= context:
             raise ServeError(400, f"the prompt is {len(ids)} tokens, but this model's context is {context} "
                              f"tokens, so a prompt may have at most {context - 1}; shorten the {param}",
