@@ -277,3 +277,27 @@ def log_artifact_to_run(root: Path, run_id: str, path: Path) -> bool:
     except Exception as err:  # noqa: BLE001 - fail-soft by contract
         log.warning("%s not logged to MLflow run %s (%s: %s)", path, run_id, err.__class__.__name__, err)
         return False
+
+
+def download_model_version(root: Path, target: str, dest: Path) -> Path:
+    """Download registered model version `models:/<name>/<version>` (its safetensors folder) into dest;
+    the folder's path."""
+    from mlflow.artifacts import download_artifacts
+    from mlflow.exceptions import MlflowException
+    from mlflow.tracking import MlflowClient
+
+    name, _, version = target.removeprefix("models:/").rpartition("/")
+    if not name or not version.isdigit():
+        raise InputError(f"{target}: name a registered model version as models:/NAME/VERSION (e.g. "
+                         "models:/llmpipe-gpt-chat/2)")
+    uri = tracking_uri(root)
+    _configure_env(uri)
+    client = MlflowClient(tracking_uri=uri)
+    try:
+        source = client.get_model_version_download_uri(name, version)
+        folder = Path(download_artifacts(artifact_uri=source, dst_path=str(dest), tracking_uri=uri))
+    except MlflowException as err:
+        raise InputError(f"{target}: no such model version in {uri} ({err.message})") from None
+    if not (folder / "model.safetensors").exists():
+        raise InputError(f"{target}: its artifact {source} holds no model.safetensors")
+    return folder
