@@ -2,8 +2,10 @@
 
 Two sources, in any mix: the instruction files named in `sft_data.files` (Alpaca, ShareGPT, OpenAI
 messages; llmpipe.data.instructions), split by a hash of each conversation, and the demo's checkable
-set made from the corpus's plays (llmpipe.data.playqa), split by document with the `split` section,
-so held-out items come from plays neither pretraining nor finetuning saw. Every record that cannot be
+set made from the corpus's plays (llmpipe.data.playqa), split by document as the split stage decided,
+so held-out items come from plays neither pretraining nor finetuning saw; a held-out demo item that
+still shares a word 13-gram with training text (the pretraining train split or the finetuning train
+items) is dropped and listed in the report (val_contaminated). Every record that cannot be
 used is counted by reason with file:line in data/sft/report.json; the stage fails (exit 2) only
 when no training conversation remains.
 """
@@ -11,6 +13,7 @@ when no training conversation remains.
 from __future__ import annotations
 
 import glob
+import itertools
 import json
 import logging
 import random
@@ -21,11 +24,12 @@ import xxhash
 from tokenizers import Tokenizer
 
 from llmpipe.data.instructions import BadRecord, read_records, to_conversation
+from llmpipe.data.ngrams import NgramSet
 from llmpipe.data.playqa import items_of_play
 from llmpipe.stages.registry import StageParams, StageResult, stage
 from llmpipe.tokens.chat import ChatFormat
 from llmpipe.tokens.examples import packed, padded, write_examples
-from llmpipe.tokens.split import val_mask
+from llmpipe.tokens.split import iter_split_texts, read_val_mask
 from llmpipe.util.io import InputError, iter_parquet_batches, write_json
 from llmpipe.util.tally import Tally
 
@@ -63,15 +67,15 @@ def is_val(messages: list[dict], val_fraction: float, seed: int) -> bool:
     return xxhash.xxh64_intdigest(key, seed=seed) / 2.0**64 < val_fraction
 
 
-def demo_conversations(docs: Path, params: StageParams) -> tuple[list[dict], list[dict]]:
-    """(train, val) pools of items from the plays, shuffled; val items only from the split section's val
+def demo_conversations(docs: Path, assignments: Path, params: StageParams) -> tuple[list[dict], list[dict]]:
+    """(train, val) pools of items from the plays, shuffled; val items only from the split stage's val
     documents."""
-    demo, split = params.sft_data.demo, params.split
+    demo = params.sft_data.demo
     ids, texts = [], []
     for batch in iter_parquet_batches(docs, 64, ["id", "text"]):
         ids += batch.column("id").to_pylist()
         texts += batch.column("text").to_pylist()
-    held_out = val_mask(ids, split.val_fraction, split.seed) if ids else []
+    held_out = read_val_mask(assignments, docs) if ids else []
     pools: tuple[list[dict], list[dict]] = ([], [])
     for doc_id, text, val in zip(ids, texts, held_out):
         for k, item in enumerate(items_of_play(text, params.sft_data.seed, doc_id, demo.max_speeches,
@@ -83,6 +87,25 @@ def demo_conversations(docs: Path, params: StageParams) -> tuple[list[dict], lis
     for pool in pools:
         rng.shuffle(pool)
     return pools[0], pools[1]
+
+
+CONTAMINATION_NGRAM = 13
+
+
+def conversation_text(c: dict) -> str:
+    return "\n".join(m["content"] for m in c["messages"])
+
+
+def drop_contaminated(held_out: list[dict], training_texts) -> tuple[list[dict], list[dict]]:
+    """(clean, contaminated) held-out conversations: contaminated shares a word 13-gram
+    (llmpipe.data.ngrams) with any of the training texts."""
+    seen = NgramSet(CONTAMINATION_NGRAM)
+    for text in training_texts:
+        seen.add_text(text)
+    clean, dirty = [], []
+    for c in held_out:
+        (dirty if seen.contains(seen.text_ngrams(conversation_text(c))).any() else clean).append(c)
+    return clean, dirty
 
 
 def render(conversations: list[dict], fmt: ChatFormat, block_size: int, tally: Tally, group: str = "skipped",
@@ -114,8 +137,16 @@ def run(params: StageParams, root: Path, sink=None) -> StageResult:
     splits: dict[str, list[dict]] = {"train": [], "val": []}
     for c in file_conversations(cfg.files, root, tally):
         splits["val" if is_val(c["messages"], cfg.val_fraction, cfg.seed) else "train"].append(c)
-    pools = demo_conversations(root / STAGE.inp("docs"), params) if cfg.demo.enabled else ([], [])
+    docs, assignments = root / STAGE.inp("docs"), root / STAGE.inp("split")
+    pools = demo_conversations(docs, assignments, params) if cfg.demo.enabled else ([], [])
     metrics: dict = {}
+    contaminated: list[dict] = []
+    if cfg.demo.enabled:  # checked against all training text: pretraining's train split and the train items
+        training = itertools.chain(iter_split_texts(docs, assignments, want_val=False),
+                                   map(conversation_text, splits["train"] + pools[0]))
+        clean, contaminated = drop_contaminated(pools[1], training)
+        pools = (pools[0], clean)
+        metrics["val_contaminated"] = len(contaminated)
     for (name, conversations), pool, n in zip(splits.items(), pools, (cfg.demo.train_items, cfg.demo.val_items)):
         rendered, kept = render(conversations, fmt, cfg.block_size, tally)
         demo_rendered, demo_kept = render(pool, fmt, cfg.block_size, tally, group="demo", limit=n)
@@ -134,6 +165,7 @@ def run(params: StageParams, root: Path, sink=None) -> StageResult:
     if cfg.demo.enabled:  # passages too long for the context, passed over while choosing demo items
         metrics["demo_passed_over_too_long"] = tally.group("demo")["too_long"]
     report = {"records_in_files": tally.totals["records"], "skipped": dict(skipped),
+              "val_contaminated_dropped": [c["source"] for c in contaminated],
               "examples": tally.examples.get("skipped", {}), **metrics}
     write_json(root / STAGE.out("report"), report)
     for reason, n in skipped.most_common():
