@@ -43,7 +43,7 @@ class Decontaminate(Section):
 
     enabled: bool = True
     ngram: NgramSize = 13
-    max_overlap: Annotated[float, Field(ge=0.0, le=1.0)] = 0.05
+    max_overlap: Annotated[float, Field(ge=0.0, le=1.0)] = 0.01
 
 
 class SplitParams(Section):

@@ -98,7 +98,8 @@ def assign(docs: Path, split: SplitParams) -> tuple[pa.Table, dict]:
         moved, overlap = decontaminate(docs, val, keys, split)
     if not val.any():
         raise InputError(f"split.decontaminate.max_overlap: every val document overlaps the train split by more "
-                         f"than {split.decontaminate.max_overlap} ({len(moved)} moved), so val would be empty")
+                         f"than {split.decontaminate.max_overlap} ({len(moved)} moved), so val would be empty (raise it or "
+                         f"split.val_fraction, or keep documents that share text together with split.group)")
     sizes = text_bytes(docs)
     reasons = [moved[r][0] if r in moved else "group" for r in range(len(ids))]
     table = pa.table({"id": ids, "group": keys, "side": ["val" if v else "train" for v in val],

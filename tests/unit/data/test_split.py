@@ -137,3 +137,39 @@ def test_group_params_are_checked():
         SplitParams(group={"by": "path_regex"})
     with pytest.raises(ValidationError, match="not a regular expression"):
         SplitParams(group={"by": "path_regex", "path_regex": "books/("})
+
+
+def speech_lines(n: int, tag: str) -> list[str]:
+    return [f"{tag}{k} " + " ".join(RNG.choice(VOCAB, 14)) for k in range(n)]
+
+
+def play(lines: list[str]) -> str:
+    return "\n".join(f"{'Hor' if k % 2 else 'Mar'}.\n{line}\n" for k, line in enumerate(lines))
+
+
+def test_sft_data_drops_held_out_items_that_share_a_13gram_with_training_text(tmp_path):
+    from llmpipe.config.sft import SftDataParams
+    from llmpipe.config.tokens import TokenizerParams
+    from llmpipe.stages import sft_data
+    from llmpipe.tokens.bpe import train_tokenizer
+
+    val_lines = speech_lines(40, "v")
+    planted = val_lines[10:14]  # four of the held-out play's speeches, quoted in a training play
+    texts = [play(speech_lines(40, "t") + planted), play(val_lines)]
+    write_docs(tmp_path, ["train-play", "val-play"], texts)
+    (tmp_path / "data/split").mkdir(parents=True)
+    pd.DataFrame({"id": ["train-play", "val-play"], "side": ["train", "val"]}).to_parquet(
+        tmp_path / "data/split/assignments.parquet")
+    (tmp_path / "data/tokenizer").mkdir(parents=True)
+    train_tokenizer(iter(texts), TokenizerParams(vocab_size=300)).save(str(tmp_path / "data/tokenizer/tokenizer.json"))
+    params = SimpleNamespace(sft_data=SftDataParams(block_size=256, demo={
+        "train_items": 100, "val_items": 100, "max_speeches": 2, "max_lines": 1, "max_chars": 400}))
+    metrics = sft_data.run(params, tmp_path).metrics
+    report = json.loads((tmp_path / "data/sft/report.json").read_text())
+    kept = [json.loads(x) for x in (tmp_path / "data/sft/val/conversations.jsonl").read_text().splitlines()]
+    quotes = lambda c: any(line in c["messages"][0]["content"] for line in planted)  # noqa: E731
+    assert metrics["val_contaminated"] == len(report["val_contaminated_dropped"]) >= 2
+    assert all(s.startswith("demo:val-play#") for s in report["val_contaminated_dropped"])
+    assert kept and not any(quotes(c) for c in kept)
+    assert metrics["val_conversations"] == len(kept) and not set(report["val_contaminated_dropped"]) & {
+        c["source"] for c in kept}
