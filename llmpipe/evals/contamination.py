@@ -3,8 +3,8 @@
 Word n-grams as llmpipe.data.ngrams defines them (shared with the train/val decontamination): text is
 lowercased and split into words (\\w+), and every run of 13 consecutive words is an n-gram. An item
 is contaminated when any n-gram of its text (its context with the right answer) occurs in a training
-document. Texts of fewer than 13 words have no
-n-gram and are never flagged; `seen` falls back to a phrase search for them.
+document. Texts of fewer than 13 words have no n-gram and are never flagged; `seen` falls back to a
+phrase search for them.
 
 The index is two numpy arrays on disk, sorted by n-gram hash: the 64-bit hash (xxh64 of each word,
 combined by a polynomial) and the document's row; 12 bytes per distinct (n-gram, document), loaded

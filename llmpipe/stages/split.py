@@ -98,8 +98,9 @@ def assign(docs: Path, split: SplitParams) -> tuple[pa.Table, dict]:
         moved, overlap = decontaminate(docs, val, keys, split)
     if not val.any():
         raise InputError(f"split.decontaminate.max_overlap: every val document overlaps the train split by more "
-                         f"than {split.decontaminate.max_overlap} ({len(moved)} moved), so val would be empty (raise it or "
-                         f"split.val_fraction, or keep documents that share text together with split.group)")
+                         f"than {split.decontaminate.max_overlap} ({len(moved)} moved), so val would be empty "
+                         f"(raise it or split.val_fraction, or keep documents that share text together with "
+                         f"split.group)")
     sizes = text_bytes(docs)
     reasons = [moved[r][0] if r in moved else "group" for r in range(len(ids))]
     table = pa.table({"id": ids, "group": keys, "side": ["val" if v else "train" for v in val],
@@ -131,7 +132,8 @@ def run(params: StageParams, root: Path, sink=None) -> StageResult:
     write_json(root / STAGE.out("report"), report)
     for m in report["moved"]:
         log.info("split: %s moved to train (%s, overlap %.4f)", m["id"], m["reason"], m["overlap"])
-    metrics = {f"{side}_{what}": report[what][side] for what in ("docs", "bytes", "groups") for side in ("train", "val")}
+    metrics = {f"{side}_{what}": report[what][side]
+               for what in ("docs", "bytes", "groups") for side in ("train", "val")}
     metrics.update({"moved_to_train": len(report["moved"]), "groups_from_id": report["groups_from_id"],
                     "seconds": round(time.perf_counter() - t0, 3)})
     if report["val_overlap_max"] is not None:
