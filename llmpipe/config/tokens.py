@@ -41,7 +41,7 @@ class Decontaminate(Section):
     """As Paloma: a val document whose share of word n-grams also found in the train split exceeds
     max_overlap moves to train, with the rest of its group (the split stage's report lists each)."""
 
-    enabled: bool = True
+    enabled: bool = True  # false: the hash of the group key alone decides (nothing moves)
     ngram: NgramSize = 13
     max_overlap: Annotated[float, Field(ge=0.0, le=1.0)] = 0.01
 
@@ -52,7 +52,7 @@ class SplitParams(Section):
 
     val_fraction: Annotated[float, Field(gt=0.0, lt=1.0)] = 0.1
     seed: Seed = 0
-    group: SplitGroup = SplitGroup()
+    group: SplitGroup = SplitGroup()  # what keeps documents together on one side
     decontaminate: Decontaminate = Decontaminate()
 
 

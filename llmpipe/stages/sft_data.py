@@ -5,7 +5,7 @@ messages; llmpipe.data.instructions), split by a hash of each conversation, and 
 set made from the corpus's plays (llmpipe.data.playqa), split by document as the split stage decided,
 so held-out items come from plays neither pretraining nor finetuning saw; a held-out demo item that
 still shares a word 13-gram with training text (the pretraining train split or the finetuning train
-items) is dropped and listed in the report (val_contaminated). Every record that cannot be
+items) is passed over and listed in the report (val_contaminated). Every record that cannot be
 used is counted by reason with file:line in data/sft/report.json; the stage fails (exit 2) only
 when no training conversation remains.
 """
@@ -18,6 +18,7 @@ import json
 import logging
 import random
 import time
+from collections.abc import Iterable, Iterator
 from pathlib import Path
 
 import xxhash
@@ -25,7 +26,7 @@ from tokenizers import Tokenizer
 
 from llmpipe.data.instructions import BadRecord, read_records, to_conversation
 from llmpipe.data.ngrams import NgramSet
-from llmpipe.data.playqa import items_of_play
+from llmpipe.data.playqa import balanced, items_of_play
 from llmpipe.stages.registry import StageParams, StageResult, stage
 from llmpipe.tokens.chat import ChatFormat
 from llmpipe.tokens.examples import packed, padded, write_examples
@@ -67,28 +68,6 @@ def is_val(messages: list[dict], val_fraction: float, seed: int) -> bool:
     return xxhash.xxh64_intdigest(key, seed=seed) / 2.0**64 < val_fraction
 
 
-def demo_conversations(docs: Path, assignments: Path, params: StageParams) -> tuple[list[dict], list[dict]]:
-    """(train, val) pools of items from the plays, shuffled; val items only from the split stage's val
-    documents."""
-    demo = params.sft_data.demo
-    ids, texts = [], []
-    for batch in iter_parquet_batches(docs, 64, ["id", "text"]):
-        ids += batch.column("id").to_pylist()
-        texts += batch.column("text").to_pylist()
-    held_out = read_val_mask(assignments, docs) if ids else []
-    pools: tuple[list[dict], list[dict]] = ([], [])
-    for doc_id, text, val in zip(ids, texts, held_out):
-        for k, item in enumerate(items_of_play(text, params.sft_data.seed, doc_id, demo.max_speeches,
-                                               demo.max_lines, demo.max_chars)):
-            pools[int(val)].append({"messages": [{"role": "user", "content": item.question},
-                                                 {"role": "assistant", "content": item.answer}],
-                                    "source": f"demo:{doc_id}#{k}", "task": item.task})
-    rng = random.Random(params.sft_data.seed)
-    for pool in pools:
-        rng.shuffle(pool)
-    return pools[0], pools[1]
-
-
 CONTAMINATION_NGRAM = 13
 
 
@@ -96,19 +75,45 @@ def conversation_text(c: dict) -> str:
     return "\n".join(m["content"] for m in c["messages"])
 
 
-def drop_contaminated(held_out: list[dict], training_texts) -> tuple[list[dict], list[dict]]:
-    """(clean, contaminated) held-out conversations: contaminated shares a word 13-gram
-    (llmpipe.data.ngrams) with any of the training texts."""
-    seen = NgramSet(CONTAMINATION_NGRAM)
-    for text in training_texts:
-        seen.add_text(text)
-    clean, dirty = [], []
-    for c in held_out:
-        (dirty if seen.contains(seen.text_ngrams(conversation_text(c))).any() else clean).append(c)
-    return clean, dirty
+def demo_conversations(docs: Path, assignments: Path, params: StageParams, fits=lambda conversation: True,
+                       training: NgramSet | None = None, contaminated: list | None = None) -> tuple[Iterator, Iterator]:
+    """(train, val) streams of items from the plays, in `balanced` order, only those that `fits` accepts
+    (asked lazily: of the items reached); val items only from the split stage's val documents. With
+    `training` (the n-grams of the other training text), the train items' n-grams join it and a val
+    item sharing one is passed over and appended to `contaminated`."""
+    demo = params.sft_data.demo
+    ids, texts = [], []
+    for batch in iter_parquet_batches(docs, 64, ["id", "text"]):
+        ids += batch.column("id").to_pylist()
+        texts += batch.column("text").to_pylist()
+    held_out = read_val_mask(assignments, docs) if ids else []
+    pools: tuple[list, list] = ([], [])
+    for doc_id, text, val in zip(ids, texts, held_out):
+        for k, item in enumerate(items_of_play(text, params.sft_data.seed, doc_id, demo.max_speeches,
+                                               demo.max_lines, demo.max_chars)):
+            pools[int(val)].append(({"messages": [{"role": "user", "content": item.question},
+                                                  {"role": "assistant", "content": item.answer}],
+                                     "source": f"demo:{doc_id}#{k}", "task": item.task, "passage": item.passage,
+                                     "stratum": item.stratum}, item))
+    # Balanced in every prefix, whatever number of items is taken, and so no trivial rule beats chance;
+    # the passage's rows go along, for chat-eval's trivial baselines (llmpipe.evals.trivial).
+    if training is not None:
+        for c, _ in pools[0]:
+            training.add_text(conversation_text(c))
+
+    def clean(c: dict) -> bool:
+        if training is not None and training.contains(training.text_ngrams(conversation_text(c))).any():
+            contaminated.append(c)
+            return False
+        return True
+
+    rng = random.Random(params.sft_data.seed)
+    keeps = (lambda p: fits(p[0]), lambda p: fits(p[0]) and clean(p[0]))
+    train, val = ((c for c, _ in balanced(pool, rng, key=lambda p: p[1], keep=keep)) for pool, keep in zip(pools, keeps))
+    return train, val
 
 
-def render(conversations: list[dict], fmt: ChatFormat, block_size: int, tally: Tally, group: str = "skipped",
+def render(conversations: Iterable[dict], fmt: ChatFormat, block_size: int, tally: Tally, group: str = "skipped",
            limit: int | None = None) -> tuple[list, list[dict]]:
     """(rendered, kept conversations), at most `limit`: one longer than the context is counted as
     too_long in `group` (the demo's pool counts apart: its long passages are not bad input)."""
@@ -137,16 +142,17 @@ def run(params: StageParams, root: Path, sink=None) -> StageResult:
     splits: dict[str, list[dict]] = {"train": [], "val": []}
     for c in file_conversations(cfg.files, root, tally):
         splits["val" if is_val(c["messages"], cfg.val_fraction, cfg.seed) else "train"].append(c)
+    # a demo item too long for the context is passed over before it is taken, so the kept ones stay balanced
+    fits = lambda c: bool(render([c], fmt, cfg.block_size, tally, group="demo")[1])  # noqa: E731
     docs, assignments = root / STAGE.inp("docs"), root / STAGE.inp("split")
-    pools = demo_conversations(docs, assignments, params) if cfg.demo.enabled else ([], [])
+    training, contaminated = NgramSet(CONTAMINATION_NGRAM), []
+    if cfg.demo.enabled:  # held-out items are checked against all training text (the train items join inside)
+        for text in itertools.chain(iter_split_texts(docs, assignments, want_val=False),
+                                    map(conversation_text, splits["train"])):
+            training.add_text(text)
+    pools = (demo_conversations(docs, assignments, params, fits, training, contaminated) if cfg.demo.enabled
+             else ([], []))
     metrics: dict = {}
-    contaminated: list[dict] = []
-    if cfg.demo.enabled:  # checked against all training text: pretraining's train split and the train items
-        training = itertools.chain(iter_split_texts(docs, assignments, want_val=False),
-                                   map(conversation_text, splits["train"] + pools[0]))
-        clean, contaminated = drop_contaminated(pools[1], training)
-        pools = (pools[0], clean)
-        metrics["val_contaminated"] = len(contaminated)
     for (name, conversations), pool, n in zip(splits.items(), pools, (cfg.demo.train_items, cfg.demo.val_items)):
         rendered, kept = render(conversations, fmt, cfg.block_size, tally)
         demo_rendered, demo_kept = render(pool, fmt, cfg.block_size, tally, group="demo", limit=n)
@@ -164,6 +170,7 @@ def run(params: StageParams, root: Path, sink=None) -> StageResult:
     metrics.update({f"skipped_{reason}": n for reason, n in sorted(skipped.items())})
     if cfg.demo.enabled:  # passages too long for the context, passed over while choosing demo items
         metrics["demo_passed_over_too_long"] = tally.group("demo")["too_long"]
+        metrics["val_contaminated"] = len(contaminated)  # of the held-out items reached, all passed over
     report = {"records_in_files": tally.totals["records"], "skipped": dict(skipped),
               "val_contaminated_dropped": [c["source"] for c in contaminated],
               "examples": tally.examples.get("skipped", {}), **metrics}

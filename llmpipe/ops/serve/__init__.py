@@ -9,10 +9,23 @@ from __future__ import annotations
 import logging
 import os
 
+from llmpipe.config.base import ParamsError
 from llmpipe.stages.registry import stage
 from llmpipe.util.io import InputError
 
 log = logging.getLogger("llmpipe")
+
+
+def load_tracer(args):
+    """The trace index for /v1/trace and the web chat's marked spans, or None and why (the server runs
+    without it: tracing is an addition, not a condition of serving)."""
+    from llmpipe.ops.trace import make_tracer
+
+    try:
+        return make_tracer(args.root, args.params), ""
+    except (InputError, ParamsError, OSError) as err:
+        log.warning("no tracing: %s", err)
+        return None, f"no trace index: {err}"
 
 
 def command(args) -> None:
@@ -34,7 +47,8 @@ def command(args) -> None:
     engine = Engine(model_dir, tokenizer, model_id=args.model_name, max_queue=args.max_queue,
                     max_tokens_limit=args.max_tokens_limit, compile=args.compile,
                     threads=args.threads or max(1, (os.cpu_count() or 2) // 2))
-    app = create_app(engine, max_body_bytes=args.max_body_bytes)
+    tracer, missing = load_tracer(args)
+    app = create_app(engine, max_body_bytes=args.max_body_bytes, tracer=tracer, trace_missing=missing)
     log.info("serving %s (%s, context %d tokens) on http://%s:%d/ (web chat at /, API at /v1)",
              args.model_name, model_dir, engine.context, args.host, args.port)
     try:

@@ -14,6 +14,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 
 import llmpipe.ops.serve.protocol as p
 from llmpipe.ops.serve.engine import Engine, Job
+from llmpipe.ops.serve.tracing import add_trace_route
 
 CHAT_PAGE = Path(__file__).with_name("chat.html")
 
@@ -36,8 +37,10 @@ async def read_json(request: Request, max_body_bytes: int):
         raise p.ServeError(400, f"the request body is not valid JSON: {err}") from None
 
 
-def create_app(engine: Engine, max_body_bytes: int = 1_000_000) -> FastAPI:
+def create_app(engine: Engine, max_body_bytes: int = 1_000_000, tracer=None,
+               trace_missing: str = "this server has no trace index") -> FastAPI:
     app = FastAPI(title="llmpipe serve", docs_url=None, redoc_url=None, openapi_url=None)
+    add_trace_route(app, tracer, trace_missing, lambda request: read_json(request, max_body_bytes))
     page = CHAT_PAGE.read_text().replace("{{MODEL_ID}}", html.escape(engine.model_id))
 
     @app.exception_handler(p.ServeError)
