@@ -157,3 +157,20 @@ def test_pretrain_params_rerun_only_pretrain_and_downstream(repro_repo):
     assert proc.returncode == 0, proc.stderr[-2000:]
     ran = [line.split("'")[1] for line in proc.stdout.splitlines() if line.startswith("Running stage")]
     assert ran[0] == "pretrain" and sorted(ran) == ["benchmark", "chat-eval", "evaluate", "finetune", "pretrain", "sample"]
+
+
+def test_the_split_keeps_works_whole_and_val_clean(repro_repo):
+    """Issue 25: both editions of a play on one side, and a val split that shares (almost) no 13-gram
+    with train, measured by tokenize; sft-data says how many held-out items it dropped as contaminated."""
+    import pandas as pd
+
+    repo, _ = repro_repo
+    data = repo / "data"
+    sides = pd.read_parquet(data / "split" / "assignments.parquet")
+    report = json.loads((data / "split" / "report.json").read_text())
+    assert (sides.groupby("group")["side"].nunique() == 1).all() and sides["group"].nunique() < len(sides)
+    assert report["docs"]["val"] == (sides["side"] == "val").sum() > 0 and report["groups_from_id"] == 0
+    tokens = json.loads((data / "metrics" / "tokenize.json").read_text())
+    assert tokens["val_docs"] == report["docs"]["val"] and tokens["val_overlap_13gram"] <= 0.01
+    sft = json.loads((data / "sft" / "report.json").read_text())
+    assert sft["val_contaminated"] == len(sft["val_contaminated_dropped"])
