@@ -136,4 +136,10 @@ def lineage(root: Path, target: str | None) -> str:
 
 
 def command(args) -> None:
+    if getattr(args, "step", None) is not None:  # the documents behind one training step's rows
+        from llmpipe.ops.step_lineage import command as step_command
+
+        if args.target is not None:
+            raise InputError("lineage --step reads the workspace's model (--model-dir), not a target")
+        return step_command(args)
     print(lineage(args.root, args.target))
