@@ -1,11 +1,13 @@
 """`llmpipe lineage --step N`: the rows a step trained on, recomputed from the run's record, equal the
 rows training drew, for 1 and 2 ranks and after a resume; each row's documents cover it exactly."""
 
+import hashlib
+
 import numpy as np
 import pytest
 import torch
 
-from llmpipe.ops.step_lineage import record_from_checkpoint, step_lineage
+from llmpipe.ops.step_lineage import check_data, record_from_checkpoint, step_lineage
 from llmpipe.tokens.loader import TokenData
 from llmpipe.training import data_order
 from llmpipe.training.loop import train
@@ -109,3 +111,10 @@ def test_a_run_resumed_on_more_ranks_keeps_both_layouts():
     assert order["layout"] == [{"first_step": 1, "world_size": 1, "grad_accum_steps": 2},
                                {"first_step": 7, "world_size": 2, "grad_accum_steps": 1}]
     assert data_order.layout_at(order, 6)["world_size"] == 1 and data_order.layout_at(order, 7)["world_size"] == 2
+
+
+def test_tokens_other_than_the_trained_ones_are_refused(token_dir):  # noqa: F811
+    trained = hashlib.sha256((token_dir / "manifest.json").read_bytes()).hexdigest()
+    check_data(token_dir, {"data_sha256": trained})
+    with pytest.raises(InputError, match="not the tokens this model was trained on .DVC hash abc.dir"):
+        check_data(token_dir, {"data_sha256": "0" * 64, "data_dvc_md5": "abc.dir"})
