@@ -71,8 +71,8 @@ def step_lineage(token_dir: Path, order: dict, step: int, tokenizer=None) -> dic
         parts = docs.overlapping(split_offset, split_offset + len(ids))
         if tokenizer is not None:
             for p in parts:
-                p["text"] = tokenizer.decode(ids[p["row_start"] : p["row_start"] + p["doc_end"] - p["doc_start"]].tolist(),
-                                             skip_special_tokens=False)
+                held = ids[p["row_start"] : p["row_start"] + p["doc_end"] - p["doc_start"]]
+                p["text"] = tokenizer.decode(held.tolist(), skip_special_tokens=False)
         rows.append({"micro_step": micro, "row": row, "shard": files[shard], "shard_offset": offset,
                      "split_offset": split_offset, "ids": ids.tolist(), "docs": parts})
     layout = layout_at(order, step)
@@ -87,22 +87,22 @@ def _clip(text: str, width: int) -> str:
 
 
 def format_table(result: dict) -> str:
-    r, rows = result, result["rows"]
-    id_width = min(max((len(d["id"]) for row in rows for d in row["docs"]), default=2), 40)
-    lines = [f"step {r['step']} (global batch {r['batch']}) of {r['tokens_dir']}, {r['split']} split: seed {r['seed']}, "
-             f"{r['world_size']} rank(s) x {r['micro_batch_size']} rows x {r['grad_accum_steps']} micro-step(s), "
-             f"rows of {r['block_size'] + 1} tokens, doc_aligned {str(r['doc_aligned']).lower()}",
-             f"(rank k trained on rows {r['micro_batch_size']}k to {r['micro_batch_size']}k+{r['micro_batch_size'] - 1} "
-             "of each micro-step; doc tokens: the range of the document the row holds)",
+    r, rows, per_rank = result, result["rows"], result["micro_batch_size"]
+    id_width = min(max([len("document id")] + [len(d["id"]) for row in rows for d in row["docs"]]), 40)
+    lines = [f"step {r['step']} (global batch {r['batch']}) of {r['tokens_dir']}, {r['split']} split: "
+             f"seed {r['seed']}, {r['world_size']} rank(s) x {per_rank} rows x {r['grad_accum_steps']} "
+             f"micro-step(s), rows of {r['block_size'] + 1} tokens, doc_aligned {str(r['doc_aligned']).lower()}",
+             f"(rank k trained on rows {per_rank}k to {per_rank}k+{per_rank - 1} of each micro-step; "
+             "doc tokens: the range of the document the row holds)",
              f"{'micro':>5} {'row':>4}  {'shard:offset':24} {'doc tokens':>13}  {'document id':{id_width}} "
              f"{'source':10} {'title':24}  text"]
     for row in rows:
         for i, d in enumerate(row["docs"]):
-            head = (f"{row['micro_step']:>5} {row['row']:>4}  {row['shard'] + ':' + str(row['shard_offset']):24}"
-                    if i == 0 else " " * 36)
-            lines.append(f"{head} {str(d['doc_start']) + '-' + str(d['doc_end']):>13}  {_clip(d['id'], id_width):{id_width}} "
-                         f"{_clip(d['source'], 10):10} {_clip(d['title'] or d['location'], 24):24}  "
-                         f"{repr(_clip(d['text'], TEXT_CHARS)) if 'text' in d else ''}".rstrip())
+            where = f"{row['shard']}:{row['shard_offset']}"
+            head = f"{row['micro_step']:>5} {row['row']:>4}  {where:24}" if i == 0 else " " * 36
+            text = repr(_clip(d["text"], TEXT_CHARS)) if "text" in d else ""
+            lines.append(f"{head} {d['doc_start']:>6}-{d['doc_end']:<6}  {_clip(d['id'], id_width):{id_width}} "
+                         f"{_clip(d['source'], 10):10} {_clip(d['title'] or d['location'], 24):24}  {text}".rstrip())
     return "\n".join(lines)
 
 
