@@ -29,7 +29,8 @@ COMMANDS: dict[str, tuple[str, str]] = {
                  "llmpipe.ops.dvcgen:command"),
     "generate": ("generate text from the trained model", "llmpipe.ops.generate:command"),
     "export": ("export the trained model for other tools", "llmpipe.ops.export:command"),
-    "lineage": ("print the data versions behind a model or run", "llmpipe.ops.lineage:command"),
+    "lineage": ("print the data versions behind a model or run (--step N: the documents of a training step)",
+                "llmpipe.ops.lineage:command"),
     "serve": ("serve the trained model over an OpenAI-compatible HTTP API, with a web chat",
               "llmpipe.ops.serve:command"),
     "seen": ("does a text occur in the training documents, and in which (13-gram index)",
@@ -71,6 +72,11 @@ def build_parser() -> argparse.ArgumentParser:
                                  help="export a registered MLflow model version (same as --model models:/NAME/VERSION)")
     tools["lineage"].add_argument("target", nargs="?", help="git revision, MLflow run id or "
                                   "models:/<name>/<version> (default: the workspace)")
+    tools["lineage"].add_argument("--step", type=int, default=None, help="instead: the documents behind "
+                                  "every row of pretraining step N (numbered as in the training logs, from 1)")
+    tools["lineage"].add_argument("--json", action="store_true", help="with --step: print the rows as JSON")
+    tools["lineage"].add_argument("--model-dir", type=Path, default=None, help="with --step: the model whose "
+                                  "run to read (default: the pretrain output, else its latest checkpoint)")
     tools["seen"].add_argument("text", help="the text to look for")
     tools["trace"].add_argument("text", help="the text to trace (- reads standard input)")
     tools["trace"].add_argument("--min-tokens", type=int, default=None, help="shortest span (default: trace.min_tokens)")

@@ -18,7 +18,7 @@ from typing import Any
 
 import yaml
 
-from llmpipe.util.io import InputError, dvc_lock_out_hashes
+from llmpipe.util.io import InputError, dvc_lock_out_hashes, dvc_md5
 
 log = logging.getLogger(__name__)
 
@@ -65,6 +65,23 @@ def dvc_lineage_tags(root: Path, stage: str) -> dict[str, str]:
         return {}
     hashes = dvc_lock_out_hashes(root)
     return {f"dvc.dep.{dep}": hashes[dep] for dep in deps if dep in hashes}
+
+
+def stage_inputs(root: Path, stage: str) -> dict[str, tuple[str, str]]:
+    """{input name: (path, DVC md5)} of the stage's declared inputs (the registry's): the hash dvc.lock
+    records for the upstream out (what `dvc repro` versioned), else computed as DVC would (a stage run
+    outside DVC, or before the first lock). Inputs not on disk are left out."""
+    from llmpipe.stages.registry import stage as stage_spec
+
+    spec, locked = stage_spec(stage), dvc_lock_out_hashes(root)
+    out = {}
+    for name in spec.inputs:
+        path = spec.inp(name).as_posix()
+        if path in locked:
+            out[name] = (path, locked[path])
+        elif (root / path).exists():
+            out[name] = (path, dvc_md5(root / path))
+    return out
 
 
 def flatten(prefix: str, obj: Any) -> dict[str, Any]:
@@ -156,6 +173,24 @@ class Tracker:
             self._call(lambda: self._client.log_batch(self.run_id, metrics=chunk))
         self._buffer = []
 
+    def log_datasets(self, root: Path, inputs: dict[str, tuple[str, str]]) -> None:
+        """The stage's input data as the run's dataset inputs (the run page's "Datasets used"): named
+        by path, its DVC md5 as digest, its input name as context."""
+        if self._client is None or not inputs:
+            return
+        from mlflow.data.meta_dataset import MetaDataset
+        from mlflow.data.sources import LocalArtifactDatasetSource
+        from mlflow.entities import DatasetInput, InputTag
+        from mlflow.utils.mlflow_tags import MLFLOW_DATASET_CONTEXT
+
+        def entity(name: str, path: str, md5: str) -> DatasetInput:
+            source = LocalArtifactDatasetSource(str((root / path).resolve()))
+            return DatasetInput(MetaDataset(source, name=path, digest=md5)._to_mlflow_entity(),
+                                tags=[InputTag(MLFLOW_DATASET_CONTEXT, name)])
+
+        self._call(lambda: self._client.log_inputs(
+            self.run_id, datasets=[entity(name, path, md5) for name, (path, md5) in inputs.items()]))
+
     def log_artifact(self, path: Path, artifact_path: str | None = None) -> None:
         if self._client is not None and path.exists():
             self._call(self._client.log_artifact, self.run_id, str(path), artifact_path)
@@ -207,6 +242,13 @@ def start_stage_run(root: Path, experiment: str, stage: str, params: dict[str, A
     tags.update(dvc_lineage_tags(root, stage))
     tracker = Tracker(root, experiment, stage, parent_run_id=os.environ.get(PARENT_ENV), tags=tags)
     tracker.log_params(flatten("", params))
+    if tracker.run_id is not None:  # hashing an input outside DVC reads it: only for a live run
+        try:
+            inputs = stage_inputs(root, stage)
+        except OSError as err:
+            log.warning("dataset inputs not logged: %s", err)
+            inputs = {}
+        tracker.log_datasets(root, inputs)
     return tracker
 
 
