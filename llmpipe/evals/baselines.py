@@ -66,7 +66,7 @@ def baseline_metrics(train: Sequence[np.ndarray], val: np.ndarray, scored: np.nd
         if len(context) == max_bytes:
             log.info("xz baseline: the train text is longer than %s MB; xz sees its last %d bytes",
                      cfg.max_compressor_mb, max_bytes)
-        bits = xz_baseline(context, stream_bytes(targets, pieces))
+        bits = xz_baseline(context, stream_bytes(targets, pieces), cfg.xz_extreme)
         out["compressor_bits_per_byte"] = bits["conditional_bits"] / n_bytes
         out["compressor_alone_bits_per_byte"] = bits["alone_bits"] / n_bytes
         out["compressor_context_bytes"] = len(context)

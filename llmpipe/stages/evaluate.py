@@ -42,7 +42,7 @@ def run(params: StageParams, root: Path, sink=None) -> StageResult:
         metrics.update(base, gain_over_ngram_bpb=base["ngram_bits_per_byte"] - metrics["bits_per_byte"])
         log.info("evaluate: baselines in bits per byte: %d-gram KN %.4f, unigram %.4f%s",
                  cfg.baselines.ngram_order, base["ngram_bits_per_byte"], base["unigram_bits_per_byte"],
-                 f", xz {base['compressor_bits_per_byte']:.4f} after train ({base['compressor_alone_bits_per_byte']:.4f}"
-                 " alone)" if "compressor_bits_per_byte" in base else "")
+                 f", xz {base['compressor_bits_per_byte']:.4f} after train"
+                 f" ({base['compressor_alone_bits_per_byte']:.4f} alone)" if "compressor_bits_per_byte" in base else "")
     metrics["seconds"] = round(time.perf_counter() - t0, 3)
     return StageResult(metrics)
