@@ -17,8 +17,8 @@ class BaselineParams(Section):
     # Kneser-Ney n-gram fitted on the train split; on the demo corpus 5 beat 4 by 0.005-0.025 bits per
     # byte and 6 beat 5 by under 0.004, each order costing ~30% more time
     ngram_order: Annotated[int, Field(ge=1, le=8)] = 5
-    # fit the n-gram on at most this many train tokens, the split's last ones (fitting peaks near 80 bytes a token)
-    ngram_max_train_tokens: Annotated[int, Field(ge=1)] = 20_000_000
+    # fit the n-gram on at most this many train tokens, the split's last ones (order 5 peaks near 180 bytes a token)
+    ngram_max_train_tokens: Annotated[int, Field(ge=1)] = 10_000_000
     compressor: Literal["xz", "none"] = "xz"
     # xz sees at most this many MB of train text before val (its last ones): time grows with it (the demo's
     # 8.7 MB: ~35 s); preset 9's dictionary holds 64 MiB
