@@ -1,5 +1,5 @@
 """The evaluate stage's baselines on a repository's token shards, per n-gram order, with no model:
-bits per byte of the Kneser-Ney n-gram (each order), the add-one unigram and xz -9e, on the val
+bits per byte of the Kneser-Ney n-gram (each order), the add-one unigram and xz -9, on the val
 split's targets (the evaluate stage's: every token but each shard's first), and seconds.
 
     python bench/baselines.py [--root .] [--orders 1 2 3 4 5] [--max-tokens N]
@@ -50,7 +50,7 @@ def main() -> None:
     m = baseline_metrics(train.arrays, stream, scored, lengths, pieces, val.manifest.vocab_size,
                          val.manifest.eot_id, BaselineParams(ngram_order=1))
     print(f"unigram (add-one): {m['unigram_bits_per_byte']:.4f} bpb ({m['unigram_seconds']:.2f} s)")
-    print(f"xz -9e: {m['compressor_bits_per_byte']:.4f} bpb after {m['compressor_context_bytes']} bytes of train text,"
+    print(f"xz -9: {m['compressor_bits_per_byte']:.4f} bpb after {m['compressor_context_bytes']} bytes of train text,"
           f" {m['compressor_alone_bits_per_byte']:.4f} alone ({m['compressor_seconds']:.2f} s)")
     print(f"RESULT best_order={best[0]} ngram_bpb={best[1]:.4f} unigram_bpb={m['unigram_bits_per_byte']:.4f} "
           f"xz_bpb={m['compressor_bits_per_byte']:.4f} xz_alone_bpb={m['compressor_alone_bits_per_byte']:.4f}")
