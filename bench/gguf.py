@@ -6,7 +6,7 @@ the prompts, and the largest logit difference over prompt + continuation, in f32
 The model is the demo's (data/model and data/tokenizer/tokenizer.json, after `bash scripts/demo.sh` or
 `dvc repro`) when both exist; otherwise the script trains a small one itself (300 steps: about a
 minute on 2 idle cores, 7 on busy ones): a byte-level BPE tokenizer (512 tokens) on this repository's
-README and a 2-layer GQA model on the same text, so that its greedy choices are not near-ties of random
+README and docs/ pages and a 2-layer GQA model on the same text, so that its greedy choices are not near-ties of random
 weights. llama.cpp runs with an f32 KV cache, so both sides compute in f32. Needs llama-cpp-python (the
 dev extra). Measured: gguf_greedy_match=1 tokens_match=1 max_logit_diff=1.76e-05 (self-trained).
 
@@ -41,7 +41,9 @@ NEW_TOKENS = 32
 
 
 def self_trained(tmp: Path, steps: int) -> tuple[GPT, Path]:
-    text = (ROOT / "README.md").read_text(encoding="utf-8")
+    # the README and the docs pages: enough text (~135 KB) for peaked greedy choices
+    pages = [ROOT / "README.md", *sorted((ROOT / "docs").glob("*.md"))]
+    text = "\n\n".join(p.read_text(encoding="utf-8") for p in pages)
     tok_path = tmp / "tokenizer.json"
     tok = train_tokenizer(iter(text.split("\n\n")), TokenizerParams(vocab_size=512, min_frequency=2))
     tok.save(str(tok_path))

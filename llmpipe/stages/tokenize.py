@@ -7,6 +7,7 @@ import time
 from pathlib import Path
 from typing import Iterator
 
+import pandas as pd
 import pyarrow.parquet as pq
 from tokenizers import Tokenizer
 from tqdm import tqdm
@@ -17,25 +18,42 @@ from llmpipe.tokens.bpe import EOT
 from llmpipe.tokens.encoder import load_encoder
 from llmpipe.tokens.shards import ShardWriter, token_dtype, tokenizer_hash, write_manifest
 from llmpipe.tokens.split import parquet_val_mask
-from llmpipe.util.io import InputError, atomic_dir, iter_parquet_batches
+from llmpipe.util.io import InputError, atomic_dir, iter_parquet_batches, write_parquet
 
 log = logging.getLogger(__name__)
 STAGE = stage("tokenize")
 
 
-def iter_text_batches(path: Path, batch_bytes: int, rows: int = 256) -> Iterator[list[str]]:
-    """Documents in file order, in lists of about `batch_bytes` of text. The Parquet reads are bounded
-    by bytes too (not `rows` rows whatever their size), so memory stays bounded with huge documents."""
-    texts, size = [], 0
-    for batch in iter_parquet_batches(path, rows, ["text"], max_bytes=batch_bytes):
-        for text in batch.column("text").to_pylist():
+# The columns kept per document beside the shards (tokens/<split>_docs.parquet): where each token
+# came from, for tracing spans and for `llmpipe lineage --step`.
+DOC_COLUMNS = ["id", "source", "path", "url", "title"]
+
+
+def iter_text_batches(path: Path, batch_bytes: int, rows: int = 256) -> Iterator[tuple[list[str], list[dict]]]:
+    """Documents in file order, in lists of about `batch_bytes` of text, with each one's provenance
+    (DOC_COLUMNS). The Parquet reads are bounded by bytes too (not `rows` rows whatever their size),
+    so memory stays bounded with huge documents."""
+    have = set(pq.ParquetFile(path).schema_arrow.names)
+    meta_cols = [c for c in DOC_COLUMNS if c in have]
+    texts, metas, size = [], [], 0
+    for batch in iter_parquet_batches(path, rows, ["text", *meta_cols], max_bytes=batch_bytes):
+        cols = {c: batch.column(c).to_pylist() for c in meta_cols}
+        for i, text in enumerate(batch.column("text").to_pylist()):
             texts.append(text)
+            metas.append({c: cols[c][i] for c in meta_cols})
             size += len(text)
             if size >= batch_bytes:
-                yield texts
-                texts, size = [], 0
+                yield texts, metas
+                texts, metas, size = [], [], 0
     if texts:
-        yield texts
+        yield texts, metas
+
+
+def write_doc_table(out_dir: Path, split_name: str, rows: list[dict]) -> None:
+    """tokens/<split>_docs.parquet: per document in shard order, its id, source, location (URL or
+    path), title, first token's offset in the split (shards concatenated) and token count."""
+    frame = pd.DataFrame(rows, columns=["id", "source", "location", "title", "start", "tokens"])
+    write_parquet(out_dir / f"{split_name}_docs.parquet", frame.astype({"start": "int64", "tokens": "int64"}))
 
 
 def check_sample(texts: list[str], budget: int = 1 << 19, piece: int = 1 << 14) -> list[str]:
@@ -62,19 +80,28 @@ def tokenize_corpus(docs_path: Path, tokenizer_path: Path, out_dir: Path, split:
     mask = parquet_val_mask(pf, split.val_fraction, split.seed)
     writers = {s: ShardWriter(out_dir, s, cfg.shard_tokens, dtype) for s in ("train", "val")}
     n_bytes = {"train": 0, "val": 0}
+    doc_rows: dict[str, list[dict]] = {"train": [], "val": []}
+    offset = {"train": 0, "val": 0}
     row, encoder = 0, None
     with tqdm(total=len(mask), desc="tokenize", unit="doc", mininterval=2.0, disable=len(mask) < 100) as bar:
-        for texts in iter_text_batches(docs_path, cfg.batch_bytes):
+        for texts, metas in iter_text_batches(docs_path, cfg.batch_bytes):
             if encoder is None:
                 encoder = load_encoder(tokenizer_path, cfg.workers, check_sample(texts))
             # the engines return ids in input order whatever the thread count: shards do not depend on it
-            for text, ids in zip(texts, encoder.encode_batch(texts)):
+            for text, meta, ids in zip(texts, metas, encoder.encode_batch(texts)):
                 split_name = "val" if mask[row] else "train"
                 writers[split_name].add(ids, eot)
                 n_bytes[split_name] += len(text.encode("utf-8"))
+                doc_rows[split_name].append({
+                    "id": meta.get("id"), "source": meta.get("source"),
+                    "location": meta.get("url") or meta.get("path") or "", "title": meta.get("title") or "",
+                    "start": offset[split_name], "tokens": len(ids) + 1})
+                offset[split_name] += len(ids) + 1
                 row += 1
             bar.update(len(texts))
     shards = []
+    for split_name, rows in doc_rows.items():
+        write_doc_table(out_dir, split_name, rows)
     for split_name, w in writers.items():
         for s in w.close():
             shards.append({**s, "split": split_name})

@@ -3,8 +3,8 @@
 A folder holds tokens.npy (int32, rows x (block_size + 1)), mask.npy (uint8, the same shape: 1 where
 the token is a target the loss counts) and conversations.jsonl (the conversations, for evaluation).
 A row gives inputs row[:-1] and targets row[1:], like a pretraining batch.
-- packed: the rendered conversations back to back, cut into rows (a conversation may span two rows;
-  each starts with <|endoftext|>, as documents do in pretraining), no token wasted on padding;
+- packed: several rendered conversations a row, each whole in one row (each starts with
+  <|endoftext|>, as documents do in pretraining); what none fills is filler the mask leaves out;
 - padded: one conversation a row, filled with <|endoftext|> that the mask leaves out.
 """
 
@@ -21,15 +21,31 @@ from llmpipe.util.io import InputError, atomic_dir
 TOKENS, MASK, CONVERSATIONS = "tokens.npy", "mask.npy", "conversations.jsonl"
 
 
+PACK_LOOKBACK = 64  # open rows a conversation may go back to (first fit over all rows costs O(n x rows))
+
+
 def packed(examples: list[Rendered], block_size: int, filler: int) -> tuple[np.ndarray, np.ndarray]:
-    ids = np.fromiter((t for e in examples for t in e.ids), dtype=np.int32)
-    mask = np.fromiter((m for e in examples for m in e.mask), dtype=np.uint8)
+    """The examples in rows, each whole in one row (an answer cut from its passage would be trained
+    without what it is read from): first fit, each goes to the earliest of the last PACK_LOOKBACK rows
+    with room for it, else starts a new row; what no example fills is filler the mask leaves out (about
+    3% of the demo's rows at block_size 256, where back to back packing cut 29% of the conversations)."""
     width = block_size + 1
-    rows = -(-len(ids) // width) if len(ids) else 0
-    tokens = np.full(rows * width, filler, dtype=np.int32)
-    weights = np.zeros(rows * width, dtype=np.uint8)
-    tokens[: len(ids)], weights[: len(mask)] = ids, mask
-    return tokens.reshape(rows, width), weights.reshape(rows, width)
+    place: list[tuple[int, int]] = []  # (row, first column) of each example
+    used: list[int] = []  # tokens taken in each row
+    for e in examples:
+        if len(e.ids) > width:
+            raise ValueError(f"an example of {len(e.ids)} tokens does not fit a row of {width} (block_size + 1)")
+        row = next((r for r in range(max(0, len(used) - PACK_LOOKBACK), len(used)) if used[r] + len(e.ids) <= width),
+                   len(used))
+        if row == len(used):
+            used.append(0)
+        place.append((row, used[row]))
+        used[row] += len(e.ids)
+    tokens = np.full((len(used), width), filler, dtype=np.int32)
+    weights = np.zeros((len(used), width), dtype=np.uint8)
+    for e, (r, s) in zip(examples, place):
+        tokens[r, s : s + len(e.ids)], weights[r, s : s + len(e.mask)] = e.ids, e.mask
+    return tokens, weights
 
 
 def padded(examples: list[Rendered], block_size: int, filler: int) -> tuple[np.ndarray, np.ndarray]:

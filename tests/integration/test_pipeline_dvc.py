@@ -10,7 +10,10 @@ from mlflow.tracking import MlflowClient
 from tokenizers import Tokenizer
 
 from llmpipe.config.evaluate import BaselineParams
+from llmpipe.data.playqa import normalize
+from llmpipe.evals.trivial import baselines, case_of
 from llmpipe.stages.registry import STAGE_NAMES as STAGES
+from llmpipe.tokens.examples import read_conversations
 from llmpipe.tokens.shards import load_manifest
 
 from tests.conftest import TINY_PARAMS, clone_repo, run
@@ -88,9 +91,20 @@ def test_the_chat_stages_report_what_they_did(repro_repo):
     sft = json.loads((data / "metrics" / "sft-data.json").read_text())
     assert sft["train_conversations"] > 0 and sft["val_conversations"] > 0 and sft["train_target_tokens"] > 0
     ev = json.loads((data / "metrics" / "chat-eval.json").read_text())
-    assert ev["n_val_items"] == sft["val_conversations"] and 0 <= ev["base_acc"] <= 1 and 0 <= ev["finetuned_acc"] <= 1
+    assert ev["n_val_items"] == sft["val_conversations"]
+    # the headline is the gain over the best trivial rule, recomputed here from sft-data's items
+    val, train = (read_conversations(data / "sft" / side) for side in ("val", "train"))
+    base = baselines([case_of(c) for c in val], [case_of(c) for c in train])
+    assert ev["best_baseline_acc"] == round(base.best_acc, 4)
+    assert ev["gain_over_best_baseline"] == pytest.approx(ev["finetuned_acc"] - ev["best_baseline_acc"], abs=2e-4)
+    assert ev["gain_ci_low"] <= ev["gain_over_best_baseline"] <= ev["gain_ci_high"] and 0 < ev["gain_p_value"] <= 1
+    for task in {c["task"] for c in val}:
+        assert ev[f"best_baseline_rule_{task}"] == base.best_rule[task]
+        assert ev[f"gain_{task}"] == pytest.approx(ev[f"acc_{task}"] - ev[f"best_baseline_{task}"], abs=2e-4)
     samples = [json.loads(s) for s in (data / "chat_eval" / "samples.jsonl").read_text().splitlines()]
-    assert len(samples) == TINY_PARAMS["chat_eval"]["samples"] and {"base", "finetuned", "reference"} <= set(samples[0])
+    assert len(samples) == TINY_PARAMS["chat_eval"]["samples"]
+    assert {"base", "finetuned", "reference", "baseline", "baseline_rule"} <= set(samples[0])
+    assert [s["finetuned_ok"] for s in samples] == [normalize(s["finetuned"]) == normalize(s["reference"]) for s in samples]
     ft = json.loads((data / "metrics" / "finetune.json").read_text())
     assert ft["steps"] == TINY_PARAMS["finetune"]["max_steps"] and (data / "finetune" / "checkpoints" / "state.json").exists()
 

@@ -7,7 +7,7 @@ import json
 import pytest
 
 from llmpipe.data.instructions import BadRecord, read_records, to_conversation
-from llmpipe.data.playqa import items_of_play, normalize, speeches
+from llmpipe.data.playqa import items_of_play, normalize, passage_text, speeches
 
 ALPACA = {"instruction": "Name the speaker.", "input": "Ham. To be.", "output": "Hamlet"}
 SHAREGPT = {"conversations": [{"from": "system", "value": "Be brief."}, {"from": "human", "value": "Hi"},
@@ -102,9 +102,18 @@ def test_items_are_answerable_from_their_passage_and_deterministic():
     assert items and items == items_of_play(play, seed=0, doc_id="d")
     assert {i.task for i in items} == {"speaker", "next", "count"}
     for item in items:
-        passage = item.question.rsplit("\n\n", 1)[0]
+        passage, question = item.question.rsplit("\n\n", 1)
+        assert passage == passage_text(item.passage)
+        labels = [line.split(": ")[0] for line in passage.splitlines() if ": " in line]
         if item.task == "count":
-            assert int(item.answer) == len({line.split(":")[0] for line in passage.splitlines() if ": " in line})
+            assert int(item.answer) == len(set(labels)) == item.stratum[1]
+        elif item.task == "speaker":  # the asked line sits under the answer's label
+            quoted = question.split('"')[1]
+            lines = passage.splitlines()
+            at = next(k for k, line in enumerate(lines) if line.endswith(quoted))
+            assert next(line.split(": ")[0] for line in reversed(lines[: at + 1]) if ": " in line) == item.answer
         else:
-            assert item.answer in passage
+            quoted = question.split('"')[1]
+            rows = [line for _, line in item.passage]
+            assert rows[rows.index(quoted) + 1] == item.answer
     assert normalize("  Good  morrow. ") == normalize("good morrow") == "good morrow"

@@ -109,6 +109,21 @@ def test_builtin_hellaswag_matches_lm_evals_preprocessing():
 
 
 @pytest.mark.parametrize("task", sorted(BUILTIN))
+def test_builtin_items_are_the_requests_of_lm_evals_own_task_definition(task, tmp_path):
+    """The same (context, continuation) strings and right answer as lm-eval 0.4's installed definition of
+    the task builds from the same rows (COPA's two spaces, CommonsenseQA's letters, Winogrande's partial
+    contexts ...); tests/integration/test_lm_eval_parity.py compares the log-likelihoods."""
+    from llmpipe.evals.lm_eval_ref import lm_eval_requests, lm_eval_task, write_rows
+
+    ref = lm_eval_task(task, write_rows(task, 50, tmp_path / f"{task}.arrow"), tmp_path / "cache")
+    theirs = lm_eval_requests(ref)
+    for item, doc in zip(load_builtin(task)[:50], ref.eval_docs, strict=True):
+        assert item.pairs() == [inst.args for inst in theirs[int(item.id)]]
+        gold = ref.doc_to_text(doc) if ref.multiple_input else ref.doc_to_target(doc)
+        assert item.gold == (ref.doc_to_choice(doc).index(gold) if isinstance(gold, str) else gold)
+
+
+@pytest.mark.parametrize("task", sorted(BUILTIN))
 def test_every_builtin_task_loads(task):
     items = load_builtin(task)
     assert len(items) >= 100 and all(0 <= i.gold < i.n_choices for i in items)

@@ -33,11 +33,35 @@ def tokenizer_file(tmp_path_factory):
 
 def test_packed_and_padded_rows_keep_the_mask_aligned():
     a, b = Rendered([0, 2, 7, 4, 3, 8, 9, 4], [0, 0, 0, 0, 0, 1, 1, 1]), Rendered([0, 2, 5, 4, 3, 6, 4], [0, 0, 0, 0, 0, 1, 1])
-    tokens, mask = packed([a, b], block_size=5, filler=0)
-    assert tokens.shape == (3, 6) and tokens.ravel()[:15].tolist() == a.ids + b.ids
-    assert mask.ravel()[:15].tolist() == a.mask + b.mask and mask.ravel()[15:].sum() == 0
+    c = Rendered([0, 2, 4, 3, 9, 4], [0, 0, 0, 0, 1, 1])
+    tokens, mask = packed([a, b, c], block_size=13, filler=0)  # rows of 14: b (7) does not fit after a (8), c (6) does
+    assert tokens.shape == (2, 14) and tokens[0].tolist() == a.ids + c.ids and tokens[1].tolist() == b.ids + [0] * 7
+    assert mask[0].tolist() == a.mask + c.mask and mask[1].tolist() == b.mask + [0] * 7
+    with pytest.raises(ValueError, match="does not fit a row of 7"):
+        packed([a], block_size=6, filler=0)
     tokens, mask = padded([a, b], block_size=8, filler=0)
     assert tokens.shape == (2, 9) and tokens[1, :7].tolist() == b.ids and mask[1].tolist() == b.mask + [0, 0]
+
+
+def test_packing_never_splits_a_conversation():
+    rng = np.random.default_rng(0)
+    examples = {}
+    for k in range(300):
+        prompt, reply = int(rng.integers(2, 30)), int(rng.integers(1, 8))
+        ids = [0] + [10 + k] * (prompt + reply)  # each conversation its own token, after <|endoftext|>
+        examples[10 + k] = Rendered(ids, [0] * (1 + prompt) + [1] * reply)
+    tokens, mask = packed(list(examples.values()), block_size=63, filler=0)
+    found = {}  # each conversation as seen in its row: (length, targets)
+    for row, weights in zip(tokens, mask):
+        starts = [i for i, t in enumerate(row) if t == 0 and i + 1 < len(row) and row[i + 1] != 0]
+        assert starts and starts[0] == 0  # a row starts with a conversation, never with the rest of one
+        for s, e in zip(starts, starts[1:] + [len(row)]):
+            body = row[s + 1 : e][row[s + 1 : e] != 0]
+            assert len(set(body.tolist())) == 1 and body[0] not in found  # one conversation, seen once
+            found[int(body[0])] = (1 + len(body), int(weights[s:e].sum()))
+    assert found == {k: (len(e.ids), sum(e.mask)) for k, e in examples.items()}
+    filler = 1 - sum(len(e.ids) for e in examples.values()) / tokens.size
+    assert filler < 0.05  # first fit fills the rows' tails with later conversations
 
 
 def test_masked_loss_counts_only_the_masked_targets():
