@@ -13,7 +13,7 @@ class BaselineParams(Section):
     """Baselines scored beside the model on the same val targets and bytes (llmpipe/evals/ngram.py,
     llmpipe/evals/compress.py)."""
 
-    enabled: bool = True
+    enabled: bool = True  # false: the model's figures alone
     # Kneser-Ney n-gram fitted on the train split; on the demo corpus 5 beat 4 by 0.005-0.025 bits per
     # byte and 6 beat 5 by under 0.004, each order costing ~30% more time
     ngram_order: Annotated[int, Field(ge=1, le=8)] = 5
@@ -30,4 +30,4 @@ class EvaluateParams(Section):
     # Score at most this many val tokens (null: the whole val split), in fixed non-overlapping windows.
     max_tokens: Annotated[int, Field(ge=1)] | None = None
     batch_size: Annotated[int, Field(ge=1)] = 8
-    baselines: BaselineParams = BaselineParams()
+    baselines: BaselineParams = BaselineParams()  # n-gram, unigram and xz on the same val targets
