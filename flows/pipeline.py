@@ -100,7 +100,8 @@ def headline_metrics(root: Path) -> dict:
     import json
 
     out = {}
-    for stage, key in (("evaluate", "val_loss"), ("evaluate", "bits_per_byte"), ("evaluate", "perplexity"),
+    for stage, key in (("evaluate", "val_loss"), ("evaluate", "bits_per_byte"), ("evaluate", "ngram_bits_per_byte"),
+                       ("evaluate", "compressor_bits_per_byte"), ("evaluate", "perplexity"),
                        ("pretrain", "tokens_per_s"), ("tokenize", "train_tokens"),
                        ("benchmark", "core"), ("benchmark", "hellaswag_acc_norm"), ("benchmark", "indomain_acc_norm"),
                        ("chat-eval", "finetuned_acc"), ("chat-eval", "best_baseline_acc"),

@@ -13,6 +13,12 @@ for line in open("data/samples/samples.jsonl", encoding="utf-8"):
     print(f"--- {s['prompt']!r}\n{s['prompt']}{s['completion']}\n")
 m = json.load(open("data/metrics/evaluate.json"))
 print(f"val loss {m['val_loss']:.4f}  perplexity {m['perplexity']:.1f}  bits per byte {m['bits_per_byte']:.4f}")
+if "ngram_bits_per_byte" in m:  # the baselines, on the same val tokens and bytes
+    xz = (f", xz {m['compressor_bits_per_byte']:.4f} after the train text"
+          f" ({m['compressor_alone_bits_per_byte']:.4f} alone)" if "compressor_bits_per_byte" in m else "")
+    print(f"bits per byte: model {m['bits_per_byte']:.4f}, {m['ngram_order']}-gram Kneser-Ney"
+          f" {m['ngram_bits_per_byte']:.4f} (the model gains {m['gain_over_ngram_bpb']:.4f}),"
+          f" unigram {m['unigram_bits_per_byte']:.4f}{xz}")
 print("\n== the finetuned model on held-out instructions (data/chat_eval/samples.jsonl) ==")
 for line in list(open("data/chat_eval/samples.jsonl", encoding="utf-8"))[:3]:
     s = json.loads(line)

@@ -28,9 +28,9 @@ TINY_PARAMS = {
     "tokenize": {"shard_tokens": 200_000},
     "pretrain": {
         "model": {"n_layer": 2, "n_head": 2, "n_kv_head": 1, "d_model": 64, "block_size": 64},
-        "micro_batch_size": 8, "max_steps": 30, "warmup_steps": 5, "lr": 0.005,
+        "micro_batch_size": 8, "max_steps": 30, "warmup_steps": 5, "lr": 0.02, "optimizer": "muon",
         "eval_interval": 10, "eval_batches": 2, "log_interval": 5, "checkpoint_interval": 10,
-    },
+    },  # Muon and lr 0.02: in 30 steps the model beats a unigram model (AdamW at lr 0.005 did not)
     "evaluate": {"max_tokens": 4096, "batch_size": 8},
     # issue 16: a few items of three built-in tasks, a small in-domain task, 2 in-loop items per task
     "tasks": {"builtin": {"hellaswag": 4, "arc_easy": 4, "winogrande": 4},

@@ -1,4 +1,5 @@
-"""Stage 7, evaluate: held-out loss, perplexity and bits per byte of the trained model."""
+"""Stage 7, evaluate: held-out loss, perplexity and bits per byte of the trained model, and beside them
+the baselines (a Kneser-Ney n-gram, an add-one unigram, xz) on the same val targets and bytes."""
 
 from __future__ import annotations
 
@@ -8,9 +9,10 @@ from pathlib import Path
 
 from tokenizers import Tokenizer
 
+from llmpipe.evals.baselines import baseline_metrics
 from llmpipe.model.weights import load_model
 from llmpipe.stages.registry import StageParams, StageResult, stage
-from llmpipe.tokens.bpe import token_byte_lengths
+from llmpipe.tokens.bpe import token_byte_lengths, token_bytes
 from llmpipe.tokens.loader import TokenData
 from llmpipe.training.evaluate import evaluate_model
 
@@ -20,12 +22,27 @@ STAGE = stage("evaluate")
 
 def run(params: StageParams, root: Path, sink=None) -> StageResult:
     t0 = time.perf_counter()
+    cfg = params.evaluate
     tok_path = root / STAGE.inp("tokenizer")
     model = load_model(root / STAGE.inp("model"))
     val = TokenData(root / STAGE.inp("tokens"), "val", tokenizer_path=tok_path)
-    token_bytes = token_byte_lengths(Tokenizer.from_file(str(tok_path)))
-    metrics = evaluate_model(model, val, token_bytes, params.evaluate.batch_size, params.evaluate.max_tokens)
-    metrics["seconds"] = round(time.perf_counter() - t0, 3)
+    tok = Tokenizer.from_file(str(tok_path))
+    lengths = token_byte_lengths(tok)
+    metrics = evaluate_model(model, val, lengths, cfg.batch_size, cfg.max_tokens)
+    metrics["model_seconds"] = round(time.perf_counter() - t0, 3)
     log.info("evaluate: val loss %.4f, perplexity %.2f, %.4f bits per byte over %d tokens",
              metrics["val_loss"], metrics["perplexity"], metrics["bits_per_byte"], metrics["tokens"])
+    if cfg.baselines.enabled:
+        train = TokenData(root / STAGE.inp("tokens"), "train")
+        stream, scored = val.scored(cfg.max_tokens)
+        base = baseline_metrics(train.arrays, stream, scored, lengths, token_bytes(tok), val.manifest.vocab_size,
+                                val.manifest.eot_id, cfg.baselines)
+        if (n := base.pop("baseline_bytes")) != metrics["bytes"]:  # the baselines score the model's bytes
+            raise RuntimeError(f"the baselines scored {n} bytes, the model {metrics['bytes']}")
+        metrics.update(base, gain_over_ngram_bpb=base["ngram_bits_per_byte"] - metrics["bits_per_byte"])
+        log.info("evaluate: baselines in bits per byte: %d-gram KN %.4f, unigram %.4f%s",
+                 cfg.baselines.ngram_order, base["ngram_bits_per_byte"], base["unigram_bits_per_byte"],
+                 f", xz {base['compressor_bits_per_byte']:.4f} after train"
+                 f" ({base['compressor_alone_bits_per_byte']:.4f} alone)" if "compressor_bits_per_byte" in base else "")
+    metrics["seconds"] = round(time.perf_counter() - t0, 3)
     return StageResult(metrics)

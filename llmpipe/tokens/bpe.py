@@ -49,3 +49,22 @@ def token_byte_lengths(tok: Tokenizer) -> np.ndarray:
     for piece, idx in tok.get_vocab().items():
         lengths[idx] = 0 if piece in special else len(piece)
     return lengths
+
+
+def _byte_of_char() -> dict[str, int]:
+    """The inverse of byte-level BPE's alphabet: printable Latin-1 bytes stand for themselves, the
+    other 68 bytes (controls, space, NBSP, soft hyphen) for the characters 256, 257, ... in byte order."""
+    printable = [*range(ord("!"), ord("~") + 1), *range(0xA1, 0xAC + 1), *range(0xAE, 0xFF + 1)]
+    shifted = [b for b in range(256) if b not in set(printable)]
+    return {**{chr(b): b for b in printable}, **{chr(256 + i): b for i, b in enumerate(shifted)}}
+
+
+def token_bytes(tok: Tokenizer) -> list[bytes]:
+    """The raw bytes each token id stands for (b"" for special tokens), so a token stream turns back
+    into its exact bytes even where it cuts a UTF-8 character; len() agrees with token_byte_lengths."""
+    pieces = [b""] * tok.get_vocab_size()
+    special, byte_of = set(SPECIAL_TOKENS), _byte_of_char()
+    for piece, idx in tok.get_vocab().items():
+        if piece not in special:
+            pieces[idx] = bytes(byte_of[c] for c in piece)
+    return pieces

@@ -99,3 +99,17 @@ class TokenData:
                 covered += len(w) - 1
                 if max_tokens is not None and covered >= max_tokens:
                     return
+
+    def scored(self, max_tokens: int | None = None) -> tuple[np.ndarray, np.ndarray]:
+        """The split's tokens in order and a mask of the targets windows() covers (every token but each
+        shard's first, up to `max_tokens` of them), so other scorers (the n-gram and compressor
+        baselines) score exactly the model's targets; the stream ends at the last scored token."""
+        stream = np.concatenate([np.asarray(a) for a in self.arrays])
+        mask = np.ones(len(stream), dtype=bool)
+        mask[np.cumsum(self.lengths) - self.lengths] = False
+        kept = np.flatnonzero(mask)
+        if max_tokens is not None and len(kept) > max_tokens:
+            mask[kept[max_tokens:]] = False
+            kept = kept[:max_tokens]
+        end = int(kept[-1]) + 1 if len(kept) else 0
+        return stream[:end], mask[:end]

@@ -9,6 +9,7 @@ import yaml
 from mlflow.tracking import MlflowClient
 from tokenizers import Tokenizer
 
+from llmpipe.config.evaluate import BaselineParams
 from llmpipe.data.playqa import normalize
 from llmpipe.evals.trivial import baselines, case_of
 from llmpipe.stages.registry import STAGE_NAMES as STAGES, stage
@@ -41,6 +42,12 @@ def test_every_stage_output_is_there(repro_repo):
     ev = json.loads((data / "metrics" / "evaluate.json").read_text())
     assert 0 < ev["bits_per_byte"] < 8 and ev["tokens"] == TINY_PARAMS["evaluate"]["max_tokens"]
     assert np.isclose(ev["bits_per_byte"], ev["val_loss"] / np.log(2) / ev["bytes_per_token"])
+    # the baselines, on the same val targets: even 30 steps of training beat a unigram model
+    assert ev["bits_per_byte"] < ev["unigram_bits_per_byte"]
+    assert np.isfinite(ev["ngram_bits_per_byte"]) and ev["ngram_bits_per_byte"] < ev["unigram_bits_per_byte"]
+    assert ev["ngram_order"] == BaselineParams().ngram_order
+    assert ev["gain_over_ngram_bpb"] == ev["ngram_bits_per_byte"] - ev["bits_per_byte"]
+    assert 0 < ev["compressor_bits_per_byte"] < ev["compressor_alone_bits_per_byte"]
     samples = [json.loads(s) for s in (data / "samples" / "samples.jsonl").read_text().splitlines()]
     assert [s["prompt"] for s in samples] == TINY_PARAMS["sample"]["prompts"]
     assert all(0 < s["new_tokens"] <= 24 or s["stopped_at_eot"] for s in samples)

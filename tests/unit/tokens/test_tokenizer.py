@@ -1,7 +1,7 @@
 import pytest
 
 from llmpipe.config.tokens import TokenizerParams
-from llmpipe.tokens.bpe import token_byte_lengths, train_tokenizer
+from llmpipe.tokens.bpe import token_byte_lengths, token_bytes, train_tokenizer
 from llmpipe.tokens.bpe import EOT
 
 CORPUS = [
@@ -44,6 +44,14 @@ def test_token_bytes_sum_to_utf8_length(tok, text):
     lengths = token_byte_lengths(tok)
     assert sum(int(lengths[i]) for i in tok.encode(text).ids) == len(text.encode("utf-8"))
     assert lengths[0] == 0  # <|endoftext|> stands for no bytes
+
+
+@pytest.mark.parametrize("text", CORPUS[:2] + HARD)
+def test_token_bytes_give_back_the_text(tok, text):
+    pieces = token_bytes(tok)
+    ids = tok.encode(text).ids
+    assert b"".join(pieces[i] for i in ids) == text.encode("utf-8")
+    assert [len(p) for p in pieces] == token_byte_lengths(tok).tolist()
 
 
 def test_loads_in_transformers_with_special_tokens(tok, tmp_path):

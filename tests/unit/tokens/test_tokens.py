@@ -100,3 +100,13 @@ def test_windows_cover_split_in_order(tmp_path):
     assert targets.tolist() == list(range(2, 30))
     capped = list(data.windows(block=8, max_tokens=10))
     assert sum(len(w) - 1 for w in capped) == 10
+
+
+@pytest.mark.parametrize("max_tokens", [None, 1, 10, 45])
+def test_scored_marks_the_targets_windows_score(tmp_path, max_tokens):
+    make_shards(tmp_path, [[1, 0]], [list(range(1, 30)), list(range(40, 60))], shard_tokens=25)
+    data = TokenData(tmp_path, "val")
+    stream, scored = data.scored(max_tokens)
+    targets = np.concatenate([w[1:] for w in data.windows(block=8, max_tokens=max_tokens)])
+    assert stream[scored].tolist() == targets.tolist()
+    assert (stream == np.concatenate(data.arrays)[: len(stream)]).all()
