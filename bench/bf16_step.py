@@ -52,10 +52,11 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--threads", type=int, default=1)
     ap.add_argument("--rounds", type=int, default=4)
+    ap.add_argument("--batch", type=int, default=B, help=f"rows of {T} tokens a step (default {B}; 1: a smoke run)")
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
     torch.manual_seed(0)
-    x, y = torch.randint(0, V, (B, T)), torch.randint(0, V, (B, T))
+    x, y = torch.randint(0, V, (args.batch, T)), torch.randint(0, V, (args.batch, T))
     vs = {"reference fp32": variant("ref", False, True, x, y), "reference bf16": variant("ref", True, True, x, y),
           "ours fp32": variant("ours", False, True, x, y), "ours bf16 plain loss": variant("ours", True, False, x, y),
           "ours bf16": variant("ours", True, True, x, y)}
@@ -66,7 +67,7 @@ def main() -> None:
     tps = {}
     for k, t in times.items():
         fb, o = statistics.median(a for a, _ in t), statistics.median(b for _, b in t)
-        tps[k] = B * T / (fb + o)
+        tps[k] = args.batch * T / (fb + o)
         print(f"{k:22} forward+backward {fb * 1000:6.0f} ms  clip+AdamW {o * 1000:5.0f} ms  {tps[k]:6.0f} tokens/s")
     GPT.FUSED_BF16 = True
     print(f"RESULT ours_bf16_gain={tps['ours bf16'] / tps['ours fp32']:.3f} "

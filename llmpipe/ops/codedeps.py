@@ -35,27 +35,31 @@ def _resolve(node: ast.ImportFrom, module: str, is_package: bool) -> str:
     return ".".join(base + ([node.module] if node.module else []))
 
 
-def _runtime_nodes(tree: ast.AST):
-    """Every node that can run: the body of `if TYPE_CHECKING:` is for type checkers only."""
+def _nodes(tree: ast.AST, typing: bool):
+    """The tree's nodes: with `typing` all of them, without it those that can run (the body of
+    `if TYPE_CHECKING:` is for type checkers only)."""
     todo = [tree]
     while todo:
         node = todo.pop()
         yield node
         for child in ast.iter_child_nodes(node):
-            if isinstance(child, ast.If) and getattr(child.test, "id", getattr(child.test, "attr", "")) == "TYPE_CHECKING":
+            if not typing and isinstance(child, ast.If) and \
+                    getattr(child.test, "id", getattr(child.test, "attr", "")) == "TYPE_CHECKING":
                 todo.extend(child.orelse)
             else:
                 todo.append(child)
 
 
 @cache
-def direct_imports(root: Path, module: str) -> frozenset[str]:
-    """Project modules that `module` imports anywhere in its body (a package's __init__ included)."""
+def direct_imports(root: Path, module: str, typing: bool = False) -> frozenset[str]:
+    """Project modules that `module` imports anywhere in its body (a package's __init__ included):
+    at module level and inside functions; with `typing`, also those imported for type checkers only
+    (`if TYPE_CHECKING:`), which a code dep leaves out but a dependency between modules counts."""
     path = module_file(root, module)
     if path is None:
         return frozenset()
     found: set[str] = set()
-    for node in _runtime_nodes(ast.parse(path.read_text(encoding="utf-8"), str(path))):
+    for node in _nodes(ast.parse(path.read_text(encoding="utf-8"), str(path)), typing):
         if isinstance(node, ast.Import):
             names = [a.name for a in node.names]
         elif isinstance(node, ast.ImportFrom):

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import subprocess
 import sys
+from collections import deque
 from pathlib import Path
 
 import yaml
@@ -22,12 +23,18 @@ LAYERS = [("llmpipe", "llmpipe.config", "llmpipe.util"), ("llmpipe.data",), ("ll
 MAX_LINES = 400
 
 
-def modules() -> list[str]:
+def modules(root: Path = REPO) -> list[str]:
     out = []
-    for path in sorted((REPO / "llmpipe").rglob("*.py")):
-        parts = list(path.relative_to(REPO).with_suffix("").parts)
+    for path in sorted((root / "llmpipe").rglob("*.py")):
+        parts = list(path.relative_to(root).with_suffix("").parts)
         out.append(".".join(parts[:-1] if parts[-1] == "__init__" else parts))
     return out
+
+
+def imports(root: Path = REPO) -> dict[str, set[str]]:
+    """Module -> the project modules it imports: at module level, inside functions, and for type
+    checkers only (an `if TYPE_CHECKING:` import is a dependency between the two modules too)."""
+    return {m: set(direct_imports(root, m, typing=True)) - {m} for m in modules(root)}
 
 
 def layer(module: str) -> int:
@@ -36,27 +43,65 @@ def layer(module: str) -> int:
 
 
 def test_lower_layers_never_import_higher_ones():
-    bad = [f"{m} ({layer(m)}) imports {d} ({layer(d)})" for m in modules() for d in direct_imports(REPO, m)
+    bad = [f"{m} ({layer(m)}) imports {d} ({layer(d)})" for m, deps in imports().items() for d in deps
            if layer(d) > layer(m)]
     assert not bad, "\n".join(bad)
 
 
+def shortest_path(graph: dict[str, set[str]], start: str, goal: str) -> list[str] | None:
+    """The shortest import path from `start` to `goal` (breadth first), or None."""
+    came_from: dict[str, str | None] = {start: None}
+    queue = deque([start])
+    while queue:
+        m = queue.popleft()
+        if m == goal:
+            path = [m]
+            while (before := came_from[path[-1]]) is not None:
+                path.append(before)
+            return path[::-1]
+        for d in sorted(graph.get(m, ())):
+            if d not in came_from:
+                came_from[d] = m
+                queue.append(d)
+    return None
+
+
+def import_cycles(root: Path = REPO) -> list[str]:
+    """For every import that lies on a cycle, the shortest such cycle, once each, written from its
+    smallest module: `a -> b -> a`."""
+    graph = imports(root)
+    cycles = set()
+    for m, deps in graph.items():
+        for d in deps:
+            if back := shortest_path(graph, d, m):
+                ring = [m] + back[:-1]
+                first = ring.index(min(ring))
+                ring = ring[first:] + ring[:first]
+                cycles.add(" -> ".join(ring + ring[:1]))
+    return sorted(cycles)
+
+
 def test_no_import_cycles():
-    graph = {m: set(direct_imports(REPO, m)) - {m} for m in modules()}
-    state: dict[str, int] = {}
+    cycles = import_cycles()
+    assert not cycles, "import cycles between modules:\n" + "\n".join(cycles)
 
-    def visit(m, path):
-        state[m] = 1
-        for d in graph.get(m, ()):
-            if state.get(d) == 1:
-                raise AssertionError("import cycle: " + " -> ".join(path[path.index(d):] + [d]))
-            if d not in state:
-                visit(d, path + [d])
-        state[m] = 2
 
-    for m in graph:
-        if m not in state:
-            visit(m, [m])
+def test_cycle_check_sees_imports_in_functions_and_for_type_checkers(tmp_path):
+    """Two modules tied only by an import inside a function one way and an `if TYPE_CHECKING:` import
+    the other way are a cycle."""
+    def tree(root: Path, low: str) -> Path:
+        pkg = root / "llmpipe" / "part"
+        pkg.mkdir(parents=True)
+        for init in (root / "llmpipe" / "__init__.py", pkg / "__init__.py"):
+            init.write_text("")
+        (pkg / "low.py").write_text(low + "class Base: ...\n")
+        (pkg / "high.py").write_text("def make():\n    from llmpipe.part.low import Base\n    return Base()\n")
+        return root
+
+    tied = "from typing import TYPE_CHECKING\nif TYPE_CHECKING:\n    from llmpipe.part.high import make\n"
+    assert import_cycles(tree(tmp_path / "tied", tied)) == [
+        "llmpipe.part.high -> llmpipe.part.low -> llmpipe.part.high"]
+    assert import_cycles(tree(tmp_path / "untied", "")) == []
 
 
 def test_config_and_data_layers_do_not_need_torch():

@@ -13,7 +13,10 @@ A kind is a module of this package that defines (the `SourceKind` protocol below
                                     `root` for file kinds; `[()]` for a kind read whole by one task)
     read(source, files, cfg, root)  -> Iterator[dict | Skip]: the documents of one unit
 
-Modules without these (documents: what every kind shares; archives: containers of files) are helpers.
+Modules without these (documents: what every kind shares; archives: containers of files; http_params: the
+http kind's params, which its crawler reads too) are helpers. A kind or helper types the scrape section it
+is handed by documents.ReadSettings: the section is defined here, from the kinds, so importing it back
+would tie every kind to this package in a cycle.
 At import, every module here is loaded (pkgutil) and the kinds found make the discriminated union
 `Source` that ScrapeParams.sources validates against; the scrape stage dispatches by `kind` through
 plan_units/iter_unit. Their code deps follow too: llmpipe.ops.codedeps counts every module of a package
@@ -32,10 +35,11 @@ from typing import Annotated, Iterator, Literal, Protocol, Union
 from pydantic import Field
 
 from llmpipe.config.base import Section
-from llmpipe.data.sources.archives import iter_named_bytes, iter_warc_stream
+from llmpipe.data.sources.archives import iter_warc_stream
 from llmpipe.data.sources.documents import (ENVIRONMENT_ERRORS, Skip, cache_dir, decode, glob_files, guarded,
                                             html_document, iso_time, looks_binary, make_doc, now_iso,
                                             read_capped, read_error)
+from llmpipe.data.sources.local import iter_named_bytes
 
 __all__ = ["ENVIRONMENT_ERRORS", "KINDS", "ScrapeParams", "Skip", "Source", "SourceKind", "Unit", "cache_dir",
            "decode", "discover", "glob_files", "guarded", "html_document", "iso_time", "iter_named_bytes",

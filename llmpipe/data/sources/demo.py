@@ -11,16 +11,13 @@ import sys
 import tarfile
 import time
 from pathlib import Path, PurePosixPath
-from typing import TYPE_CHECKING, Annotated, Iterator, Literal
+from typing import Annotated, Iterator, Literal
 
 from pydantic import Field
 
 from llmpipe.config.base import Section
-from llmpipe.data.sources.documents import Skip, cache_dir, iso_time, make_doc
+from llmpipe.data.sources.documents import ReadSettings, Skip, cache_dir, iso_time, make_doc
 from llmpipe.util.io import InputError, file_sha256
-
-if TYPE_CHECKING:
-    from llmpipe.data.sources import ScrapeParams
 
 log = logging.getLogger(__name__)
 
@@ -40,11 +37,11 @@ class DemoSource(Section):
 PARAMS = DemoSource
 
 
-def plan(source: DemoSource, cfg: ScrapeParams, root: Path) -> list[tuple[str, ...]]:
+def plan(source: DemoSource, cfg: ReadSettings, root: Path) -> list[tuple[str, ...]]:
     return [()]  # one archive, read whole
 
 
-def read(source: DemoSource, files: tuple[str, ...], cfg: ScrapeParams, root: Path) -> Iterator[dict | Skip]:
+def read(source: DemoSource, files: tuple[str, ...], cfg: ReadSettings, root: Path) -> Iterator[dict | Skip]:
     return iter_demo(source)
 
 

@@ -1,6 +1,6 @@
 """What every kind of source shares: the document row, the Skip that stands for an input that did not
-become one, text from bytes, HTML extraction, and the environment faults that end the stage instead of
-being counted."""
+become one, the scrape settings a reader sees, text from bytes, HTML extraction, and the environment
+faults that end the stage instead of being counted."""
 
 from __future__ import annotations
 
@@ -12,13 +12,10 @@ import os
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import IO, TYPE_CHECKING, Iterator
+from typing import IO, Iterator, Protocol
 from urllib.parse import urlsplit
 
 from llmpipe.data.extract import ExtractionTimeout, ExtractorUnavailable, extract_text, html_charset
-
-if TYPE_CHECKING:  # the scrape section is defined by the package, which imports this module
-    from llmpipe.data.sources import ScrapeParams
 
 log = logging.getLogger(__name__)
 
@@ -33,6 +30,24 @@ class Skip:
     reason: str
     where: str
     detail: str = ""
+
+
+class ReadSettings(Protocol):
+    """What reading documents needs of the scrape section (ScrapeParams, which the package defines from
+    the kinds it discovers: a kind or helper module types its settings by this protocol instead of
+    importing the package that imports it)."""
+
+    @property
+    def max_doc_bytes(self) -> int: ...
+
+    @property
+    def max_archive_depth(self) -> int: ...
+
+    @property
+    def extractor(self) -> str: ...
+
+    @property
+    def extract_timeout_s(self) -> float: ...
 
 
 def read_error(where: str, err: Exception) -> Skip:
@@ -135,7 +150,7 @@ def read_capped(stream: IO[bytes], limit: int) -> bytes | None:
     return None if size > limit else b"".join(chunks)
 
 
-def html_document(raw: bytes, doc_id: str, source: str, cfg: ScrapeParams, *, path=None, url=None,
+def html_document(raw: bytes, doc_id: str, source: str, cfg: ReadSettings, *, path=None, url=None,
                   charset=None, fetched_at=None) -> dict | Skip:
     where = url or path or doc_id
     html = decode(raw, html_charset(raw, charset), where)

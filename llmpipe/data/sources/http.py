@@ -1,57 +1,24 @@
 """Kind `http`: pages fetched over HTTP(S) by the polite crawler in llmpipe.data.fetch. Read whole, by
-one task: the crawler parallelises its own requests, politely per host."""
+one task: the crawler parallelises its own requests, politely per host. Its params (HttpSource) are the
+crawler's settings and live in http_params, which both this module and the crawler import."""
 
 from __future__ import annotations
 
 from pathlib import Path
-from typing import TYPE_CHECKING, Annotated, Iterator, Literal
+from typing import Iterator
 
-from pydantic import Field, model_validator
-
-from llmpipe.config.base import Section
-from llmpipe.data.sources.documents import Skip
-
-if TYPE_CHECKING:
-    from llmpipe.data.sources import ScrapeParams
-
-
-class HttpSource(Section):
-    """Pages fetched over HTTP(S), politely: robots.txt, a delay per host, bounded concurrency, retries
-    with backoff on 429/5xx and timeouts, a size cap; optionally crawling same-host links to a depth."""
-
-    kind: Literal["http"] = "http"
-    urls: list[str] = Field(default_factory=list)
-    seed_files: list[str] = Field(default_factory=list)  # text files with one URL per line
-    user_agent: str = Field(default="llmpipe/0.1 (+https://github.com/llmpipe/llmpipe)", min_length=1)
-    respect_robots: bool = True
-    delay_s: Annotated[float, Field(ge=0.0)] = 1.0  # between requests to one host (robots' Crawl-delay wins if longer)
-    concurrency: Annotated[int, Field(ge=1, le=256)] = 8
-    timeout_s: Annotated[float, Field(gt=0.0)] = 20.0
-    retries: Annotated[int, Field(ge=0, le=20)] = 3
-    backoff_s: Annotated[float, Field(ge=0.0)] = 1.0  # doubles at each retry (Retry-After wins if given)
-    max_bytes: Annotated[int, Field(ge=1)] = 5_000_000
-    max_redirects: Annotated[int, Field(ge=0, le=50)] = 5
-    crawl_depth: Annotated[int, Field(ge=0)] = 0  # follow same-host links this many levels from the seeds
-    max_pages: Annotated[int, Field(ge=1)] = 10_000
-    # Private, loopback and link-local addresses are refused (SSRF guard) unless listed here, e.g.
-    # ["127.0.0.1"] for a test server; "*" allows every address.
-    allow_addresses: list[str] = Field(default_factory=list)
-
-    @model_validator(mode="after")
-    def _has_urls(self) -> "HttpSource":
-        if not self.urls and not self.seed_files:
-            raise ValueError("an http source needs urls or seed_files")
-        return self
+from llmpipe.data.sources.documents import ReadSettings, Skip
+from llmpipe.data.sources.http_params import HttpSource
 
 
 PARAMS = HttpSource
 
 
-def plan(source: HttpSource, cfg: ScrapeParams, root: Path) -> list[tuple[str, ...]]:
+def plan(source: HttpSource, cfg: ReadSettings, root: Path) -> list[tuple[str, ...]]:
     return [()]
 
 
-def read(source: HttpSource, files: tuple[str, ...], cfg: ScrapeParams, root: Path) -> Iterator[dict | Skip]:
+def read(source: HttpSource, files: tuple[str, ...], cfg: ReadSettings, root: Path) -> Iterator[dict | Skip]:
     from llmpipe.data.fetch import crawl  # httpx and the crawler load only where a source fetches
 
     yield from crawl(source, cfg, root)

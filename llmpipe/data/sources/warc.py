@@ -4,16 +4,13 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
-from typing import TYPE_CHECKING, Iterator, Literal
+from typing import Iterator, Literal
 
 from pydantic import Field
 
 from llmpipe.config.base import Section
 from llmpipe.data.sources.archives import iter_warc_stream
-from llmpipe.data.sources.documents import Skip, glob_files, guarded
-
-if TYPE_CHECKING:
-    from llmpipe.data.sources import ScrapeParams
+from llmpipe.data.sources.documents import ReadSettings, Skip, glob_files, guarded
 
 
 class WarcSource(Section):
@@ -27,13 +24,13 @@ class WarcSource(Section):
 PARAMS = WarcSource
 
 
-def plan(source: WarcSource, cfg: ScrapeParams, root: Path) -> list[tuple[str, ...]]:
+def plan(source: WarcSource, cfg: ReadSettings, root: Path) -> list[tuple[str, ...]]:
     files = [os.path.relpath(f, root) for f in glob_files(source.paths, root)]
     # no files: one empty unit, reported as a source that matched nothing
     return [(f,) for f in files] or [()]
 
 
-def read(source: WarcSource, files: tuple[str, ...], cfg: ScrapeParams, root: Path) -> Iterator[dict | Skip]:
+def read(source: WarcSource, files: tuple[str, ...], cfg: ReadSettings, root: Path) -> Iterator[dict | Skip]:
     if not files:
         yield Skip("no_files_matched", ", ".join(source.paths))
     for rel in files:

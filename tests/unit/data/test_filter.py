@@ -51,7 +51,7 @@ def test_quality_rules_are_charged_in_the_report():
 def test_language_id_on_paragraphs_in_fifteen_languages():
     from llmpipe.data.text import identify_language
 
-    from tests.unit.data.texts.multilingual import PARAGRAPHS
+    from bench.texts.multilingual import PARAGRAPHS
 
     wrong = [(lang, text[:40], identify_language(text)) for lang, text in PARAGRAPHS
              if identify_language(text)[0] != lang]
@@ -60,7 +60,7 @@ def test_language_id_on_paragraphs_in_fifteen_languages():
 
 
 def test_filter_keeps_the_target_languages_of_a_mixed_batch():
-    from tests.unit.data.texts.multilingual import PARAGRAPHS
+    from bench.texts.multilingual import PARAGRAPHS
 
     df = pd.DataFrame({"id": [f"{lang}{i}" for i, (lang, _) in enumerate(PARAGRAPHS)],
                        "text": [text for _, text in PARAGRAPHS]})

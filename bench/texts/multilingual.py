@@ -1,5 +1,6 @@
 """Paragraphs written for llmpipe's tests and bench/filter.py, labelled with their ISO 639-1 language:
-everyday topics (weather, travel, cooking, work) so no paragraph is a quotation of a famous text."""
+everyday topics (weather, travel, cooking, work) so no paragraph is a quotation of a famous text.
+Kept in bench/, not tests/: a bench script never imports the tests (the tests may import bench/)."""
 
 PARAGRAPHS: list[tuple[str, str]] = [
     ("en", "The bus was late again this morning, so I walked to the station through the park. The grass was still wet and a few joggers were already out. By the time I reached the platform the train had gone, and I spent twenty minutes reading the timetable as if it might change its mind."),
