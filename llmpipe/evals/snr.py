@@ -1,0 +1,65 @@
+"""Signal-to-noise ratio of a benchmark over one pretraining run's in-loop evaluations.
+
+"Signal and Noise" (Heineman et al., AI2, 2025; the DataDecide suite) defines, for one benchmark metric m:
+  signal = max_{j,k} |m_j - m_k| / mean(m)   over models that should be told apart (each the mean of
+           its last 5 checkpoints' scores),
+  noise  = std(m) / mean(m)                  over the final checkpoints of one training run,
+  SNR    = signal / noise.
+One run has no second model, so the models to tell apart are the run itself early and late: with k =
+`window` evaluations, the "models" are the mean of the first k in-loop scores and the mean of the last
+k (the paper's checkpoint averaging), and signal = |late - early| / mean(early, late). Noise is the
+paper's: the population std of the last k scores over their mean. A curve that does not move has a
+signal of the order of noise * sqrt(2 / k), so SNR < 1; a curve that climbs or falls by more than its
+checkpoint-to-checkpoint jitter has SNR > 1. The max over all windows is not used: on a flat curve the
+largest of several noisy window means is itself noise.
+
+It needs 2k evaluations; with fewer, k shrinks to half of them (at least 2), else there is no SNR.
+"""
+
+from __future__ import annotations
+
+import csv
+from pathlib import Path
+
+import numpy as np
+
+SNR_CAP = 1000.0  # a tail without any jitter (std 0) under a moving curve: reported as this, not infinity
+
+
+def snr(values: list[float], window: int = 5) -> float | None:
+    """SNR of one metric's in-loop curve (in evaluation order); None when too short or never non-zero."""
+    k = min(window, len(values) // 2)
+    if k < 2:
+        return None
+    v = np.asarray(values, dtype=float)
+    early, late = v[:k].mean(), v[-k:].mean()
+    scale = abs((early + late) / 2)
+    if scale == 0 or late == 0:
+        return None  # a metric stuck at 0 (e.g. exact-match accuracy of an untrained model): undefined
+    signal = abs(late - early) / scale
+    noise = v[-k:].std() / abs(late)
+    if noise == 0:
+        return SNR_CAP if signal > 0 else 0.0
+    return float(min(signal / noise, SNR_CAP))
+
+
+def read_curves(path: Path) -> dict[str, list[float]]:
+    """Columns of pretraining's bench.tsv (step, tokens, <task>_acc_norm, <task>_gold_bpb, ...) as float
+    lists; an absent or empty file (no in-loop evaluation) gives no curves."""
+    path = Path(path)
+    if not path.is_file():
+        return {}
+    with path.open(newline="") as f:
+        rows = list(csv.DictReader(f, delimiter="\t"))
+    curves: dict[str, list[float]] = {}
+    for row in rows:
+        for key, value in row.items():
+            if value not in ("", None):
+                curves.setdefault(key, []).append(float(value))
+    return curves
+
+
+def task_snr(curves: dict[str, list[float]], task: str, window: int) -> dict:
+    """{snr (of acc_norm), snr_bpb (of gold bits per byte), snr_evaluations} for one task."""
+    acc, bpb = curves.get(f"{task}_acc_norm", []), curves.get(f"{task}_gold_bpb", [])
+    return {"snr": snr(acc, window), "snr_bpb": snr(bpb, window), "snr_evaluations": len(acc)}
