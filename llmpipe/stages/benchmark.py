@@ -76,7 +76,7 @@ def table(result: dict) -> str:
         kept = result["core_snr_tasks"]
         mean = "n/a" if result["core_snr_mean"] is None else f"{result['core_snr_mean']:+.4f}"
         lines.append(f"\nCORE-style mean over the tasks with acc_norm SNR > {SNR_MIN:g} (first and last "
-                     f"{result['snr_window']} in-loop evaluations): {mean} over {len(kept)} "
+                     f"{result['snr_window']} in-loop evaluations, half of them when fewer): {mean} over {len(kept)} "
                      f"task{'s' if len(kept) != 1 else ''}{': ' + ', '.join(kept) if kept else ''}")
     return "\n".join(lines) + "\n"
 
