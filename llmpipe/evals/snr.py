@@ -16,6 +16,14 @@ straight line's SNR stays finite). The max over all windows is not used: on a fl
 several noisy window means is itself noise.
 
 It needs 2k evaluations; with fewer, k shrinks to half of them (at least 2), else there is no SNR.
+
+One addition for accuracies over few in-loop items (the paper's benchmarks hold thousands): the same n
+items are scored at every checkpoint, so an accuracy moves in steps of 1/n and its jitter is often 0
+over k checkpoints, while one item more or less right between the two windows looks like signal (with
+10 items, 6 of 10 chance-level tasks passed SNR > 1 in a 96-step run). The noise of an accuracy
+therefore adds, in quadrature, the binomial standard error sqrt(p (1 - p) / n) of an accuracy p over
+n items: the noise of the draw of items, which thousands of items make negligible. Bits per byte, a
+continuous mean, gets no such term.
 """
 
 from __future__ import annotations
@@ -28,8 +36,9 @@ import numpy as np
 SNR_CAP = 1000.0  # a tail without any jitter (std 0) under a moving curve: reported as this, not infinity
 
 
-def snr(values: list[float], window: int = 5) -> float | None:
-    """SNR of one metric's in-loop curve (in evaluation order); None when too short or never non-zero."""
+def snr(values: list[float], window: int = 5, n_items: int | None = None) -> float | None:
+    """SNR of one metric's in-loop curve (in evaluation order); None when too short or never non-zero.
+    n_items: the curve is an accuracy over that many items (adds their binomial error to the noise)."""
     k = min(window, len(values) // 2)
     if k < 2:
         return None
@@ -39,7 +48,10 @@ def snr(values: list[float], window: int = 5) -> float | None:
     if scale == 0 or late == 0:
         return None  # a metric stuck at 0 (e.g. exact-match accuracy of an untrained model): undefined
     signal = abs(late - early) / scale
-    noise = v[-k:].std() / abs(late)
+    jitter = v[-k:].std()
+    if n_items:
+        jitter = float(np.sqrt(jitter**2 + late * (1 - late) / n_items))
+    noise = jitter / abs(late)
     if noise == 0:
         return SNR_CAP if signal > 0 else 0.0
     return float(min(signal / noise, SNR_CAP))
@@ -61,7 +73,8 @@ def read_curves(path: Path) -> dict[str, list[float]]:
     return curves
 
 
-def task_snr(curves: dict[str, list[float]], task: str, window: int) -> dict:
-    """{snr (of acc_norm), snr_bpb (of gold bits per byte), snr_evaluations} for one task."""
+def task_snr(curves: dict[str, list[float]], task: str, window: int, n_items: int | None) -> dict:
+    """{snr (of acc_norm over n_items in-loop items), snr_bpb (of gold bits per byte), snr_evaluations}."""
     acc, bpb = curves.get(f"{task}_acc_norm", []), curves.get(f"{task}_gold_bpb", [])
-    return {"snr": snr(acc, window), "snr_bpb": snr(bpb, window), "snr_evaluations": len(acc)}
+    return {"snr": snr(acc, window, n_items), "snr_bpb": snr(bpb, window), "snr_evaluations": len(acc),
+            "snr_items": n_items}

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import logging
 import time
+from collections import Counter
 from pathlib import Path
 
 import torch
@@ -33,13 +34,14 @@ STAGE = stage("benchmark")
 SNR_MIN = 1.0  # tasks whose accuracy moves more than it jitters enter the filtered CORE-style mean
 
 
-def add_snr(result: dict, curves: dict[str, list[float]], window: int) -> None:
+def add_snr(result: dict, curves: dict[str, list[float]], window: int, inloop_items: dict[str, int]) -> None:
     """Per task its SNRs over the in-loop curves; `core_snr_mean`: the CORE-style mean over the tasks whose
     acc_norm SNR exceeds 1. The filter reads acc_norm's SNR, not gold_bpb's: the mean averages centered
     accuracy, and bits per byte fall during training even where accuracy stays at chance, so a bpb filter
-    would let chance-level tasks back into the mean (the paper filters on the averaged metric's SNR)."""
+    would let chance-level tasks back into the mean (the paper filters on the averaged metric's SNR).
+    inloop_items: in-loop items per task (an accuracy's binomial noise; llmpipe/evals/snr.py)."""
     for name, m in result["tasks"].items():
-        m.update(task_snr(curves, name, window))
+        m.update(task_snr(curves, name, window, inloop_items.get(name)))
     kept = [n for n, m in result["tasks"].items() if m["snr"] is not None and m["snr"] > SNR_MIN]
     result["core_snr_tasks"] = kept
     result["core_snr_mean"] = float(sum(result["tasks"][n]["centered"] for n in kept) / len(kept)) if kept else None
@@ -60,7 +62,7 @@ def table(result: dict) -> str:
              "answer of these items (chosen with the answers in view: an upper bound on any constant rule); "
              "sig.: the interval's lower bound exceeds max(random, majority); gold bpb: bits per UTF-8 byte of "
              "the right continuation; SNR: signal over noise of acc_norm (of gold bpb) over pretraining's in-loop "
-             "evaluations (- when too few).", "",
+             "evaluations (- when too few; acc_norm's noise includes the binomial error of the in-loop items).", "",
              "| task | items | acc [95% CI] | acc_norm [95% CI] | random | majority | sig. (acc/norm) | centered | "
              "gold bpb | SNR (bpb) | contaminated | acc_norm (clean) |",
              "|---|---:|---:|---:|---:|---:|:---:|---:|---:|---:|---:|---:|"]
@@ -100,7 +102,8 @@ def run(params: StageParams, root: Path, sink=None) -> StageResult:
     dtype = torch.bfloat16 if cfg.precision == "bf16" else torch.float32
     result = run_suite(model, tok, tasks, tok.token_to_id(EOT), cfg.batch_rows, dtype, dirty)
     result["fewshot"], result["device"] = manifest.get("fewshot", 0), device
-    add_snr(result, read_curves(root / STAGE.inp("bench")), cfg.snr_window)
+    inloop_items = Counter(i.task for i in read_items(root / STAGE.inp("inloop")))
+    add_snr(result, read_curves(root / STAGE.inp("bench")), cfg.snr_window, inloop_items)
     write_json(root / STAGE.out("results"), result)
     write_text(root / STAGE.out("table"), table(result))
     log.info("benchmark:\n%s", table(result))

@@ -117,7 +117,7 @@ STAGES: list[Stage] = [
           {"model": "pretrain.model", "tokens": "tokenize.tokens", "tokenizer": "tokenizer.tokenizer"}),
     Stage("benchmark", "score the benchmark suite: accuracy per task, CORE-style mean, contamination",
           ("benchmark",), {"model": "pretrain.model", "tokenizer": "tokenizer.tokenizer", "tasks": "tasks.tasks",
-                           "report": "tasks.report", "bench": "pretrain.bench"},
+                           "report": "tasks.report", "bench": "pretrain.bench", "inloop": "tasks.inloop"},
           {"table": Out("data/evals/benchmark.md", "report"), "results": Out("data/evals/benchmark.json", "report")}),
     Stage("sample", "generate text from the prompts", ("sample",),
           {"model": "pretrain.model", "tokenizer": "tokenizer.tokenizer"},

@@ -60,7 +60,7 @@ def test_benchmark_figures_equal_a_rescoring_and_carry_their_baselines(tiny_pipe
         assert m["majority"] == pytest.approx(majority(tasks[name]))
         assert m["acc_ci"] == pytest.approx(list(wilson(m["acc"] * m["n"], m["n"])))
         assert m["significant"] == (m["acc_ci"][0] > max(m["random"], m["majority"]))
-        assert m["snr"] is None and m["snr_evaluations"] == 3
+        assert m["snr"] is None and m["snr_evaluations"] == 3 and m["snr_items"] == 2
     assert result["tasks"]["lambada"]["random"] == 0.0 and result["snr_window"] == 5
     assert result["core_snr_tasks"] == [] and result["core_snr_mean"] is None
 

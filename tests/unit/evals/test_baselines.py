@@ -88,6 +88,15 @@ def test_snr_hand_computed_and_undefined_cases():
     assert snr([0.3] * 10, 5) == 0.0
 
 
+def test_an_accuracy_over_few_items_counts_their_binomial_noise():
+    one_item_up = [0.2] * 5 + [0.3] * 5  # 10 items: one more right, and no jitter at all
+    assert snr(one_item_up, 5) == SNR_CAP  # jitter alone: the change looks like pure signal
+    expected = (0.1 / 0.25) / (np.sqrt(0.3 * 0.7 / 10) / 0.3)
+    assert snr(one_item_up, 5, n_items=10) == pytest.approx(expected) and expected < 1
+    climb = [0.25] * 5 + [0.75] * 5  # half the items more right: signal over any item draw
+    assert snr(climb, 5, n_items=100) > 5
+
+
 def test_benchmark_reads_the_curves_and_filters_the_core_mean_by_snr(tmp_path):
     rows = [{"step": 10 * (i + 1), "tokens": 100 * i, "good_acc_norm": 0.3 + 0.04 * i + 0.005 * (-1) ** i,
              "good_gold_bpb": 3.0 - 0.1 * i, "chance_acc_norm": 0.25 + 0.03 * (-1) ** i,
@@ -95,19 +104,20 @@ def test_benchmark_reads_the_curves_and_filters_the_core_mean_by_snr(tmp_path):
     write_tsv(tmp_path / "bench.tsv", rows, list(rows[0]))
     curves = read_curves(tmp_path / "bench.tsv")
     assert curves["good_acc_norm"] == pytest.approx([r["good_acc_norm"] for r in rows])
-    assert task_snr(curves, "absent", 5) == {"snr": None, "snr_bpb": None, "snr_evaluations": 0}
+    assert task_snr(curves, "absent", 5, None) == {"snr": None, "snr_bpb": None, "snr_evaluations": 0,
+                                                   "snr_items": None}
     base = {"n": 100, "acc": 0.3, "acc_norm": 0.3, "random": 0.25, "majority": 0.3, "significant": False,
             "significant_norm": False, "acc_ci": [0.2, 0.4], "acc_norm_ci": [0.2, 0.4], "gold_bpb": 2.5,
             "contaminated": 0}
     result = {"tasks": {"good": {**base, "centered": 0.4}, "chance": {**base, "centered": -0.02},
                         "lm": {**base, "centered": 0.1}}, "core": 0.16, "items": 300, "seconds": 1.0,
               "items_per_s": 300.0}
-    add_snr(result, curves, 5)
+    add_snr(result, curves, 5, {"good": 1000, "chance": 1000})
     good, chance = result["tasks"]["good"], result["tasks"]["chance"]
     assert good["snr"] > 1 and chance["snr"] < 1 and chance["snr_bpb"] > 1  # bpb falls where accuracy does not
     assert result["tasks"]["lm"]["snr"] is None and result["tasks"]["lm"]["snr_evaluations"] == 0
     assert result["core_snr_tasks"] == ["good"] and result["core_snr_mean"] == pytest.approx(0.4)
     text = table(result)
     assert "95% Wilson" in text and "acc_norm SNR > 1" in text and ": +0.4000 over 1 task: good" in text
-    add_snr(result, {}, 5)  # no in-loop evaluation: no SNR, no filtered mean
+    add_snr(result, {}, 5, {})  # no in-loop evaluation: no SNR, no filtered mean
     assert result["core_snr_mean"] is None and "n/a over 0 tasks" in table(result)
