@@ -7,7 +7,7 @@
 - centered accuracy: (acc - random) / (1 - random), 0 at chance and 1 when perfect, where `random` is the
   mean of 1/choices over the items; multiple-choice tasks center acc_norm, the others acc; the CORE-style
   score is the mean centered accuracy over the tasks (nanochat's CORE: 22 DCLM tasks);
-- beside every accuracy its baselines and its uncertainty (llmpipe/evals/baselines.py): the majority
+- beside every accuracy its baselines and its uncertainty (llmpipe/evals/taskstats.py): the majority
   rule, a 95% Wilson interval, whether the interval clears the best trivial rule, and the gold
   continuation's bits per byte.
 """
@@ -18,7 +18,7 @@ import time
 
 import numpy as np
 
-from llmpipe.evals.baselines import gold_bits_bytes, majority, wilson
+from llmpipe.evals.taskstats import gold_bits_bytes, majority, wilson
 from llmpipe.evals.score import Scored, score_items
 from llmpipe.evals.tasks import Item
 

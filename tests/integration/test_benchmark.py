@@ -40,7 +40,7 @@ def test_benchmark_figures_equal_a_rescoring_and_carry_their_baselines(tiny_pipe
     import torch
     from tokenizers import Tokenizer
 
-    from llmpipe.evals.baselines import majority, wilson
+    from llmpipe.evals.taskstats import majority, wilson
     from llmpipe.evals.suite import run_suite
     from llmpipe.evals.tasks import read_items
     from llmpipe.model.weights import load_model

@@ -6,7 +6,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from llmpipe.evals.baselines import majority, scored_bytes, wilson
+from llmpipe.evals.taskstats import majority, scored_bytes, wilson
 from llmpipe.evals.snr import SNR_CAP, read_curves, snr, task_snr
 from llmpipe.evals.suite import uncertainty
 from llmpipe.evals.tasks import Item

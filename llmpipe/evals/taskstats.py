@@ -1,4 +1,4 @@
-"""What a benchmark score must beat, and how sure it is: trivial rules, Wilson intervals, gold bits per byte.
+"""Per-task statistics beside every benchmark accuracy: what it must beat, how sure it is, and gold bits per byte.
 
 - random: the expected accuracy of a uniform guess (mean of 1/choices over the items);
 - majority: the accuracy of always giving the most frequent gold answer of the scored items themselves
