@@ -32,8 +32,8 @@ TINY_PARAMS = {
         "eval_interval": 10, "eval_batches": 2, "log_interval": 5, "checkpoint_interval": 10,
     },  # Muon and lr 0.02: in 30 steps the model beats a unigram model (AdamW at lr 0.005 did not)
     "evaluate": {"max_tokens": 4096, "batch_size": 8},
-    # issue 16: a few items of three built-in tasks, a small in-domain task, 2 in-loop items per task
-    "tasks": {"builtin": {"hellaswag": 4, "arc_easy": 4, "winogrande": 4},
+    # issue 16: a few items of four built-in tasks, a small in-domain task, 2 in-loop items per task
+    "tasks": {"builtin": {"hellaswag": 4, "arc_easy": 4, "winogrande": 4, "lambada": 4},
               "indomain": {"items": 8, "context_chars": 120, "continuation_chars": 40}, "inloop": {"items": 2}},
     "benchmark": {"batch_rows": 32},
     "sample": {"prompts": ["ROMEO.\n", "Enter"], "max_new_tokens": 24},

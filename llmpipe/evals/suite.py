@@ -6,7 +6,10 @@
 - language-modeling items count as right when greedy decoding gives the whole continuation;
 - centered accuracy: (acc - random) / (1 - random), 0 at chance and 1 when perfect, where `random` is the
   mean of 1/choices over the items; multiple-choice tasks center acc_norm, the others acc; the CORE-style
-  score is the mean centered accuracy over the tasks (nanochat's CORE: 22 DCLM tasks).
+  score is the mean centered accuracy over the tasks (nanochat's CORE: 22 DCLM tasks);
+- beside every accuracy its baselines and its uncertainty (llmpipe/evals/taskstats.py): the majority
+  rule, a 95% Wilson interval, whether the interval clears the best trivial rule, and the gold
+  continuation's bits per byte.
 """
 
 from __future__ import annotations
@@ -15,6 +18,7 @@ import time
 
 import numpy as np
 
+from llmpipe.evals.taskstats import gold_bits_bytes, majority, wilson
 from llmpipe.evals.score import Scored, score_items
 from llmpipe.evals.tasks import Item
 
@@ -37,12 +41,25 @@ def task_metrics(items: list[Item], scores: list[Scored], contaminated: set[str]
     main = acc_norm if items[0].kind == "multiple_choice" else acc
     out = {"n": len(items), "acc": acc, "acc_norm": acc_norm, "random": random_acc,
            "centered": (main - random_acc) / (1.0 - random_acc)}
+    out.update(uncertainty(items, acc, acc_norm, random_acc))
+    bits, n_bytes = np.sum([gold_bits_bytes(i, s.loglik) for i, s in zip(items, scores)], axis=0)
+    out["gold_bpb"] = float(bits / max(n_bytes, 1))
     clean = [r for i, r in zip(items, rows) if i.id not in contaminated]
     out["contaminated"] = len(items) - len(clean)
     if contaminated:
         out["acc_clean"] = float(np.mean([r[0] for r in clean])) if clean else float("nan")
         out["acc_norm_clean"] = float(np.mean([r[1] for r in clean])) if clean else float("nan")
     return out
+
+
+def uncertainty(items: list[Item], acc: float, acc_norm: float, random_acc: float) -> dict:
+    """The majority rule, 95% Wilson intervals of acc and acc_norm, and whether each interval's lower
+    bound clears the best trivial rule."""
+    n = len(items)
+    trivial = max(random_acc, majority(items))
+    acc_ci, norm_ci = wilson(acc * n, n), wilson(acc_norm * n, n)
+    return {"majority": majority(items), "trivial": trivial, "acc_ci": list(acc_ci), "acc_norm_ci": list(norm_ci),
+            "significant": acc_ci[0] > trivial, "significant_norm": norm_ci[0] > trivial}
 
 
 def run_suite(model, tok, tasks: dict[str, list[Item]], eot_id: int, max_rows: int = 32, dtype=None,
@@ -65,22 +82,26 @@ def flat_metrics(result: dict, prefix: str = "") -> dict[str, float]:
     """The suite result as flat metric names: <task>_acc, <task>_acc_norm, ..., core."""
     flat = {f"{prefix}core": round(result["core"], 6)}
     for name, m in result["tasks"].items():
-        for key in ("acc", "acc_norm", "centered", "acc_clean", "acc_norm_clean"):
-            if key in m:
+        for key in ("acc", "acc_norm", "centered", "acc_clean", "acc_norm_clean", "gold_bpb", "majority", "snr"):
+            if m.get(key) is not None:
                 flat[f"{prefix}{name}_{key}"] = round(m[key], 6)
     return flat
 
 
 def inloop_evaluator(items: list[Item], tok, eot_id: int, max_rows: int = 64):
-    """For pretraining: model, dtype -> {acc_norm (mean over tasks), <task>_acc_norm ...} on fixed items."""
+    """For pretraining: model, dtype -> {<task>_acc_norm, <task>_gold_bpb ..., acc_norm and gold_bpb (means
+    over tasks)} on fixed items: the benchmark stage's signal-to-noise ratios are computed from these."""
     by_task: dict[str, list[Item]] = {}
     for item in items:
         by_task.setdefault(item.task, []).append(item)
 
     def evaluate(model, dtype) -> dict[str, float]:
         result = run_suite(model, tok, by_task, eot_id, max_rows, dtype)
-        row = {f"{name}_acc_norm": round(m["acc_norm"], 6) for name, m in result["tasks"].items()}
-        row["acc_norm"] = round(float(np.mean(list(row.values()))), 6)
+        row = {}
+        for name, m in result["tasks"].items():
+            row[f"{name}_acc_norm"], row[f"{name}_gold_bpb"] = round(m["acc_norm"], 6), round(m["gold_bpb"], 6)
+        for key in ("acc_norm", "gold_bpb"):
+            row[key] = round(float(np.mean([m[key] for m in result["tasks"].values()])), 6)
         return row
 
     return evaluate

@@ -126,7 +126,7 @@ STAGES: list[Stage] = [
           {"model": "pretrain.model", "tokens": "tokenize.tokens", "tokenizer": "tokenizer.tokenizer"}),
     Stage("benchmark", "score the benchmark suite: accuracy per task, CORE-style mean, contamination",
           ("benchmark",), {"model": "pretrain.model", "tokenizer": "tokenizer.tokenizer", "tasks": "tasks.tasks",
-                           "report": "tasks.report"},
+                           "report": "tasks.report", "bench": "pretrain.bench", "inloop": "tasks.inloop"},
           {"table": Out("data/evals/benchmark.md", "report"), "results": Out("data/evals/benchmark.json", "report")}),
     Stage("sample", "generate text from the prompts", ("sample",),
           {"model": "pretrain.model", "tokenizer": "tokenizer.tokenizer"},
@@ -173,13 +173,14 @@ def producer_of(path: str) -> str | None:
 
 
 def check() -> None:
-    """The registry is consistent: inputs name earlier stages' outputs, so list order is a valid run order."""
+    """The registry is consistent: inputs name earlier stages' outputs (or plots, e.g. the in-loop curves the
+    benchmark reads), so list order is a valid run order."""
     seen: set[str] = set()
     for s in STAGES:
         for name, ref in s.inputs.items():
             producer, _, output = ref.partition(".")
             if producer not in seen:
                 raise ValueError(f"stage {s.name}: input {name} comes from {producer!r}, which is not an earlier stage")
-            if output not in stage(producer).outputs:
+            if output not in stage(producer).outputs and output not in stage(producer).plots:  # DVC plots are outs
                 raise ValueError(f"stage {s.name}: input {name}: stage {producer} has no output {output!r}")
         seen.add(s.name)

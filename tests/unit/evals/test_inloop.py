@@ -48,12 +48,16 @@ def test_pretraining_scores_the_items_at_every_evaluation_and_accuracy_rises(tmp
         threads=1))
     evaluate = inloop_evaluator(toy_items(), ToyTokenizer(), eot_id=0)
     torch.manual_seed(0)
-    untrained = evaluate(GPT(GPTConfig(vocab_size=VOCAB, **cfg.model.model_dump())), torch.float32)["acc_norm"]
+    untrained = evaluate(GPT(GPTConfig(vocab_size=VOCAB, **cfg.model.model_dump())), torch.float32)
     sunk = []
     res = train(cfg, token_dir, tmp_path / "ckpt", VOCAB, {"id": 1}, sink=lambda m, s: sunk.append((s, m)),
                 on_eval=evaluate)
     bench = res.history["bench"]
     assert [r["step"] for r in bench] == [10, 20]
-    assert set(bench[0]) == {"step", "tokens", "toy_acc_norm", "acc_norm"}
-    assert untrained < 0.6 and bench[-1]["acc_norm"] >= 0.9  # chance is 0.25
+    assert set(bench[0]) == {"step", "tokens", "toy_acc_norm", "toy_gold_bpb", "acc_norm", "gold_bpb"}
+    assert untrained["acc_norm"] < 0.6 and bench[-1]["acc_norm"] >= 0.9  # chance is 0.25
+    # the right continuation's bits per byte fall at every evaluation: a uniform guess over 64 tokens
+    # costs 6 bits a token, about 1.5 bits per byte of " t37"
+    assert untrained["gold_bpb"] > 1.2
+    assert bench[-1]["gold_bpb"] < bench[0]["gold_bpb"] < 0.75 * untrained["gold_bpb"]
     assert any("inloop_acc_norm" in m for _, m in sunk)

@@ -4,6 +4,8 @@ with lm-eval's own preprocessing."""
 
 from __future__ import annotations
 
+import math
+
 import numpy as np
 import pytest
 import torch
@@ -12,6 +14,7 @@ import torch.nn.functional as F
 from llmpipe.config.tokens import TokenizerParams
 from llmpipe.evals.builtin import BUILTIN, load_builtin
 from llmpipe.evals.score import encode_pair, requests, score_items
+from llmpipe.evals.suite import task_metrics
 from llmpipe.evals.tasks import Item
 from llmpipe.model.gpt import GPT, GPTConfig
 from llmpipe.tokens.bpe import train_tokenizer
@@ -62,6 +65,20 @@ def test_shared_context_scoring_equals_one_full_pass_per_choice(model, tok, max_
     for item, s in zip(items, scores):
         assert s.loglik == pytest.approx(full_forward(model, item, tok), abs=1e-4)
         assert len(s.loglik) == item.n_choices
+
+
+def test_gold_bpb_is_the_right_continuations_bits_over_its_bytes(model, tok):
+    """By hand: -log2 p(gold continuation) from one full forward pass per choice, over the UTF-8 bytes of
+    the text those tokens spell (the language-modeling item's context space moves onto its continuation)."""
+    items = items_for_test()
+    mc, lm = items[:6], items[-1:]
+    bits = sum(-full_forward(model, i, tok)[i.gold] / math.log(2) for i in mc)
+    n_bytes = sum(len(i.continuations[i.gold].encode("utf-8")) for i in mc)
+    assert task_metrics(mc, score_items(model, tok, mc, 0))["gold_bpb"] == pytest.approx(bits / n_bytes, rel=1e-5)
+    (ctx, cont), = lm[0].pairs()
+    assert ctx.endswith(" ") and not cont.startswith(" ")
+    expected = -full_forward(model, lm[0], tok)[0] / math.log(2) / len((" " + cont).encode("utf-8"))
+    assert task_metrics(lm, score_items(model, tok, lm, 0))["gold_bpb"] == pytest.approx(expected, rel=1e-5)
 
 
 def test_pairs_are_encoded_as_lm_eval_does(tok):

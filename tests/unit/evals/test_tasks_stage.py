@@ -36,7 +36,7 @@ def params_for(custom, indomain=8, inloop=("indomain",)) -> dict:
     return {"split": {"val_fraction": 0.34, "seed": 0},
             "tasks": {"builtin": {}, "custom": custom, "indomain": {"items": indomain, "context_chars": 100,
                                                                      "continuation_chars": 30},
-                      "inloop": {"tasks": list(inloop), "items": 3}}}
+                      "inloop": {"tasks": None if inloop is None else list(inloop), "items": 3}}}
 
 
 def run_tasks(root, custom, indomain=8, inloop=("indomain",)):
@@ -64,6 +64,14 @@ def test_user_tasks_indomain_and_inloop_items(root):
               indomain=12, inloop=("indomain", "mine"))
     assert (root / "data/evals/inloop.jsonl").read_bytes() == before
     assert len(json.loads((root / "data/evals/tasks/manifest.json").read_text())["ids"]["mine"]) == 7
+
+
+def test_in_loop_items_cover_every_task_by_default(root):
+    lines = [{"query": f"q{i}", "choices": ["a", "b"], "gold": i % 2} for i in range(10)]
+    (root / "tasks/mc.jsonl").write_text("".join(json.dumps(x) + "\n" for x in lines))
+    run_tasks(root, [{"name": "mine", "path": "tasks/mc.jsonl", "kind": "multiple_choice", "items": 4}], inloop=None)
+    inloop = [json.loads(x) for x in (root / "data/evals/inloop.jsonl").read_text().splitlines()]
+    assert [i["task"] for i in inloop] == ["mine"] * 3 + ["indomain"] * 3  # tasks.inloop.tasks: null
 
 
 @pytest.mark.parametrize("content, message", [
