@@ -41,7 +41,7 @@ class TasksParams(Section):
     # built-in task -> subset size (null: the whole validation set); a fixed, recorded choice of items
     builtin: dict[BuiltinTask, Items | None] = Field(default_factory=lambda: {
         "hellaswag": 200, "arc_easy": 100, "arc_challenge": 100, "piqa": 100, "winogrande": 100, "copa": 100,
-        "openbookqa": 100, "sciq": 50, "lambada": 500})
+        "openbookqa": 100, "sciq": 50, "lambada": 200})
     custom: list[CustomTask] = Field(default_factory=list)
     fewshot: Annotated[int, Field(ge=0, le=25)] = 0  # solved examples before each item (0: zero-shot)
     seed: Seed = 1234  # chooses the subsets and the shots
