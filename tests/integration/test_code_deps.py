@@ -33,7 +33,8 @@ EDITS = {
     "llmpipe/evals/contamination.py": {"tasks"},
     "llmpipe/training/generate.py": {"sample", "chat-eval"},
     "llmpipe/config/pretrain.py": {"pretrain", "evaluate", "benchmark", "sample", "finetune", "chat-eval"},
-    "llmpipe/stages/registry.py": {"scrape", "filter", "dedup", "split", "tokenizer", "tokenize", "tasks", "pretrain",
+    "llmpipe/stages/registry.py": {"scrape", "filter", "dedup", "split", "tokenizer", "tokenize", "trace-index",
+                                   "tasks", "pretrain",
                                    "evaluate", "benchmark", "sample", "sft-data", "finetune", "chat-eval"},
     "llmpipe/tokens/chat.py": {"sft-data", "finetune", "chat-eval"},
 }
