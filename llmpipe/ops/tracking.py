@@ -18,6 +18,7 @@ from typing import Any
 
 import yaml
 
+from llmpipe.util.envlock import environment_tags
 from llmpipe.util.io import InputError, dvc_lock_out_hashes
 
 log = logging.getLogger(__name__)
@@ -205,6 +206,7 @@ def start_stage_run(root: Path, experiment: str, stage: str, params: dict[str, A
     if flow_run := os.environ.get(FLOW_RUN_ENV):
         tags["prefect.flow_run_id"] = flow_run
     tags.update(dvc_lineage_tags(root, stage))
+    tags.update(environment_tags(root))  # `llmpipe lineage` compares env.lock_sha256 with the current one
     tracker = Tracker(root, experiment, stage, parent_run_id=os.environ.get(PARENT_ENV), tags=tags)
     tracker.log_params(flatten("", params))
     return tracker
@@ -222,7 +224,10 @@ def recorded_lineage(root: Path, target: str) -> tuple[str, dict[str, str], dict
     try:
         if target.startswith("models:/"):
             name, _, version = target.removeprefix("models:/").rpartition("/")
-            tags = client.get_model_version(name, version).tags
+            found = client.get_model_version(name, version)
+            # a version made before its tags carried env.*: its run's tags have them
+            run_tags = client.get_run(found.run_id).data.tags if found.run_id else {}
+            tags = {**{k: v for k, v in run_tags.items() if k.startswith("env.")}, **found.tags}
         else:
             tags = client.get_run(target).data.tags
     except MlflowException as err:

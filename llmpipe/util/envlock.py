@@ -91,6 +91,30 @@ def extras(locked: dict[str, str], present: dict[str, str]) -> list[str]:
     return sorted(n for n in present if n not in locked and n not in UNLOCKED and n not in VENV_SEED)
 
 
+def installed_lock() -> Path:
+    """The copy of the lock setup.sh installed this environment from."""
+    return Path(sys.prefix) / "llmpipe-env.lock"
+
+
+def environment_tags(root: Path) -> dict[str, str]:
+    """What an MLflow run records of its environment: the installed lock's hash, which of the repository's
+    locks that is, whether the packages still match it, the Python and torch versions."""
+    try:
+        torch = metadata.version("torch")
+    except metadata.PackageNotFoundError:
+        torch = "not installed"
+    tags = {"env.python": platform.python_version(), "env.torch": torch}
+    copy = installed_lock()
+    if not copy.is_file():  # not made by scripts/setup.sh
+        return {**tags, "env.lock_sha256": "unlocked", "env.lock": "none"}
+    digest = sha256(copy)
+    named = [f"requirements/{kind}.lock" for kind in ("dev", "runtime")
+             if (root / "requirements" / f"{kind}.lock").is_file() and sha256(root / "requirements" / f"{kind}.lock") == digest]
+    drift = differences(parse(copy.read_text())[0], installed())
+    return {**tags, "env.lock_sha256": digest, "env.lock": named[0] if named else "not this checkout's",
+            "env.matches_lock": "true" if not drift else f"false ({len(drift)} packages differ)"}
+
+
 def mismatch_report(lock: Path, lines: list[str]) -> str:
     return (f"the environment ({sys.prefix}) does not match {lock}:\n  " + "\n  ".join(lines) +
             f"\nreinstall it: bash scripts/setup.sh (or LLMPIPE_EXTRAS=dev ...); if the lock is what is out of date "
