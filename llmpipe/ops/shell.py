@@ -70,8 +70,7 @@ def run_stage(name: str, params_path: Path, root: Path) -> dict:
     for artifact in result.artifacts:
         tracker.log_artifact(artifact)
     if result.model_dir is not None:
-        from llmpipe.ops.tracking import dvc_lineage_tags, git_commit
-        from llmpipe.util.envlock import environment_tags
+        from llmpipe.ops.tracking import dvc_lineage_tags, environment_tags, git_commit
 
         # The model version links back to the data and code that made it, and names its own weights
         # (DVC's hash of the model folder) and what they depend on beyond params and data.
