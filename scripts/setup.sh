@@ -39,7 +39,7 @@ if [ ! -f "$STAMP" ] || [ "$(cat "$STAMP")" != "$WANT" ]; then
     tail -40 "$LOG" >&2
     echo "[setup] install failed (full log: $LOG)." >&2
     if grep -qiE "no matching distribution|hashes|does not match|not supported on this platform" "$LOG"; then
-      echo "[setup] $LOCK does not install here (a file or hash it names is missing for this platform);" \
+      echo "[setup] $LOCK does not install here (a file it names is missing for this platform, or its hash differs);" \
            "refresh it on this machine: bash scripts/lock.sh" >&2
     fi
     exit 1

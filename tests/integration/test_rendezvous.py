@@ -68,7 +68,9 @@ def test_two_nodes_train_the_weights_of_one_process(token_dir, tmp_path):
     assert max(abs(a["loss"] - b["loss"]) for a, b in zip(single["train"], double["train"])) < 1e-5
     a_w, b_w = (load_file(str(tmp_path / f"{n}.model" / "model.safetensors")) for n in ("single", "nodes"))
     assert a_w.keys() == b_w.keys()
-    assert max((a_w[k] - b_w[k]).abs().max().item() for k in a_w) < 1e-5
+    gap = max((a_w[k] - b_w[k]).abs().max().item() for k in a_w)
+    print(f"two nodes vs one process: max weight difference {gap:.2e}")
+    assert gap < 1e-5
 
 
 # What the survivor's log says. A dead worker: gloo's read on its socket fails within seconds, the survivor's
