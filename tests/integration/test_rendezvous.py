@@ -61,7 +61,11 @@ def start_nodes(token_dir, tmp_path, c, name):
 def test_two_nodes_train_the_weights_of_one_process(token_dir, tmp_path):
     single = run_worker(token_dir, tmp_path, "single", 1, cfg(micro_batch_size=8, **COMMON))
     nodes = start_nodes(token_dir, tmp_path, cfg(micro_batch_size=4, parallel="ddp", **COMMON), "nodes")
-    codes = [n.wait(timeout=300) for n in nodes]
+    try:
+        codes = [n.wait(timeout=300) for n in nodes]
+    finally:
+        for n in nodes:
+            kill_tree(n.pid)
     assert codes == [0, 0], [(tmp_path / f"nodes-node{i}.log").read_text()[-3000:] for i in range(2)]
     double = json.loads((tmp_path / "nodes.json").read_text())
     assert len(double["train"]) == 12
@@ -81,16 +85,27 @@ STORE_GONE = ("RendezvousConnectionError: The connection to the C10d store has f
 EXPECTED = {0: PEER_GONE + STORE_GONE, 1: PEER_GONE}
 
 
+LONG_RUN = dict(micro_batch_size=4, parallel="ddp", **{**COMMON, "max_steps": 100000, "checkpoint_interval": 5,
+                                                        "eval_interval": 100000})
+
+
+def start_training(token_dir, tmp_path, name):
+    """Two nodes on a long run, once training has started: the first checkpoint is written."""
+    nodes = start_nodes(token_dir, tmp_path, cfg(**LONG_RUN), name)
+    state = tmp_path / f"ckpt-{name}" / "state.json"
+    deadline = time.monotonic() + 180
+    while not state.exists():
+        if time.monotonic() > deadline or any(n.poll() is not None for n in nodes):
+            for n in nodes:
+                kill_tree(n.pid)
+            pytest.fail(f"training did not start: {(tmp_path / f'{name}-node0.log').read_text()[-3000:]}")
+        time.sleep(0.5)
+    return nodes
+
+
 @pytest.mark.parametrize("victim", [0, 1])  # 0 hosts the rendezvous store
 def test_a_killed_node_fails_the_other_within_a_timeout(token_dir, tmp_path, victim):
-    c = cfg(micro_batch_size=4, parallel="ddp", **{**COMMON, "max_steps": 100000, "checkpoint_interval": 5,
-                                                  "eval_interval": 100000})
-    nodes = start_nodes(token_dir, tmp_path, c, f"kill{victim}")
-    state = tmp_path / f"ckpt-kill{victim}" / "state.json"
-    deadline = time.monotonic() + 180
-    while not state.exists():  # training has started: the first checkpoint is written
-        assert time.monotonic() < deadline and all(n.poll() is None for n in nodes)
-        time.sleep(0.5)
+    nodes = start_training(token_dir, tmp_path, f"kill{victim}")
     survivor = nodes[1 - victim]
     survivor_tree = psutil.Process(survivor.pid).children(recursive=True)
     killed_at = time.monotonic()
@@ -107,3 +122,24 @@ def test_a_killed_node_fails_the_other_within_a_timeout(token_dir, tmp_path, vic
     assert any(cause in log for cause in EXPECTED[victim]), log[-3000:]
     assert "ChildFailedError" in log or "RendezvousConnectionError" in log
     assert survivor_tree and not any(p.is_running() for p in survivor_tree)  # its worker went down with it
+
+
+def test_a_frozen_node_fails_the_other_after_the_collective_timeout(token_dir, tmp_path):
+    """A node that stops answering but keeps its connections open (SIGSTOP: a hung machine, a partitioned
+    network) is noticed only by the collective's timeout, LLMPIPE_DIST_TIMEOUT (30 s here, not torch's 30 min)."""
+    nodes = start_training(token_dir, tmp_path, "frozen")
+    frozen = [psutil.Process(nodes[1].pid), *psutil.Process(nodes[1].pid).children(recursive=True)]
+    for proc in frozen:
+        proc.send_signal(signal.SIGSTOP)
+    stopped_at = time.monotonic()
+    try:
+        code = nodes[0].wait(timeout=150)
+    finally:
+        for n in nodes:
+            kill_tree(n.pid)
+    waited = time.monotonic() - stopped_at
+    log = (tmp_path / "frozen-node0.log").read_text()
+    print(f"survivor exit {code} after {waited:.1f}s:\n{log[-4000:]}")
+    assert code != 0 and 25 < waited < 120, log[-3000:]
+    # gloo's own words, with LLMPIPE_DIST_TIMEOUT in them
+    assert "Timed out waiting 30000ms for recv operation to complete" in log and "ChildFailedError" in log
