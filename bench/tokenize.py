@@ -80,8 +80,9 @@ def main() -> None:
     args = ap.parse_args()
     logging.basicConfig(level=logging.WARNING)
     docs, tok_path = ROOT / output("dedup.docs"), ROOT / output("tokenizer.tokenizer")
-    if not (docs.exists() and tok_path.exists()):
-        sys.exit(f"needs {docs} and {tok_path}; run `dvc repro tokenizer` first")
+    assignments = ROOT / output("split.assignments")
+    if not (docs.exists() and tok_path.exists() and assignments.exists()):
+        sys.exit(f"needs {docs}, {assignments} and {tok_path}; run `dvc repro tokenizer` first")
     params = load_params(ROOT / "params.yaml")
     texts = pq.read_table(docs, columns=["text"]).column("text").to_pylist()
     mb = sum(len(t.encode("utf-8")) for t in texts) / 1e6
@@ -99,11 +100,11 @@ def main() -> None:
     cfg = params.tokenize.model_copy(update={"workers": args.threads})
     def stage() -> int:
         with tempfile.TemporaryDirectory() as tmp:
-            stats = tokenize_corpus(docs, tok_path, Path(tmp), params.split, cfg)
+            stats = tokenize_corpus(docs, tok_path, Path(tmp), assignments, cfg)
         return stats["train_tokens"] + stats["val_tokens"]
     t_stage, n_tokens = best_time(stage, args.repeats)
 
-    val = list(iter_split_texts(docs, params.split, want_val=True))
+    val = list(iter_split_texts(docs, assignments, want_val=True))
     val_bytes = sum(len(t.encode("utf-8")) for t in val)
     bpt = val_bytes / sum(len(ids) for ids in ours.encode_batch(val))
     gpt2_bpt = val_bytes / sum(len(ids) for ids in gpt2.encode_ordinary_batch(val, num_threads=args.threads))

@@ -29,7 +29,8 @@ COMMANDS: dict[str, tuple[str, str]] = {
                  "llmpipe.ops.dvcgen:command"),
     "generate": ("generate text from the trained model", "llmpipe.ops.generate:command"),
     "export": ("export the trained model for other tools", "llmpipe.ops.export:command"),
-    "lineage": ("print the data versions behind a model or run", "llmpipe.ops.lineage:command"),
+    "lineage": ("print the data versions behind a model or run (--step N: the documents of a training step)",
+                "llmpipe.ops.lineage:command"),
     "serve": ("serve the trained model over an OpenAI-compatible HTTP API, with a web chat",
               "llmpipe.ops.serve:command"),
     "seen": ("does a text occur in the training documents, and in which (13-gram index)",
@@ -37,6 +38,8 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "chat": ("chat with the finetuned model in the terminal", "llmpipe.ops.chat:command"),
     "trace": ("the spans of a text found verbatim in the training documents (suffix array)",
               "llmpipe.ops.trace:command"),
+    "card": ("a self-contained HTML model card: data funnel, curves, benchmarks, samples, lineage",
+             "llmpipe.ops.card:command"),
 }
 # `export --format F` -> (help, "module:function"); "export" in COMMANDS is the default format's handler.
 EXPORT_FORMATS: dict[str, tuple[str, str]] = {
@@ -61,12 +64,26 @@ def build_parser() -> argparse.ArgumentParser:
                                  help="; ".join(f"{k}: {h}" for k, (h, _) in EXPORT_FORMATS.items()))
     tools["export"].add_argument("--dtype", choices=["f32", "f16"], default="f32",
                                  help="weights' precision (gguf only; hf is f32)")
+    tools["export"].add_argument("--model", default=None,
+                                 help="chat (the newest chat model), base (the pretrained one), a model folder, or "
+                                      "models:/NAME/VERSION (a registered MLflow version); default: chat if it "
+                                      "exists, else base")
+    tools["export"].add_argument("--registered", default=None, metavar="NAME/VERSION",
+                                 help="export a registered MLflow model version (same as --model models:/NAME/VERSION)")
     tools["lineage"].add_argument("target", nargs="?", help="git revision, MLflow run id or "
                                   "models:/<name>/<version> (default: the workspace)")
+    tools["lineage"].add_argument("--step", type=int, default=None, help="instead: the documents behind "
+                                  "every row of pretraining step N (numbered as in the training logs, from 1)")
+    tools["lineage"].add_argument("--json", action="store_true", help="with --step: print the rows as JSON")
+    tools["lineage"].add_argument("--model-dir", type=Path, default=None, help="with --step: the model whose "
+                                  "run to read (default: the pretrain output, else its latest checkpoint)")
     tools["seen"].add_argument("text", help="the text to look for")
     tools["trace"].add_argument("text", help="the text to trace (- reads standard input)")
     tools["trace"].add_argument("--min-tokens", type=int, default=None, help="shortest span (default: trace.min_tokens)")
     tools["trace"].add_argument("--json", action="store_true", help="print the spans and documents as JSON")
+    tools["card"].add_argument("model", nargs="?", help="models:/<name>/<version>, an MLflow run id or a git "
+                               "revision (default: the workspace's model)")
+    tools["card"].add_argument("--out", type=Path, default=None, help="the HTML file (default data/card.html)")
     tools["seen"].add_argument("--limit", type=int, default=20, help="documents to list (default 20)")
     gen = tools["generate"]
     gen.add_argument("prompts", nargs="+")
@@ -81,9 +98,15 @@ def build_parser() -> argparse.ArgumentParser:
     srv = tools["serve"]
     srv.add_argument("--host", default="127.0.0.1", help="address to bind (default 127.0.0.1: this machine only)")
     srv.add_argument("--port", type=int, default=8000)
-    srv.add_argument("--model-dir", type=Path, default=None, help="model folder (default: the pretrain output)")
+    srv.add_argument("--model-dir", type=Path, default=None,
+                     help="serve this model folder alone (default: the newest chat model as <name> and the base "
+                          "model as <name>-base; the base model alone before finetuning)")
     srv.add_argument("--tokenizer", type=Path, default=None, help="tokenizer.json (default: the tokenizer output)")
-    srv.add_argument("--model-name", default="llmpipe", help="the model id clients name (default llmpipe)")
+    srv.add_argument("--model-name", default="llmpipe", help="the default model's id (default llmpipe)")
+    srv.add_argument("--api-key", default=None,
+                     help="require `Authorization: Bearer KEY` on /v1 (default: the environment's LLMPIPE_API_KEY)")
+    srv.add_argument("--insecure", action="store_true",
+                     help="allow a non-loopback --host without an API key (anyone reaching the port may use it)")
     srv.add_argument("--max-queue", type=int, default=16,
                      help="requests that may wait for the generator; beyond them: 429 (default 16)")
     srv.add_argument("--max-tokens-limit", type=int, default=1024,
@@ -96,7 +119,7 @@ def build_parser() -> argparse.ArgumentParser:
                      help="torch.compile the per-token step (faster per token, about a minute to compile)")
     chat = tools["chat"]
     chat.add_argument("--model-dir", type=Path, default=None,
-                      help="model folder (default: the finetune output, else the pretrain output)")
+                      help="model folder (default: the newest chat model, else the pretrain output)")
     chat.add_argument("--tokenizer", type=Path, default=None, help="tokenizer.json (default: the tokenizer output)")
     chat.add_argument("--system", default=None, help="a system prompt, kept when old turns are dropped")
     chat.add_argument("--max-new-tokens", type=int, default=256)

@@ -7,6 +7,7 @@ from pathlib import Path
 
 import numpy as np
 
+from llmpipe.stages.tokenize import write_doc_table
 from llmpipe.tokens.shards import ShardWriter, write_manifest
 
 
@@ -26,6 +27,10 @@ def write_toy_tokens(out: Path, vocab: int = 64, docs: tuple[int, int] = (300, 3
             else:
                 w.add(rng.integers(1, vocab, doc_len).tolist() + [0])
         shards += [{**s, "split": split} for s in w.close()]
+        # the provenance table the tokenize stage keeps beside the shards
+        write_doc_table(out, split, [{"id": f"{split}-{i}", "source": "toy", "location": f"toy/{split}/{i}",
+                                      "title": f"toy {i}", "start": i * (doc_len + 1), "tokens": doc_len + 1}
+                                     for i in range(n_docs)])
     write_manifest(out, {"tokenizer_sha256": "t", "eot_id": 0, "vocab_size": vocab, "dtype": "uint16",
                          "shards": shards})
     return out

@@ -1,9 +1,10 @@
 """A 13-gram index of the training documents: which benchmark items (or any text) they contain.
 
-As datatrove's and marin's decontamination: text is lowercased and split into words (\\w+), and every
-run of 13 consecutive words is an n-gram. An item is contaminated when any n-gram of its text (its
-context with the right answer) occurs in a training document. Texts of fewer than 13 words have no
-n-gram and are never flagged; `seen` falls back to a phrase search for them.
+Word n-grams as llmpipe.data.ngrams defines them (shared with the train/val decontamination): text is
+lowercased and split into words (\\w+), and every run of 13 consecutive words is an n-gram. An item
+is contaminated when any n-gram of its text (its context with the right answer) occurs in a training
+document. Texts of fewer than 13 words have no n-gram and are never flagged; `seen` falls back to a
+phrase search for them.
 
 The index is two numpy arrays on disk, sorted by n-gram hash: the 64-bit hash (xxh64 of each word,
 combined by a polynomial) and the document's row; 12 bytes per distinct (n-gram, document), loaded
@@ -13,61 +14,26 @@ with np.load (never pickle).
 from __future__ import annotations
 
 import json
-import re
 from pathlib import Path
 from typing import Iterable
 
 import numpy as np
-import xxhash
 
+from llmpipe.data.ngrams import WordHashes, ngram_hashes, words
 from llmpipe.util.io import atomic_dir
 
-WORD = re.compile(r"\w+")
-MULT = np.uint64(0x9E3779B97F4A7C15)  # odd: the polynomial combination stays a bijection per position
-
-
-def words(text: str) -> list[str]:
-    return WORD.findall(text.lower())
-
-
-class _WordHashes:
-    def __init__(self):
-        self.cache: dict[str, int] = {}
-
-    def __call__(self, ws: list[str]) -> np.ndarray:
-        get = self.cache.get
-        out = np.empty(len(ws), dtype=np.uint64)
-        for i, w in enumerate(ws):
-            h = get(w)
-            if h is None:
-                h = self.cache[w] = xxhash.xxh64_intdigest(w.encode("utf-8"))
-            out[i] = h
-        return out
-
-
-def ngram_hashes(word_hashes: np.ndarray, n: int) -> np.ndarray:
-    """Hash of every window of n words: sum of h[i + j] * MULT**j (mod 2**64), vectorized over i."""
-    if len(word_hashes) < n:
-        return np.empty(0, dtype=np.uint64)
-    m = len(word_hashes) - n + 1
-    acc = np.zeros(m, dtype=np.uint64)
-    power = np.uint64(1)
-    with np.errstate(over="ignore"):
-        for j in range(n):
-            acc += word_hashes[j : j + m] * power
-            power = power * MULT
-    return acc
+__all__ = ["NgramIndex", "contaminated_ids", "words"]
 
 
 class NgramIndex:
     def __init__(self, hashes: np.ndarray, docs: np.ndarray, doc_ids: list[str], n: int):
         self.hashes, self.docs, self.doc_ids, self.n = hashes, docs, doc_ids, n
-        self._word = _WordHashes()
+        self._word = WordHashes()
 
     @classmethod
     def build(cls, documents: Iterable[tuple[str, str]], n: int = 13) -> "NgramIndex":
         """From (document id, text) pairs."""
-        word = _WordHashes()
+        word = WordHashes()
         hs, ds, ids = [], [], []
         for row, (doc_id, text) in enumerate(documents):
             h = np.unique(ngram_hashes(word(words(text)), n))

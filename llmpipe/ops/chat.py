@@ -13,12 +13,12 @@ from __future__ import annotations
 import random
 import signal
 import sys
-from pathlib import Path
 
 import torch
 from tokenizers import Tokenizer
 
 from llmpipe.model.weights import load_model
+from llmpipe.ops.models import default_model
 from llmpipe.stages.registry import stage
 from llmpipe.tokens.chat import ChatFormat
 from llmpipe.training.generate import generate_batch
@@ -76,12 +76,6 @@ class Chat:
             out.flush()
             self.messages.append({"role": "assistant", "content": shown})
         return shown
-
-
-def default_model(root: Path) -> Path:
-    """The finetuned model when it exists, else the base model."""
-    finetuned = root / stage("finetune").out("model")
-    return finetuned if (finetuned / "model.safetensors").exists() else root / stage("finetune").inp("model")
 
 
 def command(args) -> None:

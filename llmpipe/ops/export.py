@@ -118,10 +118,10 @@ def export_hf(model: GPT, tokenizer_path: Path, out_dir: Path) -> Path:
 
 def command(args) -> None:
     from llmpipe.model.weights import load_model
-    from llmpipe.stages.registry import stage
+    from llmpipe.ops.models import export_source
 
     if args.dtype != "f32":
         raise InputError(f"--dtype {args.dtype}: the hf format is written in f32")
-    sample = stage("sample")  # the trained model and its tokenizer, as the last stage reads them
-    out = export_hf(load_model(args.root / sample.inp("model")), args.root / sample.inp("tokenizer"), args.out)
-    print(f"wrote a Hugging Face model folder to {out}")
+    with export_source(args) as (model_dir, tokenizer):
+        out = export_hf(load_model(model_dir), tokenizer, args.out)
+    print(f"wrote a Hugging Face model folder of {model_dir} to {out}")

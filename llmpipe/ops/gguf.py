@@ -163,9 +163,8 @@ def export_gguf(model: GPT, tokenizer_path: Path, out: Path, dtype: str = "f32",
 
 def command(args) -> None:
     from llmpipe.model.weights import load_model
-    from llmpipe.stages.registry import stage
+    from llmpipe.ops.models import export_source
 
-    sample = stage("sample")  # the trained model and its tokenizer, as the last stage reads them
-    out = export_gguf(load_model(args.root / sample.inp("model")), args.root / sample.inp("tokenizer"), args.out,
-                      dtype=args.dtype)
-    print(f"wrote a GGUF file ({args.dtype}) to {out}")
+    with export_source(args) as (model_dir, tokenizer):
+        out = export_gguf(load_model(model_dir), tokenizer, args.out, dtype=args.dtype)
+    print(f"wrote a GGUF file ({args.dtype}) of {model_dir} to {out}")

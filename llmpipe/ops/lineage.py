@@ -8,6 +8,9 @@ The hashes the run recorded itself (tags `dvc.dep.<path>`) pick the commit whose
 output says so. A model records its own weights' DVC hash (tag `dvc.out.data/model`) and how it was
 trained (`train.*`); when the chosen dvc.lock names other weights (the same data trained on another
 machine or in another precision), the output says so instead of presenting that model as this one.
+
+`llmpipe lineage --step N` goes one level down: the documents behind each row of training step N
+(llmpipe/ops/step_lineage.py).
 """
 
 from __future__ import annotations
@@ -166,4 +169,10 @@ def lineage(root: Path, target: str | None) -> str:
 
 
 def command(args) -> None:
+    if getattr(args, "step", None) is not None:  # the documents behind one training step's rows
+        from llmpipe.ops.step_lineage import command as step_command
+
+        if args.target is not None:
+            raise InputError("lineage --step reads the workspace's model (--model-dir), not a target")
+        return step_command(args)
     print(lineage(args.root, args.target))

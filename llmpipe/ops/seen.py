@@ -16,13 +16,12 @@ from llmpipe.util.io import InputError
 
 
 def phrase_search(args, ws: list[str]) -> dict[str, int]:
-    from llmpipe.config.sections import load_sections
     from llmpipe.tokens.split import iter_split_docs
 
-    split = load_sections(args.params, ["split"]).split
     pattern = re.compile(r"\b" + r"\W+".join(map(re.escape, ws)) + r"\b")
     hits = {}
-    for doc_id, text in iter_split_docs(args.root / stage("tasks").inp("docs"), split, want_val=False):
+    for doc_id, text in iter_split_docs(args.root / stage("tasks").inp("docs"), args.root / stage("tasks").inp("split"),
+                                       want_val=False):
         n = len(pattern.findall(text.lower()))
         if n:
             hits[doc_id] = n

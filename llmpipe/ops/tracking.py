@@ -19,7 +19,7 @@ from typing import Any
 import yaml
 
 from llmpipe.util.envlock import environment_tags
-from llmpipe.util.io import InputError, dvc_lock_out_hashes
+from llmpipe.util.io import InputError, dvc_lock_out_hashes, dvc_md5
 
 log = logging.getLogger(__name__)
 
@@ -66,6 +66,23 @@ def dvc_lineage_tags(root: Path, stage: str) -> dict[str, str]:
         return {}
     hashes = dvc_lock_out_hashes(root)
     return {f"dvc.dep.{dep}": hashes[dep] for dep in deps if dep in hashes}
+
+
+def stage_inputs(root: Path, stage: str) -> dict[str, tuple[str, str]]:
+    """{input name: (path, DVC md5)} of the stage's declared inputs (the registry's): the hash dvc.lock
+    records for the upstream out (what `dvc repro` versioned), else computed as DVC would (a stage run
+    outside DVC, or before the first lock). Inputs not on disk are left out."""
+    from llmpipe.stages.registry import stage as stage_spec
+
+    spec, locked = stage_spec(stage), dvc_lock_out_hashes(root)
+    out = {}
+    for name in spec.inputs:
+        path = spec.inp(name).as_posix()
+        if path in locked:
+            out[name] = (path, locked[path])
+        elif (root / path).exists():
+            out[name] = (path, dvc_md5(root / path))
+    return out
 
 
 def flatten(prefix: str, obj: Any) -> dict[str, Any]:
@@ -157,6 +174,24 @@ class Tracker:
             self._call(lambda: self._client.log_batch(self.run_id, metrics=chunk))
         self._buffer = []
 
+    def log_datasets(self, root: Path, inputs: dict[str, tuple[str, str]]) -> None:
+        """The stage's input data as the run's dataset inputs (the run page's "Datasets used"): named
+        by path, its DVC md5 as digest, its input name as context."""
+        if self._client is None or not inputs:
+            return
+        from mlflow.data.meta_dataset import MetaDataset
+        from mlflow.data.sources import LocalArtifactDatasetSource
+        from mlflow.entities import DatasetInput, InputTag
+        from mlflow.utils.mlflow_tags import MLFLOW_DATASET_CONTEXT
+
+        def entity(name: str, path: str, md5: str) -> DatasetInput:
+            source = LocalArtifactDatasetSource(str((root / path).resolve()))
+            return DatasetInput(MetaDataset(source, name=path, digest=md5)._to_mlflow_entity(),
+                                tags=[InputTag(MLFLOW_DATASET_CONTEXT, name)])
+
+        self._call(lambda: self._client.log_inputs(
+            self.run_id, datasets=[entity(name, path, md5) for name, (path, md5) in inputs.items()]))
+
     def log_artifact(self, path: Path, artifact_path: str | None = None) -> None:
         if self._client is not None and path.exists():
             self._call(self._client.log_artifact, self.run_id, str(path), artifact_path)
@@ -209,12 +244,19 @@ def start_stage_run(root: Path, experiment: str, stage: str, params: dict[str, A
     tags.update(environment_tags(root))  # `llmpipe lineage` compares env.lock_sha256 with the current one
     tracker = Tracker(root, experiment, stage, parent_run_id=os.environ.get(PARENT_ENV), tags=tags)
     tracker.log_params(flatten("", params))
+    if tracker.run_id is not None:  # hashing an input outside DVC reads it: only for a live run
+        try:
+            inputs = stage_inputs(root, stage)
+        except OSError as err:
+            log.warning("dataset inputs not logged: %s", err)
+            inputs = {}
+        tracker.log_datasets(root, inputs)
     return tracker
 
 
-def recorded_lineage(root: Path, target: str) -> tuple[str, dict[str, str], dict[str, str]]:
-    """(git commit, {path: md5} of the data it read, all its tags) recorded on an MLflow run id or on a
-    registered model version `models:/<name>/<version>`."""
+def model_run(root: Path, target: str) -> tuple[str | None, dict[str, str]]:
+    """(run id, tags) of an MLflow run id or of a registered model version `models:/<name>/<version>`
+    (the version's own tags: git commit, data and weights hashes, how it was trained)."""
     from mlflow.exceptions import MlflowException
     from mlflow.tracking import MlflowClient
 
@@ -225,14 +267,83 @@ def recorded_lineage(root: Path, target: str) -> tuple[str, dict[str, str], dict
         if target.startswith("models:/"):
             name, _, version = target.removeprefix("models:/").rpartition("/")
             found = client.get_model_version(name, version)
-            # a version made before its tags carried env.*: its run's tags have them
+            # a version whose tags do not carry env.*: its run's tags have them
             run_tags = client.get_run(found.run_id).data.tags if found.run_id else {}
-            tags = {**{k: v for k, v in run_tags.items() if k.startswith("env.")}, **found.tags}
-        else:
-            tags = client.get_run(target).data.tags
+            return found.run_id, {**{k: v for k, v in run_tags.items() if k.startswith("env.")}, **found.tags}
+        return target, dict(client.get_run(target).data.tags)
     except MlflowException as err:
         raise InputError(f"{target}: not a git revision, MLflow run or model version in {uri} ({err.message})") from None
+
+
+def recorded_lineage(root: Path, target: str) -> tuple[str, dict[str, str], dict[str, str]]:
+    """(git commit, {path: md5} of the data it read, all its tags) recorded on an MLflow run id or on a
+    registered model version `models:/<name>/<version>`."""
+    _, tags = model_run(root, target)
     commit = tags.get("git.commit")
     if not commit or commit == "unknown":
         raise InputError(f"{target}: has no git.commit tag; it was not made from a git checkout")
     return commit, {k.removeprefix("dvc.dep."): v for k, v in tags.items() if k.startswith("dvc.dep.")}, dict(tags)
+
+
+def tracking_configured(root: Path) -> bool:
+    """A tracking URI is set, or the repository's default SQLite database exists."""
+    return bool(os.environ.get("MLFLOW_TRACKING_URI")) or (root / "mlflow.db").exists()
+
+
+def run_of_weights(root: Path, name: str, weights_md5: str) -> str | None:
+    """The run that registered the latest version of model `name` with these weights (their DVC hash),
+    or None; never raises."""
+    uri = tracking_uri(root)
+    _configure_env(uri)
+    if not _server_reachable(uri):
+        return None
+    try:
+        from mlflow.tracking import MlflowClient
+
+        found = [v for v in MlflowClient(tracking_uri=uri).search_model_versions(f"name='{name}'")
+                 if v.tags.get("dvc.out.data/model") == weights_md5]
+    except Exception:  # noqa: BLE001 - fail-soft by contract
+        return None
+    return max(found, key=lambda v: int(v.version)).run_id if found else None
+
+
+def log_artifact_to_run(root: Path, run_id: str, path: Path) -> bool:
+    """Add a file to an existing run's artifacts; a tracker that is down or a run that is gone costs one
+    warning."""
+    uri = tracking_uri(root)
+    _configure_env(uri)
+    if not _server_reachable(uri):
+        log.warning("MLflow server %s is unreachable: %s not logged", uri, path)
+        return False
+    try:
+        from mlflow.tracking import MlflowClient
+
+        MlflowClient(tracking_uri=uri).log_artifact(run_id, str(path))
+        return True
+    except Exception as err:  # noqa: BLE001 - fail-soft by contract
+        log.warning("%s not logged to MLflow run %s (%s: %s)", path, run_id, err.__class__.__name__, err)
+        return False
+
+
+def download_model_version(root: Path, target: str, dest: Path) -> Path:
+    """Download registered model version `models:/<name>/<version>` (its safetensors folder) into dest;
+    the folder's path."""
+    from mlflow.artifacts import download_artifacts
+    from mlflow.exceptions import MlflowException
+    from mlflow.tracking import MlflowClient
+
+    name, _, version = target.removeprefix("models:/").rpartition("/")
+    if not name or not version.isdigit():
+        raise InputError(f"{target}: name a registered model version as models:/NAME/VERSION (e.g. "
+                         "models:/llmpipe-gpt-chat/2)")
+    uri = tracking_uri(root)
+    _configure_env(uri)
+    client = MlflowClient(tracking_uri=uri)
+    try:
+        source = client.get_model_version_download_uri(name, version)
+        folder = Path(download_artifacts(artifact_uri=source, dst_path=str(dest), tracking_uri=uri))
+    except MlflowException as err:
+        raise InputError(f"{target}: no such model version in {uri} ({err.message})") from None
+    if not (folder / "model.safetensors").exists():
+        raise InputError(f"{target}: its artifact {source} holds no model.safetensors")
+    return folder

@@ -15,6 +15,7 @@ from llmpipe.model.weights import save_model
 from llmpipe.stages.registry import StageParams, StageResult, stage
 from llmpipe.tokens.bpe import EOT
 from llmpipe.tokens.shards import MANIFEST, load_manifest
+from llmpipe.training import data_order
 from llmpipe.training.budget import pace_for, resolve_budget
 from llmpipe.training.device import trained_precision
 from llmpipe.training.loop import train
@@ -60,7 +61,10 @@ def run(params: StageParams, root: Path, sink=None) -> StageResult:
         metrics.update({"n_layer": cfg.model.n_layer, "d_model": cfg.model.d_model, "n_head": cfg.model.n_head})
     if not is_main_process():  # under torchrun only rank 0 writes
         return StageResult(metrics)
-    save_model(result.model, root / STAGE.out("model"), extra={"eot_id": manifest.eot_id,
+    # how its batches were drawn, and from which tokens: `llmpipe lineage --step N` recomputes any step's rows
+    order = {**result.history[data_order.KEY], "steps": result.step, "data_sha256": identity["data_sha256"],
+             "data_dvc_md5": identity["data_dvc_md5"]}
+    save_model(result.model, root / STAGE.out("model"), extra={"eot_id": manifest.eot_id, data_order.KEY: order,
                                                          "tokenizer_sha256": manifest.data["tokenizer_sha256"]})
     # The weights' own version, as DVC will record it in dvc.lock: the registered model carries it, so
     # lineage can tell this model from one a committed dvc.lock names (trained elsewhere, or in another

@@ -17,7 +17,7 @@ from pathlib import Path
 from types import SimpleNamespace
 from typing import Callable
 
-# A stage's own params sections, validated (attribute per section: params.pretrain, params.split).
+# A stage's own params sections, validated (attribute per section: params.pretrain, params.tasks).
 StageParams = SimpleNamespace
 # (metrics, step) -> None. The shell passes one that buffers into MLflow; tests pass None.
 MetricsSink = Callable[[dict[str, float], int], None]
@@ -96,10 +96,15 @@ STAGES: list[Stage] = [
     Stage("dedup", "exact and MinHash near-duplicate removal", ("dedup",), {"docs": "filter.docs"},
           {"docs": Out("data/dedup/docs.parquet"), "removed": Out("data/dedup/removed.parquet", "report"),
            "report": Out("data/dedup/report.json", "report"), "index": Out("data/dedup/index")}),
-    Stage("tokenizer", "train the byte-level BPE tokenizer", ("tokenizer", "split"), {"docs": "dedup.docs"},
-          {"tokenizer": Out("data/tokenizer/tokenizer.json")}),
-    Stage("tokenize", "encode the documents into token shards", ("tokenize", "split"),
-          {"docs": "dedup.docs", "tokenizer": "tokenizer.tokenizer"}, {"tokens": Out("data/tokens")}),
+    # issue 25: the train/val side of every document, decided once, by group, decontaminated
+    Stage("split", "group the documents, split train/val, move contaminated val documents to train", ("split",),
+          {"docs": "dedup.docs"},
+          {"assignments": Out("data/split/assignments.parquet"), "report": Out("data/split/report.json", "report")}),
+    Stage("tokenizer", "train the byte-level BPE tokenizer", ("tokenizer",),
+          {"docs": "dedup.docs", "split": "split.assignments"}, {"tokenizer": Out("data/tokenizer/tokenizer.json")}),
+    Stage("tokenize", "encode the documents into token shards", ("tokenize",),
+          {"docs": "dedup.docs", "split": "split.assignments", "tokenizer": "tokenizer.tokenizer"},
+          {"tokens": Out("data/tokens")}),
     # issue 28: an exact-match index of the training tokens (a suffix array) for `llmpipe trace`
     Stage("trace-index", "index the training tokens for tracing text into the training data", (),
           {"tokens": "tokenize.tokens", "tokenizer": "tokenizer.tokenizer"},
@@ -107,7 +112,7 @@ STAGES: list[Stage] = [
     # issue 16: the benchmark items (a fixed subset per task, the in-domain task, the contamination index);
     # "report" outputs: the model's weights do not depend on them, so they are no part of its lineage
     Stage("tasks", "choose the benchmark items, build the in-domain task, check contamination",
-          ("tasks", "split"), {"docs": "dedup.docs"},
+          ("tasks",), {"docs": "dedup.docs", "split": "split.assignments"},
           {"tasks": Out("data/evals/tasks", "report"), "inloop": Out("data/evals/inloop.jsonl", "report"),
            "index": Out("data/evals/index", "report"), "report": Out("data/evals/contamination.json", "report")}),
     Stage("pretrain", "train the GPT on the token shards", ("pretrain",),
@@ -127,8 +132,8 @@ STAGES: list[Stage] = [
           {"model": "pretrain.model", "tokenizer": "tokenizer.tokenizer"},
           {"samples": Out("data/samples/samples.jsonl", "report")}),
     # From a base model to an assistant: instruction data, finetuning, and exact match on held-out items.
-    Stage("sft-data", "instruction data to chat-format examples with a loss mask", ("sft_data", "split"),
-          {"docs": "dedup.docs", "tokenizer": "tokenizer.tokenizer"},
+    Stage("sft-data", "instruction data to chat-format examples with a loss mask", ("sft_data",),
+          {"docs": "dedup.docs", "split": "split.assignments", "tokenizer": "tokenizer.tokenizer"},
           {"train": Out("data/sft/train"), "val": Out("data/sft/val"),
            "report": Out("data/sft/report.json", "report")}),
     Stage("finetune", "finetune the pretrained model on the instruction examples", ("finetune",),

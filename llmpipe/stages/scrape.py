@@ -31,7 +31,7 @@ STAGE = stage("scrape")
 
 SCHEMA = pa.schema([("id", pa.string()), ("source", pa.string()), ("path", pa.string()),
                     ("url", pa.string()), ("title", pa.string()), ("text", pa.string()),
-                    ("sha256", pa.string()), ("fetched_at", pa.string())])
+                    ("sha256", pa.string()), ("fetched_at", pa.string()), ("group", pa.string())])
 WRITE_BATCH_DOCS = 1000  # rows buffered before a Parquet row group is written (with scrape.buffer_bytes)
 EXAMPLES_PER_REASON = 5
 # This many HTML pages or more, every one failing extraction with one exception type: the engine or

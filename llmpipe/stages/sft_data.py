@@ -2,8 +2,10 @@
 
 Two sources, in any mix: the instruction files named in `sft_data.files` (Alpaca, ShareGPT, OpenAI
 messages; llmpipe.data.instructions), split by a hash of each conversation, and the demo's checkable
-set made from the corpus's plays (llmpipe.data.playqa), split by document with the `split` section,
-so held-out items come from plays neither pretraining nor finetuning saw. Every record that cannot be
+set made from the corpus's plays (llmpipe.data.playqa), split by document as the split stage decided,
+so held-out items come from plays neither pretraining nor finetuning saw; a held-out demo item that
+still shares a word 13-gram with training text (the pretraining train split or the finetuning train
+items) is passed over and listed in the report (val_contaminated). Every record that cannot be
 used is counted by reason with file:line in data/sft/report.json; the stage fails (exit 2) only
 when no training conversation remains.
 """
@@ -11,6 +13,7 @@ when no training conversation remains.
 from __future__ import annotations
 
 import glob
+import itertools
 import json
 import logging
 import random
@@ -22,11 +25,12 @@ import xxhash
 from tokenizers import Tokenizer
 
 from llmpipe.data.instructions import BadRecord, read_records, to_conversation
+from llmpipe.data.ngrams import NgramSet
 from llmpipe.data.playqa import balanced, items_of_play
 from llmpipe.stages.registry import StageParams, StageResult, stage
 from llmpipe.tokens.chat import ChatFormat
 from llmpipe.tokens.examples import packed, padded, write_examples
-from llmpipe.tokens.split import val_mask
+from llmpipe.tokens.split import iter_split_texts, read_val_mask
 from llmpipe.util.io import InputError, iter_parquet_batches, write_json
 from llmpipe.util.tally import Tally
 
@@ -64,15 +68,25 @@ def is_val(messages: list[dict], val_fraction: float, seed: int) -> bool:
     return xxhash.xxh64_intdigest(key, seed=seed) / 2.0**64 < val_fraction
 
 
-def demo_conversations(docs: Path, params: StageParams, fits=lambda conversation: True) -> tuple[Iterator, Iterator]:
+CONTAMINATION_NGRAM = 13
+
+
+def conversation_text(c: dict) -> str:
+    return "\n".join(m["content"] for m in c["messages"])
+
+
+def demo_conversations(docs: Path, assignments: Path, params: StageParams, fits=lambda conversation: True,
+                       training: NgramSet | None = None, contaminated: list | None = None) -> tuple[Iterator, Iterator]:
     """(train, val) streams of items from the plays, in `balanced` order, only those that `fits` accepts
-    (asked lazily: of the items reached); val items only from the split section's val documents."""
-    demo, split = params.sft_data.demo, params.split
+    (asked lazily: of the items reached); val items only from the split stage's val documents. With
+    `training` (the n-grams of the other training text), the train items' n-grams join it and a val
+    item sharing one is passed over and appended to `contaminated`."""
+    demo = params.sft_data.demo
     ids, texts = [], []
     for batch in iter_parquet_batches(docs, 64, ["id", "text"]):
         ids += batch.column("id").to_pylist()
         texts += batch.column("text").to_pylist()
-    held_out = val_mask(ids, split.val_fraction, split.seed) if ids else []
+    held_out = read_val_mask(assignments, docs) if ids else []
     pools: tuple[list, list] = ([], [])
     for doc_id, text, val in zip(ids, texts, held_out):
         for k, item in enumerate(items_of_play(text, params.sft_data.seed, doc_id, demo.max_speeches,
@@ -83,8 +97,19 @@ def demo_conversations(docs: Path, params: StageParams, fits=lambda conversation
                                      "stratum": item.stratum}, item))
     # Balanced in every prefix, whatever number of items is taken, and so no trivial rule beats chance;
     # the passage's rows go along, for chat-eval's trivial baselines (llmpipe.evals.trivial).
+    if training is not None:
+        for c, _ in pools[0]:
+            training.add_text(conversation_text(c))
+
+    def clean(c: dict) -> bool:
+        if training is not None and training.contains(training.text_ngrams(conversation_text(c))).any():
+            contaminated.append(c)
+            return False
+        return True
+
     rng = random.Random(params.sft_data.seed)
-    train, val = ((c for c, _ in balanced(pool, rng, key=lambda p: p[1], keep=lambda p: fits(p[0]))) for pool in pools)
+    keeps = (lambda p: fits(p[0]), lambda p: fits(p[0]) and clean(p[0]))
+    train, val = ((c for c, _ in balanced(pool, rng, key=lambda p: p[1], keep=keep)) for pool, keep in zip(pools, keeps))
     return train, val
 
 
@@ -119,7 +144,14 @@ def run(params: StageParams, root: Path, sink=None) -> StageResult:
         splits["val" if is_val(c["messages"], cfg.val_fraction, cfg.seed) else "train"].append(c)
     # a demo item too long for the context is passed over before it is taken, so the kept ones stay balanced
     fits = lambda c: bool(render([c], fmt, cfg.block_size, tally, group="demo")[1])  # noqa: E731
-    pools = demo_conversations(root / STAGE.inp("docs"), params, fits) if cfg.demo.enabled else ([], [])
+    docs, assignments = root / STAGE.inp("docs"), root / STAGE.inp("split")
+    training, contaminated = NgramSet(CONTAMINATION_NGRAM), []
+    if cfg.demo.enabled:  # held-out items are checked against all training text (the train items join inside)
+        for text in itertools.chain(iter_split_texts(docs, assignments, want_val=False),
+                                    map(conversation_text, splits["train"])):
+            training.add_text(text)
+    pools = (demo_conversations(docs, assignments, params, fits, training, contaminated) if cfg.demo.enabled
+             else ([], []))
     metrics: dict = {}
     for (name, conversations), pool, n in zip(splits.items(), pools, (cfg.demo.train_items, cfg.demo.val_items)):
         rendered, kept = render(conversations, fmt, cfg.block_size, tally)
@@ -138,7 +170,9 @@ def run(params: StageParams, root: Path, sink=None) -> StageResult:
     metrics.update({f"skipped_{reason}": n for reason, n in sorted(skipped.items())})
     if cfg.demo.enabled:  # passages too long for the context, passed over while choosing demo items
         metrics["demo_passed_over_too_long"] = tally.group("demo")["too_long"]
+        metrics["val_contaminated"] = len(contaminated)  # of the held-out items reached, all passed over
     report = {"records_in_files": tally.totals["records"], "skipped": dict(skipped),
+              "val_contaminated_dropped": [c["source"] for c in contaminated],
               "examples": tally.examples.get("skipped", {}), **metrics}
     write_json(root / STAGE.out("report"), report)
     for reason, n in skipped.most_common():

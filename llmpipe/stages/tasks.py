@@ -63,11 +63,11 @@ def choose_tasks(cfg: TasksParams, root: Path, val_texts: list[str], seen=None):
 def run(params: StageParams, root: Path, sink=None) -> StageResult:
     t0 = time.perf_counter()
     cfg: TasksParams = params.tasks
-    docs = root / STAGE.inp("docs")
+    docs, assignments = root / STAGE.inp("docs"), root / STAGE.inp("split")
     t_index = time.perf_counter()
-    index = NgramIndex.build(iter_split_docs(docs, params.split, want_val=False), cfg.ngram)
+    index = NgramIndex.build(iter_split_docs(docs, assignments, want_val=False), cfg.ngram)
     index_s = time.perf_counter() - t_index
-    tasks, inloop = choose_tasks(cfg, root, [t for _, t in iter_split_docs(docs, params.split, want_val=True)],
+    tasks, inloop = choose_tasks(cfg, root, [t for _, t in iter_split_docs(docs, assignments, want_val=True)],
                                  index.contains_any)
     if not tasks:
         raise InputError("tasks: no task chosen (tasks.builtin, tasks.custom and tasks.indomain are all empty)")

@@ -12,12 +12,13 @@ import pyarrow.parquet as pq
 from tokenizers import Tokenizer
 from tqdm import tqdm
 
-from llmpipe.config.tokens import SplitParams, TokenizeParams
+from llmpipe.config.tokens import TokenizeParams
+from llmpipe.data.ngrams import NgramSet
 from llmpipe.stages.registry import StageParams, StageResult, stage
 from llmpipe.tokens.bpe import EOT
 from llmpipe.tokens.encoder import load_encoder
 from llmpipe.tokens.shards import ShardWriter, token_dtype, tokenizer_hash, write_manifest
-from llmpipe.tokens.split import parquet_val_mask
+from llmpipe.tokens.split import read_val_mask
 from llmpipe.util.io import InputError, atomic_dir, iter_parquet_batches, write_parquet
 
 log = logging.getLogger(__name__)
@@ -68,16 +69,21 @@ def check_sample(texts: list[str], budget: int = 1 << 19, piece: int = 1 << 14) 
     return out
 
 
-def tokenize_corpus(docs_path: Path, tokenizer_path: Path, out_dir: Path, split: SplitParams,
+OVERLAP_NGRAM = 13
+
+
+def tokenize_corpus(docs_path: Path, tokenizer_path: Path, out_dir: Path, assignments: Path,
                     cfg: TokenizeParams) -> dict:
-    """Core: Parquet documents -> train/val shards + manifest in out_dir. Returns stats."""
+    """Core: Parquet documents -> train/val shards (sides from the split stage's assignments) + manifest
+    in out_dir. Returns stats, with val_overlap_13gram: the share of the val split's distinct word
+    13-grams (llmpipe.data.ngrams, the split stage's definition) that the train split holds."""
     tok = Tokenizer.from_file(str(tokenizer_path))
     eot = tok.token_to_id(EOT)
     if eot is None:
         raise InputError(f"{tokenizer_path}: has no {EOT} token")
     dtype = token_dtype(tok.get_vocab_size())
-    pf = pq.ParquetFile(docs_path)
-    mask = parquet_val_mask(pf, split.val_fraction, split.seed)
+    mask = read_val_mask(assignments, docs_path)
+    ngrams = {"train": NgramSet(OVERLAP_NGRAM), "val": NgramSet(OVERLAP_NGRAM)}
     writers = {s: ShardWriter(out_dir, s, cfg.shard_tokens, dtype) for s in ("train", "val")}
     n_bytes = {"train": 0, "val": 0}
     doc_rows: dict[str, list[dict]] = {"train": [], "val": []}
@@ -92,6 +98,7 @@ def tokenize_corpus(docs_path: Path, tokenizer_path: Path, out_dir: Path, split:
                 split_name = "val" if mask[row] else "train"
                 writers[split_name].add(ids, eot)
                 n_bytes[split_name] += len(text.encode("utf-8"))
+                ngrams[split_name].add_text(text)
                 doc_rows[split_name].append({
                     "id": meta.get("id"), "source": meta.get("source"),
                     "location": meta.get("url") or meta.get("path") or "", "title": meta.get("title") or "",
@@ -120,17 +127,18 @@ def tokenize_corpus(docs_path: Path, tokenizer_path: Path, out_dir: Path, split:
         ("tokens", sum(x["tokens"] for x in shards if x["split"] == s)),
         ("docs", writers[s].docs_total), ("bytes", n_bytes[s]))}
     stats["shards"] = len(shards)
+    stats["val_overlap_13gram"] = round(ngrams["train"].overlap(ngrams["val"].array()), 6)
     return stats
 
 
 def run(params: StageParams, root: Path, sink=None) -> StageResult:
     t0 = time.perf_counter()
     src, tok_path = root / STAGE.inp("docs"), root / STAGE.inp("tokenizer")
-    for p in (src, tok_path):
+    for p in (src, tok_path, root / STAGE.inp("split")):
         if not p.exists():
             raise InputError(f"{p}: file not found (did the upstream stage run?)")
     with atomic_dir(root / STAGE.out("tokens")) as tmp:
-        stats = tokenize_corpus(src, tok_path, tmp, params.split, params.tokenize)
+        stats = tokenize_corpus(src, tok_path, tmp, root / STAGE.inp("split"), params.tokenize)
     stats["seconds"] = round(time.perf_counter() - t0, 3)
     stats["tokens_per_s"] = round((stats["train_tokens"] + stats["val_tokens"]) / max(stats["seconds"], 1e-9))
     log.info("tokenize: %d train / %d val tokens in %d shards", stats["train_tokens"], stats["val_tokens"],

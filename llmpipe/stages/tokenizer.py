@@ -29,7 +29,7 @@ def run(params: StageParams, root: Path, sink=None) -> StageResult:
 
     def counted() -> Iterator[str]:
         nonlocal n_train
-        for text in iter_split_texts(src, params.split, want_val=False):
+        for text in iter_split_texts(src, root / STAGE.inp("split"), want_val=False):
             n_train += 1
             yield text
 

@@ -50,10 +50,12 @@ class TokenData:
                 out[i] = starts[j]
         return out
 
-    def random_batch(self, step: int, micro_step: int, rows: int, block: int, seed: int,
-                     rank: int = 0, world: int = 1, stream: int = 0,
-                     doc_aligned: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
-        """The rows of global batch (step, micro_step) that belong to `rank`.
+    def row_starts(self, step: int, micro_step: int, rows: int, block: int, seed: int,
+                   rank: int | None = 0, world: int = 1, stream: int = 0,
+                   doc_aligned: bool = False) -> tuple[np.ndarray, np.ndarray]:
+        """(shard index, offset in that shard) of each row of global batch (step, micro_step) that
+        belongs to `rank`, or of all its rows in rank order when `rank` is None (`llmpipe lineage
+        --step`). Each row is the block + 1 tokens from its offset; random_batch reads them.
 
         The global batch is a pure function of (seed, step, micro_step): no loader state to save, a
         resumed run draws exactly the batches the uninterrupted run would, and N ranks together draw
@@ -65,12 +67,21 @@ class TokenData:
         rng = np.random.default_rng([seed, stream, step, micro_step])
         shard_idx = rng.choice(len(self.arrays), size=rows * world, p=usable / usable.sum())
         offsets = (rng.random(rows * world) * usable[shard_idx]).astype(np.int64)
-        mine = slice(rank * rows, (rank + 1) * rows)
-        if doc_aligned:
-            offsets[mine] = self._align(shard_idx[mine], offsets[mine], block)
-        chunks = [np.asarray(self.arrays[s][o : o + block + 1], dtype=np.int64)
-                  for s, o in zip(shard_idx[mine], offsets[mine])]
-        batch = torch.from_numpy(np.stack(chunks))
+        mine = slice(None) if rank is None else slice(rank * rows, (rank + 1) * rows)
+        shard_idx, offsets = shard_idx[mine], offsets[mine]
+        if doc_aligned:  # row by row: aligning a rank's slice equals slicing the aligned global batch
+            offsets = self._align(shard_idx, offsets, block)
+        return shard_idx, offsets
+
+    def row_tokens(self, shard: int, offset: int, block: int) -> np.ndarray:
+        return np.asarray(self.arrays[shard][offset : offset + block + 1], dtype=np.int64)
+
+    def random_batch(self, step: int, micro_step: int, rows: int, block: int, seed: int,
+                     rank: int = 0, world: int = 1, stream: int = 0,
+                     doc_aligned: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
+        """The (x, y) rows of global batch (step, micro_step) that belong to `rank` (see row_starts)."""
+        starts = self.row_starts(step, micro_step, rows, block, seed, rank, world, stream, doc_aligned)
+        batch = torch.from_numpy(np.stack([self.row_tokens(s, o, block) for s, o in zip(*starts)]))
         return batch[:, :-1], batch[:, 1:]
 
     def windows(self, block: int, max_tokens: int | None = None) -> Iterator[np.ndarray]:

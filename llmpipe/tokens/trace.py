@@ -9,6 +9,7 @@ Only spans of at least `min_tokens` tokens count: shorter ones are common phrase
 from __future__ import annotations
 
 from dataclasses import dataclass
+from functools import cached_property
 from pathlib import Path
 
 import numpy as np
@@ -31,18 +32,38 @@ class DocTable:
     frame: pd.DataFrame
 
     @classmethod
-    def load(cls, path: Path) -> "DocTable":
+    def load(cls, path: Path, made_by: str = "trace-index") -> "DocTable":
         try:
             frame = pd.read_parquet(path)
         except FileNotFoundError:
-            raise InputError(f"{path}: missing (re-run the trace-index stage)") from None
+            raise InputError(f"{path}: missing (re-run the {made_by} stage)") from None
         return cls(frame["start"].to_numpy(np.int64), frame)
+
+    def _provenance(self, row: int) -> dict:
+        doc = self.frame.iloc[row]
+        return {"id": str(doc["id"]), "source": str(doc["source"]), "location": str(doc["location"]),
+                "title": str(doc["title"])}
 
     def locate(self, position: int) -> dict:
         row = int(np.searchsorted(self.starts, position, side="right")) - 1
-        doc = self.frame.iloc[row]
-        return {"id": str(doc["id"]), "source": str(doc["source"]), "location": str(doc["location"]),
-                "title": str(doc["title"]), "token_offset": int(position - doc["start"])}
+        return {**self._provenance(row), "token_offset": int(position - self.starts[row])}
+
+    @cached_property
+    def ends(self) -> np.ndarray:
+        return self.starts + self.frame["tokens"].to_numpy(np.int64)
+
+    def overlapping(self, lo: int, hi: int) -> list[dict]:
+        """The documents that tokens [lo, hi) of the split touch, in order, each with the part covered:
+        doc_start, doc_end (token offsets in the document) and row_start (offset from lo)."""
+        ends = self.ends
+        first = max(int(np.searchsorted(self.starts, lo, side="right")) - 1, 0)
+        out = []
+        for row in range(first, int(np.searchsorted(self.starts, hi, side="left"))):
+            a, b = max(lo, int(self.starts[row])), min(hi, int(ends[row]))
+            if a < b:
+                start = int(self.starts[row])
+                out.append({**self._provenance(row), "doc_start": a - start, "doc_end": b - start, "row_start": a - lo})
+        return out
 
 
 class Tracer:

@@ -115,21 +115,24 @@ class _Compiled:
 @torch.inference_mode()
 def generate_batch(model: GPT, prompts: list[list[int]], max_new_tokens: int, eot_id: int | None = None,
                    temperature: float = 1.0, top_k: int = 0, top_p: float = 1.0, seed: int | None = None,
-                   use_cache: bool = True, on_token=None, stop_fn=None, compile: bool = False) -> list[list[int]]:
+                   use_cache: bool = True, on_token=None, stop_fn=None, compile: bool = False,
+                   on_logprobs=None) -> list[list[int]]:
     """Generate for several prompts at once (left-padded); each row stops at eot_id (not included).
 
     on_token(row, token) is called for every token as it is produced (for streaming);
     stop_fn(row, generated_ids) -> True ends that row (stop strings are checked this way).
+    on_logprobs(row, token, logprobs) gets, before on_token, the model's log-probabilities over the vocabulary
+    (a float32 tensor; the raw distribution, before temperature, top-k and top-p) at the step that chose token.
     compile: run the per-token step through torch.compile (compiled_step); worth it from a few hundred
     tokens on. Eager steps read the weights in the decode layout (GPT.decode_layout)."""
     layout = contextlib.nullcontext() if compile else model.decode_layout()
     with layout:
         return _generate(model, prompts, max_new_tokens, eot_id, temperature, top_k, top_p, seed, use_cache,
-                         on_token, stop_fn, compile)
+                         on_token, stop_fn, compile, on_logprobs)
 
 
 def _generate(model, prompts, max_new_tokens, eot_id, temperature, top_k, top_p, seed, use_cache, on_token,
-              stop_fn, compile) -> list[list[int]]:
+              stop_fn, compile, on_logprobs=None) -> list[list[int]]:
     model.eval()
     first = next(model.parameters())
     device, cfg = first.device, model.cfg
@@ -176,6 +179,7 @@ def _generate(model, prompts, max_new_tokens, eot_id, temperature, top_k, top_p,
             else:  # eager: the forward over the filled part of the cache takes ~12% less than decode_step
                 logits = model(idx, cache=cache, last_only=True, pad=pad)[0][:, -1]
         nxt = sample_next(logits, temperature, top_k, top_p, gen).tolist()
+        logprobs = torch.log_softmax(logits.float(), dim=-1) if on_logprobs is not None else None
         for row, token in enumerate(nxt):
             ctxs[row].append(token)
             if done[row]:
@@ -184,6 +188,8 @@ def _generate(model, prompts, max_new_tokens, eot_id, temperature, top_k, top_p,
                 done[row] = True
                 continue
             outs[row].append(token)
+            if logprobs is not None:
+                on_logprobs(row, token, logprobs[row])
             if on_token is not None:
                 on_token(row, token)
             if stop_fn is not None and stop_fn(row, outs[row]):

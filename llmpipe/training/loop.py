@@ -20,6 +20,7 @@ from llmpipe.config.pretrain import PretrainParams
 from llmpipe.model.gpt import GPT, GPTConfig
 from llmpipe.model.weights import load_weights
 from llmpipe.tokens.loader import TokenData
+from llmpipe.training import data_order
 from llmpipe.training.checkpoint import load_checkpoint, save_checkpoint
 from llmpipe.training.device import cpu_kind, peak_flops, resolve_device, resolve_dtype
 from llmpipe.training.optim import accumulation_steps, lr_at, make_optimizer
@@ -97,7 +98,7 @@ def train(cfg: PretrainParams, token_dir: Path, ckpt_dir: Path, vocab_size: int,
     model = GPT(mcfg).to(device)
     shard(model, ddp)  # FSDP: before the optimizer, which then holds only this rank's shards
     opt = make_optimizer(model, cfg, device)
-    train_data = TokenData(token_dir, "train")
+    train_data = TokenData(token_dir, data_order.TRAIN_SPLIT)
     val_data = TokenData(token_dir, "val")
 
     start, history = 0, {"train": [], "val": []}
@@ -113,6 +114,8 @@ def train(cfg: PretrainParams, token_dir: Path, ckpt_dir: Path, vocab_size: int,
     rows = cfg.micro_batch_size
     accum = accumulation_steps(cfg, ddp.world)
     tokens_per_step = rows * mcfg.block_size * accum * ddp.world
+    # what shapes the batches, kept in every checkpoint and the model (`llmpipe lineage --step`)
+    data_order.record(history, cfg.seed, rows, mcfg.block_size, cfg.doc_aligned, ddp.world, accum, start)
     flops_per_step = model.flops_per_token() * tokens_per_step
     peak = peak_flops(device)
     if ddp.is_main:
@@ -141,7 +144,7 @@ def train(cfg: PretrainParams, token_dir: Path, ckpt_dir: Path, vocab_size: int,
         loss_sum = 0.0
         for micro in range(accum):
             x, y = train_data.random_batch(step, micro, rows, mcfg.block_size, cfg.seed, ddp.rank, ddp.world,
-                                           doc_aligned=cfg.doc_aligned)
+                                           stream=data_order.TRAIN_STREAM, doc_aligned=cfg.doc_aligned)
             x, y = x.to(device, non_blocking=True), y.to(device, non_blocking=True)
             ctx = set_grad_sync(net, model, ddp, sync=micro == accum - 1)
             with ctx, torch.autocast(device.type, dtype=dtype, enabled=dtype != torch.float32):

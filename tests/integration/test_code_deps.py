@@ -27,12 +27,13 @@ def test_every_module_a_stage_process_imported_is_a_dep(tiny_pipeline):
 # module -> the stages whose process can run it (what the architecture intends, written by hand)
 EDITS = {
     "llmpipe/data/quality.py": {"filter"},
-    "llmpipe/tokens/split.py": {"tokenizer", "tokenize", "tasks", "sft-data"},
+    "llmpipe/tokens/split.py": {"split", "tokenizer", "tokenize", "tasks", "sft-data"},
+    "llmpipe/data/ngrams.py": {"split", "tokenize", "tasks", "sft-data"},
     "llmpipe/model/decode.py": {"pretrain", "evaluate", "benchmark", "sample", "finetune", "chat-eval"},
     "llmpipe/evals/contamination.py": {"tasks"},
     "llmpipe/training/generate.py": {"sample", "chat-eval"},
     "llmpipe/config/pretrain.py": {"pretrain", "evaluate", "benchmark", "sample", "finetune", "chat-eval"},
-    "llmpipe/stages/registry.py": {"scrape", "filter", "dedup", "tokenizer", "tokenize", "tasks", "pretrain",
+    "llmpipe/stages/registry.py": {"scrape", "filter", "dedup", "split", "tokenizer", "tokenize", "tasks", "pretrain",
                                    "evaluate", "benchmark", "sample", "sft-data", "finetune", "chat-eval"},
     "llmpipe/tokens/chat.py": {"sft-data", "finetune", "chat-eval"},
 }

@@ -10,6 +10,8 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
+from llmpipe.ops.step_lineage import step_lineage
+
 from tests.unit.training.test_train import VOCAB, cfg, token_dir  # noqa: F401  (fixture)
 
 pytestmark = pytest.mark.integration
@@ -63,6 +65,12 @@ def test_two_ranks_match_one_process(token_dir, tmp_path, parallel, precision, r
     a_w, b_w = (load_file(str(tmp_path / f"{n}.model" / "model.safetensors")) for n in ("single", parallel))
     assert a_w.keys() == b_w.keys()
     assert max((a_w[k] - b_w[k]).abs().max().item() for k in a_w) < weight_tol
+    # each run recorded its ranks; `llmpipe lineage --step` lists the same rows for both
+    assert [s["world_size"] for s in single["data_order"]["layout"]] == [1]
+    assert [s["world_size"] for s in double["data_order"]["layout"]] == [2]
+    for step in (1, 12):
+        rows = [[r["ids"] for r in step_lineage(token_dir, run["data_order"], step)["rows"]] for run in (single, double)]
+        assert rows[0] == rows[1] and len(rows[0]) == 8
 
 
 @pytest.mark.parametrize("recipe", [False, True])

@@ -1,5 +1,7 @@
 """`llmpipe export --format gguf` of the tiny pipeline's trained model runs in llama.cpp (through
-llama-cpp-python) as it runs in llmpipe: the same token ids, the same 32 greedy tokens, close logits."""
+llama-cpp-python) as it runs in llmpipe: the same token ids, the same 32 greedy tokens, close logits; its
+chat template renders llmpipe's prompt through llama.cpp's Jinja path, and its built-in template
+detection (llama.cpp without --jinja) renders another layout, which the docs warn about."""
 
 from __future__ import annotations
 
@@ -40,7 +42,8 @@ def llama(path, n_ctx):
 @pytest.fixture(scope="module")
 def exported(tiny_pipeline, tmp_path_factory):
     out = tmp_path_factory.mktemp("gguf")
-    proc = run([sys.executable, "-m", "llmpipe.cli", "export", "--format", "gguf", str(out)], tiny_pipeline)
+    proc = run([sys.executable, "-m", "llmpipe.cli", "export", "--format", "gguf", "--model", "base", str(out)],
+               tiny_pipeline)
     assert proc.returncode == 0, proc.stderr[-3000:]
     from tokenizers import Tokenizer
 
@@ -84,8 +87,8 @@ def test_llama_cpp_tokenizes_generates_and_scores_as_llmpipe(exported):
 def test_f16_export_loads_and_stays_close(exported, tiny_pipeline, tmp_path):
     path, model, tok = exported
     out = tmp_path / "half.gguf"
-    proc = run([sys.executable, "-m", "llmpipe.cli", "export", "--format", "gguf", "--dtype", "f16", str(out)],
-               tiny_pipeline)
+    proc = run([sys.executable, "-m", "llmpipe.cli", "export", "--format", "gguf", "--dtype", "f16", "--model", "base",
+                str(out)], tiny_pipeline)
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert out.stat().st_size < path.stat().st_size * 0.6
     seq = tok.encode(GEN_PROMPTS[0] + "I will not speak of it").ids
@@ -120,3 +123,37 @@ def test_llama_cpp_chat_completion_renders_and_answers_as_llmpipe(exported):
         assert llm.tokenize(rendered.encode(), add_bos=False, special=True) == prompt
         reply = llm.create_chat_completion(messages, max_tokens=8, temperature=0.0, repeat_penalty=1.0, seed=0)
     assert reply["choices"][0]["message"]["content"] == tok.decode(mine)
+
+
+def builtin_template_render(template: str, messages: list[dict]) -> str | None:
+    """llama.cpp's own chat templating (llama_chat_apply_template, what llama-server and llama-cli use
+    without --jinja): it recognises a template by its markers and renders that known layout; None when
+    it recognises none."""
+    import ctypes
+
+    chat = (llama_cpp.llama_chat_message * len(messages))(
+        *[llama_cpp.llama_chat_message(role=m["role"].encode(), content=m["content"].encode()) for m in messages])
+    buf = ctypes.create_string_buffer(1 << 16)
+    n = llama_cpp.llama_chat_apply_template(template.encode(), chat, len(messages), True, buf, len(buf))
+    return buf.raw[:n].decode() if n >= 0 else None
+
+
+def test_the_chat_prompt_needs_llama_cpps_jinja_path(exported):
+    """The docs' advice (`--jinja`), checked: the GGUF's template through Jinja gives llmpipe's prompt ids;
+    llama.cpp's built-in detection takes our markers for Phi-3's and renders Phi-3's layout (a newline
+    after each marker, no <|endoftext|> first), which the model was never trained on. When this test
+    fails because the two agree, the docs' warning can go."""
+    from llama_cpp.llama_chat_format import Jinja2ChatFormatter
+
+    from llmpipe.tokens.chat import ChatFormat
+
+    path, model, tok = exported
+    fmt, eot = ChatFormat(tok), tok.id_to_token(0)
+    messages = [{"role": "system", "content": "Answer briefly."}, {"role": "user", "content": "Who is Romeo?"}]
+    with llama(path, n_ctx=model.cfg.block_size) as llm:
+        template = llm.metadata["tokenizer.chat_template"]
+        jinja = Jinja2ChatFormatter(template, eos_token=eot, bos_token=eot)(messages=messages).prompt
+        builtin = builtin_template_render(template, messages)
+        assert llm.tokenize(jinja.encode(), add_bos=False, special=True) == fmt.prompt(messages)
+        assert builtin is not None and llm.tokenize(builtin.encode(), add_bos=False, special=True) != fmt.prompt(messages)
+    assert builtin == "<|system|>\nAnswer briefly.<|end|>\n<|user|>\nWho is Romeo?<|end|>\n<|assistant|>\n"

@@ -1,9 +1,12 @@
 """`llmpipe lineage`: the data versions behind a commit, an MLflow run or a registered model version."""
 
+import json
 import os
 import subprocess
 from pathlib import Path
 
+import numpy as np
+import pandas as pd
 import pytest
 import yaml
 
@@ -207,3 +210,39 @@ def test_model_version_says_when_the_environment_differs(repo, monkeypatch):
     # made before environments were locked
     client.create_model_version("m", source=str(root), tags={"git.commit": made, "dvc.dep.data/tokens": "tok-b.dir"})
     assert "environment: not recorded" in lineage(root, "models:/m/3")
+
+
+@pytest.mark.integration
+def test_step_lineage_of_the_tiny_pipeline(tiny_pipeline, capsys):
+    """`llmpipe lineage --step 3 --json` on a real run: every row's tokens are its shard's, and every
+    document it names is in train_docs.parquet and holds those very tokens."""
+    from llmpipe.cli import main
+    from llmpipe.tokens.shards import read_shard
+    from tests.conftest import TINY_PARAMS, run
+
+    root = tiny_pipeline
+    proc = run(["llmpipe", "lineage", "--step", "3", "--json"], root)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    result = json.loads(proc.stdout)
+    tokens = root / "data" / "tokens"
+    files = [s["file"] for s in json.loads((tokens / "manifest.json").read_text())["shards"] if s["split"] == "train"]
+    shards = {f: np.asarray(read_shard(tokens / f), dtype=np.int64) for f in files}
+    split = np.concatenate([shards[f] for f in files])
+    docs = pd.read_parquet(tokens / "train_docs.parquet").set_index("id")
+    block = TINY_PARAMS["pretrain"]["model"]["block_size"]
+    assert (result["step"], result["world_size"], result["grad_accum_steps"]) == (3, 1, 1)
+    assert len(result["rows"]) == TINY_PARAMS["pretrain"]["micro_batch_size"]
+    for row in result["rows"]:
+        assert row["ids"] == shards[row["shard"]][row["shard_offset"] : row["shard_offset"] + block + 1].tolist()
+        assert sum(d["doc_end"] - d["doc_start"] for d in row["docs"]) == block + 1
+        for d in row["docs"]:
+            doc = docs.loc[d["id"]]
+            assert d["source"] == doc["source"] and d["doc_end"] <= doc["tokens"]
+            held = split[doc["start"] + d["doc_start"] : doc["start"] + d["doc_end"]].tolist()
+            assert held == row["ids"][d["row_start"] : d["row_start"] + d["doc_end"] - d["doc_start"]]
+    # the table, and a step the run never took (in this process: a CLI start costs seconds)
+    assert main(["--root", str(root), "lineage", "--step", "3"]) == 0
+    table = capsys.readouterr().out
+    assert result["rows"][0]["shard"] in table and result["rows"][0]["docs"][0]["id"][:19] in table
+    assert main(["--root", str(root), "lineage", "--step", "31"]) == 2
+    assert "the run trained 30 steps" in capsys.readouterr().err

@@ -11,7 +11,7 @@ from tokenizers import Tokenizer
 
 from llmpipe.data.playqa import normalize
 from llmpipe.evals.trivial import baselines, case_of
-from llmpipe.stages.registry import STAGE_NAMES as STAGES
+from llmpipe.stages.registry import STAGE_NAMES as STAGES, stage
 from llmpipe.tokens.examples import read_conversations
 from llmpipe.tokens.shards import load_manifest
 
@@ -76,6 +76,15 @@ def test_each_stage_has_an_mlflow_run_with_lineage(repro_repo):
     assert chat[0].tags["base.dvc.out.data/model"] == versions[0].tags["dvc.out.data/model"]
     assert chat[0].tags["dvc.dep.data/model"] == versions[0].tags["dvc.out.data/model"]
     assert len(client.get_metric_history(by_stage["finetune"].info.run_id, "loss")) == 10 // 5
+    # each run lists the data it read as its datasets: the registry's inputs, by path, with dvc.lock's hashes
+    locked = {o["path"]: o["md5"] for s in yaml.safe_load((repo / "dvc.lock").read_text())["stages"].values()
+              for o in s.get("outs", []) if "md5" in o}
+    for name, r in by_stage.items():
+        spec = stage(name)
+        logged = {(d.dataset.name, d.dataset.digest, {t.key: t.value for t in d.tags}["mlflow.data.context"])
+                  for d in client.get_run(r.info.run_id).inputs.dataset_inputs}
+        want = {(spec.inp(i).as_posix(), locked[spec.inp(i).as_posix()], i) for i in spec.inputs}
+        assert logged == want, name
 
 
 def test_the_chat_stages_report_what_they_did(repro_repo):
@@ -157,3 +166,20 @@ def test_pretrain_params_rerun_only_pretrain_and_downstream(repro_repo):
     assert proc.returncode == 0, proc.stderr[-2000:]
     ran = [line.split("'")[1] for line in proc.stdout.splitlines() if line.startswith("Running stage")]
     assert ran[0] == "pretrain" and sorted(ran) == ["benchmark", "chat-eval", "evaluate", "finetune", "pretrain", "sample"]
+
+
+def test_the_split_keeps_works_whole_and_val_clean(repro_repo):
+    """Issue 25: both editions of a play on one side, and a val split that shares (almost) no 13-gram
+    with train, measured by tokenize; sft-data says how many held-out items it dropped as contaminated."""
+    import pandas as pd
+
+    repo, _ = repro_repo
+    data = repo / "data"
+    sides = pd.read_parquet(data / "split" / "assignments.parquet")
+    report = json.loads((data / "split" / "report.json").read_text())
+    assert (sides.groupby("group")["side"].nunique() == 1).all() and sides["group"].nunique() < len(sides)
+    assert report["docs"]["val"] == (sides["side"] == "val").sum() > 0 and report["groups_from_id"] == 0
+    tokens = json.loads((data / "metrics" / "tokenize.json").read_text())
+    assert tokens["val_docs"] == report["docs"]["val"] and tokens["val_overlap_13gram"] <= 0.01
+    sft = json.loads((data / "sft" / "report.json").read_text())
+    assert sft["val_contaminated"] == len(sft["val_contaminated_dropped"])

@@ -365,7 +365,8 @@ def test_full_disk_is_a_clear_error_and_loses_nothing(tmp_path, monkeypatch):
 # --- SIGKILL of every stage under dvc repro, and two dvc repro at once --------------------------------
 
 DATA_OUTS = ["scrape/docs", "scrape/report.json", "filter/docs", "filter/report.json", "dedup/docs.parquet",
-             "dedup/removed.parquet", "dedup/report.json", "dedup/index", "tokenizer/tokenizer.json", "tokens",
+             "dedup/removed.parquet", "dedup/report.json", "dedup/index", "split/assignments.parquet",
+             "split/report.json", "tokenizer/tokenizer.json", "tokens",
              "evals/tasks", "evals/inloop.jsonl", "evals/index", "evals/contamination.json",
              "sft/train", "sft/val", "sft/report.json"]
 

@@ -107,6 +107,14 @@ def _iter_nested(item: Nested, source: LocalSource, cfg: ScrapeParams) -> Iterat
         yield Skip("unsupported_format", rel, PurePosixPath(name).suffix or "no suffix")
 
 
+def _group_value(value) -> str | None:
+    """A record's group field as a string key (a number or a string); a missing, null or nested value
+    gives none, so the document is grouped by its id."""
+    if isinstance(value, bool) or not isinstance(value, (str, int, float)):
+        return None
+    return str(value) if str(value) else None
+
+
 def _iter_jsonl(raw: bytes, doc_id: str, rel: str, source: LocalSource) -> Iterator[dict | Skip]:
     for n, line in enumerate(raw.splitlines(), start=1):
         where = f"{rel}:{n}"
@@ -125,7 +133,8 @@ def _iter_jsonl(raw: bytes, doc_id: str, rel: str, source: LocalSource) -> Itera
             yield Skip("missing_text_field", where, f"{source.text_field} is not a string")
             continue
         yield make_doc(f"{doc_id}#L{n}", "local", text, line, path=where,
-                       url=record.get("url") if isinstance(record.get("url"), str) else None)
+                       url=record.get("url") if isinstance(record.get("url"), str) else None,
+                       group=_group_value(record.get(source.group_field) if source.group_field else None))
 
 
 def _iter_parquet(raw: bytes, doc_id: str, rel: str, source: LocalSource) -> Iterator[dict | Skip]:
@@ -136,13 +145,16 @@ def _iter_parquet(raw: bytes, doc_id: str, rel: str, source: LocalSource) -> Ite
         if source.text_field not in pf.schema_arrow.names:
             yield Skip("missing_text_field", rel, source.text_field)
             return
+        group_col = source.group_field if source.group_field in pf.schema_arrow.names else None
+        columns = [source.text_field] + ([group_col] if group_col else [])
         row = 0
-        for batch in pf.iter_batches(columns=[source.text_field], batch_size=4096):
-            for text in batch.column(0).to_pylist():
+        for batch in pf.iter_batches(columns=columns, batch_size=4096):
+            groups = batch.column(1).to_pylist() if group_col else [None] * batch.num_rows
+            for text, group in zip(batch.column(0).to_pylist(), groups):
                 row += 1
                 if isinstance(text, str):
                     yield make_doc(f"{doc_id}#{row}", "local", text, text.encode("utf-8"),
-                                   path=f"{rel}#{row}")
+                                   path=f"{rel}#{row}", group=_group_value(group))
                 else:
                     yield Skip("missing_text_field", f"{rel}#{row}", "null or not a string")
     except Exception as err:  # noqa: BLE001 - pyarrow raises several types for a corrupt file

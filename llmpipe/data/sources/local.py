@@ -27,6 +27,9 @@ class LocalSource(Section):
     paths: list[str] = Field(min_length=1)
     encoding: Annotated[str, known(codecs.lookup, "text encoding")] = "utf-8"
     text_field: str = "text"  # the field of .jsonl records and the column of .parquet files
+    # The field (.jsonl) or column (.parquet) naming what a record belongs to (a book, a site, a user):
+    # the document's group for the train/val split (split.group.by: source); null: none.
+    group_field: str | None = None
     files_per_shard: Annotated[int, Field(ge=1)] = 64  # files read by one task
 
 

@@ -22,6 +22,7 @@ import torch
 from tokenizers import Tokenizer
 
 from llmpipe.model.weights import load_model
+from llmpipe.ops.serve.logprobs import TokenBytes, record
 from llmpipe.ops.serve.protocol import ServeError
 from llmpipe.ops.serve.template import ChatTemplate
 from llmpipe.stages.sample import cut_at_stop
@@ -33,8 +34,9 @@ log = logging.getLogger(__name__)
 
 @dataclass
 class Job:
-    """One generation. Its events go to the request's event loop: ("text", delta), then
-    ("done", finish_reason, completion_tokens) or ("error", message)."""
+    """One generation. Its events go to the request's event loop: ("text", delta, logprobs), then
+    ("done", finish_reason, completion_tokens) or ("error", message); logprobs is None when not asked
+    for, else the TokenLogprob records of the tokens whose text the delta completes."""
 
     prompt_ids: list[int]
     max_tokens: int
@@ -43,6 +45,8 @@ class Job:
     seed: int | None = None
     stops: list[str] = field(default_factory=list)
     stop_ids: frozenset = frozenset()  # token ids that end the reply (the chat format's <|end|>)
+    model_id: str = ""  # which served model ("" : the default)
+    logprobs: int | None = None  # None: none; k: each token's log-probability and the k most likely
     loop: asyncio.AbstractEventLoop | None = None
     events: asyncio.Queue | None = None
     cancelled: bool = False  # the client went away: stop at the next token
@@ -58,38 +62,66 @@ def held_back(text: str, stops: list[str]) -> int:
 
 
 class Engine:
-    def __init__(self, model_dir: Path, tokenizer_path: Path, model_id: str = "llmpipe", max_queue: int = 16,
+    """models: {model id: model folder}, the first being the default; all share one tokenizer (a
+    finetune keeps its base model's ids) and one worker."""
+
+    def __init__(self, models: dict[str, Path], tokenizer_path: Path, max_queue: int = 16,
                  max_tokens_limit: int = 1024, default_max_tokens: int = 256, compile: bool = False,
                  threads: int | None = None):
         if threads:
             # torch's threads spin while they wait: more of them than the cores left free by the HTTP side
             # and other work makes each token many times slower (20x measured on a busy 2-core machine)
             torch.set_num_threads(threads)
-        self.model = load_model(model_dir)
+        self.models = {name: load_model(path) for name, path in models.items()}
+        self.paths = dict(models)
+        self.created = {name: int(Path(path, "model.safetensors").stat().st_mtime) for name, path in models.items()}
+        self.model_id = next(iter(models))  # the default
         self.tok = Tokenizer.from_file(str(tokenizer_path))
+        self.token_bytes = TokenBytes(self.tok)
+        # no token spells more characters than the longest vocabulary entry: a prompt longer than the
+        # context times that cannot fit, and is refused before any tokenizing
+        self.max_token_chars = max(len(t) for t in self.tok.get_vocab())
         self.eot = self.tok.token_to_id(EOT)
         self.template = ChatTemplate(self.tok)
-        self.model_id, self.max_queue, self.compile = model_id, max_queue, compile
+        self.max_queue, self.compile = max_queue, compile
         self.max_tokens_limit = max_tokens_limit
         self.default_max_tokens = min(default_max_tokens, max_tokens_limit)
-        self.context = self.model.cfg.block_size
-        self.created = int(Path(model_dir, "model.safetensors").stat().st_mtime)
         self._jobs: queue.Queue[Job | None] = queue.Queue()
         self._lock = threading.Lock()
         self.waiting = 0  # admitted, not yet started
         self.running = False
         self.served = 0
+        self.generated_tokens = 0  # every token any generation produced (what a dropped client cost)
+        self.abandoned = 0  # generations stopped early because their client went away
         self._worker = threading.Thread(target=self._work, name="llmpipe-serve-worker", daemon=True)
         self._worker.start()
 
-    # -- admission (called on the event loop) --
-    def encode(self, text: str | list[int], param: str) -> list[int]:
-        """A prompt's ids (of a text, or ids already); one that does not fit the context is a 400 (it
-        would be cut silently)."""
-        ids = self.tok.encode(text).ids if isinstance(text, str) else text
-        if len(ids) >= self.context:
-            raise ServeError(400, f"the prompt is {len(ids)} tokens, but this model's context is {self.context} "
-                             f"tokens, so a prompt may have at most {self.context - 1}; shorten the {param}",
+    def context(self, model_id: str) -> int:
+        return self.models[model_id].cfg.block_size
+
+    def check_model(self, name: str) -> None:
+        if name not in self.models:
+            raise ServeError(404, f"the model {name!r} does not exist; this server serves "
+                             f"{', '.join(map(repr, self.models))}", param="model", code="model_not_found")
+
+    # -- admission (called off the event loop: a 1 MB prompt takes a while to tokenize) --
+    def encode(self, text, param: str, model_id: str, chars: int = 0) -> list[int]:
+        """A prompt's ids, of a text, of ids already, or made by a function (the chat template); one that does
+        not fit the context is a 400 (it would be cut silently). chars: the characters text holds."""
+        context = self.context(model_id)
+        chars = len(text) if isinstance(text, str) else chars
+        if chars > (context - 1) * self.max_token_chars:
+            raise ServeError(400, f"the prompt is {chars} characters, more than {context - 1} tokens can spell (at "
+                             f"most {self.max_token_chars} characters each), but this model's context is {context} "
+                             f"tokens; shorten the {param}",
+                             param=param, code="context_length_exceeded")
+        if callable(text):
+            ids = text()
+        else:  # the batch call lets go of the GIL: other requests go on while a long prompt is tokenized
+            ids = self.tok.encode_batch([text])[0].ids if isinstance(text, str) else text
+        if len(ids) >= context:
+            raise ServeError(400, f"the prompt is {len(ids)} tokens, but this model's context is {context} "
+                             f"tokens, so a prompt may have at most {context - 1}; shorten the {param}",
                              param=param, code="context_length_exceeded")
         return ids
 
@@ -124,6 +156,8 @@ class Engine:
             try:
                 if not job.cancelled:
                     self._generate(job)
+                else:
+                    self.abandoned += 1
             except Exception as err:  # noqa: BLE001 - one bad generation must not stop the server
                 log.exception("generation failed")
                 job.emit("error", f"generation failed: {err.__class__.__name__}: {err}")
@@ -134,30 +168,63 @@ class Engine:
 
     def _generate(self, job: Job) -> None:
         sent, stopped = "", False
+        records: list = []  # TokenLogprob per generated token, when asked for
+        ends: list[int | None] = []  # per token: the length of the text decoded up to it (None: mid-character)
+        given = 0  # records handed out so far
+
+        def hand_out(upto: int) -> list | None:
+            """The records of tokens [given, upto) that carry text (not <|end|>), once each."""
+            nonlocal given
+            if job.logprobs is None:
+                return None
+            out = [r for r in records[given:upto] if r.id not in job.stop_ids]
+            given = max(given, upto)
+            return out
+
+        def covered(chars: int) -> int:
+            """How many tokens' text lies within the first `chars` characters."""
+            n = given
+            for k in range(given, len(ends)):
+                if ends[k] is not None and ends[k] <= chars:
+                    n = k + 1
+                elif ends[k] is not None:
+                    break
+            return n
 
         def on_step(_row: int, ids: list[int]) -> bool:
             nonlocal sent, stopped
-            text, stopped = cut_at_stop(self.tok.decode(ids), job.stops)
+            self.generated_tokens += 1
+            full = self.tok.decode(ids)
+            ends.append(None if full.endswith("\ufffd") else len(full))
+            text, stopped = cut_at_stop(full, job.stops)
             stopped = stopped or (bool(ids) and ids[-1] in job.stop_ids)
             if not stopped:
                 if text.endswith("\ufffd"):  # wait until a multi-byte character is complete
                     return job.cancelled
                 text = text[: len(text) - held_back(text, job.stops)]
             if len(text) > len(sent):
-                job.emit("text", text[len(sent):])
+                job.emit("text", text[len(sent):], hand_out(covered(len(text))))
                 sent = text
             return stopped or job.cancelled
+
+        def on_logprobs(_row: int, token: int, logprobs) -> None:
+            records.append(record(token, logprobs, job.logprobs))
 
         # no seed: a fresh one (torch.Generator's default seed is a constant, every reply would be the same)
         seed = job.seed if job.seed is not None else random.getrandbits(62)
         t0 = time.perf_counter()
-        out = generate_batch(self.model, [job.prompt_ids], job.max_tokens, eot_id=self.eot,
-                             temperature=job.temperature, top_k=0, top_p=job.top_p, seed=seed,
-                             stop_fn=on_step, compile=self.compile)[0]
-        text, stopped = cut_at_stop(self.tok.decode(out), job.stops)
+        out = generate_batch(self.models[job.model_id or self.model_id], [job.prompt_ids], job.max_tokens,
+                             eot_id=self.eot, temperature=job.temperature, top_k=0, top_p=job.top_p, seed=seed,
+                             stop_fn=on_step, compile=self.compile,
+                             on_logprobs=on_logprobs if job.logprobs is not None else None)[0]
+        full = self.tok.decode(out)
+        text, stopped = cut_at_stop(full, job.stops)
         stopped = stopped or (bool(out) and out[-1] in job.stop_ids)
-        if len(text) > len(sent):  # what was held back, once nothing more can follow it
-            job.emit("text", text[len(sent):])
+        rest = hand_out(len(out) if text == full else covered(len(text)))
+        if len(text) > len(sent) or rest:  # what was held back, once nothing more can follow it
+            job.emit("text", text[len(sent):], rest)
+        if job.cancelled:
+            self.abandoned += 1
         finish = "length" if len(out) >= job.max_tokens and not stopped else "stop"
         log.debug("%d tokens in %.2f s (%s)", len(out), time.perf_counter() - t0, finish)
         job.emit("done", finish, len(out))

@@ -30,8 +30,13 @@ def error_body(message: str, type_: str = "invalid_request_error", param: str | 
     return {"error": {"message": message, "type": type_, "param": param, "code": code}}
 
 
+class StreamOptions(BaseModel):
+    model_config = ConfigDict(extra="ignore")
+    include_usage: bool | None = False
+
+
 class _Common(BaseModel):
-    # Fields of OpenAI's API that we do not implement (logprobs, user, ...) are ignored, as clients send them.
+    # Fields of OpenAI's API that we do not implement (user, ...) are ignored, as clients send them.
     model_config = ConfigDict(extra="ignore")
     model: str
     max_tokens: Annotated[int, Field(ge=1)] | None = None
@@ -41,9 +46,18 @@ class _Common(BaseModel):
     stop: str | Annotated[list[Annotated[str, Field(min_length=1)]], Field(max_length=4)] | None = None
     n: Annotated[int, Field(ge=1)] | None = None
     stream: bool | None = False
+    stream_options: StreamOptions | None = None
 
     def stops(self) -> list[str]:
         return [self.stop] if isinstance(self.stop, str) and self.stop else list(self.stop or [])
+
+    def include_usage(self) -> bool:
+        return bool(self.stream_options and self.stream_options.include_usage)
+
+    def check(self) -> None:
+        """What one field's type cannot say (OpenAI's answers to the same requests)."""
+        if self.stream_options is not None and not self.stream:
+            raise ServeError(400, "stream_options is only allowed when stream is true", param="stream_options")
 
 
 class Message(BaseModel):
@@ -55,11 +69,23 @@ class Message(BaseModel):
 class ChatRequest(_Common):
     messages: Annotated[list[Message], Field(min_length=1)]
     max_completion_tokens: Annotated[int, Field(ge=1)] | None = None  # the newer name of max_tokens
+    logprobs: bool | None = False
+    top_logprobs: Annotated[int, Field(ge=0, le=20)] | None = None
+
+    def check(self) -> None:
+        super().check()
+        if self.top_logprobs is not None and not self.logprobs:
+            raise ServeError(400, "top_logprobs needs logprobs: true", param="top_logprobs")
+
+    def logprobs_k(self) -> int | None:
+        """None: no log-probabilities; k: each token's and the k most likely."""
+        return (self.top_logprobs or 0) if self.logprobs else None
 
 
 class CompletionRequest(_Common):
     prompt: str | Annotated[list[str], Field(min_length=1, max_length=1)]
     echo: bool | None = False
+    logprobs: Annotated[int, Field(ge=0, le=5)] | None = None  # the legacy API's: the top k per token (at most 5)
 
     def text(self) -> str:
         return self.prompt if isinstance(self.prompt, str) else self.prompt[0]
@@ -70,11 +96,14 @@ def parse(model: type[BaseModel], data) -> BaseModel:
     if not isinstance(data, dict):
         raise ServeError(400, "the request body must be a JSON object")
     try:
-        return model.model_validate(data)
+        req = model.model_validate(data)
     except ValidationError as err:
         first = err.errors()[0]
         where = ".".join(str(p) for p in first["loc"]) or None
         raise ServeError(400, f"invalid request: {where}: {first['msg']}", param=where) from None
+    if hasattr(req, "check"):
+        req.check()
+    return req
 
 
 def new_id(prefix: str) -> str:
@@ -86,28 +115,34 @@ def usage(prompt_tokens: int, completion_tokens: int) -> dict:
             "total_tokens": prompt_tokens + completion_tokens}
 
 
-def chat_response(rid: str, model: str, text: str, finish: str, use: dict) -> dict:
+def chat_response(rid: str, model: str, text: str, finish: str, use: dict, logprobs: dict | None = None) -> dict:
     return {"id": rid, "object": "chat.completion", "created": int(time.time()), "model": model,
-            "choices": [{"index": 0, "message": {"role": "assistant", "content": text}, "logprobs": None,
+            "choices": [{"index": 0, "message": {"role": "assistant", "content": text}, "logprobs": logprobs,
                          "finish_reason": finish}], "usage": use}
 
 
-def chat_chunk(rid: str, model: str, delta: dict, finish: str | None = None) -> dict:
+def chat_chunk(rid: str, model: str, delta: dict, finish: str | None = None, logprobs: dict | None = None) -> dict:
     return {"id": rid, "object": "chat.completion.chunk", "created": int(time.time()), "model": model,
-            "choices": [{"index": 0, "delta": delta, "logprobs": None, "finish_reason": finish}]}
+            "choices": [{"index": 0, "delta": delta, "logprobs": logprobs, "finish_reason": finish}]}
 
 
-def completion_response(rid: str, model: str, text: str, finish: str | None, use: dict | None = None) -> dict:
+def completion_response(rid: str, model: str, text: str, finish: str | None, use: dict | None = None,
+                        logprobs: dict | None = None) -> dict:
     """A whole completion, or (use=None) one chunk of a streamed one: OpenAI sends both as text_completion."""
     out = {"id": rid, "object": "text_completion", "created": int(time.time()), "model": model,
-           "choices": [{"index": 0, "text": text, "logprobs": None, "finish_reason": finish}]}
+           "choices": [{"index": 0, "text": text, "logprobs": logprobs, "finish_reason": finish}]}
     if use is not None:
         out["usage"] = use
     return out
 
 
-def models_list(model_id: str, created: int) -> dict:
-    return {"object": "list", "data": [model_card(model_id, created)]}
+def usage_chunk(first: dict, use: dict) -> dict:
+    """stream_options.include_usage: the stream's last chunk, no choices, the whole request's usage."""
+    return {**first, "choices": [], "usage": use}
+
+
+def models_list(created: dict[str, int]) -> dict:
+    return {"object": "list", "data": [model_card(name, at) for name, at in created.items()]}
 
 
 def model_card(model_id: str, created: int) -> dict:

@@ -58,9 +58,19 @@ class ChatTemplate:
     def stop_ids(self) -> frozenset[int]:
         return self.format.stop_ids if self.format else frozenset()
 
+    def chars(self, messages: list[dict]) -> int:
+        """How many characters of text the messages hold (a bound on their tokens, before tokenizing)."""
+        return sum(len(message_text(m.get("content"))) for m in messages)
+
     def prompt_ids(self, messages: list[dict]) -> list[int]:
+        """The prompt's ids: ChatFormat.prompt's, with the contents encoded as one batch, because the
+        tokenizer's batch call lets go of the GIL (its single encode holds it, for seconds on a 1 MB
+        prompt) and the server calls this beside its event loop."""
         if self.format is None:
-            return self.tok.encode(render_chat(messages)).ids
-        role = {"developer": "system"}
-        return self.format.prompt([{"role": role.get(m["role"], m["role"]), "content": message_text(m.get("content"))}
-                                   for m in messages])
+            return self.tok.encode_batch([render_chat(messages)])[0].ids
+        fmt, role = self.format, {"developer": "system"}
+        contents = fmt.tok.encode_batch([message_text(m.get("content")) for m in messages], add_special_tokens=False)
+        ids = [fmt.eot]
+        for m, content in zip(messages, contents):
+            ids += [fmt.role_id[role.get(m["role"], m["role"])], *content.ids, fmt.end]
+        return ids + [fmt.role_id["assistant"]]

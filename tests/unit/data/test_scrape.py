@@ -40,7 +40,7 @@ def test_stage_reads_mixed_sources_and_reports_bad_input(tmp_path):
     assert [p.name for p in parts] == ["part-00000.parquet", "part-00001.parquet"]
     df = pd.concat(pd.read_parquet(p) for p in parts)
     assert sorted(df["path"]) == [f"in/doc{i}.txt" for i in range(5)]
-    assert list(df.columns) == ["id", "source", "path", "url", "title", "text", "sha256", "fetched_at"]
+    assert list(df.columns) == ["id", "source", "path", "url", "title", "text", "sha256", "fetched_at", "group"]
     assert metrics["docs_out"] == 5 and metrics["skipped_binary"] == 1 and metrics["skipped_empty"] == 1
     assert metrics["skipped_duplicate_id"] == 1 and metrics["skipped_no_files_matched"] == 1
     report = read_json(tmp_path / output("scrape.report"))

@@ -4,14 +4,17 @@ from __future__ import annotations
 
 import subprocess
 import sys
+from types import SimpleNamespace
 
 import numpy as np
 import pandas as pd
 
+from llmpipe.config.tokens import SplitParams
 from llmpipe.evals.contamination import NgramIndex, contaminated_ids
 from llmpipe.evals.indomain import build_indomain
 from llmpipe.evals.tasks import Item
-from llmpipe.tokens.split import val_mask
+from llmpipe.stages import split as split_stage
+from llmpipe.tokens.split import read_val_mask
 
 RNG = np.random.default_rng(0)
 VOCAB = [f"w{i}" for i in range(500)]
@@ -60,8 +63,8 @@ def test_seen_answers_from_the_tasks_stage_index(tmp_path):
     docs = pd.DataFrame({"id": ["doc-a", "doc-b", "doc-c"], "text": [text(200), text(200), text(200)]})
     (tmp_path / "data/dedup").mkdir(parents=True)
     docs.to_parquet(tmp_path / "data/dedup/docs.parquet")
-    (tmp_path / "params.yaml").write_text("split: {val_fraction: 0.01, seed: 0}\n")
-    train = ~val_mask(list(docs["id"]), 0.01, 0)
+    split_stage.run(SimpleNamespace(split=SplitParams(val_fraction=0.01)), tmp_path)
+    train = ~read_val_mask(tmp_path / "data/split/assignments.parquet", tmp_path / "data/dedup/docs.parquet")
     docs = docs[train].reset_index(drop=True)  # the index holds the train split, as the tasks stage's
     index = NgramIndex.build(zip(docs["id"], docs["text"]))
     index.save(tmp_path / "data/evals/index")

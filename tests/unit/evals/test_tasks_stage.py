@@ -15,6 +15,7 @@ import yaml
 
 from llmpipe.config.evals import TasksParams
 from llmpipe.config.tokens import SplitParams
+from llmpipe.stages import split as split_stage
 from llmpipe.stages import tasks as tasks_stage
 from llmpipe.util.io import InputError
 
@@ -41,8 +42,8 @@ def params_for(custom, indomain=8, inloop=("indomain",)) -> dict:
 def run_tasks(root, custom, indomain=8, inloop=("indomain",)):
     """The stage's run() on validated sections, as the shell calls it (the CLI's exit status: below)."""
     params = params_for(custom, indomain, inloop)
-    return tasks_stage.run(SimpleNamespace(split=SplitParams(**params["split"]), tasks=TasksParams(**params["tasks"])),
-                           root)
+    split_stage.run(SimpleNamespace(split=SplitParams(**params["split"])), root)
+    return tasks_stage.run(SimpleNamespace(tasks=TasksParams(**params["tasks"])), root)
 
 
 def test_user_tasks_indomain_and_inloop_items(root):
@@ -84,6 +85,7 @@ def test_the_command_exits_2_naming_the_file_and_line(root):
     (root / "tasks/mc.jsonl").write_text('{"query": "q", "choices": ["a", "b"], "gold": 0}\n{"query": 1}\n')
     params = params_for([{"name": "mine", "path": "tasks/mc.jsonl", "kind": "multiple_choice"}], 0, ())
     (root / "params.yaml").write_text(yaml.safe_dump(params))
+    split_stage.run(SimpleNamespace(split=SplitParams(**params["split"])), root)
     proc = subprocess.run([sys.executable, "-m", "llmpipe.cli", "--root", str(root), "tasks"], capture_output=True,
                           text=True)
     assert proc.returncode == 2, proc.stderr

@@ -122,13 +122,14 @@ def assert_no_trivial_rule_beats_chance(train: list, val: list, types=("count", 
 
 
 def test_the_demo_set_from_the_corpus_is_balanced():
-    """The real demo corpus (downloaded once per test session), split by document as sft-data does, at
-    the default sizes: 4,000 train items, 300 held-out ones."""
+    """The real demo corpus (downloaded once per test session), split by work as the split stage does (its
+    default grouping: both editions of a play on one side), at the default sizes: 4,000 train items, 300
+    held-out ones."""
     from llmpipe.data.sources.demo import DemoSource, iter_demo
-    from llmpipe.tokens.split import val_mask
+    from llmpipe.tokens.split import side_of_groups
 
     docs = [d for d in iter_demo(DemoSource())]
-    held_out = val_mask([d["id"] for d in docs], 0.1, 0)
+    held_out = side_of_groups([f"group:{d['group']}" for d in docs], 0.1, 0)
     cfg = DemoInstructions()
     pools = ([], [])
     for doc, val in zip(docs, held_out):
@@ -185,6 +186,7 @@ def test_sft_data_keeps_the_demo_items_balanced_and_their_passages(tmp_path):
     from llmpipe.config.sft import SftDataParams
     from llmpipe.config.tokens import SplitParams, TokenizerParams
     from llmpipe.stages import sft_data
+    from llmpipe.stages import split as split_stage
     from llmpipe.tokens.bpe import train_tokenizer
     from llmpipe.tokens.examples import read_conversations
 
@@ -195,7 +197,9 @@ def test_sft_data_keeps_the_demo_items_balanced_and_their_passages(tmp_path):
     train_tokenizer(iter(plays), TokenizerParams(vocab_size=400)).save(str(tmp_path / "data/tokenizer/tokenizer.json"))
     demo = {"train_items": 300, "val_items": 90}
     params = SimpleNamespace(sft_data=SftDataParams(block_size=112, demo=demo), split=SplitParams(val_fraction=0.5))
+    split_stage.run(params, tmp_path)
     metrics = sft_data.run(params, tmp_path).metrics
+    assert metrics["val_contaminated"] == 0
     assert metrics["demo_passed_over_too_long"] > 0  # block_size 112 leaves out the longest passages
     val = read_conversations(tmp_path / "data/sft/val")
     train = read_conversations(tmp_path / "data/sft/train")

@@ -68,3 +68,18 @@ def test_a_tokenizer_without_them_falls_back_to_plain_text(tmp_path):
     messages = [{"role": "user", "content": "Hi"}]
     assert template.prompt_ids(messages) == tok.encode(render_chat(messages)).ids
     assert template.stops == CHAT_STOPS and not template.stop_ids
+
+
+def test_token_bytes_join_to_the_texts_bytes(tokenizer_file):
+    from tokenizers import Tokenizer
+
+    from llmpipe.ops.serve.logprobs import TokenBytes, TokenLogprob, completion_logprobs
+
+    tok = Tokenizer.from_file(str(tokenizer_file))
+    tb = TokenBytes(tok)
+    text = "To be — or not, café 🤖 <|endoftext|>"
+    ids = tok.encode(text).ids
+    assert b"".join(tb.bytes(i) for i in ids) == text.encode()
+    assert tb.text(tok.token_to_id("<|endoftext|>")) == "<|endoftext|>"
+    legacy = completion_logprobs([TokenLogprob(i, -1.0, [(i, -1.0)]) for i in ids[:3]], tb, offset=4)
+    assert legacy["text_offset"][0] == 4 and legacy["token_logprobs"] == [-1.0] * 3

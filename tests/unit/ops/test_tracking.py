@@ -3,9 +3,11 @@ import logging
 import time
 from pathlib import Path
 
+import yaml
 from mlflow.tracking import MlflowClient
 
 from llmpipe.ops.tracking import Tracker, start_stage_run, tracking_uri
+from llmpipe.util.io import dvc_md5
 
 
 def test_stage_run_records_params_metrics_and_artifacts(tmp_path, monkeypatch):
@@ -13,6 +15,9 @@ def test_stage_run_records_params_metrics_and_artifacts(tmp_path, monkeypatch):
     monkeypatch.setenv("LLMPIPE_PARENT_RUN_ID", "")
     art = tmp_path / "a.txt"
     art.write_text("artifact")
+    scraped = tmp_path / "data" / "scrape" / "docs"  # filter's input, with no dvc.lock: hashed as DVC would
+    scraped.mkdir(parents=True)
+    (scraped / "part-0.parquet").write_bytes(b"not really parquet")
     t = start_stage_run(tmp_path, "exp", "filter", {"filter": {"languages": ["en"], "min_chars": 200}})
     for step in range(1, 1201):
         t.log_metrics({"loss": 1.0 / step}, step)  # buffered, sent in batches
@@ -27,6 +32,25 @@ def test_stage_run_records_params_metrics_and_artifacts(tmp_path, monkeypatch):
     assert len(client.get_metric_history(t.run_id, "loss")) == 1200
     assert run.data.metrics["docs_out"] == 5
     assert [a.path for a in client.list_artifacts(t.run_id)] == ["a.txt"]
+    assert inputs_of(client, t.run_id) == {("data/scrape/docs", dvc_md5(scraped), "docs")}
+
+    # tokenize reads two inputs: one dvc.lock versioned (its hash is the lock's), one not yet (hashed)
+    tok = tmp_path / "data" / "tokenizer" / "tokenizer.json"
+    tok.parent.mkdir(parents=True)
+    tok.write_text("{}")
+    lock = {"stages": {"dedup": {"outs": [{"path": "data/dedup/docs.parquet", "hash": "md5",
+                                           "md5": "0123456789abcdef0123456789abcdef"}]}}}
+    (tmp_path / "dvc.lock").write_text(yaml.safe_dump(lock))
+    t = start_stage_run(tmp_path, "exp", "tokenize", {"tokenize": {}})
+    t.end()
+    assert inputs_of(client, t.run_id) == {("data/dedup/docs.parquet", "0123456789abcdef0123456789abcdef", "docs"),
+                                           ("data/tokenizer/tokenizer.json", dvc_md5(tok), "tokenizer")}
+
+
+def inputs_of(client, run_id) -> set[tuple[str, str, str]]:
+    """(name, digest, context) of each dataset a run logged as its input (the run page's datasets)."""
+    return {(d.dataset.name, d.dataset.digest, {tag.key: tag.value for tag in d.tags}["mlflow.data.context"])
+            for d in client.get_run(run_id).inputs.dataset_inputs}
 
 
 def test_unreachable_server_warns_once_and_costs_no_time(tmp_path, monkeypatch, caplog):

@@ -1,5 +1,5 @@
 """The tokenize stage core: shards byte-identical across reruns and thread counts, every document
-round-trips, the split follows the document ids."""
+round-trips, the split follows the split stage's assignments, val_overlap_13gram."""
 
 import hashlib
 import json
@@ -9,14 +9,17 @@ import sys
 
 import numpy as np
 import pandas as pd
+import pyarrow.parquet as pq
 import pytest
 
 from llmpipe.config.tokens import SplitParams, TokenizeParams, TokenizerParams
+from llmpipe.stages.split import assign
 from llmpipe.stages.tokenize import tokenize_corpus
 from llmpipe.tokens.bpe import train_tokenizer
 from llmpipe.tokens.loader import TokenData
 from llmpipe.tokens.shards import load_manifest, read_shard
-from llmpipe.tokens.split import val_mask
+from llmpipe.tokens.split import read_val_mask
+from llmpipe.util.io import InputError
 
 TEXTS = [f"Document {i}: " + " ".join(f"word{(i * 7 + j) % 97} café 🤖" for j in range(200)) for i in range(60)]
 
@@ -28,6 +31,9 @@ def corpus(tmp_path_factory):
     pd.DataFrame({"id": [f"d{i}" for i in range(len(TEXTS))], "text": TEXTS}).to_parquet(docs)
     tok = root / "tokenizer.json"
     train_tokenizer(iter(TEXTS), TokenizerParams(vocab_size=400)).save(str(tok))
+    # the toy texts repeat one another: decontamination would move every val document
+    pq.write_table(assign(docs, SplitParams(val_fraction=0.2, decontaminate={"enabled": False}))[0],
+                   root / "assignments.parquet")
     return docs, tok
 
 
@@ -38,9 +44,10 @@ def digest(folder):
 SCRIPT = """
 import sys
 from pathlib import Path
-from llmpipe.config.tokens import SplitParams, TokenizeParams
+from llmpipe.config.tokens import TokenizeParams
 from llmpipe.stages.tokenize import tokenize_corpus
-stats = tokenize_corpus(Path(sys.argv[1]), Path(sys.argv[2]), Path(sys.argv[3]), SplitParams(val_fraction=0.2),
+stats = tokenize_corpus(Path(sys.argv[1]), Path(sys.argv[2]), Path(sys.argv[3]),
+                        Path(sys.argv[1]).parent / "assignments.parquet",
                         TokenizeParams(shard_tokens=5000, workers=int(sys.argv[4]), batch_bytes=20000))
 """
 
@@ -61,13 +68,14 @@ def test_shards_identical_across_reruns_and_worker_counts(corpus, tmp_path):
 
 def test_every_document_round_trips_in_order(corpus, tmp_path):
     docs, tok_path = corpus
-    stats = tokenize_corpus(docs, tok_path, tmp_path, SplitParams(val_fraction=0.2),
+    stats = tokenize_corpus(docs, tok_path, tmp_path, docs.parent / "assignments.parquet",
                             TokenizeParams(shard_tokens=5000, batch_bytes=30000))
     from tokenizers import Tokenizer
 
     tok = Tokenizer.from_file(str(tok_path))
     manifest = load_manifest(tmp_path, tok_path)
-    mask = val_mask([f"d{i}" for i in range(len(TEXTS))], 0.2, 0)
+    mask = read_val_mask(docs.parent / "assignments.parquet", docs)
+    assert 0 < mask.sum() < len(TEXTS)
     for split in ("train", "val"):
         flat = np.concatenate([read_shard(tmp_path / s["file"]) for s in manifest.shards(split)])
         pieces = np.split(flat, np.flatnonzero(flat == manifest.eot_id) + 1)[:-1]
@@ -77,3 +85,25 @@ def test_every_document_round_trips_in_order(corpus, tmp_path):
     starts = np.load(tmp_path / "train_000000.bin.idx.npy")
     assert starts[0] == 0 and (np.diff(starts) > 0).all()
     assert TokenData(tmp_path, "val").n_tokens == stats["val_tokens"]
+
+
+def test_val_overlap_13gram_is_the_share_of_val_word_13grams_in_train(corpus, tmp_path):
+    _, tok_path = corpus
+    train_words = [f"t{i}" for i in range(40)]
+    # val: 14 words copied from train (2 of their 13-grams), then 6 words of its own: 8 13-grams, 2 in train;
+    # case and punctuation do not matter (word n-grams of the lowercased \w+ words)
+    val_words = [w.upper() for w in train_words[5:19]] + [f"v{i}" for i in range(6)]
+    docs = tmp_path / "docs.parquet"
+    pd.DataFrame({"id": ["a", "b", "c"], "text": [" ".join(train_words), ", ".join(val_words), "too short"]}
+                 ).to_parquet(docs)
+    assignments = tmp_path / "assignments.parquet"
+    pd.DataFrame({"id": ["a", "b", "c"], "group": ["a", "b", "c"], "side": ["train", "val", "val"],
+                  "reason": ["group"] * 3, "overlap": [None] * 3}).to_parquet(assignments)
+    out = tmp_path / "out"
+    out.mkdir()
+    stats = tokenize_corpus(docs, tok_path, out, assignments, TokenizeParams(shard_tokens=5000))
+    assert stats["val_overlap_13gram"] == 0.25 and stats["val_docs"] == 2
+    # stale assignments (another corpus) stop the stage, naming the file
+    pd.DataFrame({"id": ["a", "b"], "side": ["train", "val"]}).to_parquet(assignments)
+    with pytest.raises(InputError, match="assignments.parquet: does not list the documents"):
+        tokenize_corpus(docs, tok_path, out, assignments, TokenizeParams(shard_tokens=5000))

@@ -7,9 +7,11 @@ import random
 
 import numpy as np
 import pandas as pd
+import pyarrow.parquet as pq
 import pytest
 
 from llmpipe.config.tokens import SplitParams, TokenizeParams, TokenizerParams
+from llmpipe.stages.split import assign
 from llmpipe.stages.tokenize import tokenize_corpus
 from llmpipe.stages.trace_index import build_trace_index
 from llmpipe.tokens.bpe import train_tokenizer
@@ -61,8 +63,8 @@ def corpus(tmp_path_factory):
     write_parquet(root / "docs.parquet", pd.DataFrame(docs))
     tok = train_tokenizer([d["text"] for d in docs], TokenizerParams(vocab_size=400, min_frequency=2))
     tok.save(str(root / "tokenizer.json"))
-    split = SplitParams(val_fraction=0.2, seed=0)
-    tokenize_corpus(root / "docs.parquet", root / "tokenizer.json", root / "tokens", split,
+    pq.write_table(assign(root / "docs.parquet", SplitParams(val_fraction=0.2, seed=0))[0], root / "assignments.parquet")
+    tokenize_corpus(root / "docs.parquet", root / "tokenizer.json", root / "tokens", root / "assignments.parquet",
                     TokenizeParams(shard_tokens=2000))
     (root / "index").mkdir()
     build_trace_index(root / "tokens", root / "tokenizer.json", root / "index")

@@ -1,0 +1,108 @@
+"""Word n-grams hashed to uint64: the one definition shared by the train/val decontamination (the split
+stage), the split's overlap metric (tokenize), the held-out check of sft-data and the benchmark
+contamination index (llmpipe.evals.contamination).
+
+As datatrove's and marin's decontamination: text is lowercased and split into words (\\w+), and every
+run of n consecutive words is an n-gram, hashed as the xxh64 of each word combined by a polynomial.
+Sets of n-grams are sorted unique uint64 arrays, looked up with np.searchsorted (8 bytes an n-gram).
+"""
+
+from __future__ import annotations
+
+import re
+from typing import Iterable
+
+import numpy as np
+import xxhash
+
+WORD = re.compile(r"\w+")
+MULT = np.uint64(0x9E3779B97F4A7C15)  # odd: the polynomial combination stays a bijection per position
+
+
+def words(text: str) -> list[str]:
+    return WORD.findall(text.lower())
+
+
+class WordHashes:
+    """xxh64 of words, memoized (a corpus repeats its words)."""
+
+    def __init__(self):
+        self.cache: dict[str, int] = {}
+
+    def __call__(self, ws: list[str]) -> np.ndarray:
+        cache = self.cache
+        for w in set(ws).difference(cache):
+            cache[w] = xxhash.xxh64_intdigest(w.encode("utf-8"))
+        # map and fromiter run in C: no Python bytecode per word
+        return np.fromiter(map(cache.__getitem__, ws), dtype=np.uint64, count=len(ws))
+
+
+def ngram_hashes(word_hashes: np.ndarray, n: int) -> np.ndarray:
+    """Hash of every window of n words: sum of h[i + j] * MULT**j (mod 2**64), vectorized over i."""
+    if len(word_hashes) < n:
+        return np.empty(0, dtype=np.uint64)
+    m = len(word_hashes) - n + 1
+    acc = np.zeros(m, dtype=np.uint64)
+    power = np.uint64(1)
+    with np.errstate(over="ignore"):
+        for j in range(n):
+            acc += word_hashes[j : j + m] * power
+            power = power * MULT
+    return acc
+
+
+class NgramSet:
+    """A growing set of n-gram hashes: parts are merged into one sorted unique array when they hold as
+    many hashes as it does, so adding costs O(log) merges per hash and lookups stay one searchsorted."""
+
+    def __init__(self, n: int = 13):
+        self.n = n
+        self.word = WordHashes()
+        self.sorted = np.empty(0, np.uint64)
+        self._parts: list[np.ndarray] = []
+        self._pending = 0
+
+    def text_ngrams(self, text: str) -> np.ndarray:
+        """The distinct n-grams of a text, sorted."""
+        return np.unique(ngram_hashes(self.word(words(text)), self.n))
+
+    def add(self, hashes: np.ndarray) -> None:
+        self._parts.append(hashes)
+        self._pending += len(hashes)
+        if self._pending >= max(len(self.sorted), 1 << 20):
+            self._merge()
+
+    def add_text(self, text: str) -> None:
+        self.add(self.text_ngrams(text))
+
+    def _merge(self) -> None:
+        if self._parts:
+            self.sorted = np.unique(np.concatenate([self.sorted, *self._parts]))
+            self._parts, self._pending = [], 0
+
+    def array(self) -> np.ndarray:
+        """The distinct hashes, sorted."""
+        self._merge()
+        return self.sorted
+
+    def __len__(self) -> int:
+        return len(self.array())
+
+    def contains(self, hashes: np.ndarray) -> np.ndarray:
+        """A boolean per hash: whether the set holds it."""
+        self._merge()
+        if not len(self.sorted) or not len(hashes):
+            return np.zeros(len(hashes), dtype=bool)
+        pos = np.searchsorted(self.sorted, hashes).clip(max=len(self.sorted) - 1)
+        return self.sorted[pos] == hashes
+
+    def overlap(self, hashes: np.ndarray) -> float:
+        """The fraction of `hashes` (distinct n-grams) the set holds; 0.0 for none."""
+        return float(self.contains(hashes).mean()) if len(hashes) else 0.0
+
+
+def set_of_texts(texts: Iterable[str], n: int = 13) -> NgramSet:
+    s = NgramSet(n)
+    for text in texts:
+        s.add_text(text)
+    return s

@@ -1,0 +1,64 @@
+"""The record of how a pretraining run draws its batches, and the rows of any step recomputed from it.
+
+Batches are a pure function of (seed, step, micro-step) (TokenData.row_starts), so a run needs to keep
+only what shapes them: the seed, the rows per rank, the block size, document alignment and, per stretch
+of steps, the number of ranks and micro-steps (a run resumed on another number of ranks changes them
+from its first resumed step). The loop keeps this record in its history (so in every checkpoint); the
+pretrain stage writes it into the model's config.json; `llmpipe lineage --step N` reads it back.
+
+Steps are numbered as the logs number them: step N is the N-th optimizer update, whose loss is logged
+at step N; it reads global batch N - 1 (the `step` argument of TokenData.row_starts).
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from llmpipe.tokens.loader import TokenData
+from llmpipe.util.io import InputError
+
+TRAIN_SPLIT, TRAIN_STREAM = "train", 0
+KEY = "data_order"  # in a checkpoint's history and in the model's config.json
+
+
+def record(history: dict, seed: int, rows: int, block: int, doc_aligned: bool, world: int, accum: int,
+           start: int) -> dict:
+    """Add this process's layout (ranks, micro-steps) from step start + 1 to history's record."""
+    order = history.setdefault(KEY, {"split": TRAIN_SPLIT, "stream": TRAIN_STREAM, "seed": seed,
+                                     "micro_batch_size": rows, "block_size": block,
+                                     "doc_aligned": doc_aligned, "layout": []})
+    layout = {"world_size": world, "grad_accum_steps": accum}
+    last = order["layout"][-1] if order["layout"] else None
+    if last is None or {k: v for k, v in last.items() if k != "first_step"} != layout:
+        order["layout"].append({"first_step": start + 1, **layout})
+    return order
+
+
+def layout_at(order: dict, step: int) -> dict:
+    """The layout (world_size, grad_accum_steps) step `step` (1-based) ran with."""
+    found = [seg for seg in order.get("layout", []) if seg["first_step"] <= step]
+    if not found:
+        raise InputError(f"step {step}: the run's record starts at step "
+                         f"{min((s['first_step'] for s in order.get('layout', [])), default='?')} "
+                         "(a checkpoint from before the record was kept)")
+    return found[-1]
+
+
+def step_rows(data: TokenData, order: dict, step: int) -> list[tuple[int, int, int, int]]:
+    """(micro-step, row in the global micro-batch, shard index, offset) of every row step `step` trained
+    on, all ranks' rows in rank order: the very rows TokenData.random_batch gave each rank."""
+    if step < 1:
+        raise InputError(f"--step {step}: steps are numbered from 1, as in the training logs")
+    lay = layout_at(order, step)
+    out = []
+    for micro in range(lay["grad_accum_steps"]):
+        shards, offsets = data.row_starts(step - 1, micro, order["micro_batch_size"], order["block_size"],
+                                          order["seed"], rank=None, world=lay["world_size"],
+                                          stream=order["stream"], doc_aligned=order["doc_aligned"])
+        out += [(micro, i, int(s), int(o)) for i, (s, o) in enumerate(zip(shards, offsets))]
+    return out
+
+
+def shard_bases(data: TokenData) -> np.ndarray:
+    """Each shard's first token's offset in the split (shards concatenated, in manifest order)."""
+    return np.concatenate([[0], np.cumsum(data.lengths)[:-1]]).astype(np.int64)
