@@ -74,3 +74,21 @@ def test_a_mismatched_environment_lists_each_difference_and_both_commands(tmp_pa
 def test_names_are_compared_in_their_normal_form():
     pins, _ = envlock.parse("Ruamel.YAML==0.19.1 \\\nzc.lockfile==4.0\n")
     assert envlock.differences(pins, {"ruamel-yaml": "0.19.1", "zc-lockfile": "4.0", "pip": "25", "llmpipe": "0.1.0"}) == []
+
+
+def test_locks_satisfy_pyproject_toml():
+    """A dependency added or narrowed in pyproject.toml without `bash scripts/lock.sh` fails here."""
+    import tomllib
+
+    from packaging.requirements import Requirement
+
+    project = tomllib.loads((REPO / "pyproject.toml").read_text())["project"]
+    for kind, reqs in (("runtime", project["dependencies"]),
+                       ("dev", project["dependencies"] + project["optional-dependencies"]["dev"])):
+        pins, _ = envlock.parse((REPO / "requirements" / f"{kind}.lock").read_text())
+        stale = []
+        for req in map(Requirement, reqs):
+            locked = pins.get(envlock.normalize(req.name))
+            if locked is None or not req.specifier.contains(locked, prereleases=True):
+                stale.append(f"{req}: locked {locked}")
+        assert not stale, f"requirements/{kind}.lock is older than pyproject.toml: {stale}; refresh: {envlock.REFRESH}"
