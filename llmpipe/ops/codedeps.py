@@ -4,7 +4,7 @@ The import graph is read from the source (every `import` and `from ... import`, 
 too), so no code change can leave a stale output cached. A stage's process runs the CLI, the uniform
 stage shell and the stage module, and the shell imports the params models of the stage's own sections
 by name (llmpipe.config.sections): those are the roots. The tracking module is left out: it writes to
-MLflow, never to an output.
+MLflow, never to an output; so is what only it reads for its tags (the environment lock's hash).
 """
 
 from __future__ import annotations
@@ -14,7 +14,7 @@ from functools import cache
 from pathlib import Path
 
 PACKAGE = "llmpipe"
-NOT_CODE_DEPS = {"llmpipe.ops.tracking"}
+NOT_CODE_DEPS = {"llmpipe.ops.tracking", "llmpipe.util.envlock"}
 SHELL_ROOTS = ["llmpipe.cli", "llmpipe.ops.shell"]
 
 

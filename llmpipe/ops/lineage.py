@@ -21,6 +21,7 @@ from pathlib import Path
 import yaml
 
 from llmpipe.stages.registry import STAGES
+from llmpipe.util import envlock
 from llmpipe.util.io import InputError
 
 # The data outputs of the registry's stages: what a model is made of (reports, plots, metrics and
@@ -120,6 +121,34 @@ def commit_recording(root: Path, commit: str, recorded: dict[str, str], made: di
     return _commit_holding(root, commit, recorded) or commit
 
 
+def environment_note(root: Path, commit: str, tags: dict[str, str]) -> list[str]:
+    """Whether the current Python environment is the one that made the target (its env.* tags), and
+    which packages differ from the lock file of the target's commit when they are not."""
+    made = tags.get("env.lock_sha256")
+    now = envlock.environment_tags(root)
+    if not made:
+        return ["  environment: not recorded (a run from before environments were locked)"]
+    if made == now["env.lock_sha256"] and made != "unlocked" and now.get("env.matches_lock") == "true":
+        return [f"  environment: the same as now (lock sha256 {made[:12]}, Python {now['env.python']}, "
+                f"torch {now['env.torch']})"]
+    lines = [f"  warning: the current environment differs from the one that made {tags.get('git.commit', 'it')[:12]}:"
+             f" then lock sha256 {made[:12]}, Python {tags.get('env.python')}, torch {tags.get('env.torch')}; "
+             f"now lock sha256 {now['env.lock_sha256'][:12]}, Python {now['env.python']}, torch {now['env.torch']}"
+             f"{'' if now.get('env.matches_lock', 'true') == 'true' else ', packages not matching it'}"]
+    path = tags.get("env.lock", "")
+    proc = subprocess.run(["git", "show", f"{commit}:{path}"], cwd=root, capture_output=True, text=True) \
+        if path.startswith("requirements/") else None
+    if proc is None or proc.returncode != 0:
+        return lines + ["  (the lock file of that commit is not available: packages cannot be compared)"]
+    diff = envlock.differences(envlock.parse(proc.stdout)[0], envlock.installed())
+    lines.append(f"  packages that differ ({path} at {commit[:12]} vs this environment): "
+                 + ("none" if not diff else str(len(diff))))
+    lines += [f"    {line}" for line in diff]
+    if diff:
+        lines.append(f"  to rebuild that environment: git checkout {commit} && bash scripts/setup.sh")
+    return lines
+
+
 def lineage(root: Path, target: str | None) -> str:
     """The chain for a target (see the module docstring), as printable text."""
     if target is None:
@@ -129,12 +158,13 @@ def lineage(root: Path, target: str | None) -> str:
         from llmpipe.ops.tracking import recorded_lineage
 
         commit, recorded, tags = recorded_lineage(root, target)
+        env_lines = environment_note(root, commit, tags)
         # a dep that cannot change the weights (pretrain's in-loop benchmark items) is not lineage
         recorded = {path: md5 for path, md5 in recorded.items() if path in DATA_PATHS}
         made = {k.removeprefix("dvc.out."): v for k, v in tags.items() if k.startswith("dvc.out.")}
         trained = {k.removeprefix("train."): v for k, v in tags.items() if k.startswith("train.")}
         commit = commit_recording(root, commit, recorded, made)
-        return render(target, commit, read_lock(root, commit), recorded, made, trained)
+        return "\n".join([render(target, commit, read_lock(root, commit), recorded, made, trained), *env_lines])
     return render(target, commit, read_lock(root, commit))
 
 

@@ -70,7 +70,7 @@ def run_stage(name: str, params_path: Path, root: Path) -> dict:
     for artifact in result.artifacts:
         tracker.log_artifact(artifact)
     if result.model_dir is not None:
-        from llmpipe.ops.tracking import dvc_lineage_tags, git_commit
+        from llmpipe.ops.tracking import dvc_lineage_tags, environment_tags, git_commit
 
         # The model version links back to the data and code that made it, and names its own weights
         # (DVC's hash of the model folder) and what they depend on beyond params and data.
@@ -80,7 +80,7 @@ def run_stage(name: str, params_path: Path, root: Path) -> dict:
         own = {k: str(v) for k, v in own.items() if v is not None}
         tracker.set_tags(own)
         lineage = {**dvc_lineage_tags(root, name), "git.commit": git_commit(root) or "unknown", **own,
-                   **result.model_tags}
+                   **environment_tags(root), **result.model_tags}
         registered = experiment.registered_model and experiment.registered_model + result.registered_suffix
         for key, md5 in result.model_tags.items():  # a derived model names its base's registered version
             if key.startswith("base.dvc.out.") and experiment.registered_model:

@@ -18,6 +18,7 @@ from typing import Any
 
 import yaml
 
+from llmpipe.util.envlock import environment_tags
 from llmpipe.util.io import InputError, dvc_lock_out_hashes, dvc_md5
 
 log = logging.getLogger(__name__)
@@ -240,6 +241,7 @@ def start_stage_run(root: Path, experiment: str, stage: str, params: dict[str, A
     if flow_run := os.environ.get(FLOW_RUN_ENV):
         tags["prefect.flow_run_id"] = flow_run
     tags.update(dvc_lineage_tags(root, stage))
+    tags.update(environment_tags(root))  # `llmpipe lineage` compares env.lock_sha256 with the current one
     tracker = Tracker(root, experiment, stage, parent_run_id=os.environ.get(PARENT_ENV), tags=tags)
     tracker.log_params(flatten("", params))
     if tracker.run_id is not None:  # hashing an input outside DVC reads it: only for a live run
@@ -265,7 +267,9 @@ def model_run(root: Path, target: str) -> tuple[str | None, dict[str, str]]:
         if target.startswith("models:/"):
             name, _, version = target.removeprefix("models:/").rpartition("/")
             found = client.get_model_version(name, version)
-            return found.run_id, dict(found.tags)
+            # a version whose tags do not carry env.*: its run's tags have them
+            run_tags = client.get_run(found.run_id).data.tags if found.run_id else {}
+            return found.run_id, {**{k: v for k, v in run_tags.items() if k.startswith("env.")}, **found.tags}
         return target, dict(client.get_run(target).data.tags)
     except MlflowException as err:
         raise InputError(f"{target}: not a git revision, MLflow run or model version in {uri} ({err.message})") from None

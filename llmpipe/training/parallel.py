@@ -11,6 +11,7 @@ from __future__ import annotations
 import contextlib
 import os
 from dataclasses import dataclass
+from datetime import timedelta
 
 import torch
 import torch.distributed as dist
@@ -46,7 +47,10 @@ def init_distributed(device_type: str, strategy: str = "ddp") -> Dist:
     if world == 1:
         return Dist()
     if not dist.is_initialized():
-        dist.init_process_group(backend="nccl" if device_type == "cuda" else "gloo")
+        # How long a rank waits in a collective for a peer that never arrives (a node that died without
+        # closing its connections): torch's default is 30 minutes, LLMPIPE_DIST_TIMEOUT (seconds) shortens it.
+        timeout = timedelta(seconds=float(os.environ.get("LLMPIPE_DIST_TIMEOUT", 1800)))
+        dist.init_process_group(backend="nccl" if device_type == "cuda" else "gloo", timeout=timeout)
     return Dist(int(os.environ["RANK"]), world, int(os.environ.get("LOCAL_RANK", "0")), fsdp=strategy == "fsdp")
 
 

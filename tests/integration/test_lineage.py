@@ -175,6 +175,43 @@ def test_registered_model_carries_its_dvc_hash_and_how_it_was_trained(tmp_path, 
     assert f"git commit {git(root, 'rev-parse', 'HEAD')}" in text and "warning" not in text
 
 
+def test_model_version_says_when_the_environment_differs(repo, monkeypatch):
+    from mlflow.tracking import MlflowClient
+
+    from llmpipe.util import envlock
+
+    root, (first, second) = repo
+    now = envlock.installed()
+    # the lock the model was made with: this environment's versions, but another torch
+    then = "".join(f"{name}=={version}\n" for name, version in now.items() if name != "torch") + "torch==2.12.0\n"
+    (root / "requirements").mkdir()
+    (root / "requirements" / "dev.lock").write_text(then)
+    git(root, "add", "requirements")
+    git(root, "commit", "-q", "-m", "lock")
+    made = git(root, "rev-parse", "HEAD")
+    here = root / "installed.lock"  # what setup.sh copies into the venv: the current environment's lock
+    here.write_text("".join(f"{name}=={version}\n" for name, version in now.items()))
+    monkeypatch.setattr(envlock, "installed_lock", lambda: here)
+    client = MlflowClient(tracking_uri=f"sqlite:///{root / 'mlflow.db'}")
+    client.create_registered_model("m")
+    base = {"git.commit": made, "dvc.dep.data/tokens": "tok-b.dir", "env.lock": "requirements/dev.lock",
+            "env.python": "3.11.7"}
+    client.create_model_version("m", source=str(root), tags={**base, "env.lock_sha256": envlock.sha256(root / "requirements" / "dev.lock"),
+                                                             "env.torch": "2.12.0"})
+    text = lineage(root, "models:/m/1")
+    assert "warning: the current environment differs" in text and "torch 2.12.0" in text
+    assert f"packages that differ (requirements/dev.lock at {made[:12]} vs this environment): 1" in text
+    assert f"    torch: locked 2.12.0, installed {now['torch']}" in text
+    assert f"git checkout {made} && bash scripts/setup.sh" in text
+    # made in this very environment
+    client.create_model_version("m", source=str(root), tags={**base, "env.lock_sha256": envlock.sha256(here)})
+    text = lineage(root, "models:/m/2")
+    assert "environment: the same as now" in text and "differs" not in text
+    # made before environments were locked
+    client.create_model_version("m", source=str(root), tags={"git.commit": made, "dvc.dep.data/tokens": "tok-b.dir"})
+    assert "environment: not recorded" in lineage(root, "models:/m/3")
+
+
 @pytest.mark.integration
 def test_step_lineage_of_the_tiny_pipeline(tiny_pipeline, capsys):
     """`llmpipe lineage --step 3 --json` on a real run: every row's tokens are its shard's, and every

@@ -1,5 +1,7 @@
+import hashlib
 import logging
 import time
+from pathlib import Path
 
 import yaml
 from mlflow.tracking import MlflowClient
@@ -62,3 +64,28 @@ def test_unreachable_server_warns_once_and_costs_no_time(tmp_path, monkeypatch, 
     assert time.perf_counter() - t0 < 10
     assert t.run_id is None
     assert sum("tracking disabled" in r.message for r in caplog.records) == 1
+
+
+def test_stage_run_records_its_environment(tmp_path, monkeypatch):
+    import platform
+    import shutil
+
+    import torch
+
+    from llmpipe.util import envlock
+
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    monkeypatch.setenv("LLMPIPE_PARENT_RUN_ID", "")
+    repo_lock = Path(__file__).resolve().parents[3] / "requirements" / "dev.lock"
+    (tmp_path / "requirements").mkdir()
+    shutil.copy(repo_lock, tmp_path / "requirements" / "dev.lock")
+    # the copy scripts/setup.sh leaves in the venv: this environment was installed from dev.lock
+    monkeypatch.setattr(envlock, "installed_lock", lambda: repo_lock)
+    tags = MlflowClient(tracking_uri(tmp_path)).get_run(start_stage_run(tmp_path, "exp", "filter", {}).run_id).data.tags
+    assert tags["env.lock_sha256"] == hashlib.sha256(repo_lock.read_bytes()).hexdigest()
+    assert tags["env.lock"] == "requirements/dev.lock" and tags["env.matches_lock"] == "true"
+    assert tags["env.python"] == platform.python_version() and tags["env.torch"] == torch.__version__
+    # an environment not made by setup.sh says so, instead of claiming a lock
+    monkeypatch.setattr(envlock, "installed_lock", lambda: tmp_path / "absent.lock")
+    tags = MlflowClient(tracking_uri(tmp_path)).get_run(start_stage_run(tmp_path, "exp", "filter", {}).run_id).data.tags
+    assert tags["env.lock_sha256"] == "unlocked" and tags["env.lock"] == "none"
