@@ -5,9 +5,8 @@ load) and any other error, the generated tokens per second, and the server's pea
 
     python bench/serve.py [--clients 50] [--seconds 30] [--max-queue 16] [--max-tokens 64]
 
-The model is data/model (with data/tokenizer/tokenizer.json) when the pipeline has run; otherwise the
-script first runs a tiny pipeline (the test suite's params) in a temporary copy of the repository,
-about two minutes on 2 cores. --model-dir and --tokenizer name other files.
+The model is data/model (with data/tokenizer/tokenizer.json): run the pipeline first (`dvc repro
+pretrain`, or the demo). --model-dir and --tokenizer name other files.
 
 Then it exports the same model to GGUF and compares llama.cpp's 32 greedy tokens with llmpipe's on 3
 prompts (bench/gguf.py; needs the dev extra's llama-cpp-python).
@@ -55,16 +54,10 @@ ROOT = Path(__file__).resolve().parent.parent
 from llmpipe.model.weights import load_model  # noqa: E402
 
 
-def tiny_model(work: Path) -> tuple[Path, Path]:
-    """Run the tiny pipeline in a copy of the repository; its model and tokenizer."""
-    from tests.conftest import TINY_PARAMS, copy_repo
-
-    repo = copy_repo(work / "repo", TINY_PARAMS)
-    print("no data/model: running a tiny pipeline (dvc repro pretrain) in", repo, flush=True)
-    proc = subprocess.run(["dvc", "repro", "pretrain"], cwd=repo, capture_output=True, text=True)
-    if proc.returncode != 0:
-        sys.exit(f"the tiny pipeline failed:\n{proc.stdout[-2000:]}{proc.stderr[-2000:]}")
-    return repo / "data/model", repo / "data/tokenizer/tokenizer.json"
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
 
 
 KEY = "bench-key"
@@ -257,12 +250,11 @@ def main() -> None:
     args = ap.parse_args()
     from openai import OpenAI
 
-    from tests.conftest import free_port
-
     work = Path(tempfile.mkdtemp(prefix="bench-serve-"))
     model_dir, tokenizer = args.model_dir or ROOT / "data/model", args.tokenizer or ROOT / "data/tokenizer/tokenizer.json"
     if not (model_dir / "model.safetensors").exists() or not tokenizer.exists():
-        model_dir, tokenizer = tiny_model(work)
+        sys.exit(f"no model at {model_dir} or no tokenizer at {tokenizer}: run the pipeline first "
+                 "(`dvc repro pretrain`, or bash scripts/demo.sh), or pass --model-dir and --tokenizer")
     port = free_port()
     server = start_server(model_dir, tokenizer, port, args.max_queue, work / "server.log",
                           max_tokens_limit=max(512, args.disconnect_tokens))

@@ -27,9 +27,8 @@ from tests.conftest import REPO, clone_repo
 
 BENCH = sorted(p for p in (REPO / "bench").glob("*.py") if not p.name.startswith("_"))
 PROJECT_PACKAGES = ("llmpipe", "flows", "bench", "tests")
-# bench/serve.py still borrows the test suite's tiny pipeline (tests.conftest); its owner moves that out
-# (issue 30). No other bench script may import the tests: they are not installed with the project.
-IMPORTS_TESTS_FOR_NOW = {"serve.py"}
+# No bench script may import the tests: they are not installed with the project.
+IMPORTS_TESTS_FOR_NOW: set[str] = set()
 
 
 def python_env() -> dict:
