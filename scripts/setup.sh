@@ -46,7 +46,7 @@ if [ ! -f "$STAMP" ] || [ "$(cat "$STAMP")" != "$WANT" ]; then
   }
   # what an earlier install left that the lock does not name goes: the venv is the lock, no more
   if [ -z "$EXTRAS" ] || [ "$EXTRAS" = dev ]; then
-    mapfile -t STALE < <("${ENVLOCK[@]}" extras "$LOCK")
+    mapfile -t STALE < <("${ENVLOCK[@]}" extras "$LOCK" | grep -v '^$')
     [ "${#STALE[@]}" -eq 0 ] || "$VENV/bin/python" -m pip uninstall -y -q "${STALE[@]}" >> "$LOG" 2>&1
     "${ENVLOCK[@]}" check "$LOCK" || exit 1
   fi

@@ -138,7 +138,8 @@ def main(argv: list[str]) -> int:
         return 0
     locked, _ = parse(text)
     if cmd == "extras":
-        print("\n".join(extras(locked, installed())))
+        for name in extras(locked, installed()):  # one per line; nothing at all when none (setup.sh's mapfile)
+            print(name)
         return 0
     if lines := differences(locked, installed()):
         print("[setup] " + mismatch_report(lock, lines), file=sys.stderr)
