@@ -29,7 +29,7 @@ print(f"exact match on {c['n_val_items']} held-out items: finetuned {c['finetune
       f"{c['best_baseline_acc']:.3f}: gain {c['gain_over_best_baseline']:+.3f} (95% interval {c['gain_ci_low']:+.3f} "
       f"to {c['gain_ci_high']:+.3f}, p = {c['gain_p_value']:.2g}); the base model {c['base_acc']:.3f}")
 times = {s: json.load(open(f"data/metrics/{s}.json")).get("seconds", 0) for s in
-         ("scrape", "filter", "dedup", "tokenizer", "tokenize", "tasks", "pretrain", "evaluate", "benchmark", "sample", "sft-data",
+         ("scrape", "filter", "dedup", "split", "tokenizer", "tokenize", "trace-index", "tasks", "pretrain", "evaluate", "benchmark", "sample", "sft-data",
           "finetune", "chat-eval")}
 print("seconds per stage: " + ", ".join(f"{k} {v:.0f}" for k, v in times.items()))
 print("talk to it: llmpipe chat")

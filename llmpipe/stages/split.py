@@ -138,6 +138,15 @@ def run(params: StageParams, root: Path, sink=None) -> StageResult:
                     "seconds": round(time.perf_counter() - t0, 3)})
     if report["val_overlap_max"] is not None:
         metrics["val_doc_overlap_max"] = round(report["val_overlap_max"], 6)
+    # few large groups make val's share of the bytes land far from val_fraction (one group can be most of
+    # the corpus): say so rather than train on a sliver
+    share = metrics["val_bytes"] / max(metrics["val_bytes"] + metrics["train_bytes"], 1)
+    metrics["val_byte_share"] = round(share, 4)
+    if share > 3 * params.split.val_fraction or share < params.split.val_fraction / 3:
+        log.warning("split: val holds %.1f%% of the bytes, far from split.val_fraction = %s (%d groups): "
+                    "with few groups the share is coarse; change split.val_fraction, split.seed or "
+                    "split.group", 100 * share, params.split.val_fraction, metrics["train_groups"] +
+                    metrics["val_groups"])
     log.info("split: %d train / %d val documents (%d val groups), %d moved to train", metrics["train_docs"],
              metrics["val_docs"], metrics["val_groups"], metrics["moved_to_train"])
     return StageResult(metrics, artifacts=[root / STAGE.out("report")])

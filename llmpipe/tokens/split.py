@@ -65,7 +65,10 @@ def side_of_groups(keys: list[str], val_fraction: float, seed: int) -> np.ndarra
     distinct = sorted(set(keys))
     if len(distinct) < 2:
         raise InputError(f"split.group.by: all {len(keys)} documents fall in one group "
-                         f"({distinct[0] if distinct else 'none'!r}), so val would be empty")
+                         f"({distinct[0] if distinct else 'none'!r}), so val would be empty: group by a part "
+                         "of the path or URL instead (split.group.by: path_regex with e.g. "
+                         "split.group.path_regex: 'https?://[^/]+/([^/]+)' for a site's sections), or by "
+                         "document (split.group.by: id)")
     in_val = dict(zip(distinct, val_mask(distinct, val_fraction, seed)))
     return np.array([bool(in_val[k]) for k in keys], dtype=bool)
 

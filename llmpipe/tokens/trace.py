@@ -80,12 +80,21 @@ class Tracer:
                              "re-run the trace-index stage")
         self.docs = DocTable.load(index_dir / DOCS_FILE)
         self.tokenizer = Tokenizer.from_file(str(tokenizer_path))
+        self.eot_id = self.tokenizer.token_to_id("<|endoftext|>")
         self.min_tokens, self.max_docs, self.max_query_tokens = min_tokens, max_docs, max_query_tokens
 
     def match_lengths(self, ids: np.ndarray) -> np.ndarray:
-        """Per position, the length of the longest stretch starting there that the index contains."""
-        return np.array([self.index.longest_prefix_length(ids[i : i + self.max_query_tokens])
-                         for i in range(len(ids))], dtype=np.int64)
+        """Per position, the length of the longest stretch starting there that the index contains.
+        A stretch never runs over an end-of-text token (a literal `<|endoftext|>` in the text becomes
+        one): across it, a match would join the end of one document to the start of another."""
+        barrier = len(ids)
+        ends = np.empty(len(ids), dtype=np.int64)
+        for i in range(len(ids) - 1, -1, -1):
+            if ids[i] == self.eot_id:
+                barrier = i
+            ends[i] = barrier
+        return np.array([self.index.longest_prefix_length(ids[i : min(i + self.max_query_tokens, ends[i])])
+                         if ends[i] > i else 0 for i in range(len(ids))], dtype=np.int64)
 
     def _occurrence(self, position: int, length: int) -> dict:
         doc = self.docs.locate(position)

@@ -123,3 +123,16 @@ def test_missing_index_and_other_tokenizer_are_named(corpus, tmp_path):
     other.save(str(tmp_path / "other.json"))
     with pytest.raises(InputError, match="re-run the trace-index stage"):
         Tracer(root / "index", tmp_path / "other.json")
+
+
+def test_no_span_runs_over_a_literal_end_of_text(corpus):
+    """The tokenizer makes a literal <|endoftext|> the special token; a match across it would join the
+    end of one training document to the start of the next (they lie side by side in the index)."""
+    root, train, _ = corpus
+    tracer = Tracer(root / "index", root / "tokenizer.json", min_tokens=4)
+    docs = pd.read_parquet(root / "tokens/train_docs.parquet")["id"].tolist()
+    first, second = train[docs[0]]["text"], train[docs[1]]["text"]
+    text = first[-120:] + "<|endoftext|>" + second[:120]
+    spans = tracer.trace(text)["spans"]
+    assert spans and all("<|endoftext|>" not in s["text"] for s in spans)
+    assert max(s["end"] for s in spans if s["start"] < len(first[-120:])) <= len(first[-120:])
