@@ -90,6 +90,14 @@ class CompletionRequest(_Common):
     def text(self) -> str:
         return self.prompt if isinstance(self.prompt, str) else self.prompt[0]
 
+    def check(self) -> None:
+        super().check()
+        # log-probabilities of the prompt's own tokens (what lm-eval's local-completions asks with
+        # echo, logprobs and max_tokens 0) are not computed: say so rather than answer without them
+        if self.echo and self.logprobs is not None:
+            raise ServeError(400, "echo with logprobs: log-probabilities of the prompt's tokens are not "
+                             "supported by this server (only of generated tokens)", param="echo")
+
 
 def parse(model: type[BaseModel], data) -> BaseModel:
     """Validate a decoded JSON body; the first problem becomes a 400 naming the field."""

@@ -83,3 +83,13 @@ def test_token_bytes_join_to_the_texts_bytes(tokenizer_file):
     assert tb.text(tok.token_to_id("<|endoftext|>")) == "<|endoftext|>"
     legacy = completion_logprobs([TokenLogprob(i, -1.0, [(i, -1.0)]) for i in ids[:3]], tb, offset=4)
     assert legacy["text_offset"][0] == 4 and legacy["token_logprobs"] == [-1.0] * 3
+
+
+def test_echoed_prompt_logprobs_are_refused_naming_echo():
+    """lm-eval's local-completions asks echo + logprobs for the prompt's own tokens, which the server does
+    not compute: a 400 naming `echo`, not an answer silently without them."""
+    with pytest.raises(ServeError) as err:
+        parse(CompletionRequest, {"model": "m", "prompt": "a b", "echo": True, "logprobs": 1, "max_tokens": 1})
+    assert err.value.status == 400 and err.value.param == "echo"
+    assert parse(CompletionRequest, {"model": "m", "prompt": "a", "echo": True, "max_tokens": 1}).echo
+    assert parse(CompletionRequest, {"model": "m", "prompt": "a", "logprobs": 2, "max_tokens": 1}).logprobs == 2
