@@ -15,8 +15,9 @@ per forward pass: lm-eval's batch_size, llmpipe's continuations per pass) and th
 (--threads; 1 by default, as on a shared 2-core machine two threads that find a busy core spin and make
 both sides many times slower, and the noisier). Times are the scoring alone on both sides: llmpipe's
 score_items, lm-eval's loglikelihood method (data set and request building, and model loading, excluded).
-A task matches when every per-choice log-likelihood is within 1e-4 of lm-eval's (4 float32 steps of
-the value where coarser: llmpipe.evals.lm_eval_ref.match_tolerance). Needs the dev extra (lm-eval,
+A task matches when every per-choice log-likelihood is within 1e-4 of lm-eval's: with --precision
+float64 (both sides) strictly; in float32, the benchmark stage's precision, within 1e-4 or 4 float32
+steps of the value where coarser (llmpipe.evals.lm_eval_ref.match_tolerance). Needs the dev extra (lm-eval,
 accelerate, transformers).
 Last line, HellaSwag alone:
   RESULT hellaswag_acc_norm=... delta_vs_lm_eval=... items_per_s=... items_per_s_ratio_vs_lm_eval=... n_items=...
@@ -29,6 +30,7 @@ from __future__ import annotations
 import _root  # noqa: F401  (first: takes bench/ off the import path, see bench/_root.py)
 
 import argparse
+import copy
 import json
 import os
 import subprocess
@@ -42,7 +44,7 @@ import torch
 
 ROOT = Path(__file__).resolve().parent.parent
 
-def lm_eval_worker(model_dir: str, rows_dir: str, batch: int, out: str) -> None:
+def lm_eval_worker(model_dir: str, rows_dir: str, batch: int, out: str, precision: str = "float32") -> None:
     """In a child process: lm-eval's HF backend on the exported model, each task of rows_dir (<task>.arrow)
     on lm-eval's own definition; per-task log-likelihoods, metrics and loglikelihood seconds to `out`."""
     from lm_eval.models.huggingface import HFLM
@@ -50,7 +52,7 @@ def lm_eval_worker(model_dir: str, rows_dir: str, batch: int, out: str) -> None:
     from llmpipe.evals.lm_eval_ref import lm_eval_scores, lm_eval_task
 
     torch.set_num_threads(int(os.environ["BENCH_THREADS"]))
-    lm = HFLM(pretrained=model_dir, dtype="float32", device="cpu", batch_size=batch)
+    lm = HFLM(pretrained=model_dir, dtype=precision, device="cpu", batch_size=batch)
     result = {}
     for rows in sorted(Path(rows_dir).glob("*.arrow")):
         task = lm_eval_task(rows.stem, rows, Path(rows_dir) / "hf-cache")
@@ -101,13 +103,13 @@ def run_lm_eval(hf_dir: Path, rows_dir: Path, args, work: Path) -> dict:
            "BENCH_THREADS": str(args.threads), "OMP_NUM_THREADS": str(args.threads)}
     out = work / "lm_eval.json"
     proc = subprocess.run([sys.executable, __file__, "--lm-eval-worker", str(hf_dir), str(rows_dir),
-                           str(args.batch), str(out)], env=env, capture_output=True, text=True)
+                           str(args.batch), str(out), args.precision], env=env, capture_output=True, text=True)
     if proc.returncode != 0:
         sys.exit(f"lm-eval failed:\n{proc.stdout[-3000:]}\n{proc.stderr[-5000:]}")
     return json.loads(out.read_text())
 
 
-def compare(task: str, items, scores, seconds: float, ref: dict) -> dict:
+def compare(task: str, items, scores, seconds: float, ref: dict, precision: str = "float32") -> dict:
     """One task's figures: llmpipe's and lm-eval's metrics, the largest per-choice difference, a match."""
     from llmpipe.evals.lm_eval_ref import match_tolerance
     from llmpipe.evals.suite import item_metrics
@@ -122,7 +124,8 @@ def compare(task: str, items, scores, seconds: float, ref: dict) -> dict:
     ref_acc = [m["acc"] for m in ref["metrics"]]
     ref_norm = [m.get("acc_norm", float("nan")) for m in ref["metrics"]]  # COPA, BoolQ, Winogrande...: acc only
     return {"task": task, "n": len(items), "choices": int(ll_ours.size), "max_diff": float(diff.max()),
-            "matched": bool(np.all(diff <= match_tolerance(ll_ref))), "acc": float(ours[:, 0].mean()),
+            "matched": bool(np.all(diff <= (1e-4 if precision == "float64" else match_tolerance(ll_ref)))),
+            "acc": float(ours[:, 0].mean()),
             "acc_norm": float(ours[:, 1].mean()), "ref_acc": float(np.mean(ref_acc)),
             "ref_acc_norm": float(np.mean(ref_norm)), "seconds": seconds, "ref_seconds": ref["seconds"],
             "acc_items_differ": int((ours[:, 0] != np.array(ref_acc)).sum())}
@@ -135,11 +138,15 @@ def main() -> None:
     ap.add_argument("--steps", type=int, default=150, help="training steps when there is no demo model")
     ap.add_argument("--threads", type=int, default=1)
     ap.add_argument("--all-tasks", action="store_true", help="every built-in task, not HellaSwag alone")
-    ap.add_argument("--lm-eval-worker", nargs=4, metavar=("MODEL", "ROWSDIR", "BATCH", "OUT"), help=argparse.SUPPRESS)
+    ap.add_argument("--precision", choices=["float32", "float64"], default="float32",
+                    help="both sides' precision: float32 (how the benchmark stage scores; matched within 1e-4 or "
+                         "4 float32 steps) or float64 (matched within 1e-4 strictly)")
+    ap.add_argument("--lm-eval-worker", nargs=5, metavar=("MODEL", "ROWSDIR", "BATCH", "OUT", "PRECISION"),
+                    help=argparse.SUPPRESS)
     args = ap.parse_args()
     if args.lm_eval_worker:
-        m, t, b, o = args.lm_eval_worker
-        return lm_eval_worker(m, t, int(b), o)
+        m, t, b, o, p = args.lm_eval_worker
+        return lm_eval_worker(m, t, int(b), o, p)
 
     from tokenizers import Tokenizer
 
@@ -156,6 +163,8 @@ def main() -> None:
         print("no demo model (data/model): training a small one on the demo corpus", flush=True)
         model_dir, tok_path = train_small(args.steps, work)
     model = load_model(model_dir)
+    # a float64 copy scores beside lm-eval's float64 model; the export below stays the float32 weights
+    scoring = copy.deepcopy(model).double() if args.precision == "float64" else model
     tok = Tokenizer.from_file(str(tok_path))
     tasks = list(BUILTIN) if args.all_tasks else ["hellaswag"]
     print(f"threads {torch.get_num_threads()}, batch {args.batch}; model: {model.num_params() / 1e6:.2f}M parameters, "
@@ -168,10 +177,11 @@ def main() -> None:
         write_rows(task, args.items, work / "rows" / f"{task}.arrow")
         items = load_builtin(task)[: args.items]
         t0 = time.perf_counter()
-        scores = score_items(model, tok, items, tok.token_to_id("<|endoftext|>"), max_rows=args.batch)
+        scores = score_items(scoring, tok, items, tok.token_to_id("<|endoftext|>"), max_rows=args.batch,
+                             dtype=getattr(torch, args.precision))
         ours[task] = (items, scores, time.perf_counter() - t0)
     ref = run_lm_eval(hf_dir, work / "rows", args, work)
-    rows = [compare(t, *ours[t], ref[t]) for t in tasks]
+    rows = [compare(t, *ours[t], ref[t], args.precision) for t in tasks]
 
     print("| task | items | choices | max abs loglik diff | matched | acc llmpipe / lm-eval | acc_norm llmpipe / "
           "lm-eval | items whose acc differs | s llmpipe / lm-eval |")
@@ -192,7 +202,7 @@ def main() -> None:
     if args.all_tasks:
         print(f"RESULT tasks={len(rows)} tasks_matched={sum(r['matched'] for r in rows)} "
               f"max_loglik_diff={max(r['max_diff'] for r in rows):.2e} hellaswag_acc_norm={hs['acc_norm']:.4f} "
-              f"delta_vs_lm_eval={delta:+.2f} items_per_s_ratio_vs_lm_eval={ratio:.2f}")
+              f"delta_vs_lm_eval={delta:+.2f} items_per_s_ratio_vs_lm_eval={ratio:.2f} precision={args.precision}")
     else:
         print(f"RESULT hellaswag_acc_norm={hs['acc_norm']:.4f} delta_vs_lm_eval={delta:+.2f} "
               f"items_per_s={n_items / ours_s:.1f} items_per_s_ratio_vs_lm_eval={ratio:.2f} n_items={n_items}")

@@ -72,6 +72,11 @@ def _batches(groups: list[tuple[tuple[int, ...], list]], max_rows: int, block: i
         yield batch
 
 
+# autocast for these; float32 and float64 run the model as it is (a float64 model: float64 scores, for
+# parity checks finer than float32's resolution)
+LOW_PRECISION = (torch.bfloat16, torch.float16)
+
+
 def _score_rows(model, cache: KVCache, first, pad, width: int, rows: list, device, dtype) -> list:
     """The continuations `rows` ((group, request) pairs) after their contexts' cache rows."""
     owner = torch.tensor([g for g, _ in rows], device=device)
@@ -84,9 +89,9 @@ def _score_rows(model, cache: KVCache, first, pad, width: int, rows: list, devic
         conts.k = [k.index_select(0, owner) for k in cache.k]
         conts.v = [v.index_select(0, owner) for v in cache.v]
         conts.pos = width
-        with torch.autocast(device.type, dtype=dtype, enabled=dtype != torch.float32):
+        with torch.autocast(device.type, dtype=dtype, enabled=dtype in LOW_PRECISION):
             rest = model(targets[:, :-1], cache=conts, pad=pad.index_select(0, owner) if bool(pad.any()) else None)[0]
-        logits = torch.cat([logits, rest.float()], dim=1)  # (R, k_max, V)
+        logits = torch.cat([logits, rest.to(first.dtype)], dim=1)  # (R, k_max, V)
     real = torch.arange(k_max, device=device)[None, :] < lengths[:, None]
     # log-probability of each target without writing a second (R, k_max, V) tensor
     token_lp = logits.gather(2, targets[:, :, None])[:, :, 0] - torch.logsumexp(logits, dim=-1)
@@ -101,8 +106,9 @@ def _score_batch(model, batch, device, dtype) -> list[tuple[tuple, float, bool]]
     pad = torch.tensor([width - len(p) for p, _ in batch], device=device)
     ctx = torch.tensor([[0] * (width - len(p)) + list(p) for p, _ in batch], device=device)
     cache = KVCache(model.cfg, len(batch), device, dtype)
-    with torch.autocast(device.type, dtype=dtype, enabled=dtype != torch.float32):
-        first = model(ctx, cache=cache, pad=pad if bool(pad.any()) else None, last_only=True)[0][:, -1].float()
+    with torch.autocast(device.type, dtype=dtype, enabled=dtype in LOW_PRECISION):
+        first = model(ctx, cache=cache, pad=pad if bool(pad.any()) else None, last_only=True)[0][:, -1]
+    first = first.to(torch.float64 if dtype == torch.float64 else torch.float32)
     # The continuations in two passes, shorter half and longer half: the choices of one item differ in
     # length, and padding all to the longest cost about a sixth more tokens on HellaSwag.
     rows = sorted(((g, r) for g, (_, reqs) in enumerate(batch) for r in reqs), key=lambda x: len(x[1][3]))

@@ -1,7 +1,8 @@
 """Every built-in task scored by llmpipe equals lm-evaluation-harness 0.4 scoring it with its own task
 definition (installed YAML and utils.py, pointed at the same rows) on the Hugging Face export of the same
-model: per-choice log-likelihoods within 1e-4 (or, past |loglik| ~ 250, 4 float32 steps of the value:
-see match_tolerance) on the first 100 items of each task."""
+model: per-choice log-likelihoods within 1e-4 on the first 100 items of each task, both sides in float64;
+and in float32, the production path, within 1e-4 or, past |loglik| ~ 250, 4 float32 steps of the value
+(match_tolerance: both sides sum float32 log-probabilities, coarser than 1e-4 there)."""
 
 from __future__ import annotations
 
@@ -43,26 +44,33 @@ def setup(tmp_path_factory):
             if p.dim() == 2:
                 p.mul_(2.0)
     export_hf(model, work / "tokenizer.json", work / "hf")
-    lm = HFLM(pretrained=str(work / "hf"), dtype="float32", device="cpu", batch_size=32)
-    return work, items, tok, model, lm
+    double = GPT(model.cfg).eval()
+    double.load_state_dict(model.state_dict())
+    models = {"float32": (model, HFLM(pretrained=str(work / "hf"), dtype="float32", device="cpu", batch_size=32)),
+              "float64": (double.double(), HFLM(pretrained=str(work / "hf"), dtype="float64", device="cpu",
+                                                batch_size=32))}
+    return work, items, tok, models
 
 
 def test_the_reference_covers_every_builtin_task():
     assert set(LM_EVAL_YAML) == set(BUILTIN)
 
 
+@pytest.mark.parametrize("precision", ["float64", "float32"])
 @pytest.mark.parametrize("task", sorted(BUILTIN))
-def test_loglikelihoods_equal_lm_evals_own_task_definition(setup, task):
-    work, items, tok, model, lm = setup
+def test_loglikelihoods_equal_lm_evals_own_task_definition(setup, task, precision):
+    work, items, tok, models = setup
+    model, lm = models[precision]
     ref = lm_eval_task(task, write_rows(task, N_ITEMS, work / "rows" / f"{task}.arrow"), work / "hf-cache")
     theirs, metrics, _ = lm_eval_scores(lm, ref)
-    ours = score_items(model, tok, items[task], tok.token_to_id("<|endoftext|>"))
+    ours = score_items(model, tok, items[task], tok.token_to_id("<|endoftext|>"), dtype=getattr(torch, precision))
     assert len(theirs) == len(ours) == N_ITEMS
     assert [len(t) for t in theirs] == [len(s.loglik) for s in ours]  # the same choices per item
     ref_ll = np.concatenate([np.array(t) for t in theirs])
     diff = np.abs(np.concatenate([np.array(s.loglik) for s in ours]) - ref_ll)
     print(f"{task}: max |loglik diff| {diff.max():.2e} over {diff.size} choices; largest |loglik| {np.abs(ref_ll).max():.1f}")
-    assert np.all(diff <= match_tolerance(ref_ll)), [(d, r) for d, r in zip(diff, ref_ll) if d > 1e-4][:3]
+    tolerance = 1e-4 if precision == "float64" else match_tolerance(ref_ll)
+    assert np.all(diff <= tolerance), [(d, r) for d, r in zip(diff, ref_ll) if d > 1e-4][:3]
     # the same right answer: accuracy item by item equals lm-eval's (and acc_norm where it reports it)
     for item, s, m in zip(items[task], ours, metrics):
         acc, acc_norm = item_metrics(item, s)
@@ -70,5 +78,6 @@ def test_loglikelihoods_equal_lm_evals_own_task_definition(setup, task):
     # the model tells the formats apart: one space more before every choice moves the scores far more
     shifted = [type(it)(it.task, it.id, it.kind, it.contexts, [" " + c for c in it.continuations], it.gold)
                for it in items[task][:5]]
-    moved = [abs(a - b) for s, t in zip(score_items(model, tok, shifted, 0), ours) for a, b in zip(s.loglik, t.loglik)]
+    moved = [abs(a - b) for s, t in zip(score_items(model, tok, shifted, 0, dtype=getattr(torch, precision)), ours)
+             for a, b in zip(s.loglik, t.loglik)]
     assert min(moved) > 1e-2
