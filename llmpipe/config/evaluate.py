@@ -23,7 +23,7 @@ class BaselineParams(Section):
     # xz sees at most this many MB of train text before val (its last ones): time grows with it (the demo's
     # 8.7 MB: ~35 s); preset 9's dictionary holds 64 MiB
     max_compressor_mb: Annotated[float, Field(gt=0)] = 16.0
-    xz_extreme: bool = False  # xz's PRESET_EXTREME: 40% slower, no better on the demo corpus
+    xz_extreme: bool = True  # xz -9e, its highest level (PRESET_EXTREME): about 40% slower than -9
 
 
 class EvaluateParams(Section):

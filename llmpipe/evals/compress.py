@@ -1,10 +1,11 @@
-"""A general-purpose compressor as a baseline: xz at preset 9 on the raw bytes.
+"""A general-purpose compressor as a baseline: xz at its highest level (-9e by default) on the raw bytes.
 
 Conditional coding: the bits xz spends on the held-out bytes after it has seen the training bytes
 are bits(train + val) - bits(train), the figure comparable with a model trained on train. The
 container's fixed overhead (what xz writes for no data) is taken off every count. As the xz tool
 does for a file of known size, the dictionary shrinks to the input when the input is smaller than
-preset 9's 64 MiB: the same coding, far less memory. PRESET_EXTREME is optional: on the demo corpus it
+preset 9's 64 MiB: the same coding, far less memory. PRESET_EXTREME (evaluate.baselines.xz_extreme,
+on by default, as "the highest level" is the baseline's definition): on the demo corpus's old split it
 took 40% longer and coded val in 1.5608 bits per byte against plain preset 9's 1.5593.
 """
 
