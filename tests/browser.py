@@ -36,3 +36,13 @@ def headless_chromium(profile: Path, extra_flags: list[str] = ()):
     for flag in [*CHROMIUM_FLAGS, *extra_flags, f"--user-data-dir={profile}"]:
         options.add_argument(flag)
     return webdriver.Chrome(service=Service(CHROMEDRIVER), options=options)
+
+
+def send_in_web_chat(driver, settings: dict[str, str], message: str) -> None:
+    """Type the settings (field id -> value) and a message into `llmpipe serve`'s web chat, and send it."""
+    for field, value in settings.items():
+        box = driver.find_element("id", field)
+        box.clear()
+        box.send_keys(value)
+    driver.find_element("id", "input").send_keys(message)
+    driver.find_element("id", "send").click()

@@ -15,7 +15,7 @@ import time
 import httpx
 import pytest
 
-from tests.browser import headless_chromium, require_chromium
+from tests.browser import headless_chromium, require_chromium, send_in_web_chat
 from tests.conftest import free_port, local_server
 
 pytestmark = pytest.mark.integration
@@ -335,12 +335,7 @@ def test_web_chat_streams_an_answer(server, client, tmp_path):
         refused = WebDriverWait(driver, 30).until(lambda d: d.find_element("css selector", ".msg.error"))
         assert "API key" in refused.text
         driver.find_element("id", "reset").click()
-        for field, value in (("api_key", KEY), ("temperature", "1"), ("max_tokens", "30"), ("seed", str(seed))):
-            box = driver.find_element("id", field)
-            box.clear()
-            box.send_keys(value)
-        driver.find_element("id", "input").send_keys(message)
-        driver.find_element("id", "send").click()
+        send_in_web_chat(driver, {"api_key": KEY, "temperature": "1", "max_tokens": "30", "seed": str(seed)}, message)
         answer = WebDriverWait(driver, 60).until(
             lambda d: d.find_element("css selector", ".msg.assistant[data-state='done']"))
         # the page shows what the API answers, and it came in pieces as they were generated

@@ -12,7 +12,7 @@ import pandas as pd
 import pytest
 
 from llmpipe.tokens.shards import read_shard
-from tests.browser import headless_chromium, require_chromium
+from tests.browser import headless_chromium, require_chromium, send_in_web_chat
 from tests.conftest import free_port, local_server
 
 pytestmark = pytest.mark.integration
@@ -89,12 +89,8 @@ def test_web_chat_marks_the_traced_spans_of_a_reply(server, tmp_path):
     driver = headless_chromium(tmp_path / "chromium-profile")
     try:
         driver.get(server + "/")
-        for field, value in (("temperature", "1"), ("max_tokens", "40"), ("seed", str(seed)), ("min_tokens", "2")):
-            box = driver.find_element("id", field)
-            box.clear()
-            box.send_keys(value)
-        driver.find_element("id", "input").send_keys(message)
-        driver.find_element("id", "send").click()
+        send_in_web_chat(driver, {"temperature": "1", "max_tokens": "40", "seed": str(seed), "min_tokens": "2"},
+                         message)
         reply = WebDriverWait(driver, 90).until(
             lambda d: d.find_element("css selector", ".msg.assistant[data-state='done']"))
         WebDriverWait(driver, 60).until(lambda d: reply.get_attribute("data-trace") not in (None, "pending"))
