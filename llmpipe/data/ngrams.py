@@ -17,10 +17,35 @@ import xxhash
 
 WORD = re.compile(r"\w+")
 MULT = np.uint64(0x9E3779B97F4A7C15)  # odd: the polynomial combination stays a bijection per position
+# Characters of a text turned into words at once: a word list costs ~60 bytes a word, so a whole 8 MB
+# document would cost ~100 MB; pieces keep it to a few MB whatever the document's size.
+CHUNK_CHARS = 1 << 20
 
 
 def words(text: str) -> list[str]:
     return WORD.findall(text.lower())
+
+
+def iter_word_pieces(text: str, n: int, chunk: int = CHUNK_CHARS):
+    """The (lowercased) words of `text` in pieces of about `chunk` characters; each piece begins with the
+    last n - 1 words of the one before, so every run of n words lies in exactly one piece. A piece never
+    ends inside a word: a word that touches a piece's end starts the next piece (or, alone in its piece,
+    is read whole)."""
+    pos, carry = 0, []
+    while pos < len(text):
+        end = min(pos + chunk, len(text))
+        found = list(WORD.finditer(text, pos, end))
+        if end < len(text) and found and found[-1].end() == end:
+            if found[-1].start() > pos:
+                end = found[-1].start()
+                found.pop()
+            else:  # one word longer than the piece: read it whole
+                found[-1] = WORD.match(text, found[-1].start())
+                end = found[-1].end()
+        ws = carry + [m.group().lower() for m in found]
+        yield ws
+        carry = ws[max(0, len(ws) - (n - 1)):] if n > 1 else []
+        pos = end
 
 
 class WordHashes:
@@ -55,16 +80,22 @@ class NgramSet:
     """A growing set of n-gram hashes: parts are merged into one sorted unique array when they hold as
     many hashes as it does, so adding costs O(log) merges per hash and lookups stay one searchsorted."""
 
-    def __init__(self, n: int = 13):
-        self.n = n
+    def __init__(self, n: int = 13, sample: int = 1):
+        # sample > 1 keeps the n-grams whose hash is a multiple of it: the same n-grams on every side, so
+        # overlap fractions stay unbiased while memory shrinks sample-fold (for corpus-wide metrics)
+        self.n, self.sample = n, np.uint64(sample)
         self.word = WordHashes()
         self.sorted = np.empty(0, np.uint64)
         self._parts: list[np.ndarray] = []
         self._pending = 0
 
     def text_ngrams(self, text: str) -> np.ndarray:
-        """The distinct n-grams of a text, sorted."""
-        return np.unique(ngram_hashes(self.word(words(text)), self.n))
+        """The distinct (sampled) n-grams of a text, sorted."""
+        parts = [ngram_hashes(self.word(ws), self.n) for ws in iter_word_pieces(text, self.n)]
+        hashes = np.concatenate(parts) if parts else np.empty(0, np.uint64)
+        if self.sample > 1:
+            hashes = hashes[hashes % self.sample == 0]
+        return np.unique(hashes)
 
     def add(self, hashes: np.ndarray) -> None:
         self._parts.append(hashes)

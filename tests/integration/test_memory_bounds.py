@@ -75,6 +75,8 @@ def stage_overrides() -> dict:
         # the quality rules cost ~0.4 s per MB and hold one document at a time: not what is measured here
         "filter": {"buffer_bytes": BUFFER, "quality": {name: {"enabled": False} for name in RULES}},
         "dedup": {"shard_bytes": BUFFER, "workers": 1, "bands": 4, "rows": 2},
+        # the sides come from the split stage (run here, not measured; decontamination is not what this measures)
+        "split": {"decontaminate": {"enabled": False}},
         "tokenize": {"batch_bytes": BUFFER, "workers": 1, "shard_tokens": 4_000_000},
         "scale": {"workers": 1},  # shards in this process, so that its peak is the stage's
     }
@@ -96,7 +98,7 @@ def run_stages(root: Path, n_docs: int) -> dict:
     train_tokenizer(iter([sample]), TokenizerParams(vocab_size=300)).save(str(root / output("tokenizer.tokenizer")))
     out = {"largest": max(p.stat().st_size for p in (root / "corpus").iterdir())}
     env = {**os.environ, "PYTHONPATH": str(HERE.parents[1]), "RAYON_NUM_THREADS": "1"}
-    for stage in ("scrape", "filter", "dedup", "tokenize"):
+    for stage in ("scrape", "filter", "dedup", "split", "tokenize"):
         proc = subprocess.run([sys.executable, str(HERE / "_memory_stage.py"), str(root), stage,
                                json.dumps(stage_overrides())], capture_output=True, text=True, env=env,
                               timeout=300)

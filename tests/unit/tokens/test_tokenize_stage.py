@@ -14,6 +14,7 @@ import pytest
 
 from llmpipe.config.tokens import SplitParams, TokenizeParams, TokenizerParams
 from llmpipe.stages.split import assign
+import llmpipe.stages.tokenize as tokenize_stage
 from llmpipe.stages.tokenize import tokenize_corpus
 from llmpipe.tokens.bpe import train_tokenizer
 from llmpipe.tokens.loader import TokenData
@@ -87,8 +88,11 @@ def test_every_document_round_trips_in_order(corpus, tmp_path):
     assert TokenData(tmp_path, "val").n_tokens == stats["val_tokens"]
 
 
-def test_val_overlap_13gram_is_the_share_of_val_word_13grams_in_train(corpus, tmp_path):
+def test_val_overlap_13gram_is_the_share_of_val_word_13grams_in_train(corpus, tmp_path, monkeypatch):
     _, tok_path = corpus
+    # every n-gram counts here (the stage samples 1 in 16 by hash; tests/unit/data/test_ngrams.py checks
+    # that the sample keeps the fraction)
+    monkeypatch.setattr(tokenize_stage, "OVERLAP_SAMPLE", 1)
     train_words = [f"t{i}" for i in range(40)]
     # val: 14 words copied from train (2 of their 13-grams), then 6 words of its own: 8 13-grams, 2 in train;
     # case and punctuation do not matter (word n-grams of the lowercased \w+ words)
