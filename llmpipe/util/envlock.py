@@ -11,6 +11,7 @@ import hashlib
 import platform
 import re
 import sys
+import sysconfig
 from importlib import metadata
 from pathlib import Path
 
@@ -40,8 +41,12 @@ def parse(text: str) -> tuple[dict[str, str], dict[str, str]]:
 
 
 def installed() -> dict[str, str]:
-    """{package: version} of the running interpreter's environment."""
-    return {normalize(d.metadata["Name"]): d.version for d in metadata.distributions() if d.metadata["Name"]}
+    """{package: version} of the running interpreter's environment: what its site-packages hold. Not
+    metadata.distributions() over sys.path: once setuptools is imported, its _vendor folder is on
+    sys.path and its vendored copies (older packaging, zipp, jaraco...) would count as installed."""
+    paths = sorted({sysconfig.get_paths()["purelib"], sysconfig.get_paths()["platlib"]})
+    return {normalize(d.metadata["Name"]): d.version for d in metadata.distributions(path=paths)
+            if d.metadata["Name"]}
 
 
 def this_platform() -> tuple[str, str]:

@@ -92,3 +92,16 @@ def test_locks_satisfy_pyproject_toml():
             if locked is None or not req.specifier.contains(locked, prereleases=True):
                 stale.append(f"{req}: locked {locked}")
         assert not stale, f"requirements/{kind}.lock is older than pyproject.toml: {stale}; refresh: {envlock.REFRESH}"
+
+
+def test_vendored_copies_on_sys_path_do_not_count_as_installed(tmp_path, monkeypatch):
+    """Importing setuptools puts its _vendor folder on sys.path, with older packaging, zipp, jaraco...:
+    the CI run's environment check listed 12 such 'differences'. Only site-packages counts."""
+    vendor = tmp_path / "_vendor" / "zz_vendored_pkg-0.1.dist-info"
+    vendor.mkdir(parents=True)
+    (vendor / "METADATA").write_text("Metadata-Version: 2.1\nName: zz-vendored-pkg\nVersion: 0.1\n")
+    monkeypatch.syspath_prepend(str(tmp_path / "_vendor"))
+    from importlib import metadata
+
+    assert "zz-vendored-pkg" in {d.metadata["Name"] for d in metadata.distributions()}
+    assert "zz-vendored-pkg" not in envlock.installed() and "torch" in envlock.installed()
