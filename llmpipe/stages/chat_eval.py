@@ -80,6 +80,11 @@ def baseline_metrics(conversations: list[dict], train: list[dict], right: list[b
         m[f"majority_acc_{task}"] = round(rules["majority"], 4)
         m[f"gain_{task}"] = round(acc - base.best_acc_of(task), 4)
         type_gains.append(acc - base.best_acc_of(task))
+        # the same interval and paired test per type: a type's gain alone can be noise at 100 items
+        best_right = [ok for c, ok in zip(cases, base.best_right) if c.task == task]
+        per = paired_gain(mine, best_right, seed, resamples)
+        m[f"gain_ci_low_{task}"], m[f"gain_ci_high_{task}"] = round(per.ci_low, 4), round(per.ci_high, 4)
+        m[f"gain_p_value_{task}"] = round(per.p_value, 6)
     m.update({f"chance_{task}": round(p, 4) for task, p in chance(cases).items()})
     m["min_type_gain"] = round(min(type_gains), 4)
     return m, base, gain

@@ -64,6 +64,10 @@ def test_a_model_that_always_gives_the_majority_answer_gains_exactly_nothing():
     assert m["best_baseline_rule_count"] == "majority" and m["best_baseline_count"] == m["acc_count"] == 0.5
     assert m["best_baseline_acc"] == m["majority_acc"] == (20 + 10) / 50
     assert m["min_type_gain"] == 0.0 and m["chance_count"] == round(1 / 3, 4)
+    # per type too: no gain, no evidence of one
+    for task in ("count", "files"):
+        assert m[f"gain_{task}"] == 0.0 and m[f"gain_p_value_{task}"] == 1.0
+        assert m[f"gain_ci_low_{task}"] == 0.0 == m[f"gain_ci_high_{task}"]
 
 
 def test_a_model_right_on_half_the_items_shows_its_true_gain():
@@ -82,6 +86,9 @@ def test_a_model_right_on_half_the_items_shows_its_true_gain():
     for task, gold_share in (("count", 0.5), ("speaker", 0.75), ("next", 0.5)):
         assert m[f"gain_{task}"] == pytest.approx(m[f"acc_{task}"] - gold_share, abs=1e-4)
     assert m["min_type_gain"] == min(m[f"gain_{t}"] for t in ("count", "speaker", "next"))
+    for task in ("count", "speaker", "next"):  # each type's interval holds its own gain
+        assert m[f"gain_ci_low_{task}"] <= m[f"gain_{task}"] <= m[f"gain_ci_high_{task}"]
+        assert 0 < m[f"gain_p_value_{task}"] <= 1
     # a model right everywhere: +0.4, beyond doubt
     m, _, gain = baseline_metrics(val, train, [True] * 100)
     assert m["gain_over_best_baseline"] == 0.4 and gain.ci_low > 0.25 and gain.p_value < 1e-10
