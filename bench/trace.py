@@ -104,9 +104,15 @@ def main() -> None:
         val = np.concatenate([np.asarray(a) for a in TokenData(token_dir, "val", tokenizer_path=tok_path).arrays])
         rng = np.random.default_rng(1)
 
-        def piece(arr, n):
-            start = int(rng.integers(0, len(arr) - n))
-            return tok.decode(np.asarray(arr[start : start + n], dtype=np.int64).tolist())
+        eot = tok.token_to_id("<|endoftext|>")
+
+        def piece(arr, n, one_document=False):
+            """n tokens of arr as text; with one_document, from inside one document (a stretch across an
+            end-of-text decodes to two documents' texts run together, which no document holds)."""
+            while True:
+                window = np.asarray(arr[(start := int(rng.integers(0, len(arr) - n))) : start + n], dtype=np.int64)
+                if not one_document or eot not in window:
+                    return tok.decode(window.tolist())
 
         texts = []
         for i in range(args.replies):
@@ -124,7 +130,7 @@ def main() -> None:
         found = 0
         for _ in range(args.planted):
             n = int(rng.integers(16, 65))
-            planted = piece(tokens, n).strip()
+            planted = piece(tokens, n, one_document=True).strip()
             text = piece(val, 60) + " " + planted + " " + piece(val, 60)
             at = text.index(planted)
             edge = 12  # characters: about one token at each end may re-encode differently
