@@ -11,7 +11,7 @@ from tokenizers import Tokenizer
 
 from llmpipe.config.evaluate import BaselineParams
 from llmpipe.data.playqa import normalize
-from llmpipe.evals.trivial import baselines, case_of
+from llmpipe.evals.trivial import baselines, case_of, sign_test_p
 from llmpipe.stages.registry import STAGE_NAMES as STAGES, stage
 from llmpipe.tokens.examples import read_conversations
 from llmpipe.tokens.shards import load_manifest
@@ -106,7 +106,10 @@ def test_the_chat_stages_report_what_they_did(repro_repo):
     base = baselines([case_of(c) for c in val], [case_of(c) for c in train])
     assert ev["best_baseline_acc"] == round(base.best_acc, 4)
     assert ev["gain_over_best_baseline"] == pytest.approx(ev["finetuned_acc"] - ev["best_baseline_acc"], abs=2e-4)
-    assert ev["gain_ci_low"] <= ev["gain_over_best_baseline"] <= ev["gain_ci_high"] and 0 < ev["gain_p_value"] <= 1
+    assert ev["gain_ci_low"] <= ev["gain_over_best_baseline"] <= ev["gain_ci_high"]
+    # the paired test recomputed from the items the model and the best rule each got alone
+    assert ev["gain_p_value"] == pytest.approx(
+        sign_test_p(ev["items_model_only_right"], ev["items_baseline_only_right"]), abs=1e-6)
     for task in {c["task"] for c in val}:
         assert ev[f"best_baseline_rule_{task}"] == base.best_rule[task]
         assert ev[f"gain_{task}"] == pytest.approx(ev[f"acc_{task}"] - ev[f"best_baseline_{task}"], abs=2e-4)

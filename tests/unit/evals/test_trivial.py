@@ -86,9 +86,12 @@ def test_a_model_right_on_half_the_items_shows_its_true_gain():
     for task, gold_share in (("count", 0.5), ("speaker", 0.75), ("next", 0.5)):
         assert m[f"gain_{task}"] == pytest.approx(m[f"acc_{task}"] - gold_share, abs=1e-4)
     assert m["min_type_gain"] == min(m[f"gain_{t}"] for t in ("count", "speaker", "next"))
-    for task in ("count", "speaker", "next"):  # each type's interval holds its own gain
+    cases = [c["task"] for c in val]
+    for task in ("count", "speaker", "next"):  # each type's interval holds its own gain, its test is exact
         assert m[f"gain_ci_low_{task}"] <= m[f"gain_{task}"] <= m[f"gain_ci_high_{task}"]
-        assert 0 < m[f"gain_p_value_{task}"] <= 1
+        wins = sum(r and not b for t, r, b in zip(cases, right, rule_right) if t == task)
+        losses = sum(b and not r for t, r, b in zip(cases, right, rule_right) if t == task)
+        assert m[f"gain_p_value_{task}"] == pytest.approx(sign_test_p(wins, losses), abs=1e-6)
     # a model right everywhere: +0.4, beyond doubt
     m, _, gain = baseline_metrics(val, train, [True] * 100)
     assert m["gain_over_best_baseline"] == 0.4 and gain.ci_low > 0.25 and gain.p_value < 1e-10
