@@ -89,6 +89,9 @@ class FilterParams(Section):
     lid_sample_chars: Annotated[int, Field(ge=100)] = 10_000
     quality: QualityParams = QualityParams()
     examples_per_rule: Annotated[int, Field(ge=0, le=100)] = 3
+    # A rule removing more than this share of the corpus's bytes is logged as a WARNING with examples
+    # and listed in the report: on a new corpus that is usually a rule misfiring, not bad text. null: off.
+    warn_removed_share: Annotated[float | None, Field(gt=0.0, le=1.0)] = 0.3
 
     @field_validator("languages", mode="before")
     @classmethod

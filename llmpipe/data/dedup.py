@@ -26,38 +26,27 @@ kept so far, named in duplicate_of (the earliest such); so none is below the thr
 
 from __future__ import annotations
 
-import itertools
 import logging
-import multiprocessing
 import os
 import tempfile
-from collections import Counter, OrderedDict, deque
-from concurrent.futures import ProcessPoolExecutor
+from collections import Counter, OrderedDict
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable, Iterator
 
 import numpy as np
 import pandas as pd
 import pyarrow as pa
 import pyarrow.parquet as pq
-import xxhash
 
 from llmpipe.config.dedup import DedupParams
-from llmpipe.data.minhash import ShingleHasher, UnionFind, band_keys, candidate_pairs, jaccard, signatures_flat
-from llmpipe.util.io import (InputError, atomic_dir, read_json,
-                             write_json)
+from llmpipe.data.fingerprints import Batches, fingerprint_pass, line_hash, strip_lines  # noqa: F401
+from llmpipe.data.minhash import ShingleHasher, UnionFind, candidate_pairs, jaccard
+from llmpipe.util.io import InputError, atomic_dir, read_json, write_json
+from llmpipe.util.resume import ShardCount, ShardLedger
 
 log = logging.getLogger(__name__)
 
-Batches = Callable[[], Iterator[pd.DataFrame]]  # a fresh pass over the corpus, shard by shard
-
-
 # --- boilerplate lines ---------------------------------------------------------------------------
-
-
-def _line_hash(line: str) -> int:
-    return xxhash.xxh3_64_intdigest(" ".join(line.split()).casefold().encode("utf-8"))
 
 
 def boilerplate_lines(batches: Batches, cfg: DedupParams) -> set[int]:
@@ -65,12 +54,8 @@ def boilerplate_lines(batches: Batches, cfg: DedupParams) -> set[int]:
     counts: Counter[int] = Counter()
     for df in batches():
         for text in df["text"]:
-            counts.update({_line_hash(ln) for ln in text.splitlines() if len(ln.strip()) >= cfg.boilerplate.min_chars})
+            counts.update({line_hash(ln) for ln in text.splitlines() if len(ln.strip()) >= cfg.boilerplate.min_chars})
     return {h for h, c in counts.items() if c >= cfg.boilerplate.min_docs}
-
-
-def strip_lines(text: str, drop: set[int]) -> str:
-    return "\n".join(ln for ln in text.split("\n") if len(ln.strip()) == 0 or _line_hash(ln) not in drop)
 
 
 # --- the index of an accepted corpus ---------------------------------------------------------------
@@ -144,63 +129,22 @@ class Decisions:
     report: dict
 
 
-def fingerprint_shard(texts: list[str], cfg: DedupParams, drop: frozenset[int], out: Path) -> dict:
-    """Pass 1 for one shard (run in a worker process when dedup.workers > 1): exact hashes and counts
-    come back; the signatures and band keys are written to `out`-sigs.npy and `out`-keys.npy."""
-    if drop:
-        texts = [strip_lines(t, drop) for t in texts]
-    exact, flat, offsets, units = ShingleHasher(cfg.shingle_size, cfg.seed).shard(texts)
-    sigs = signatures_flat(flat, offsets, cfg.num_perm, cfg.seed)
-    np.save(f"{out}-sigs.npy", sigs)
-    np.save(f"{out}-keys.npy", band_keys(sigs, cfg.bands, cfg.rows))
-    return {"exact": exact, "n_shingles": np.diff(offsets),
-            "short": int(((units > 0) & (units < cfg.shingle_size)).sum()),
-            "sizes": np.array([len(t.encode("utf-8")) for t in texts], dtype=np.int64)}
-
-
-def ordered_map(fn, jobs: Iterator[tuple], workers: int) -> Iterator:
-    """fn(*job) for each job, in order, on `workers` processes with at most 2 x workers shards in flight
-    (so memory stays bounded by the shard size); in this process when workers is 1 or there is only
-    one job (starting processes would cost more than it saves)."""
-    jobs = iter(jobs)
-    head = [job for job in (next(jobs, None), next(jobs, None)) if job is not None]
-    if workers == 1 or len(head) < 2:
-        yield from (fn(*job) for job in itertools.chain(head, jobs))
-        return
-    with ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("spawn")) as pool:
-        pending: deque = deque()
-        for job in itertools.chain(head, jobs):
-            pending.append(pool.submit(fn, *job))
-            if len(pending) >= 2 * workers:
-                yield pending.popleft().result()
-        while pending:
-            yield pending.popleft().result()
-
-
 def find_duplicates(batches: Batches, cfg: DedupParams, reference: DedupIndex | None = None,
                     drop: frozenset[int] = frozenset(), index_out: Path | None = None,
-                    workdir: Path | None = None) -> Decisions:
+                    workdir: Path | None = None, ledger: ShardLedger | None = None) -> Decisions:
     """Decide which documents of the corpus are duplicates (of each other or of `reference`), and write
     the index of reference + accepted documents to `index_out` when given. `drop`: hashes of
-    boilerplate lines taken out of every text first."""
+    boilerplate lines taken out of every text first. `ledger`: where pass 1 keeps each shard's
+    fingerprints with a completion record, so a killed run resumes it (else a temporary folder);
+    d.stats["shards_resumed"] says how many shards it found done."""
     ref = reference or DedupIndex.empty(cfg)
     hasher = ShingleHasher(cfg.shingle_size, cfg.seed)
     transform = (lambda t: strip_lines(t, drop)) if drop else None
     workers = cfg.workers or os.cpu_count() or 1
-    ids: list[str] = []
-    exact, n_shingles, sizes, shard_files, short = [], [], [], [], 0
     with tempfile.TemporaryDirectory(dir=workdir) as tmp:
-        # pass 1: fingerprints, shard by shard (in parallel); signatures to disk
-        def jobs():
-            for k, df in enumerate(batches()):
-                ids.extend(df["id"])
-                shard_files.append(Path(tmp) / f"shard-{k}")
-                yield list(df["text"]), cfg, drop, shard_files[-1]
-        for part in ordered_map(fingerprint_shard, jobs(), workers):
-            exact.append(part["exact"])
-            n_shingles.append(part["n_shingles"])
-            sizes.append(part["sizes"])
-            short += part["short"]
+        # pass 1: fingerprints, shard by shard (in parallel), signatures to disk; resumable through `ledger`
+        first = fingerprint_pass(batches, cfg, drop, ledger or ShardLedger(Path(tmp) / "pass1", "", ""), workers)
+        ids, exact, n_shingles, sizes, shard_files = first.ids, first.exact, first.n_shingles, first.sizes, first.files
         N = len(ids)
         cat = (lambda parts, empty: np.concatenate(parts) if parts else empty)
         exact_new = cat(exact, np.empty(0, np.uint64))
@@ -212,7 +156,8 @@ def find_duplicates(batches: Batches, cfg: DedupParams, reference: DedupIndex | 
                                   (N, cfg.num_perm), np.uint32)
         d = _decide(batches, cfg, ref, hasher, transform, ids, exact_new, keys_new, sigs_new, n_shingles_new,
                     sizes_new, Path(tmp))
-        d.stats["short_docs"] = d.report["short_docs"] = short
+        d.stats["short_docs"] = d.report["short_docs"] = first.short
+        d.stats.update(ShardCount("dedup", first.resumed).metrics())
         if index_out is not None:
             kept = np.setdiff1d(np.arange(N), np.fromiter(d.removed, dtype=np.int64, count=len(d.removed)))
             ref.save_with(index_out, ids, exact_new, keys_new, sigs_new, kept)
@@ -253,14 +198,14 @@ class ShingleStore:
 
 
 def _stack_on_disk(files: list[Path], dest: Path, shape: tuple[int, int], dtype) -> np.ndarray:
-    """The per-shard arrays in `files`, one after the other, as one memory-mapped array (files removed)."""
+    """The per-shard arrays in `files`, one after the other, as one memory-mapped array (the files stay
+    until the stage has published its outputs: a run killed later still resumes pass 1)."""
     out = np.lib.format.open_memmap(dest, mode="w+", dtype=dtype, shape=shape)
     row = 0
     for f in files:
         part = np.load(f)
         out[row : row + len(part)] = part
         row += len(part)
-        f.unlink()
     return out
 
 

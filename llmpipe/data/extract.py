@@ -16,6 +16,11 @@ from collections import Counter
 from typing import Callable, Iterator
 
 _CHARSET = re.compile(rb"""<meta[^>]+charset\s*=\s*["']?\s*([A-Za-z0-9_:.-]+)""", re.IGNORECASE)
+_TITLE = re.compile(r"<title[^>]*>(.*?)</title\s*>", re.IGNORECASE | re.DOTALL)
+_OG_TITLE = re.compile(r"""<meta[^>]+property\s*=\s*["']og:title["'][^>]*content\s*=\s*["']([^"']*)["']""",
+                       re.IGNORECASE)
+TITLE_SEARCH_CHARS = 65536  # <title> sits in <head>: a 50 MB page is not scanned whole
+MAX_TITLE_CHARS = 500
 
 
 class ExtractionTimeout(Exception):
@@ -101,6 +106,18 @@ def html_charset(raw: bytes, header_charset: str | None = None) -> str | None:
         return header_charset
     m = _CHARSET.search(raw[:4096])
     return m.group(1).decode("ascii") if m else None
+
+
+def html_title(html: str) -> str:
+    """The page's <title> (else its og:title), entities decoded and whitespace collapsed; '' when none.
+    The extractors return the main text only, so the title is read from the markup beside them."""
+    import html as html_lib
+
+    head = html[:TITLE_SEARCH_CHARS]
+    m = _TITLE.search(head) or _OG_TITLE.search(head)
+    if not m:
+        return ""
+    return " ".join(html_lib.unescape(re.sub(r"<[^>]+>", " ", m.group(1))).split())[:MAX_TITLE_CHARS]
 
 
 def _alarm(_signum, _frame):

@@ -16,6 +16,7 @@ import pyarrow.parquet as pq
 
 from llmpipe.stages.registry import StageParams, StageResult, stage
 from llmpipe.util.io import (InputError, atomic_path, iter_parquet_batches, parquet_schema, require_columns, stats_columns, write_json, write_parquet)
+from llmpipe.util.resume import ShardLedger
 
 from llmpipe.data.dedup import Batches, DedupIndex, boilerplate_lines, find_duplicates, removed_table, strip_lines
 
@@ -59,14 +60,19 @@ def run(params: StageParams, root: Path, sink=None) -> StageResult:
     transform = (lambda t: strip_lines(t, drop)) if drop else None
     reference = DedupIndex.load(root / cfg.reference_index, cfg) if cfg.reference_index else None
     (root / STAGE.out("docs")).parent.mkdir(parents=True, exist_ok=True)
+    # pass 1 (the signatures) resumes shard by shard; its shards also depend on the boilerplate lines
+    ledger = ShardLedger.open(root, STAGE.name, __name__, {"dedup": cfg.model_dump(mode="json"),
+                                                           "boilerplate_lines": sorted(drop)})
+    ledger.folder.mkdir(parents=True, exist_ok=True)  # its temporary files too: a killed run's go with it
     d = find_duplicates(batches, cfg, reference, drop, index_out=root / STAGE.out("index"),
-                        workdir=root / STAGE.out("docs").parent)
+                        workdir=ledger.folder, ledger=ledger)
     if d.stats["docs_in"] == 0:
         raise InputError(f"{src}: no documents")
     write_parquet(root / STAGE.out("removed"), removed_table(d))
     write_kept(src, root / STAGE.out("docs"), set(d.removed), cfg.shard_docs, transform, cfg.shard_bytes)
     report = {**d.report, "boilerplate_lines": len(drop)}
     write_json(root / STAGE.out("report"), report)
+    ledger.clear()
     stats = {**d.stats, "boilerplate_lines": len(drop), "seconds": round(time.perf_counter() - t0, 3),
              "cluster_size_histogram": report["cluster_size_histogram"]}
     log.info("dedup: %d in, %d exact, %d near, %d out", stats["docs_in"], stats["exact_dups"],

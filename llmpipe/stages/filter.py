@@ -17,8 +17,9 @@ from llmpipe.data.quality import RULES, first_failure
 from llmpipe.data.text import identify_language, wanted_languages
 from llmpipe.stages.registry import StageParams, StageResult, stage
 from llmpipe.util.executors import map_shards
-from llmpipe.util.io import (InputError, atomic_dir, atomic_path, iter_parquet_batches, parquet_parts,
+from llmpipe.util.io import (InputError, atomic_dir, atomic_path, file_sha256, iter_parquet_batches, parquet_parts,
                              require_columns, stats_columns, write_json)
+from llmpipe.util.resume import ShardCount, ShardLedger
 from llmpipe.util.tally import Tally
 
 log = logging.getLogger(__name__)
@@ -75,6 +76,32 @@ def removal_report(tally: Tally) -> dict:
             for rule, n in tally.group("removed_docs").items()}
 
 
+WARN_EXAMPLES = 2  # examples shown in the log line of a rule over filter.warn_removed_share
+WARN_EXAMPLE_CHARS = 120
+
+
+def heavy_rules(tally: Tally, share: float | None) -> dict[str, float]:
+    """Rules that removed more than `share` of the input's bytes, with their share, largest first."""
+    total = tally.totals["bytes_in"]
+    if share is None or total <= 0:
+        return {}
+    shares = {rule: n / total for rule, n in tally.group("removed_bytes").items()}
+    return {rule: round(s, 4) for rule, s in sorted(shares.items(), key=lambda kv: -kv[1]) if s > share}
+
+
+def warn_heavy_rules(tally: Tally, share: float | None) -> dict[str, float]:
+    """Log a WARNING for every rule over `share` of the bytes, naming it with its share and a couple of
+    the documents it removed, so a misfiring rule on a new corpus is seen before training on what is left."""
+    heavy = heavy_rules(tally, share)
+    examples = tally.examples.get("removed_docs", {})
+    for rule, removed in heavy.items():
+        shown = "; ".join(f"{e['id']} ({e['reason']}): {' '.join(e['text'][:WARN_EXAMPLE_CHARS].split())!r}"
+                          for e in examples.get(rule, [])[:WARN_EXAMPLES])
+        log.warning("filter: rule %s removed %.1f%% of the corpus's bytes (over filter.warn_removed_share = "
+                    "%.0f%%); e.g. %s", rule, 100 * removed, 100 * share, shown or "no examples kept")
+    return heavy
+
+
 def filter_part(job: tuple[Path, Path], cfg: FilterParams) -> Tally:
     """One shard: filter a scrape part batch by batch (at most filter.shard_docs rows and about
     filter.buffer_bytes of data in memory, so a batch of huge documents stays small) into a part of the
@@ -98,6 +125,18 @@ def filter_part(job: tuple[Path, Path], cfg: FilterParams) -> Tally:
     return tally
 
 
+def resumable_part(src: Path, cfg: FilterParams, ledger: ShardLedger) -> tuple[Tally, bool]:
+    """filter_part into the stage's work folder, skipped when a completion record says this very part
+    (its content hash) was filtered already with these params and code. Returns (tally, resumed)."""
+    inputs = file_sha256(src)
+    done = ledger.lookup(src.name, inputs)
+    if done is not None:
+        return Tally.from_dict(done), True
+    tally = filter_part((src, ledger.path(src.name)), cfg)
+    ledger.commit(src.name, inputs, [src.name], tally.to_dict())
+    return tally, False
+
+
 def run(params: StageParams, root: Path, sink=None) -> StageResult:
     t0 = time.perf_counter()
     cfg = params.filter
@@ -105,15 +144,23 @@ def run(params: StageParams, root: Path, sink=None) -> StageResult:
     parts = parquet_parts(src)
     if not parts:
         raise InputError(f"{src}: no Parquet parts (did the scrape stage run?)")
-    with atomic_dir(root / STAGE.out("docs")) as out_dir:
-        jobs = [(part, out_dir / part.name) for part in parts]
-        results = map_shards(functools.partial(filter_part, cfg=cfg), jobs, params.scale, "filter")
-    tally = Tally.merged(results, cfg.examples_per_rule)
+    ledger = ShardLedger.open(root, STAGE.name, __name__, cfg)
+    results = map_shards(functools.partial(resumable_part, cfg=cfg, ledger=ledger), parts, params.scale, "filter")
+    count = ShardCount("filter", [resumed for _, resumed in results])
+    tally = Tally.merged([t for t, _ in results], cfg.examples_per_rule)
     stats, report = removal_stats(tally), removal_report(tally)
     if stats["docs_out"] == 0:
         raise InputError(f"filter: every document of {src} was removed ({stats})")
+    heavy = warn_heavy_rules(tally, cfg.warn_removed_share)
+    for rule, share in heavy.items():
+        report[rule]["over_warn_share"] = share
+    stats["rules_over_warn_share"] = len(heavy)
+    with atomic_dir(root / STAGE.out("docs")) as out_dir:
+        ledger.publish([part.name for part in parts], out_dir)
     write_json(root / STAGE.out("report"), report)
+    ledger.clear()
     stats["shards"] = len(parts)
+    stats.update(count.metrics())
     stats["seconds"] = round(time.perf_counter() - t0, 3)
     log.info("filter: kept %d of %d documents; removed by rule: %s", stats["docs_out"], stats["docs_in"],
              {k: v["docs"] for k, v in report.items()} or "none")

@@ -24,6 +24,7 @@ from llmpipe.stages.registry import StageParams, StageResult, stage
 from llmpipe.util.executors import map_shards
 from llmpipe.util.io import (InputError, atomic_dir, atomic_path, iter_parquet_batches, part_name, stats_columns,
                              write_json)
+from llmpipe.util.resume import ShardCount, ShardLedger, json_hash
 from llmpipe.util.tally import Tally
 
 log = logging.getLogger(__name__)
@@ -88,10 +89,30 @@ def collect_documents(items: Iterable[dict | Skip], max_doc_bytes: int, writer=N
     return stats
 
 
-def scrape_unit(job: tuple[int, Unit], cfg: ScrapeParams, root: Path, out_dir: Path) -> Tally:
-    """One shard: read a unit's inputs, write part-<index>.parquet (only when it kept documents)."""
+def unit_inputs(unit: Unit, root: Path) -> str:
+    """What a unit's completion record says it read: the unit (its source and file names) and, for each
+    of its files on the local disk, the size and modification time (a WARC file is not read twice to
+    hash it; a document's fetched_at is its file's mtime anyway). Remote inputs (HTTP pages, the demo
+    download) are identified by their names only: a scrape of them is a snapshot."""
+    stats = []
+    for name in unit.files:
+        path = root / name
+        if path.is_file():
+            st = path.stat()
+            stats.append([name, st.st_size, st.st_mtime_ns])
+    return json_hash({"source": unit.source_index, "files": list(unit.files), "stat": stats})
+
+
+def scrape_unit(job: tuple[int, Unit], cfg: ScrapeParams, root: Path, ledger: ShardLedger) -> tuple[Tally, bool]:
+    """One shard: read a unit's inputs, write part-<index>.parquet (only when it kept documents) into the
+    work folder, unless its completion record says it was read already. Returns (stats, resumed)."""
     index, unit = job
-    dest = out_dir / part_name(index)
+    name = part_name(index)
+    inputs = unit_inputs(unit, root)
+    done = ledger.lookup(name, inputs)
+    if done is not None:
+        return Tally.from_dict(done), True
+    dest = ledger.path(name)
     try:
         with atomic_path(dest) as tmp, extraction_tally() as tally:
             with pq.ParquetWriter(tmp, SCHEMA, compression="zstd", write_statistics=stats_columns(SCHEMA)) as writer:
@@ -107,7 +128,8 @@ def scrape_unit(job: tuple[int, Unit], cfg: ScrapeParams, root: Path, out_dir: P
         raise
     if stats.totals["docs_out"] == 0:
         dest.unlink()
-    return stats
+    ledger.commit(name, inputs, [name] if dest.exists() else [], stats.to_dict())
+    return stats, False
 
 
 def check_extraction(stats: Tally, extractor: str) -> None:
@@ -154,10 +176,14 @@ def run(params: StageParams, root: Path, sink=None) -> StageResult:
     t0 = time.perf_counter()
     cfg = params.scrape
     units = plan_units(cfg, root)
+    ledger = ShardLedger.open(root, STAGE.name, __name__, cfg)
+    shard = functools.partial(scrape_unit, cfg=cfg, root=root, ledger=ledger)
+    results = map_shards(shard, list(enumerate(units)), params.scale, "scrape")
+    count = ShardCount("scrape", [resumed for _, resumed in results])
+    stats = Tally.merged([tally for tally, _ in results], EXAMPLES_PER_REASON)
+    check_extraction(stats, cfg.extractor)
     with atomic_dir(root / STAGE.out("docs")) as out_dir:
-        shard = functools.partial(scrape_unit, cfg=cfg, root=root, out_dir=out_dir)
-        stats = Tally.merged(map_shards(shard, list(enumerate(units)), params.scale, "scrape"), EXAMPLES_PER_REASON)
-        check_extraction(stats, cfg.extractor)
+        ledger.publish([n for n in map(part_name, range(len(units))) if ledger.path(n).is_file()], out_dir)
         drop_repeated_ids(out_dir, stats, cfg.buffer_bytes)
         skipped = stats.group("skipped")
         if stats.totals["docs_out"] == 0:
@@ -165,7 +191,8 @@ def run(params: StageParams, root: Path, sink=None) -> StageResult:
             raise InputError(f"scrape: no documents could be read from the sources ({reasons})")
     report = {"skipped": dict(skipped), "examples": stats.examples.get("skipped", {})}
     write_json(root / STAGE.out("report"), report)
-    metrics = {**{k: stats.totals[k] for k in ("docs_in", "docs_out", "bytes_out")},
+    ledger.clear()
+    metrics = {**count.metrics(), **{k: stats.totals[k] for k in ("docs_in", "docs_out", "bytes_out")},
                "shards": len(list((root / STAGE.out("docs")).glob("part-*.parquet"))),
                "skipped": sum(skipped.values()),
                **{f"skipped_{r}": n for r, n in sorted(skipped.items())},

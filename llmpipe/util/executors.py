@@ -19,6 +19,17 @@ from llmpipe.config.ops import ScaleParams
 log = logging.getLogger(__name__)
 
 
+def exit_with_parent() -> None:
+    """A process-pool initializer (Linux): the worker is killed when the stage process dies. A SIGKILLed
+    stage would otherwise leave workers finishing their shards into the work folder while the restarted
+    stage writes the same shards (llmpipe.util.resume)."""
+    with contextlib.suppress(Exception):  # not Linux, no libc: workers outlive a killed parent as before
+        import ctypes
+        import signal
+
+        ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGKILL)  # 1: PR_SET_PDEATHSIG
+
+
 @contextlib.contextmanager
 def shared_prefect_api() -> Iterator[None]:
     """Make worker processes use this process's Prefect API. With no server configured, Prefect starts a
@@ -62,7 +73,7 @@ def map_shards(fn: Callable[[Any], Any], items: Sequence, scale: ScaleParams, na
     else:
         from prefect.task_runners import ProcessPoolTaskRunner
 
-        runner = ProcessPoolTaskRunner(max_workers=min(workers, len(items)))
+        runner = ProcessPoolTaskRunner(max_workers=min(workers, len(items)), initializer=exit_with_parent)
         where = f"{min(workers, len(items))} local processes"
     log.info("%s: %d shards on %s", name, len(items), where)
     # A shard that fails once (a worker lost, a transient I/O error) is retried; its output is atomic.

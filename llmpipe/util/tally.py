@@ -49,3 +49,16 @@ class Tally:
         for t in tallies:
             total.merge(t)
         return total
+
+    def to_dict(self) -> dict:
+        """As plain JSON (a shard's completion record keeps it: llmpipe.util.resume)."""
+        return {"max_examples": self.max_examples, "totals": dict(self.totals),
+                "groups": {k: dict(v) for k, v in self.groups.items()}, "examples": self.examples}
+
+    @classmethod
+    def from_dict(cls, data: dict) -> Tally:
+        tally = cls(data["max_examples"])
+        tally.totals.update(data["totals"])
+        tally.groups = {k: Counter(v) for k, v in data["groups"].items()}
+        tally.examples = {k: {r: list(ex) for r, ex in v.items()} for k, v in data["examples"].items()}
+        return tally

@@ -31,14 +31,14 @@ EDITS = {
     "llmpipe/data/quality.py": {"filter"},
     "llmpipe/tokens/split.py": {"split", "tokenizer", "tokenize", "tasks", "sft-data"},
     "llmpipe/data/ngrams.py": {"split", "tokenize", "tasks", "sft-data"},
-    "llmpipe/model/decode.py": {"pretrain", "evaluate", "benchmark", "sample", "finetune", "chat-eval"},
+    "llmpipe/model/decode.py": {"pretrain", "evaluate", "benchmark", "sample", "finetune", "rl", "chat-eval"},
     "llmpipe/evals/contamination.py": {"tasks"},
-    "llmpipe/training/generate.py": {"sample", "chat-eval"},
-    "llmpipe/config/pretrain.py": {"pretrain", "evaluate", "benchmark", "sample", "finetune", "chat-eval"},
+    "llmpipe/training/generate.py": {"sample", "rl", "chat-eval"},
+    "llmpipe/config/pretrain.py": {"pretrain", "evaluate", "benchmark", "sample", "finetune", "rl", "chat-eval"},
     "llmpipe/stages/registry.py": {"scrape", "filter", "dedup", "split", "tokenizer", "tokenize", "trace-index",
                                    "tasks", "pretrain",
-                                   "evaluate", "benchmark", "sample", "sft-data", "finetune", "chat-eval"},
-    "llmpipe/tokens/chat.py": {"sft-data", "finetune", "chat-eval"},
+                                   "evaluate", "benchmark", "sample", "sft-data", "finetune", "rl", "chat-eval"},
+    "llmpipe/tokens/chat.py": {"sft-data", "finetune", "rl", "chat-eval"},
 }
 
 

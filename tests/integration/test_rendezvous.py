@@ -4,6 +4,7 @@ train the same weights as one process, and a node killed mid-run makes the other
 import contextlib
 import json
 import os
+import re
 import signal
 import socket
 import subprocess
@@ -141,5 +142,7 @@ def test_a_frozen_node_fails_the_other_after_the_collective_timeout(token_dir, t
     log = (tmp_path / "frozen-node0.log").read_text()
     print(f"survivor exit {code} after {waited:.1f}s:\n{log[-4000:]}")
     assert code != 0 and 25 < waited < 120, log[-3000:]
-    # gloo's own words, with LLMPIPE_DIST_TIMEOUT in them
-    assert "Timed out waiting 30000ms for recv operation to complete" in log and "ChildFailedError" in log
+    # gloo's own words, with LLMPIPE_DIST_TIMEOUT in them (the survivor may be sending or receiving when its
+    # peer freezes: both time out alike)
+    assert re.search(r"Timed out waiting 30000ms for (recv|send) operation to complete", log), log[-3000:]
+    assert "ChildFailedError" in log

@@ -359,7 +359,11 @@ def test_full_disk_is_a_clear_error_and_loses_nothing(tmp_path, monkeypatch):
         if mounted:
             subprocess.run(["umount", str(root / "data" / "dedup")], check=True)
     after = snapshot(root / "data")
-    assert {k: v for k, v in after.items() if not k.startswith("dedup/")} == before
+    # nothing else changed; the signature shards finished before the disk filled stay in the work folder,
+    # each with its completion record, for the next run to resume (llmpipe/util/resume.py)
+    assert {k: v for k, v in after.items() if not k.startswith(("dedup/", ".llmpipe-work/dedup/"))} == before
+    work = sorted(k for k in after if k.startswith(".llmpipe-work/"))
+    assert all(k.startswith(".llmpipe-work/dedup/") for k in work), work
 
 
 # --- SIGKILL of every stage under dvc repro, and two dvc repro at once --------------------------------
@@ -447,6 +451,8 @@ def test_sigkill_of_each_stage_then_repro_loses_nothing(reference, killed):
     assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)  # training resumed exactly
     a, b = weights(reference, "finetune/model"), weights(repo, "finetune/model")
     assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)  # and so did finetuning
+    a, b = weights(reference, "rl/model"), weights(repo, "rl/model")
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)  # and the reward stage
     assert not list((repo / "data").rglob("*.tmp"))  # the reruns cleared what the kills left
 
 

@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import IO, Iterator, Protocol
 from urllib.parse import urlsplit
 
-from llmpipe.data.extract import ExtractionTimeout, ExtractorUnavailable, extract_text, html_charset
+from llmpipe.data.extract import ExtractionTimeout, ExtractorUnavailable, extract_text, html_charset, html_title
 
 log = logging.getLogger(__name__)
 
@@ -166,7 +166,7 @@ def html_document(raw: bytes, doc_id: str, source: str, cfg: ReadSettings, *, pa
         return Skip("extract_error", where, f"{err.__class__.__name__}: {err}")
     if not text:
         return Skip("no_main_text", where)
-    return make_doc(doc_id, source, text, raw, path=path, url=url, fetched_at=fetched_at)
+    return make_doc(doc_id, source, text, raw, path=path, url=url, title=html_title(html), fetched_at=fetched_at)
 
 
 def glob_files(patterns: list[str], root: Path) -> list[Path]:

@@ -68,3 +68,22 @@ def test_filter_keeps_the_target_languages_of_a_mixed_batch():
                                                        quality=NO_QUALITY))
     assert sorted(set(kept["lang"])) == ["ar", "de", "ja"] and len(kept) == 12
     assert stats["removed_language_docs"] == 48
+
+
+def test_a_rule_removing_a_large_share_of_bytes_is_warned(caplog):
+    from llmpipe.stages.filter import warn_heavy_rules
+
+    # language removes 2 of 5 equal-size documents (40% of the bytes), too_short a few bytes
+    df = pd.DataFrame({"id": ["en1", "en2", "en3", "fr", "de", "short"],
+                       "text": [EN * 3, EN * 3, EN * 3, FR * 3, DE * 3, "Hi."]})
+    _, tally = filter_tally(df, FilterParams(min_chars=50, quality=NO_QUALITY))
+    with caplog.at_level("WARNING", logger="llmpipe.stages.filter"):
+        heavy = warn_heavy_rules(tally, 0.3)
+    assert list(heavy) == ["language"] and 0.38 < heavy["language"] < 0.42
+    (record,) = caplog.records
+    assert record.levelname == "WARNING" and "rule language removed" in record.getMessage()
+    assert "fr (fr" in record.getMessage() and "Le renard" in record.getMessage()
+    caplog.clear()
+    with caplog.at_level("WARNING", logger="llmpipe.stages.filter"):
+        assert warn_heavy_rules(tally, 0.5) == {} and warn_heavy_rules(tally, None) == {}
+    assert not caplog.records

@@ -72,3 +72,20 @@ def test_demo_corpus_is_real_shakespeare():
     assert df["id"].is_unique and df["id"].str.startswith("shakespeare/").all()
     assert (df["text"].str.len() > 1000).all()
     assert df["title"].str.len().gt(0).all()
+
+
+def test_html_pages_keep_their_title_and_path(tmp_path):
+    """A real corpus of saved pages came out with empty titles: the extractors return the main text only."""
+    body = "<p>" + "The quality of mercy is not strained; it droppeth as the gentle rain from heaven. " * 8 + "</p>"
+    (tmp_path / "site").mkdir()
+    (tmp_path / "site" / "merchant.html").write_text(
+        "<html><head><meta charset='utf-8'><title>\n  The Merchant of Venice &amp; Portia\n</title></head>"
+        f"<body><nav>Home | Plays</nav><article><h1>Act IV</h1>{body}</article></body></html>")
+    (tmp_path / "site" / "untitled.htm").write_text(f"<html><body><article>{body}</article></body></html>")
+    params = parse_params({"scrape": {"sources": [{"kind": "local", "paths": ["site/*.htm*"]}]},
+                           "scale": {"workers": 1}})
+    scrape.run(params, tmp_path)
+    df = pd.concat(pd.read_parquet(p) for p in (tmp_path / output("scrape.docs")).glob("part-*.parquet"))
+    by_path = dict(zip(df["path"], df["title"]))
+    assert by_path == {"site/merchant.html": "The Merchant of Venice & Portia", "site/untitled.htm": ""}
+    assert df["text"].str.contains("quality of mercy").all()

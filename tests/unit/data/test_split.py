@@ -173,3 +173,41 @@ def test_sft_data_drops_held_out_items_that_share_a_13gram_with_training_text(tm
     assert kept and not any(quotes(c) for c in kept)
     assert metrics["val_conversations"] == len(kept) and not set(report["val_contaminated_dropped"]) & {
         c["source"] for c in kept}
+
+
+def test_decontamination_holding_only_val_ngrams_matches_the_train_index(tmp_path):
+    """The stage holds the val side's n-grams and streams train past them; the overlaps and moves must be
+    those of the direct method (every train n-gram in one set), chains of moves included."""
+    from llmpipe.data.ngrams import set_of_texts
+
+    base = [text(200) for _ in range(12)]
+    texts, groups = [], []
+    for i in range(60):  # documents sharing a base share 13-grams: some val ones move, and pull their group
+        words = base[i % 12].split()
+        cut = int(RNG.integers(0, 150))
+        shared = words[cut:cut + 60] if i % 4 == 0 else []  # a quarter carry a piece of a common base
+        texts.append(" ".join(shared + text(int(RNG.integers(20, 400))).split()))
+        groups.append(f"g{i % 25}")
+    write_docs(tmp_path, [f"d{i}" for i in range(60)], texts)
+    keys = groups
+    split = SplitParams(val_fraction=0.4)
+    val0 = split_stage.side_of_groups(keys, 0.4, 0)
+    val = val0.copy()
+    moved, overlap = split_stage.decontaminate(tmp_path / "data/dedup/docs.parquet", val, keys, split)
+    # the direct method
+    ref_val, ref_moved = val0.copy(), {}
+    train = set_of_texts([t for t, v in zip(texts, ref_val) if not v])
+    ngrams = {r: train.text_ngrams(t) for r, t in enumerate(texts) if ref_val[r]}
+    while True:
+        ref_overlap = {r: train.overlap(h) for r, h in ngrams.items() if ref_val[r]}
+        dirty = {keys[r] for r, o in ref_overlap.items() if o > split.decontaminate.max_overlap}
+        if not dirty:
+            break
+        for r in [r for r in ngrams if keys[r] in dirty]:
+            ref_moved[r] = ("contaminated" if ref_overlap[r] > split.decontaminate.max_overlap else "group_contaminated",
+                            ref_overlap[r])
+            ref_val[r] = False
+            train.add(ngrams[r])
+    assert len(ref_moved) >= 3 and 0 < ref_val.sum() < val0.sum()  # the case exercises moves, and keeps some val
+    assert moved == ref_moved and (val == ref_val).all()
+    assert all(overlap[r] == ref_overlap[r] for r in ref_overlap)

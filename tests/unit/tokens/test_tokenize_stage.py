@@ -111,3 +111,26 @@ def test_val_overlap_13gram_is_the_share_of_val_word_13grams_in_train(corpus, tm
     pd.DataFrame({"id": ["a", "b"], "side": ["train", "val"]}).to_parquet(assignments)
     with pytest.raises(InputError, match="assignments.parquet: does not list the documents"):
         tokenize_corpus(docs, tok_path, out, assignments, TokenizeParams(shard_tokens=5000))
+
+
+def test_resumed_chunks_give_the_same_shards_and_an_altered_chunk_is_encoded_again(corpus, tmp_path):
+    """Issue 29: chunks a killed run finished are not encoded again; one whose tokens were altered is."""
+    from llmpipe.util.resume import ShardLedger
+
+    docs, tok = corpus
+    assignments = docs.parent / "assignments.parquet"
+    cfg = TokenizeParams(shard_tokens=5000, workers=1, batch_bytes=20000)
+    fresh = tokenize_corpus(docs, tok, tmp_path / "fresh", assignments, cfg)
+    ledger = ShardLedger(tmp_path / "work", "params", "code")
+    tokenize_corpus(docs, tok, tmp_path / "first", assignments, cfg, ledger)  # leaves its chunks
+    chunks = sorted(ledger.folder.glob("records/*.json"))
+    assert fresh["shards_run"] == len(chunks) >= 3
+    tokens = ledger.path("chunk-00001-tokens.npy")
+    altered = np.load(tokens)
+    altered[5] += 1
+    np.save(tokens, altered)
+    again = tokenize_corpus(docs, tok, tmp_path / "again", assignments, cfg, ledger)
+    assert (again["shards_resumed"], again["shards_run"]) == (len(chunks) - 1, 1)
+    assert digest(tmp_path / "again") == digest(tmp_path / "fresh")
+    assert {k: v for k, v in again.items() if not k.startswith("shards_")} == \
+        {k: v for k, v in fresh.items() if not k.startswith("shards_")}

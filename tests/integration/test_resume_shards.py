@@ -1,0 +1,115 @@
+"""Issue 29: SIGKILL during scrape, filter, dedup or tokenize (`python -m llmpipe.cli <stage>`), then the
+same command again: it skips the shards the killed run finished (their completion records match) and
+ends with outputs byte-identical to an uninterrupted run's, the work folder gone."""
+
+import json
+import os
+import random
+import shutil
+import signal
+import subprocess
+import sys
+import time
+
+import pytest
+import yaml
+
+from llmpipe.stages import dedup, filter as filter_stage, split, tokenize, tokenizer
+from llmpipe.stages.params import parse_params
+from llmpipe.stages.registry import stage
+from llmpipe.util.resume import PAUSE_ENV, WORK_DIR
+
+pytestmark = pytest.mark.integration
+
+PAUSE_S = 0.6  # after each shard's record in the killed runs: a tiny corpus's stage lasts long enough
+PARAMS = {
+    "scrape": {"sources": [{"kind": "local", "paths": ["in/*.txt"], "files_per_shard": 2}]},
+    "filter": {"min_chars": 100, "shard_docs": 2, "quality": {"gopher_repetition": {"enabled": False}}},
+    "dedup": {"shard_docs": 2, "workers": 1},
+    "split": {"val_fraction": 0.3, "seed": 0},
+    "tokenizer": {"vocab_size": 300, "min_frequency": 2},
+    "tokenize": {"shard_tokens": 1024, "batch_bytes": 1024, "workers": 1},
+    "scale": {"workers": 1},
+    "tracking": {"experiment": "resume-shards-test", "registered_model": None},
+}
+WORDS = ("tide flats village cart apples market smoke chimneys church bell children harbour wall gulls "
+         "river bridge miller lantern orchard shepherd meadow baker rain thunder").split()
+EXPECTED_SHARDS = {"scrape": 4, "filter": 4, "dedup": 4, "tokenize": 4}
+
+
+def corpus(root, files=8):
+    """Distinct English-looking documents (none a near-duplicate of another), 2 files per scrape unit."""
+    rng = random.Random(7)
+    (root / "in").mkdir(parents=True)
+    for i in range(files):
+        lines = [f"The {rng.choice(WORDS)} and the {rng.choice(WORDS)} were seen by the {rng.choice(WORDS)} "
+                 f"near the {rng.choice(WORDS)} on day {i * 100 + j}, as the {rng.choice(WORDS)} said."
+                 for j in range(10)]
+        (root / "in" / f"f{i}.txt").write_text("\n".join(lines))
+        os.utime(root / "in" / f"f{i}.txt", (1_700_000_000, 1_700_000_000))
+
+
+def stage_files(root, name):
+    """Every file of a stage's outs (registry), relative path -> bytes."""
+    files = {}
+    for out in stage(name).outputs.values():
+        path = root / out.path
+        paths = sorted(p for p in path.rglob("*") if p.is_file()) if path.is_dir() else [path]
+        files.update({p.relative_to(root).as_posix(): p.read_bytes() for p in paths})
+    return files
+
+
+@pytest.fixture(scope="module")
+def reference(tmp_path_factory):
+    """One uninterrupted run of the data stages: scrape through the CLI (which also creates the MLflow
+    database the copies reuse), the others in this process."""
+    root = tmp_path_factory.mktemp("full")
+    corpus(root)
+    (root / "params.yaml").write_text(yaml.safe_dump(PARAMS))
+    first = cli(root, "scrape")
+    assert first.wait(300) == 0, first.stdout.read()[-3000:]
+    params = parse_params(PARAMS)
+    metrics = {"scrape": json.loads((root / "data" / "metrics" / "scrape.json").read_text()),
+               **{name: module.run(params, root).metrics
+                  for name, module in [("filter", filter_stage), ("dedup", dedup), ("split", split),
+                                       ("tokenizer", tokenizer), ("tokenize", tokenize)]}}
+    for name, n in EXPECTED_SHARDS.items():  # several shards each, none resumed
+        assert (metrics[name]["shards_run"], metrics[name]["shards_resumed"]) == (n, 0), (name, metrics[name])
+    assert not (root / WORK_DIR).exists()
+    return root
+
+
+def cli(root, name, **env):
+    return subprocess.Popen([sys.executable, "-m", "llmpipe.cli", name], cwd=root, env={**os.environ, **env},
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+
+
+@pytest.mark.parametrize("name", list(EXPECTED_SHARDS))
+def test_sigkill_then_restart_resumes_shards_byte_identical(tmp_path, reference, name):
+    root = tmp_path / "ws"
+    shutil.copytree(reference, root)
+    for out in stage(name).outputs.values():  # as DVC does before it re-runs a stage
+        shutil.rmtree(root / out.path) if (root / out.path).is_dir() else (root / out.path).unlink()
+    records = root / WORK_DIR / name / "records"
+
+    proc = cli(root, name, **{PAUSE_ENV: str(PAUSE_S)})
+    deadline = time.time() + 300
+    while proc.poll() is None and time.time() < deadline and not (records.is_dir() and any(records.iterdir())):
+        time.sleep(0.02)
+    # a seeded random point after the first record, well before the last shard's (each pauses PAUSE_S)
+    time.sleep(random.Random(f"resume-{name}").uniform(0, PAUSE_S))
+    assert proc.poll() is None, f"{name} finished before it could be killed:\n{proc.stdout.read()[-3000:]}"
+    os.kill(proc.pid, signal.SIGKILL)
+    proc.wait()
+    finished = len(list(records.glob("*.json")))
+    assert 1 <= finished < EXPECTED_SHARDS[name]
+    assert not any((root / out.path).exists() for out in stage(name).outputs.values())  # nothing published
+
+    again = cli(root, name)
+    log = again.communicate(timeout=300)[0]
+    assert again.returncode == 0, log[-3000:]
+    metrics = json.loads((root / "data" / "metrics" / f"{name}.json").read_text())
+    assert metrics["shards_resumed"] == finished and metrics["shards_run"] == EXPECTED_SHARDS[name] - finished
+    assert f"{finished} shards resumed from an earlier run" in log
+    assert stage_files(root, name) == stage_files(reference, name)  # byte-identical outputs
+    assert not (root / WORK_DIR / name).exists()
