@@ -105,7 +105,8 @@ def headline_metrics(root: Path) -> dict:
                        ("pretrain", "tokens_per_s"), ("tokenize", "train_tokens"),
                        ("benchmark", "core"), ("benchmark", "hellaswag_acc_norm"), ("benchmark", "indomain_acc_norm"),
                        ("chat-eval", "finetuned_acc"), ("chat-eval", "best_baseline_acc"),
-                       ("chat-eval", "gain_over_best_baseline"), ("chat-eval", "gain_p_value"), ("chat-eval", "base_acc")):
+                       ("chat-eval", "gain_over_best_baseline"), ("chat-eval", "gain_p_value"), ("chat-eval", "base_acc"),
+                       ("chat-eval", "rl_acc"), ("chat-eval", "rl_gain_over_sft"), ("chat-eval", "rl_gain_over_sft_p_value")):
         path = root / "data" / "metrics" / f"{stage}.json"
         if path.exists():
             value = json.loads(path.read_text()).get(key)

@@ -13,7 +13,7 @@ import sys
 from pathlib import Path
 
 from llmpipe.config.base import ParamsError
-from llmpipe.stages.registry import STAGES
+from llmpipe.stages.registry import STAGES, StageFailed
 from llmpipe.util.io import InputError
 
 log = logging.getLogger("llmpipe")
@@ -164,6 +164,9 @@ def main(argv: list[str] | None = None) -> int:
     except (ParamsError, InputError) as err:
         print(f"llmpipe {args.command}: error: {err}", file=sys.stderr)
         return 2
+    except StageFailed as err:  # it stopped early and kept what it could; the message says what
+        print(f"llmpipe {args.command}: failed: {err}", file=sys.stderr)
+        return 1
     except OSError as err:  # a full disk, a read-only folder: say which file, keep the rest
         where = f" {err.filename}" if getattr(err, "filename", None) else ""
         print(f"llmpipe {args.command}: failed: I/O error on{where or ' an output'}: {err.strerror or err} "

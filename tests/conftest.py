@@ -42,6 +42,9 @@ TINY_PARAMS = {
                           "max_chars": 70}, "block_size": 64},
     "finetune": {"max_steps": 10, "micro_batch_size": 8, "warmup_steps": 2, "eval_interval": 5,
                  "eval_batches": 2, "log_interval": 5, "checkpoint_interval": 5},
+    # two reward steps: the stage, its checkpoint, its MLflow version with lineage (tests/unit/training/test_grpo.py
+    # tests what it learns)
+    "rl": {"steps": 2, "questions_per_step": 4, "samples_per_question": 4, "max_new_tokens": 12, "checkpoint_every": 1},
     "chat_eval": {"max_new_tokens": 12, "batch_size": 16, "samples": 4},
     "tracking": {"experiment": "llmpipe-test"},
 }

@@ -32,6 +32,7 @@ SECTIONS: dict[str, str] = {
     "benchmark": "llmpipe.config.evals:BenchmarkParams",
     "sft_data": "llmpipe.config.sft:SftDataParams",
     "finetune": "llmpipe.config.sft:FinetuneParams",
+    "rl": "llmpipe.config.rl:RlParams",  # issue 26: the reward stage
     "chat_eval": "llmpipe.config.sft:ChatEvalParams",
     "trace": "llmpipe.config.trace:TraceParams",  # issue 28: tracing text into the training data
     "tracking": "llmpipe.config.ops:TrackingParams",

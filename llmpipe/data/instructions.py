@@ -36,7 +36,8 @@ def _open_text(path: Path) -> str:
     raw = path.read_bytes()
     if path.suffix == ".gz":
         raw = gzip.decompress(raw)
-    return raw.decode("utf-8", errors="replace")
+    # utf-8-sig: a byte-order mark (Windows editors write one) would otherwise make the whole file broken JSON
+    return raw.decode("utf-8-sig", errors="replace")
 
 
 def read_records(path: Path) -> Iterator[tuple[int, object]]:

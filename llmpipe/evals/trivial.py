@@ -50,6 +50,12 @@ def case_of(conversation: dict) -> Case:
                 [tuple(r) for r in conversation.get("passage") or []])
 
 
+def is_checkable(conversation: dict) -> bool:
+    """Whether exact match can score the conversation's last reply: the demo's typed items (their answers
+    are read off the passage), not the free text of instruction files."""
+    return (conversation.get("task") or FILES) != FILES and bool(conversation["messages"][-1]["content"].strip())
+
+
 def is_right(reply: str | None, answer: str) -> bool:
     return reply is not None and normalize(reply) == normalize(answer)
 

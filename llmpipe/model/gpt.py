@@ -259,9 +259,11 @@ class GPT(nn.Module):
                                                         torch.get_autocast_dtype("cpu") == torch.bfloat16)
 
     def forward(self, idx: torch.Tensor, targets: torch.Tensor | None = None, cache: KVCache | None = None,
-                last_only: bool = False, pad: torch.Tensor | None = None):
+                last_only: bool = False, pad: torch.Tensor | None = None, select: torch.Tensor | None = None):
         """Logits (B, T, V), or (B, 1, V) with last_only (generation), and the loss when targets are given;
-        where the loss is fused with the output layer (fused_loss), the logits are None.
+        where the loss is fused with the output layer (fused_loss), the logits are None. `select` (B, T),
+        boolean, without targets: the logits (N, V) of the selected positions only (the reward stage scores
+        a few answer tokens after a long prompt; the output layer is about half a small model's work).
 
         `pad` (B,) counts left-padding tokens per row (batched generation of prompts of unequal length):
         padding is never attended to and each row's positions start at its first real token."""
@@ -294,6 +296,8 @@ class GPT(nn.Module):
         x = self.norm_f(x)
         if last_only:
             x = x[:, -1:, :]
+        elif select is not None:
+            x = x[select]
         if targets is not None and self.fused_loss(x):
             mm = torch.bfloat16 if torch.is_autocast_enabled("cpu") else None
             return None, linear_cross_entropy(x.reshape(-1, x.size(-1)), self.lm_head.weight, targets.reshape(-1),

@@ -8,9 +8,9 @@ import torch
 from safetensors.torch import save_file
 
 from llmpipe.model.gpt import GPT, GPTConfig
+from llmpipe.model.folder import CONFIG, PASS_THROUGH, WEIGHTS, is_pass_through  # noqa: F401  (re-exported)
 from llmpipe.util.io import InputError, atomic_path, read_json, read_safetensors, write_json
 
-WEIGHTS, CONFIG = "model.safetensors", "config.json"
 
 
 def save_model(model: GPT, out_dir: Path, extra: dict | None = None) -> None:

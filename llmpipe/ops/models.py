@@ -5,7 +5,8 @@ before it); a stage named here but not (yet) in the registry is looked up at `da
 reward stage added later is picked up by adding nothing but the stage. `llmpipe serve`, `llmpipe chat`
 and `llmpipe export` all choose through this module:
 
-    chat   the first chat model that exists (`data/rl/model`, then `data/finetune/model`)
+    chat   the first chat model that exists (`data/rl/model`, then `data/finetune/model`; a model a stage
+           passed through unchanged, rl with rl.enabled: false, does not count)
     base   the pretrained model (`data/model`)
     <path> a model folder (model.safetensors + config.json)
     models:/NAME/VERSION   a registered MLflow model version (downloaded; export only)
@@ -18,11 +19,11 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
+from llmpipe.model.folder import WEIGHTS, is_pass_through
 from llmpipe.stages.registry import stage
 from llmpipe.util.io import InputError
 
 CHAT_STAGES = ("rl", "finetune")  # newest first
-WEIGHTS = "model.safetensors"
 
 
 def stage_model(root: Path, name: str) -> Path:
@@ -39,7 +40,8 @@ def base_model(root: Path) -> Path:
 
 def chat_model(root: Path) -> Path | None:
     """The newest chat model present, or None."""
-    return next((d for d in (stage_model(root, s) for s in CHAT_STAGES) if (d / WEIGHTS).exists()), None)
+    return next((d for d in (stage_model(root, s) for s in CHAT_STAGES)
+                 if (d / WEIGHTS).exists() and not is_pass_through(d)), None)
 
 
 def default_model(root: Path) -> Path:

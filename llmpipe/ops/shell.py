@@ -16,7 +16,7 @@ import time
 from pathlib import Path
 
 from llmpipe.config.sections import load_sections
-from llmpipe.stages.registry import Stage, StageParams, StageResult, producer_of, stage
+from llmpipe.stages.registry import Stage, StageFailed, StageParams, StageResult, producer_of, stage
 from llmpipe.util.io import InputError, write_json
 
 log = logging.getLogger("llmpipe")
@@ -69,6 +69,9 @@ def run_stage(name: str, params_path: Path, root: Path) -> dict:
     tracker.set_tags({f"metric.{k}": v for k, v in result.metrics.items() if isinstance(v, str)})
     for artifact in result.artifacts:
         tracker.log_artifact(artifact)
+    if result.failure:  # outputs written (the last good model), but no finished run nor a registered version
+        tracker.end("FAILED")
+        raise StageFailed(result.failure)
     if result.model_dir is not None:
         from llmpipe.ops.tracking import dvc_lineage_tags, environment_tags, git_commit
 
@@ -84,8 +87,9 @@ def run_stage(name: str, params_path: Path, root: Path) -> dict:
         registered = experiment.registered_model and experiment.registered_model + result.registered_suffix
         for key, md5 in result.model_tags.items():  # a derived model names its base's registered version
             if key.startswith("base.dvc.out.") and experiment.registered_model:
-                base = tracker.find_model_version(experiment.registered_model, key.removeprefix("base."), md5)
-                lineage["base.model_version"] = f"models:/{experiment.registered_model}/{base}" if base else "unregistered"
+                base_name = experiment.registered_model + result.base_registered_suffix
+                base = tracker.find_model_version(base_name, key.removeprefix("base."), md5)
+                lineage["base.model_version"] = f"models:/{base_name}/{base}" if base else "unregistered"
         tracker.set_tags({k: v for k, v in lineage.items() if k.startswith("base.")})
         version = tracker.log_model(result.model_dir, registered, lineage)
         if version:

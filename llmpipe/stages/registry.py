@@ -35,6 +35,15 @@ class StageResult:
     # a tag "base.dvc.out.<path>" names the base model's weights, whose registered version the shell finds.
     registered_suffix: str = ""
     model_tags: dict[str, str] = field(default_factory=dict)
+    # the registered name of the base model is tracking.registered_model + this suffix (rl's base: "-chat")
+    base_registered_suffix: str = ""
+    # set when the stage stopped early but wrote its outputs (rl's last good checkpoint): the shell writes
+    # the metrics and artifacts, registers no model, and fails the run with this message
+    failure: str | None = None
+
+
+class StageFailed(RuntimeError):
+    """A stage stopped early after writing what it could (StageResult.failure)."""
 
 
 @dataclass(frozen=True)
@@ -140,9 +149,14 @@ STAGES: list[Stage] = [
           {"model": "pretrain.model", "train": "sft-data.train", "val": "sft-data.val"},
           {"model": Out("data/finetune/model"), "checkpoints": Out("data/finetune/checkpoints", "state")},
           {"train": Plot("data/plots/finetune.tsv", "step", "loss")}),
+    # issue 26: a reward stage: exact-match rewards on the train questions, a group-baseline policy gradient
+    Stage("rl", "train the finetuned model on rewarded answers to the train questions (group baseline)", ("rl",),
+          {"model": "finetune.model", "train": "sft-data.train", "tokenizer": "tokenizer.tokenizer"},
+          {"model": Out("data/rl/model"), "checkpoints": Out("data/rl/checkpoints", "state")},
+          {"train": Plot("data/plots/rl.tsv", "step", "mean_reward")}),
     # the train items give the majority-answer baseline (issue 25)
-    Stage("chat-eval", "exact match on held-out instructions: finetuned vs trivial baselines, and base",
-          ("chat_eval",), {"base": "pretrain.model", "model": "finetune.model", "val": "sft-data.val",
+    Stage("chat-eval", "exact match on held-out instructions: base, finetuned and rl side by side, vs trivial baselines",
+          ("chat_eval",), {"base": "pretrain.model", "model": "finetune.model", "rl": "rl.model", "val": "sft-data.val",
                            "train": "sft-data.train", "tokenizer": "tokenizer.tokenizer"},
           {"samples": Out("data/chat_eval/samples.jsonl", "report")}),
 ]

@@ -63,6 +63,10 @@ class ChatFormat:
         self.end = tok.token_to_id(END)
         self.stop_ids = frozenset({self.end, self.eot})
 
+    def reply_text(self, ids: list[int]) -> str:
+        """A generated reply's text: its ids decoded without the stop markers that end it."""
+        return self.tok.decode([t for t in ids if t not in self.stop_ids])
+
     def text_ids(self, text: str) -> list[int]:
         return self.tok.encode(text, add_special_tokens=False).ids if text else []
 
