@@ -28,9 +28,13 @@ c = json.load(open("data/metrics/chat-eval.json"))
 print(f"exact match on {c['n_val_items']} held-out items: finetuned {c['finetuned_acc']:.3f}, best trivial rule "
       f"{c['best_baseline_acc']:.3f}: gain {c['gain_over_best_baseline']:+.3f} (95% interval {c['gain_ci_low']:+.3f} "
       f"to {c['gain_ci_high']:+.3f}, p = {c['gain_p_value']:.2g}); the base model {c['base_acc']:.3f}")
+if "rl_acc" in c:
+    print(f"after the reward stage (rl): {c['rl_acc']:.3f}, {c['rl_gain_over_sft']:+.3f} over the finetuned model "
+          f"(95% interval {c['rl_gain_over_sft_ci_low']:+.3f} to {c['rl_gain_over_sft_ci_high']:+.3f}, "
+          f"p = {c['rl_gain_over_sft_p_value']:.2g})")
 times = {s: json.load(open(f"data/metrics/{s}.json")).get("seconds", 0) for s in
          ("scrape", "filter", "dedup", "split", "tokenizer", "tokenize", "trace-index", "tasks", "pretrain", "evaluate", "benchmark", "sample", "sft-data",
-          "finetune", "chat-eval")}
+          "finetune", "rl", "chat-eval")}
 print("seconds per stage: " + ", ".join(f"{k} {v:.0f}" for k, v in times.items()))
 print("talk to it: llmpipe chat")
 PY

@@ -132,6 +132,8 @@ SMOKE = {
     "gguf.py": ["--steps", "2", "--threads", "1"],
     "evals.py": ["--items", "4", "--batch", "8"],
     "serve.py": ["--clients", "2", "--seconds", "1", "--max-tokens", "4"],
+    # 3 MB through the six data stages' CLI (one shard each) and a killed-and-resumed tokenize
+    "scale.py": ["--gb", "0.003", "--skip-dask", "--skip-demo", "--workdir", "scale-work"],
 }
 NEEDS = {"gguf.py": ["llama_cpp"], "evals.py": ["lm_eval", "transformers"], "serve.py": ["openai", "llama_cpp"]}
 

@@ -83,6 +83,12 @@ def test_each_stage_has_an_mlflow_run_with_lineage(repro_repo):
     assert chat[0].tags["base.dvc.out.data/model"] == versions[0].tags["dvc.out.data/model"]
     assert chat[0].tags["dvc.dep.data/model"] == versions[0].tags["dvc.out.data/model"]
     assert len(client.get_metric_history(by_stage["finetune"].info.run_id, "loss")) == 10 // 5
+    # the reward stage's model too, whose version names the finetuned one (issue 26)
+    rl = client.search_model_versions("name='llmpipe-gpt-rl'")
+    assert [v.run_id for v in rl] == [by_stage["rl"].info.run_id]
+    assert rl[0].tags["base.model_version"] == "models:/llmpipe-gpt-chat/1"
+    assert rl[0].tags["base.dvc.out.data/finetune/model"] == chat[0].tags["dvc.out.data/finetune/model"]
+    assert len(client.get_metric_history(by_stage["rl"].info.run_id, "mean_reward")) == TINY_PARAMS["rl"]["steps"]
     # each run lists the data it read as its datasets: the registry's inputs, by path, with dvc.lock's hashes
     locked = {o["path"]: o["md5"] for s in yaml.safe_load((repo / "dvc.lock").read_text())["stages"].values()
               for o in s.get("outs", []) if "md5" in o}
@@ -119,6 +125,14 @@ def test_the_chat_stages_report_what_they_did(repro_repo):
     assert [s["finetuned_ok"] for s in samples] == [normalize(s["finetuned"]) == normalize(s["reference"]) for s in samples]
     ft = json.loads((data / "metrics" / "finetune.json").read_text())
     assert ft["steps"] == TINY_PARAMS["finetune"]["max_steps"] and (data / "finetune" / "checkpoints" / "state.json").exists()
+    rl = json.loads((data / "metrics" / "rl.json").read_text())
+    assert rl["steps"] == TINY_PARAMS["rl"]["steps"] and rl["stopped"] == "no" and rl["base_model_dvc_md5"] == ft["model_dvc_md5"]
+    assert rl["questions"] == sum(1 for c in train if c.get("task"))  # the train items only
+    assert {"rl", "rl_ok"} <= set(samples[0]) and "rl_acc" in ev
+    assert [s["rl_ok"] for s in samples] == [normalize(s["rl"]) == normalize(s["reference"]) for s in samples]
+    assert ev["rl_gain_over_sft"] == pytest.approx(ev["rl_acc"] - ev["finetuned_acc"], abs=2e-4)
+    assert ev["rl_gain_over_sft_p_value"] == pytest.approx(
+        sign_test_p(ev["items_rl_only_right"], ev["items_sft_only_right"]), abs=1e-6)
 
 
 def test_second_repro_does_nothing_quickly(repro_repo):
@@ -175,7 +189,7 @@ def test_pretrain_params_rerun_only_pretrain_and_downstream(repro_repo):
     proc = run(["dvc", "repro"], repo)
     assert proc.returncode == 0, proc.stderr[-2000:]
     ran = [line.split("'")[1] for line in proc.stdout.splitlines() if line.startswith("Running stage")]
-    assert ran[0] == "pretrain" and sorted(ran) == ["benchmark", "chat-eval", "evaluate", "finetune", "pretrain", "sample"]
+    assert ran[0] == "pretrain" and sorted(ran) == ["benchmark", "chat-eval", "evaluate", "finetune", "pretrain", "rl", "sample"]
 
 
 def test_the_split_keeps_works_whole_and_val_clean(repro_repo):

@@ -7,6 +7,7 @@ nothing else), generation stopping when its client leaves, and the web chat at /
 
 from __future__ import annotations
 
+import json
 import subprocess
 import sys
 import threading
@@ -107,6 +108,24 @@ def test_seeded_sampling_equals_llmpipes_own_and_stops_cut_it(client, own):
     assert cut.choices[0].text == expected[: expected.index(stop)] and cut.choices[0].finish_reason == "stop"
     streamed = client.completions.create(stop=stop, stream=True, **kw)
     assert "".join(c.choices[0].text for c in streamed) == cut.choices[0].text
+
+
+def test_large_bodies_get_the_same_answers_and_refusals(server, own):
+    """A body padded past 64 KB with JSON whitespace gets the same seeded reply as the small body, and a long
+    prompt or a broken large body the same refusals (a large body's parsing runs off the event loop)."""
+    request = {"model": BASE, "prompt": "ROMEO.\n", "max_tokens": 30, "temperature": 1.0, "seed": 5}
+    expected, _ = own(request["prompt"], 30, temperature=1.0, top_k=0, top_p=1.0, seed=5)
+    small = json.dumps(request).encode()
+    padded = small[:-1] + b" " * 65_537 + b"}"
+    for body in (small, padded):
+        resp = httpx.post(f"{server}/v1/completions", content=body, timeout=60, headers=AUTH)
+        assert resp.status_code == 200 and resp.json()["choices"][0]["text"] == expected, resp.text
+    too_long = {"model": BASE, "prompt": "Romeo, wherefore? " * 5000}  # 90 KB: past the context
+    resp = httpx.post(f"{server}/v1/completions", json=too_long, timeout=60, headers=AUTH)
+    error = resp.json()["error"]
+    assert resp.status_code == 400 and error["code"] == "context_length_exceeded" and error["param"] == "prompt"
+    resp = httpx.post(f"{server}/v1/chat/completions", content=b"{" + b" " * 65_537, timeout=60, headers=AUTH)
+    assert resp.status_code == 400 and "not valid JSON" in resp.json()["error"]["message"]
 
 
 def test_chat_completion_and_its_stream_agree(client):
