@@ -23,7 +23,8 @@ replaced by the local files (and scale.dask_address set for the Dask run). Measu
   RESULT's x_demo_<stage> compare the rates on those own timers);
 - peak RSS: the largest sum of the resident memory of the stage process and all its descendants,
   sampled every 0.2 s with psutil (for the Dask run the cluster's worker processes are added, as the
-  shards run there); a peak shorter than 0.2 s can be missed;
+  shards run there; `idle MB` is theirs at rest just before the stage, and the RESULT's
+  peak_rss_mb_dask_over_idle the largest peak less it); a peak shorter than 0.2 s can be missed;
 - cpu: the CPU seconds of the process and its descendants (psutil, children included once waited;
   Dask workers' CPU counted by sampling their cpu_times before and after) over the wall time, in cores.
   `wait` = 1 - cpu / (wall x cores) is the share of the machine's CPU time the stage left idle: I/O
@@ -34,8 +35,8 @@ replaced by the local files (and scale.dask_address set for the Dask run). Measu
 - resumed_identical: after the uninterrupted run, tokenize is started again, sent SIGKILL after half
   its measured wall time, re-run to completion, and every file of data/tokens compared byte for byte
   (sha256) with the uninterrupted run's.
-Last line: RESULT gb=<x> seconds=<x> mb_per_s_<stage>=<x> ... peak_rss_mb=<x> resumed_identical=<bool>
-(the rates are the local executor's at --gb).
+Last line: RESULT gb= seconds= mb_per_s_<stage>= ... peak_rss_mb= (the local executor's at --gb)
+peak_rss_mb_dask_over_idle= x_demo_<stage>= resumed_identical=
 """
 
 from __future__ import annotations
@@ -56,6 +57,7 @@ import sys
 import threading
 import time
 from pathlib import Path
+from typing import Callable
 
 import psutil
 import yaml
@@ -159,10 +161,9 @@ def workspace(path: Path, sources: list[dict] | None, dask_address: str | None) 
 
 
 def tree(proc: psutil.Process) -> list[psutil.Process]:
-    try:
+    with contextlib.suppress(psutil.NoSuchProcess):
         return [proc, *proc.children(recursive=True)]
-    except psutil.NoSuchProcess:
-        return []
+    return []
 
 
 class Sampler(threading.Thread):
@@ -194,19 +195,20 @@ class Sampler(threading.Thread):
             self.done.wait(0.2)
 
 
-def cpu_of(procs: list[psutil.Process]) -> float:
+def sum_of(procs: list[psutil.Process], read: Callable[[psutil.Process], float]) -> float:
+    """A reading summed over processes (those gone are skipped)."""
     total = 0.0
     for p in procs:
-        try:
-            t = p.cpu_times()
-            total += t.user + t.system
-        except psutil.NoSuchProcess:
-            pass
+        with contextlib.suppress(psutil.NoSuchProcess, psutil.AccessDenied):
+            total += read(p)
     return total
 
 
-# The stages run in the workspace, away from pyproject.toml's [tool.prefect] (the ephemeral server's
-# start-up timeout, 20 s by default, too tight on a loaded 2-core machine): set here instead.
+def cpu_of(procs: list[psutil.Process]) -> float:
+    return sum_of(procs, lambda p: p.cpu_times().user + p.cpu_times().system)
+
+
+# Away from pyproject.toml's [tool.prefect] (its longer start-up timeout for a loaded machine): set here.
 QUIET_PREFECT = {"PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS": "120", "DO_NOT_TRACK": "true",
                  "PREFECT_SERVER_ANALYTICS_ENABLED": "false"}
 
@@ -220,6 +222,7 @@ def run_stage(work: Path, name: str, extra: list[psutil.Process], kill_after: fl
         env["PREFECT_API_URL"] = api_url
     log = open(work / f"{name}.log", "ab")
     extra_cpu0 = cpu_of(extra)
+    idle_mb = sum_of(extra, lambda p: p.memory_info().rss) / 2**20  # the Dask cluster's own processes at rest, before the stage's shards
     t0 = time.perf_counter()
     proc = subprocess.Popen([sys.executable, "-m", "llmpipe.cli", "--root", str(work), "--params",
                              str(work / "params.yaml"), name], cwd=work, env=env, stdout=log, stderr=log)
@@ -243,7 +246,7 @@ def run_stage(work: Path, name: str, extra: list[psutil.Process], kill_after: fl
     cpu = sum(sampler.cpu.values()) + cpu_of(extra) - extra_cpu0
     metrics_file = work / "data" / "metrics" / f"{name}.json"
     metrics = json.loads(metrics_file.read_text()) if metrics_file.exists() and rc == 0 else {}
-    return {"wall": wall, "rc": rc, "peak_mb": sampler.peak / 2**20, "cpu": cpu,
+    return {"wall": wall, "rc": rc, "peak_mb": sampler.peak / 2**20, "idle_mb": idle_mb, "cpu": cpu,
             "read_mb": sum(r for r, _ in sampler.io.values()) / 1e6,
             "write_mb": sum(w for _, w in sampler.io.values()) / 1e6, "stage_s": metrics.get("seconds"),
             "metrics": metrics}
@@ -294,8 +297,7 @@ def prefect_api():
 
 @contextlib.contextmanager
 def dask_cluster(workers: int, api_url: str):
-    """A distributed.LocalCluster in a process of its own (its spawned workers would otherwise re-import
-    this script, whose imports need bench/'s path set up): yields (scheduler address, that process)."""
+    """A LocalCluster in a process of its own (its workers would re-import this script): (address, process)."""
     env = {**os.environ, **QUIET_PREFECT, "PYTHONPATH": str(ROOT), "PREFECT_API_URL": api_url}
     proc = subprocess.Popen([sys.executable, "-c", CLUSTER, str(workers)], stdin=subprocess.PIPE,
                             stdout=subprocess.PIPE, env=env, text=True)
@@ -318,12 +320,12 @@ def digest(folder: Path) -> dict[str, str]:
 def table(label: str, runs: dict, demo: dict | None) -> None:
     print(f"\n{label}")
     print(f"{'stage':10} {'in MB':>9} {'wall s':>8} {'stage s':>8} {'MB/s':>7} {'demo MB/s':>9} {'x demo':>7} "
-          f"{'own x demo':>10} {'peak MB':>8} {'cores':>6} {'wait':>5} {'read MB':>8} {'write MB':>8}")
+          f"{'own x demo':>10} {'peak MB':>8} {'idle MB':>8} {'cores':>6} {'wait':>5} {'read MB':>8} {'write MB':>8}")
     for name, r in runs.items():
         d = demo[name]["mb_per_s"] if demo else float("nan")
         own = r["own_mb_per_s"] / demo[name]["own_mb_per_s"] if demo else float("nan")
         print(f"{name:10} {r['mb']:9.1f} {r['wall']:8.1f} {r['stage_s'] or 0:8.1f} {r['mb_per_s']:7.2f} {d:9.2f} "
-              f"{r['mb_per_s'] / d if demo else float('nan'):7.2f} {own:10.2f} {r['peak_mb']:8.0f} {r['cpu'] / r['wall']:6.2f} "
+              f"{r['mb_per_s'] / d if demo else float('nan'):7.2f} {own:10.2f} {r['peak_mb']:8.0f} {r['idle_mb']:8.0f} {r['cpu'] / r['wall']:6.2f} "
               f"{r['wait']:5.2f} {r['read_mb']:8.0f} {r['write_mb']:8.0f}")
 
 
@@ -351,10 +353,9 @@ def main() -> None:
         print("demo corpus, local executor", flush=True)
         workspace(base / "demo", None, None)
         demo = pipeline(base / "demo", [], 0)
-        scraped = demo["scrape"]["metrics"]["bytes_out"]  # the demo's input is an archive: its text
-        demo["scrape"]["mb"] = scraped / 1e6
-        demo["scrape"]["mb_per_s"] = demo["scrape"]["mb"] / demo["scrape"]["wall"]
-        demo["scrape"]["own_mb_per_s"] = demo["scrape"]["mb"] / demo["scrape"]["stage_s"]
+        d = demo["scrape"]
+        d["mb"] = d["metrics"]["bytes_out"] / 1e6  # the demo's input is an archive: its text
+        d["mb_per_s"], d["own_mb_per_s"] = d["mb"] / d["wall"], d["mb"] / d["stage_s"]
 
     print(f"{args.gb} GB, local executor", flush=True)
     workspace(base / "local", local_sources, None)
@@ -375,6 +376,8 @@ def main() -> None:
         same = digest(base / "dask" / "data" / "tokens") == digest(base / "local" / "data" / "tokens")
         print(f"dask tokens identical to the local executor's: {same}")
 
+    dask_peak = "" if args.skip_dask else (  # the stages' own peak on the cluster: its idle processes' memory off
+        f"peak_rss_mb_dask_over_idle={max(r['peak_mb'] - r['idle_mb'] for r in dask.values()):.0f} ")
     resumed = "skipped"
     if not args.skip_resume:
         tokens = base / "local" / "data" / "tokens"
@@ -390,7 +393,7 @@ def main() -> None:
     # against the demo on the stages' own timers: the ~3-5 s of start-up would otherwise be most of the demo's time
     ratios = " ".join(f"x_demo_{n}={local[n]['own_mb_per_s'] / demo[n]['own_mb_per_s']:.2f}" for n in STAGES) if demo else ""
     print(f"RESULT gb={stats['bytes'] / 1e9:.3f} seconds={seconds:.0f} {rates} "
-          f"peak_rss_mb={max(r['peak_mb'] for r in local.values()):.0f} {ratios} resumed_identical={resumed}")
+          f"peak_rss_mb={max(r['peak_mb'] for r in local.values()):.0f} {dask_peak}{ratios} resumed_identical={resumed}")
 
 
 if __name__ == "__main__":

@@ -40,8 +40,9 @@ from llmpipe.util.io import atomic_path, file_sha256, write_json
 log = logging.getLogger(__name__)
 
 WORK_DIR = Path("data/.llmpipe-work")  # relative to the repository root; in .gitignore and .dvcignore
-# Seconds to sleep after each shard's record: lets the kill test stop a stage between shards of a tiny
-# corpus (tests/integration/test_resume_shards.py). Unset in real runs.
+# Seconds to sleep before and after each shard's record: lets the kill test stop a stage of a tiny corpus
+# between shards and inside one, its output written but not yet recorded
+# (tests/integration/test_resume_shards.py). Unset in real runs.
 PAUSE_ENV = "LLMPIPE_SHARD_PAUSE_S"
 PACKAGE_ROOT = Path(__file__).resolve().parents[2]
 
@@ -144,11 +145,12 @@ class ShardLedger:
 
     def commit(self, shard: str, inputs: str, outputs: Iterable[str], result: Any) -> None:
         """Record `shard` as finished: call after its output files (names under shards/) are written."""
+        pause = float(os.environ.get(PAUSE_ENV) or 0)
+        time.sleep(pause)  # a kill here: the outputs are written, the record is not
         record = {"shard": shard, "inputs": inputs, "params": self.params, "code": self.code,
                   "outputs": {name: file_sha256(self.path(name)) for name in sorted(outputs)}, "result": result}
         write_json(self.record_path(shard), record)
-        if pause := os.environ.get(PAUSE_ENV):
-            time.sleep(float(pause))
+        time.sleep(pause)
 
     def publish(self, names: Iterable[str], dest: Path) -> None:
         """Put the finished shards' files `names` into folder `dest` (a stage's temporary out folder):

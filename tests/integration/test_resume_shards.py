@@ -1,5 +1,5 @@
-"""Issue 29: SIGKILL during scrape, filter, dedup or tokenize (`python -m llmpipe.cli <stage>`), then the
-same command again: it skips the shards the killed run finished (their completion records match) and
+"""Issue 29: SIGKILL during scrape, filter, dedup or tokenize (`python -m llmpipe.cli <stage>`) at seeded
+random points (between shards, inside a shard, anywhere in the run), then the same command again: it skips the shards the killed run finished (their completion records match) and
 ends with outputs byte-identical to an uninterrupted run's, the work folder gone."""
 
 import json
@@ -84,25 +84,54 @@ def cli(root, name, **env):
                             stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
 
 
+def wait_for(proc, ready):
+    deadline = time.time() + 300
+    while proc.poll() is None and time.time() < deadline and not ready():
+        time.sleep(0.02)
+
+
+def unrecorded_outputs(folder):
+    """Finished shard files (not temporaries) that no completion record names."""
+    named = {n for r in (folder / "records").glob("*.json") for n in json.loads(r.read_text())["outputs"]}
+    present = {p.name for p in (folder / "shards").glob("*") if not p.name.startswith(".")}
+    return present - named
+
+
+# Where the kill lands (each shard pauses PAUSE_S before its record and PAUSE_S after it), a seeded random
+# delay in a window that starts when the stage is seen at that point:
+# - between: after the first shard's record, before the next shard starts;
+# - unrecorded: inside a shard, its output file written and its record not (a restart must run it again);
+# - anywhere: from the moment the stage's work folder appears to before its last shard's record.
+WHERE = {"between": lambda n: (0.1 * PAUSE_S, 0.9 * PAUSE_S), "unrecorded": lambda n: (0.0, 0.6 * PAUSE_S),
+         "anywhere": lambda n: (0.0, (2 * n - 1.5) * PAUSE_S)}
+
+
+@pytest.mark.parametrize("where", list(WHERE))
 @pytest.mark.parametrize("name", list(EXPECTED_SHARDS))
-def test_sigkill_then_restart_resumes_shards_byte_identical(tmp_path, reference, name):
+def test_sigkill_then_restart_resumes_shards_byte_identical(tmp_path, reference, name, where):
     root = tmp_path / "ws"
     shutil.copytree(reference, root)
     for out in stage(name).outputs.values():  # as DVC does before it re-runs a stage
         shutil.rmtree(root / out.path) if (root / out.path).is_dir() else (root / out.path).unlink()
-    records = root / WORK_DIR / name / "records"
+    folder = root / WORK_DIR / name
+    records = folder / "records"
 
     proc = cli(root, name, **{PAUSE_ENV: str(PAUSE_S)})
-    deadline = time.time() + 300
-    while proc.poll() is None and time.time() < deadline and not (records.is_dir() and any(records.iterdir())):
-        time.sleep(0.02)
-    # a seeded random point after the first record, well before the last shard's (each pauses PAUSE_S)
-    time.sleep(random.Random(f"resume-{name}").uniform(0, PAUSE_S))
+    if where == "anywhere":
+        wait_for(proc, folder.is_dir)
+    elif where == "unrecorded":
+        wait_for(proc, lambda: records.is_dir() and any(records.iterdir()) and unrecorded_outputs(folder))
+    else:
+        wait_for(proc, lambda: records.is_dir() and any(records.iterdir()))
+    time.sleep(random.Random(f"resume-{name}-{where}").uniform(*WHERE[where](EXPECTED_SHARDS[name])))
     assert proc.poll() is None, f"{name} finished before it could be killed:\n{proc.stdout.read()[-3000:]}"
     os.kill(proc.pid, signal.SIGKILL)
     proc.wait()
+    time.sleep(0.3)  # the pool's worker gets its own SIGKILL as its parent dies (PR_SET_PDEATHSIG)
     finished = len(list(records.glob("*.json")))
-    assert 1 <= finished < EXPECTED_SHARDS[name]
+    assert (0 if where == "anywhere" else 1) <= finished < EXPECTED_SHARDS[name]
+    if where == "unrecorded":  # a shard's output without its record: a restart must not trust it
+        assert unrecorded_outputs(folder), sorted(p.name for p in folder.rglob("*"))
     assert not any((root / out.path).exists() for out in stage(name).outputs.values())  # nothing published
 
     again = cli(root, name)
