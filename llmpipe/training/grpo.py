@@ -128,10 +128,6 @@ def sample_answers(model: GPT, fmt: ChatFormat, questions: list[Question], cfg: 
                           stop_fn=lambda _row, toks: toks[-1] in fmt.stop_ids)
 
 
-def reply_text(fmt: ChatFormat, answer: list[int]) -> str:
-    return fmt.reply_text(answer)
-
-
 def grpo(cfg: RlParams, model: GPT, fmt: ChatFormat, questions: list[Question], ckpt_dir: Path, identity: dict,
          sink: Callable[[dict, int], None] | None = None, stop_after: int | None = None) -> RlResult:
     """Train `model` (the finetuned weights) or resume from `ckpt_dir`; `stop_after` ends this process's
@@ -196,7 +192,7 @@ def train_step(model: GPT, opt: torch.optim.Optimizer, fmt: ChatFormat, question
     for group in opt.param_groups:
         group["lr"] = lr
     answers = sample_answers(model, fmt, questions, cfg, step)
-    texts = [reply_text(fmt, a) for a in answers]
+    texts = [fmt.reply_text(a) for a in answers]
     S = cfg.samples_per_question
     refs = [q.reference for q in questions for _ in range(S)]
     rewards = torch.tensor([float(is_right(t, r)) for t, r in zip(texts, refs)]).reshape(len(questions), S)

@@ -23,7 +23,7 @@ from llmpipe.tokens.bpe import train_tokenizer
 from llmpipe.tokens.chat import ChatFormat
 from llmpipe.tokens.examples import packed, padded, read_conversations, write_examples
 from llmpipe.training.finetune import masked_loss
-from llmpipe.training.grpo import (Question, answer_rows, group_advantages, grpo, policy_loss, reply_text,
+from llmpipe.training.grpo import (Question, answer_rows, group_advantages, grpo, policy_loss,
                                    sample_answers, train_step)
 from llmpipe.training.optim import make_adamw
 from llmpipe.util.io import InputError, read_json, read_safetensors
@@ -119,7 +119,7 @@ def test_one_update_makes_the_rewarded_answer_likelier_and_the_unrewarded_less_l
     model = warm_model(warm_state)
     qs = questions(fmt, 3)
     sampled = sample_answers(model, fmt, qs, cfg, step=0)  # what train_step(step=0) will sample again
-    texts = [reply_text(fmt, a) for a in sampled]
+    texts = [fmt.reply_text(a) for a in sampled]
     right = next(a for a, t in zip(sampled, texts) if t == NAMES[0])
     wrong = next(a for a, t in zip(sampled, texts) if t == NAMES[1])
     before = answer_logprob(model, qs[0].prompt, right), answer_logprob(model, qs[0].prompt, wrong)
