@@ -79,6 +79,8 @@ class BudgetParams(Section):
     min_layers: Annotated[int, Field(ge=1, le=256)] = 1
     max_layers: Annotated[int, Field(ge=1, le=256)] = 12
     train_fraction: Annotated[float, Field(gt=0.0, le=1.0)] = 0.95  # of the minutes: probes and training; the rest saves
+    # rounds of probes over the shapes, each shape's fastest kept: a passing load slows one round only
+    probe_rounds: Annotated[int, Field(ge=1, le=10)] = 2
 
     @model_validator(mode="after")
     def _layers(self) -> "BudgetParams":
@@ -104,6 +106,9 @@ class PretrainParams(TrainingRun):
     optimizer: Literal["adamw", "muon"] = "adamw"
     muon_lr: Annotated[float, Field(gt=0.0, le=1.0)] = 0.02
     muon_momentum: Annotated[float, Field(ge=0.0, lt=1.0)] = 0.95
+    # decoupled weight decay of Muon's matrices: w *= 1 - lr_t * muon_weight_decay, with lr_t Muon's
+    # scheduled rate, so it ramps to min_lr with the decay (AdamW's matrices take weight_decay likewise)
+    muon_weight_decay: Annotated[float, Field(ge=0.0, le=10.0)] = 0.0
     # cosine: warmup then cosine to min_lr; wsd: warmup, flat at lr, then linear to min_lr over the
     # last decay_frac of the steps (warmup-stable-decay, trapezoidal)
     schedule: Literal["cosine", "wsd"] = "cosine"
@@ -111,9 +116,16 @@ class PretrainParams(TrainingRun):
     # Rows of a batch start at the next document start when one lies within a block of their random
     # offset (so most rows begin at a document's first token, as in modded-nanogpt)
     doc_aligned: bool = False
+    # The saved model is the mean of the weights after each of the last tail_average of the steps
+    # (a tail average, as in LAWA and SWA) rather than the last step's; 0: the last step's weights.
+    tail_average: Annotated[float, Field(ge=0.0, lt=1.0)] = 0.0
 
     @model_validator(mode="after")
     def _batch_given_once(self) -> "PretrainParams":
         if self.batch_tokens is not None and self.grad_accum_steps != 1:
             raise ValueError("set either batch_tokens or grad_accum_steps, not both")
+        # the budget's pace moves the run's end until the decay begins; the average must start after
+        if self.schedule == "wsd" and self.tail_average > self.decay_frac:
+            raise ValueError(f"tail_average ({self.tail_average}) exceeds decay_frac ({self.decay_frac}): "
+                             "with schedule wsd the averaged steps must lie inside the decay")
         return self

@@ -16,6 +16,7 @@ from llmpipe.training.parallel import Dist, full, load_model_state, load_optimiz
 from llmpipe.util.io import atomic_dir, read_json, read_safetensors, write_json
 
 log = logging.getLogger(__name__)
+AVERAGE = "average.safetensors"
 
 
 def _optimizer_tensors(sd: dict) -> tuple[dict[str, torch.Tensor], dict]:
@@ -38,7 +39,9 @@ def _optimizer_state(tensors: dict[str, torch.Tensor], meta: dict) -> dict:
     return {"state": state, "param_groups": meta["param_groups"]}
 
 
-def save_checkpoint(path: Path, weights: dict, optimizer: dict, step: int, identity: dict, history: dict) -> None:
+def save_checkpoint(path: Path, weights: dict, optimizer: dict, step: int, identity: dict, history: dict,
+                    average: dict[str, torch.Tensor] | None = None) -> None:
+    """`average`: the tail average of the weights so far (llmpipe.training.averaging), when one is kept."""
     tensors, opt_meta = _optimizer_tensors(optimizer)
     rng = {"torch_cpu": torch.get_rng_state()}
     if torch.cuda.is_available():
@@ -47,6 +50,8 @@ def save_checkpoint(path: Path, weights: dict, optimizer: dict, step: int, ident
         save_file(weights, str(tmp / "model.safetensors"))
         save_file(tensors, str(tmp / "optimizer.safetensors"))
         save_file(rng, str(tmp / "rng.safetensors"))
+        if average:
+            save_file(average, str(tmp / AVERAGE))
         # The data loader's position is the step: batches are a pure function of (seed, step).
         write_json(tmp / "state.json", {"step": step, "identity": identity, "optimizer": opt_meta,
                                         "history": history})
@@ -69,3 +74,8 @@ def load_checkpoint(path: Path, model, opt, identity: dict, d: Dist = Dist()) ->
     if "torch_cuda" in rng and torch.cuda.is_available():
         torch.cuda.set_rng_state(rng["torch_cuda"])
     return int(state["step"]), state["history"]
+
+
+def load_average(path: Path) -> dict[str, torch.Tensor]:
+    """The tail average a checkpoint holds ({} when it holds none)."""
+    return read_safetensors(path / AVERAGE) if (path / AVERAGE).exists() else {}

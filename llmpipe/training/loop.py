@@ -21,7 +21,8 @@ from llmpipe.model.gpt import GPT, GPTConfig
 from llmpipe.model.weights import load_weights
 from llmpipe.tokens.loader import TokenData
 from llmpipe.training import data_order
-from llmpipe.training.checkpoint import load_checkpoint, save_checkpoint
+from llmpipe.training.averaging import TailAverage
+from llmpipe.training.checkpoint import load_average, load_checkpoint, save_checkpoint
 from llmpipe.training.device import cpu_kind, peak_flops, resolve_device, resolve_dtype
 from llmpipe.training.optim import accumulation_steps, lr_at, make_optimizer
 from llmpipe.training.pace import Pace
@@ -106,6 +107,11 @@ def train(cfg: PretrainParams, token_dir: Path, ckpt_dir: Path, vocab_size: int,
     if resumed is not None:
         start, history = resumed
         log.info("resuming from %s at step %d", ckpt_dir, start)
+    tail = TailAverage(model, cfg.tail_average)
+    if cfg.tail_average and ddp.fsdp:
+        raise ValueError("pretrain.tail_average: not supported with parallel: fsdp (the mean would be sharded)")
+    if resumed is not None and history.get("tail_average", 0):
+        tail.restore(load_average(ckpt_dir), history["tail_average"])
     if pace is not None:
         pace.start(start, history)
         if "pace" in history:  # the length the run had reached: a resumed run keeps it
@@ -129,8 +135,9 @@ def train(cfg: PretrainParams, token_dir: Path, ckpt_dir: Path, vocab_size: int,
         weights, optimizer = gather_model_state(model, ddp), gather_optimizer_state(model, opt, ddp)
         if pace is not None:
             pace.record(history, cfg)
+        average, history["tail_average"] = tail.state()
         if ddp.is_main:
-            save_checkpoint(ckpt_dir, weights, optimizer, step, identity, history)
+            save_checkpoint(ckpt_dir, weights, optimizer, step, identity, history, average)
         if ddp.world > 1:
             dist.barrier()
 
@@ -160,6 +167,7 @@ def train(cfg: PretrainParams, token_dir: Path, ckpt_dir: Path, vocab_size: int,
         opt.zero_grad(set_to_none=True)
         steps_here += 1
         step = done = step + 1
+        tail.update(done, cfg.max_steps)
         is_log = done % cfg.log_interval == 0 or done == cfg.max_steps
         # Reading the loss waits for the device; on a GPU that would stall the queue every step, so it
         # is read at log steps only (a NaN spreads to the weights, which checkpoint() refuses to save).
@@ -200,6 +208,8 @@ def train(cfg: PretrainParams, token_dir: Path, ckpt_dir: Path, vocab_size: int,
         if done % cfg.checkpoint_interval == 0 or done == cfg.max_steps:
             checkpoint(done)
     final_step = step
+    if tail.count and final_step == cfg.max_steps:  # the finished run's model is the mean of its tail
+        tail.apply()
     metrics = {"steps": final_step, "tokens": final_step * tokens_per_step,
                "params": model.num_params(), "flops_per_token": model.flops_per_token(),
                "precision": str(dtype).removeprefix("torch."), "device": device.type, "world_size": ddp.world,

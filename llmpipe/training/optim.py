@@ -49,8 +49,8 @@ def make_muon(model: torch.nn.Module, cfg: PretrainParams) -> MuonAdamW:
         if name.startswith("blocks.") and p.dim() == 2:
             split = muon_split(name, model)
             key = f"muon{split}"
-            groups.setdefault(key, {"params": [], "muon": True, "split": split,
-                                    "lr_scale": cfg.muon_lr / cfg.lr, "lr": cfg.muon_lr})
+            groups.setdefault(key, {"params": [], "muon": True, "split": split, "lr_scale": cfg.muon_lr / cfg.lr,
+                                    "lr": cfg.muon_lr, "weight_decay": cfg.muon_weight_decay})
         else:
             key = "adamw_decay" if p.dim() >= 2 else "adamw"
             groups.setdefault(key, {"params": [], "weight_decay": cfg.weight_decay if p.dim() >= 2 else 0.0})

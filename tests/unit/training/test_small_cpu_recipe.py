@@ -1,0 +1,82 @@
+"""Issue 27's training options: weight decay on Muon's matrices, the tail average of the weights
+(exact over a resume), and a dial whose probes a passing load does not fool."""
+
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from llmpipe.config.pretrain import PretrainParams
+from llmpipe.model.gpt import GPT, GPTConfig
+from llmpipe.training.loop import train
+from llmpipe.training.optim import make_optimizer
+
+from tests.unit.training.test_train import VOCAB, cfg, token_dir  # noqa: F401  (fixture)
+
+MUON = dict(optimizer="muon", schedule="wsd", decay_frac=0.5)
+
+
+def test_muon_weight_decay_shrinks_the_blocks_matrices_by_the_scheduled_rate():
+    c = cfg(**MUON, muon_weight_decay=0.5, muon_lr=0.02)
+    model = GPT(GPTConfig(vocab_size=VOCAB, **c.model.model_dump()))
+    opt = make_optimizer(model, c, torch.device("cpu"))
+    name, p = next((n, p) for n, p in model.named_parameters() if n.startswith("blocks.") and p.dim() == 2)
+    group = next(g for g in opt.param_groups if any(q is p for q in g["params"]))
+    assert group["muon"] and group["weight_decay"] == 0.5
+    for q in model.parameters():
+        q.grad = torch.zeros_like(q)  # a zero gradient: the step is the decay alone
+    group["lr"] = 0.01  # what the loop sets from the schedule (lr_at times lr_scale)
+    before = p.detach().clone()
+    opt.step()
+    assert torch.allclose(p, before * (1 - 0.01 * 0.5)), name
+    no_decay = make_optimizer(model, cfg(**MUON), torch.device("cpu"))
+    assert all(g["weight_decay"] == 0.0 for g in no_decay.param_groups if g["muon"])
+
+
+def test_tail_average_is_the_mean_of_the_last_steps_and_resumes_exactly(token_dir, tmp_path):  # noqa: F811
+    steps = 20
+    plain = cfg(**MUON, max_steps=steps, checkpoint_interval=steps - 1, eval_interval=10**6)
+    averaged = plain.model_copy(update={"tail_average": 0.1})  # the last two steps' weights
+    last = train(plain, token_dir, tmp_path / "plain", VOCAB, {"id": 1})
+    # the weights after step 19 are in the plain run's checkpoint of that step
+    train(plain, token_dir, tmp_path / "w19", VOCAB, {"id": 1}, stop_after=steps - 1)
+    w19 = load_file(str(tmp_path / "w19" / "model.safetensors"))
+    mean = train(averaged, token_dir, tmp_path / "avg", VOCAB, {"id": 1})
+    for k, w20 in last.model.named_parameters():  # averaging changes what is saved, never the training
+        assert torch.allclose(dict(mean.model.named_parameters())[k], (w19[k] + w20) / 2, atol=1e-6), k
+    assert not torch.equal(mean.model.state_dict()["tok_emb.weight"], last.model.state_dict()["tok_emb.weight"])
+    # killed after step 19, one step into the tail: the resumed run keeps the mean it had
+    train(averaged, token_dir, tmp_path / "killed", VOCAB, {"id": 1}, stop_after=steps - 1)
+    assert (tmp_path / "killed" / "average.safetensors").exists()
+    resumed = train(averaged, token_dir, tmp_path / "killed", VOCAB, {"id": 1})
+    a, b = mean.model.state_dict(), resumed.model.state_dict()
+    assert all(torch.equal(a[k], b[k]) for k in a)
+
+
+def test_tail_average_must_lie_inside_the_wsd_decay():
+    with pytest.raises(ValueError, match="tail_average .* exceeds decay_frac"):
+        PretrainParams.model_validate({**MUON, "decay_frac": 0.2, "tail_average": 0.3})
+
+
+def test_the_dial_keeps_each_shapes_fastest_probe_over_rounds(token_dir, tmp_path, monkeypatch):  # noqa: F811
+    """A load that slows one round of probes does not pick the shape: every shape is timed again."""
+    from llmpipe.training import budget
+
+    budget_cfg = {"unit": "minutes", "amount": 0.2, "tokens_per_param": 1.0, "aspect": 16, "head_dim": 8,
+                  "min_layers": 1, "max_layers": 3, "probe_rounds": 2}
+    c = cfg(budget=budget_cfg, micro_batch_size=4)
+    real, calls = budget.time_steps, []
+
+    def loaded_first_round(shape_cfg, *a, **kw):  # the real timing; a load during round one triples it
+        t = real(shape_cfg, *a, **kw)
+        calls.append((shape_cfg.model.n_layer, t))
+        return t * 3 if len(calls) <= 3 else t
+
+    monkeypatch.setattr(budget, "time_steps", loaded_first_round)
+    p = budget.plan(c, token_dir, VOCAB)
+    assert [d for d, _ in calls] == [1, 2, 3, 1, 2, 3]  # round one over the shapes, then round two
+    speeds = {x["n_layer"]: x["step_seconds"] for x in p["candidates"]}
+    expected = {d: min(3 * calls[d - 1][1], calls[d + 2][1]) for d in (1, 2, 3)}
+    assert speeds == pytest.approx(expected, abs=1e-5)
+    # the speeds the rounds kept set each shape's tokens: the training seconds left at that speed
+    left = 0.2 * 60 * 0.95 - p["plan_seconds"]
+    assert all(x["tokens"] == pytest.approx(left / expected[x["n_layer"]] * 4 * 32, rel=0.02) for x in p["candidates"])
