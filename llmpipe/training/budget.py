@@ -34,15 +34,17 @@ def tokens_per_step(cfg: PretrainParams, world: int | None = None) -> int:
 
 
 def time_steps(cfg: PretrainParams, token_dir: Path, vocab: int, steps: int = 3, warmup: int = 1) -> float:
-    """Seconds per optimizer step of `cfg` on this machine: the median of `steps` after `warmup` (one
-    step slowed by another job on a shared machine must not decide the shape)."""
+    """Seconds per optimizer step of `cfg` on this machine: the fastest of `steps` after `warmup`.
+    Another job on a shared machine only ever slows a step, so the fastest is the closest to the
+    machine's own speed (a median of three let a light load pick a smaller model: issue 27); what the
+    run then really gets, evaluations and load included, the pace corrects (llmpipe.training.pace)."""
     from llmpipe.training.loop import train  # the very loop the run will use
     probe = cfg.model_copy(update={"max_steps": warmup + steps, "warmup_steps": 0, "log_interval": 1,
                                    "eval_interval": 10**9, "eval_batches": 1, "checkpoint_interval": 10**9})
     with tempfile.TemporaryDirectory() as tmp:
         res = train(probe, token_dir, Path(tmp) / "ckpt", vocab, {"probe": True})
     rows = res.history["train"][warmup:]
-    seconds = sorted(tokens_per_step(cfg) / r["tokens_per_s"] for r in rows)[len(rows) // 2]
+    seconds = min(tokens_per_step(cfg) / r["tokens_per_s"] for r in rows)
     import torch
     import torch.distributed as dist
     if dist.is_initialized():  # every rank takes rank 0's figure: the ranks must choose alike
@@ -72,30 +74,47 @@ def count_params(cfg: PretrainParams, vocab: int) -> tuple[int, int]:
     return model.num_params(), model.flops_per_token()
 
 
+def probe_speeds(cfg: PretrainParams, token_dir: Path, vocab: int, t0: float) -> dict[int, float]:
+    """Seconds per step of each depth the dial considers, the fastest of budget.probe_rounds rounds that
+    go over the depths in turn: a load that comes and goes during the probes slows one round of a shape,
+    not all of them. The first round stops two shapes after the ratio is far out of reach."""
+    b = cfg.budget
+    speeds: dict[int, float] = {}
+    for depth in range(b.min_layers, b.max_layers + 1):
+        c = shape(cfg, depth)
+        speeds[depth] = time_steps(c, token_dir, vocab)
+        left = max(b.amount * 60 * b.train_fraction - (time.perf_counter() - t0), 0)
+        ratios = [left / speeds[d] * tokens_per_step(shape(cfg, d)) / count_params(shape(cfg, d), vocab)[0]
+                  for d in list(speeds)[-2:]]
+        if len(ratios) == 2 and all(r < b.tokens_per_param / 4 for r in ratios):
+            break  # two shapes in a row far under the ratio: larger ones only get fewer tokens each
+    for _ in range(b.probe_rounds - 1):
+        for depth in speeds:
+            speeds[depth] = min(speeds[depth], time_steps(shape(cfg, depth), token_dir, vocab))
+    return speeds
+
+
 def plan(cfg: PretrainParams, token_dir: Path, vocab: int) -> dict:
     """Pick depth, width and steps for cfg.budget; returns the plan (recorded as metrics)."""
     b = cfg.budget
     t0 = time.perf_counter()
+    speeds = probe_speeds(cfg, token_dir, vocab, t0) if b.unit == "minutes" else {}
+    spent = time.perf_counter() - t0  # the probes come out of the budget too
+    depths = list(speeds) or range(b.min_layers, b.max_layers + 1)
     candidates = []
-    for depth in range(b.min_layers, b.max_layers + 1):
+    for depth in depths:
         c = shape(cfg, depth)
         n, fpt = count_params(c, vocab)
-        tps = tokens_per_step(c)
         if b.unit == "tokens":
             tokens = b.amount
         elif b.unit == "flops":
             tokens = b.amount / fpt
-        else:
-            step_s = time_steps(c, token_dir, vocab)
-            spent = time.perf_counter() - t0  # the probes come out of the budget too
-            # the training seconds left after the probes (the loop then corrects the steps: training.pace)
-            tokens = max(b.amount * 60 * b.train_fraction - spent, 0) / step_s * tps
+        else:  # the training seconds left after the probes (the loop then corrects the steps: training.pace)
+            tokens = max(b.amount * 60 * b.train_fraction - spent, 0) / speeds[depth] * tokens_per_step(c)
         candidates.append({"n_layer": depth, "d_model": c.model.d_model, "n_head": c.model.n_head,
                            "params": n, "flops_per_token": fpt, "tokens": int(tokens),
-                           "tokens_per_param": tokens / n})
-        below = [c["tokens_per_param"] < b.tokens_per_param / 4 for c in candidates[-2:]]
-        if b.unit == "minutes" and len(below) == 2 and all(below):
-            break  # two shapes in a row far under the ratio: larger ones only get fewer tokens each
+                           "tokens_per_param": tokens / n,
+                           **({"step_seconds": round(speeds[depth], 5)} if speeds else {})})
     best = min(candidates, key=lambda c: abs(math.log(max(c["tokens_per_param"], 1e-9) / b.tokens_per_param)))
     steps = max(1, round(best["tokens"] / tokens_per_step(shape(cfg, best["n_layer"]))))
     spent = time.perf_counter() - t0
