@@ -29,12 +29,14 @@ import _root  # noqa: F401  (first: takes bench/ off the import path, see bench/
 import argparse
 import logging
 import math
+import shutil
 import statistics
 import sys
 import tempfile
 import time
 from pathlib import Path
 
+import numpy as np
 import torch
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -64,7 +66,14 @@ CHANGES = {
     # hyperparameters around the recipe (not modded-nanogpt's switches, measured the same way)
     "lr_x2": {"lr": 4e-3},
     "half_batch": {"micro_batch_size": 8},
+    # issue 27: what the small shapes of slow CPUs may need
+    "muon_wd": {"muon_weight_decay": 0.1},
+    "tail_avg": {"tail_average": 0.2},
+    "vocab4096": {"vocab": 4096},  # a tokenizer of this size and its shards, trained here (data/tokenizer's
+    "vocab2048": {"vocab": 2048},  # training split and params); bits per byte compare across vocabularies
 }
+# `--base params`: today's defaults (params.yaml's pretrain) at a fixed shape, the AVX2 dial's by default
+SHAPES = {"avx2": {"n_layer": 4, "d_model": 128, "n_head": 4}}
 
 
 def merged(*parts: dict) -> dict:
@@ -75,10 +84,19 @@ def merged(*parts: dict) -> dict:
     return out
 
 
-def configs(names: list[str] | None = None, accepted: list[str] = (), block: int = 64) -> dict[str, dict]:
+def params_base(shape: str, block: int, rows: int) -> dict:
+    """params.yaml's pretrain section without the dial, at a fixed shape (issue 27: the AVX2 dial's)."""
+    from llmpipe.config.sections import load_sections
+    cfg = load_sections(ROOT / "params.yaml", ["pretrain"]).pretrain.model_dump(mode="json")
+    cfg.update(budget=None, micro_batch_size=rows, grad_accum_steps=1, batch_tokens=None)
+    return merged(cfg, {"model": {**SHAPES[shape], "n_kv_head": None, "block_size": block}})
+
+
+def configs(names: list[str] | None = None, accepted: list[str] = (), block: int = 64,
+            base: dict | None = None) -> dict[str, dict]:
     """baseline, each change alone and all together. `accepted`: changes an earlier round made defaults,
     in every configuration (the baseline included), as modded-nanogpt's records build on each other."""
-    base = merged(BASE, {"model": {"block_size": block}}, *(CHANGES[a] for a in accepted))
+    base = merged(base or BASE, {"model": {"block_size": block}}, *(CHANGES[a] for a in accepted))
     chosen = {k: v for k, v in CHANGES.items() if (names is None or k in names) and k not in accepted}
     return {"baseline": base, **{k: merged(base, v) for k, v in chosen.items()},
             "all": merged(base, *chosen.values())}
@@ -144,6 +162,34 @@ def demo_tokens(threads: int):
     return token_dir, load_manifest(token_dir).vocab_size, table, TokenData(token_dir, "val")
 
 
+def vocab_tokens(vocab: int, work: Path):
+    """demo_tokens' tuple for a tokenizer of `vocab` tokens trained as the tokenizer stage trains (its
+    params but the size, the training split only) and the documents tokenized as the tokenize stage does."""
+    from llmpipe.config.sections import load_sections
+    from llmpipe.stages.tokenize import tokenize_corpus
+    from llmpipe.tokens.bpe import train_tokenizer
+    from llmpipe.tokens.split import iter_split_texts
+    cfg = load_sections(ROOT / "params.yaml", ["tokenizer", "tokenize"])
+    docs, split = ROOT / output("dedup.docs"), ROOT / output("split.assignments")
+    t0 = time.perf_counter()
+    tok = train_tokenizer(iter_split_texts(docs, split, want_val=False),
+                          cfg.tokenizer.model_copy(update={"vocab_size": vocab}))
+    out = work / f"vocab{vocab}"
+    out.mkdir(parents=True)
+    tok.save(str(out / "tokenizer.json"))
+    tokenize_corpus(docs, out / "tokenizer.json", out / "tokens", split, cfg.tokenize)
+    print(f"vocabulary {vocab}: tokenizer and shards in {time.perf_counter() - t0:.0f} s", flush=True)
+    return out / "tokens", vocab, token_bytes_table(out / "tokenizer.json"), TokenData(out / "tokens", "val")
+
+
+def tokens_for_bytes(val: TokenData, table, n_bytes: int) -> int:
+    """The scored targets whose text first reaches `n_bytes` bytes: every vocabulary is scored on the
+    same text (a fixed number of tokens would be more text for a larger vocabulary)."""
+    stream, mask = val.scored()
+    reached = np.flatnonzero(np.cumsum(table[stream[mask]]) >= n_bytes)
+    return int(reached[0]) + 1 if len(reached) else int(mask.sum())
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--seconds", type=float, default=13.0,
@@ -152,25 +198,40 @@ def main() -> None:
     ap.add_argument("--threads", type=int, default=1, help="1: spinning OpenMP threads on a shared, loaded machine cost more than they give")
     ap.add_argument("--precision", default="auto", choices=["auto", "bf16", "fp32"])
     ap.add_argument("--eval-tokens", type=int, default=32768)
+    ap.add_argument("--eval-bytes", type=int, default=0,
+                    help="score the val text's first N bytes instead of --eval-tokens (set automatically with vocab changes)")
     ap.add_argument("--only", nargs="*", help="changes to include (default: all)")
     ap.add_argument("--accepted", nargs="*", default=[], choices=sorted(CHANGES),
                     help="changes in every configuration, the baseline too (a later round: --accepted wsd)")
     ap.add_argument("--block", type=int, default=64, help="context (tokens a row; 16 rows a step)")
+    ap.add_argument("--base", choices=["issue18", "params"], default="issue18",
+                    help="issue18: the recipe before issue 18 at 4 x 128; params: params.yaml's pretrain at --shape")
+    ap.add_argument("--shape", choices=sorted(SHAPES), default="avx2")
+    ap.add_argument("--rows", type=int, default=8, help="micro-batch rows with --base params")
     args = ap.parse_args()
     logging.basicConfig(level=logging.WARNING)
     t_start = time.perf_counter()
-    token_dir, vocab, table, val = demo_tokens(args.threads)
+    demo = demo_tokens(args.threads)
     common = dict(device="cpu", precision=args.precision, threads=args.threads, log_interval=10**6,
                   eval_interval=10**9, checkpoint_interval=10**9, eval_batches=1)
+    base = params_base(args.shape, args.block, args.rows) if args.base == "params" else None
+    raw = configs(args.only, args.accepted, args.block, base)
+    vocabs = {name: c.pop("vocab", None) for name, c in raw.items()}
+    work = Path(tempfile.mkdtemp(prefix="recipe-vocab-"))
+    built = {v: vocab_tokens(v, work) for v in sorted({v for v in vocabs.values() if v})}
+    data = {name: built[v] if v else demo for name, v in vocabs.items()}
+    eval_bytes = args.eval_bytes or (4 * args.eval_tokens if built else 0)  # ~4 bytes a token at 8,192
+    max_eval = {name: tokens_for_bytes(d[3], d[2], eval_bytes) if eval_bytes else args.eval_tokens
+                for name, d in data.items()}
     cfgs = {name: PretrainParams.model_validate({**c, **common, "max_steps": 10, "warmup_steps": 0})
-            for name, c in configs(args.only, args.accepted, args.block).items()}
+            for name, c in raw.items()}
     # Equal wall-clock: each configuration's own step time sets its steps. Timed three times,
     # round-robin, keeping the fastest: a load spike on a shared machine must not cost one
     # configuration its steps (two timings were not enough at a load of 6 on 2 cores).
     step_s: dict[str, float] = {}
     for _ in range(3):
         for name, c in cfgs.items():
-            t = time_steps(c, token_dir, vocab, steps=5, warmup=1)
+            t = time_steps(c, data[name][0], data[name][1], steps=5, warmup=1)
             step_s[name] = min(t, step_s.get(name, t))
     steps = {name: max(10, int(args.seconds / t)) for name, t in step_s.items()}
     for name, n in steps.items():
@@ -179,13 +240,16 @@ def main() -> None:
     for seed in range(1, args.seeds + 1):
         for name, c in cfgs.items():  # round-robin: load drift spreads over every configuration
             n = steps[name]
-            run = c.model_copy(update={"max_steps": n, "warmup_steps": max(1, n // 10), "seed": seed,
+            # warmup: issue 18's bench used a tenth; today's defaults take the dial's rule (apply_plan)
+            warm = max(1, n // 10) if base is None else min(raw[name]["warmup_steps"], max(n // 10, 1))
+            run = c.model_copy(update={"max_steps": n, "warmup_steps": warm, "seed": seed,
                                        "log_interval": max(1, n // 5)})
+            token_dir, vocab, table, val = data[name]
             t0 = time.perf_counter()
             with tempfile.TemporaryDirectory() as tmp:
                 res = train(run, token_dir, Path(tmp) / "ckpt", vocab, {"bench": "recipe"})
             took = time.perf_counter() - t0
-            ev = evaluate_model(res.model, val, table, batch_size=8, max_tokens=args.eval_tokens)
+            ev = evaluate_model(res.model, val, table, batch_size=8, max_tokens=max_eval[name])
             bpb[name].append(ev["bits_per_byte"])
             print(f"seed {seed} {name:13} {ev['bits_per_byte']:.4f} bpb  ({took:.1f} s)", flush=True)
     base = bpb["baseline"]
@@ -206,6 +270,7 @@ def main() -> None:
             helps.append(name)
         print(f"| {name} | {steps[name]} | {mean:.4f} ± {std:.4f} | {delta:+.4f} | {p:.2g} |")
     total = time.perf_counter() - t_start
+    shutil.rmtree(work, ignore_errors=True)
     print(f"RESULT baseline_bpb={statistics.mean(base):.4f} all_bpb={statistics.mean(bpb['all']):.4f} "
           f"p_all={p_all:.2g} helps={','.join(helps) or 'none'} seconds={total:.0f}")
 
