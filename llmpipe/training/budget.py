@@ -22,7 +22,7 @@ from pathlib import Path
 
 from llmpipe.config.pretrain import PretrainParams
 from llmpipe.training.pace import Pace
-from llmpipe.util.io import read_json
+from llmpipe.util.io import InputError, read_json
 
 log = logging.getLogger(__name__)
 
@@ -94,6 +94,27 @@ def probe_speeds(cfg: PretrainParams, token_dir: Path, vocab: int, t0: float) ->
     return speeds
 
 
+def check_enough(cfg: PretrainParams, smallest: dict, speeds: dict[int, float], spent: float) -> None:
+    """A budget that does not buy one step of the smallest shape stops, naming the smallest that does."""
+    b, step_tokens = cfg.budget, tokens_per_step(shape(cfg, smallest["n_layer"]))
+    if smallest["tokens"] >= step_tokens:
+        return
+    key = "pretrain.budget.amount"
+    if b.unit == "tokens":
+        raise InputError(f"{key}: {b.amount:g} tokens are less than one step of the smallest shape "
+                         f"(micro_batch_size x block_size = {step_tokens}); the smallest that works is {step_tokens}")
+    if b.unit == "flops":
+        least = step_tokens * smallest["flops_per_token"]
+        raise InputError(f"{key}: {b.amount:g} FLOPs are less than one step of the smallest shape; "
+                         f"the smallest that works is {least:.3g}")
+    step_s = speeds[smallest["n_layer"]]
+    least = (spent + step_s) / 60 / b.train_fraction
+    raise InputError(f"{key}: {b.amount:g} minutes leave {max(b.amount * 60 * b.train_fraction - spent, 0):.1f} s "
+                     f"after {spent:.1f} s of probes on this machine, less than one step of the smallest shape "
+                     f"({smallest['n_layer']} layers: {step_s:.2f} s); the smallest that works here is about "
+                     f"{least:.2f} minutes")
+
+
 def plan(cfg: PretrainParams, token_dir: Path, vocab: int) -> dict:
     """Pick depth, width and steps for cfg.budget; returns the plan (recorded as metrics)."""
     b = cfg.budget
@@ -115,6 +136,7 @@ def plan(cfg: PretrainParams, token_dir: Path, vocab: int) -> dict:
                            "params": n, "flops_per_token": fpt, "tokens": int(tokens),
                            "tokens_per_param": tokens / n,
                            **({"step_seconds": round(speeds[depth], 5)} if speeds else {})})
+    check_enough(cfg, candidates[0], speeds, spent)
     best = min(candidates, key=lambda c: abs(math.log(max(c["tokens_per_param"], 1e-9) / b.tokens_per_param)))
     steps = max(1, round(best["tokens"] / tokens_per_step(shape(cfg, best["n_layer"]))))
     spent = time.perf_counter() - t0

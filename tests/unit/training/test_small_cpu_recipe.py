@@ -80,3 +80,19 @@ def test_the_dial_keeps_each_shapes_fastest_probe_over_rounds(token_dir, tmp_pat
     # the speeds the rounds kept set each shape's tokens: the training seconds left at that speed
     left = 0.2 * 60 * 0.95 - p["plan_seconds"]
     assert all(x["tokens"] == pytest.approx(left / expected[x["n_layer"]] * 4 * 32, rel=0.02) for x in p["candidates"])
+
+
+@pytest.mark.parametrize("unit, amount", [("tokens", 50), ("flops", 1e3), ("minutes", 0.0001)])
+def test_a_budget_below_one_step_names_the_key_and_the_smallest_that_works(unit, amount, token_dir):  # noqa: F811
+    from llmpipe.training import budget
+    from llmpipe.util.io import InputError
+
+    c = cfg(budget={"unit": unit, "amount": amount, "aspect": 16, "head_dim": 8, "min_layers": 1, "max_layers": 2,
+                    "probe_rounds": 1}, micro_batch_size=4)
+    with pytest.raises(InputError, match=r"pretrain\.budget\.amount: .* the smallest that works (here )?is (about )?") as e:
+        budget.plan(c, token_dir, VOCAB)
+    least = float(str(e.value).split()[-2] if unit == "minutes" else str(e.value).split()[-1])
+    # the smallest it names does buy a step: planning with it raises nothing
+    if unit != "minutes":  # (minutes depend on the probes' own time, which differs on the next try)
+        ok = c.model_copy(update={"budget": c.budget.model_copy(update={"amount": least})})
+        assert budget.plan(ok, token_dir, VOCAB)["tokens"] >= 4 * 32
