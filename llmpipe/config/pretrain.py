@@ -128,4 +128,6 @@ class PretrainParams(TrainingRun):
         if self.schedule == "wsd" and self.tail_average > self.decay_frac:
             raise ValueError(f"tail_average ({self.tail_average}) exceeds decay_frac ({self.decay_frac}): "
                              "with schedule wsd the averaged steps must lie inside the decay")
+        if self.tail_average and self.parallel == "fsdp":
+            raise ValueError("tail_average: not supported with parallel: fsdp (each rank holds a shard of the weights)")
         return self

@@ -77,21 +77,35 @@ def count_params(cfg: PretrainParams, vocab: int) -> tuple[int, int]:
 def probe_speeds(cfg: PretrainParams, token_dir: Path, vocab: int, t0: float) -> dict[int, float]:
     """Seconds per step of each depth the dial considers, the fastest of budget.probe_rounds rounds that
     go over the depths in turn: a load that comes and goes during the probes slows one round of a shape,
-    not all of them. The first round stops two shapes after the ratio is far out of reach."""
+    not all of them. The climb stops two shapes after the ratio is far out of reach, and goes on after
+    the last round if the faster timings brought it back within reach."""
     b = cfg.budget
     speeds: dict[int, float] = {}
-    for depth in range(b.min_layers, b.max_layers + 1):
-        c = shape(cfg, depth)
-        speeds[depth] = time_steps(c, token_dir, vocab)
+
+    def far_under() -> bool:  # the two largest shapes timed get far fewer tokens a parameter than wanted
         left = max(b.amount * 60 * b.train_fraction - (time.perf_counter() - t0), 0)
         ratios = [left / speeds[d] * tokens_per_step(shape(cfg, d)) / count_params(shape(cfg, d), vocab)[0]
-                  for d in list(speeds)[-2:]]
-        if len(ratios) == 2 and all(r < b.tokens_per_param / 4 for r in ratios):
-            break  # two shapes in a row far under the ratio: larger ones only get fewer tokens each
+                  for d in sorted(speeds)[-2:]]
+        return len(ratios) == 2 and all(r < b.tokens_per_param / 4 for r in ratios)
+
+    def climb() -> None:
+        for depth in range(max(speeds, default=b.min_layers - 1) + 1, b.max_layers + 1):
+            if far_under():
+                return
+            speeds[depth] = time_steps(shape(cfg, depth), token_dir, vocab)
+
+    climb()
     for _ in range(b.probe_rounds - 1):
         for depth in speeds:
             speeds[depth] = min(speeds[depth], time_steps(shape(cfg, depth), token_dir, vocab))
+    climb()
     return speeds
+
+
+def round_up(x: float) -> float:
+    """x rounded up at three significant digits (a smallest value that works must not round below it)."""
+    unit = 10 ** (math.floor(math.log10(x)) - 2)
+    return math.ceil(x / unit) * unit
 
 
 def check_enough(cfg: PretrainParams, smallest: dict, speeds: dict[int, float], spent: float) -> None:
@@ -106,13 +120,13 @@ def check_enough(cfg: PretrainParams, smallest: dict, speeds: dict[int, float], 
     if b.unit == "flops":
         least = step_tokens * smallest["flops_per_token"]
         raise InputError(f"{key}: {b.amount:g} FLOPs are less than one step of the smallest shape; "
-                         f"the smallest that works is {least:.3g}")
+                         f"the smallest that works is {round_up(least):.3g}")
     step_s = speeds[smallest["n_layer"]]
     least = (spent + step_s) / 60 / b.train_fraction
     raise InputError(f"{key}: {b.amount:g} minutes leave {max(b.amount * 60 * b.train_fraction - spent, 0):.1f} s "
                      f"after {spent:.1f} s of probes on this machine, less than one step of the smallest shape "
                      f"({smallest['n_layer']} layers: {step_s:.2f} s); the smallest that works here is about "
-                     f"{least:.2f} minutes")
+                     f"{round_up(least):.3g} minutes")
 
 
 def plan(cfg: PretrainParams, token_dir: Path, vocab: int) -> dict:
@@ -120,7 +134,7 @@ def plan(cfg: PretrainParams, token_dir: Path, vocab: int) -> dict:
     b = cfg.budget
     t0 = time.perf_counter()
     speeds = probe_speeds(cfg, token_dir, vocab, t0) if b.unit == "minutes" else {}
-    spent = time.perf_counter() - t0  # the probes come out of the budget too
+    spent = probed = time.perf_counter() - t0  # the probes come out of the budget too
     depths = list(speeds) or range(b.min_layers, b.max_layers + 1)
     candidates = []
     for depth in depths:
@@ -142,7 +156,8 @@ def plan(cfg: PretrainParams, token_dir: Path, vocab: int) -> dict:
     spent = time.perf_counter() - t0
     timed = {"train_seconds": round(max(b.amount * 60 * b.train_fraction - spent, 1.0), 2)} if b.unit == "minutes" else {}
     return {**best, "max_steps": steps, "unit": b.unit, "amount": b.amount,
-            "target_tokens_per_param": b.tokens_per_param, "plan_seconds": round(spent, 2), **timed,
+            "target_tokens_per_param": b.tokens_per_param, "plan_seconds": round(spent, 2),
+            "probe_seconds": round(probed, 3), **timed,
             "candidates": candidates}
 
 

@@ -108,8 +108,6 @@ def train(cfg: PretrainParams, token_dir: Path, ckpt_dir: Path, vocab_size: int,
         start, history = resumed
         log.info("resuming from %s at step %d", ckpt_dir, start)
     tail = TailAverage(model, cfg.tail_average)
-    if cfg.tail_average and ddp.fsdp:
-        raise ValueError("pretrain.tail_average: not supported with parallel: fsdp (the mean would be sharded)")
     if resumed is not None and history.get("tail_average", 0):
         tail.restore(load_average(ckpt_dir), history["tail_average"])
     if pace is not None:
@@ -208,8 +206,10 @@ def train(cfg: PretrainParams, token_dir: Path, ckpt_dir: Path, vocab_size: int,
         if done % cfg.checkpoint_interval == 0 or done == cfg.max_steps:
             checkpoint(done)
     final_step = step
+    averaged_val = None
     if tail.count and final_step == cfg.max_steps:  # the finished run's model is the mean of its tail
         tail.apply()
+        averaged_val = estimate_val_loss(model, val_data, cfg, device, dtype, ddp)  # what is saved, scored
     metrics = {"steps": final_step, "tokens": final_step * tokens_per_step,
                "params": model.num_params(), "flops_per_token": model.flops_per_token(),
                "precision": str(dtype).removeprefix("torch."), "device": device.type, "world_size": ddp.world,
@@ -223,6 +223,8 @@ def train(cfg: PretrainParams, token_dir: Path, ckpt_dir: Path, vocab_size: int,
         metrics["tokens_per_s"] = round(sum(r["tokens_per_s"] for r in history["train"]) / len(history["train"]), 1)
     if history["val"]:
         metrics["final_val_loss"] = history["val"][-1]["val_loss"]
+    if averaged_val is not None:  # the last step's loss stays in history; the metric is the saved model's
+        metrics["final_val_loss_last_step"], metrics["final_val_loss"] = metrics.get("final_val_loss"), averaged_val
     if ddp.fsdp:  # hand back a whole model: gathered on rank 0 (a collective), shards elsewhere
         weights = gather_model_state(model, ddp)
         if ddp.is_main:
