@@ -19,7 +19,8 @@ import _root  # noqa: F401  (first: takes bench/ off the import path, see bench/
 import argparse
 import collections
 import logging
-import multiprocessing as mp
+import subprocess
+import sys
 import time
 from pathlib import Path
 
@@ -31,14 +32,17 @@ from llmpipe.tokens.shards import load_manifest  # noqa: E402
 from llmpipe.training.budget import plan  # noqa: E402
 
 
-def spin(kind: str) -> None:
-    """The other job: busy on one core, all the time or in bursts."""
-    while True:
-        end = time.perf_counter() + 1.5
-        while time.perf_counter() < end:
-            pass
-        if kind == "bursts":
-            time.sleep(1.5)
+# The other job, in its own interpreter (a spawned multiprocessing child would re-import this script):
+# busy on one core, all the time or in bursts.
+SPIN = """
+import time
+while True:
+    end = time.perf_counter() + 1.5
+    while time.perf_counter() < end:
+        pass
+    if {bursts}:
+        time.sleep(1.5)
+"""
 
 
 def shapes(cfg, token_dir: Path, vocab: int, repeats: int) -> str:
@@ -69,15 +73,19 @@ def main() -> None:
     t0 = time.perf_counter()
     print("quiet, budget.probe_rounds:", flush=True)
     quiet = shapes(cfg, token_dir, vocab, args.repeats)
-    other = mp.get_context("spawn").Process(target=spin, args=(args.load,), daemon=True)
-    other.start()
+    other = subprocess.Popen([sys.executable, "-c", SPIN.format(bursts=args.load == "bursts")])
+    time.sleep(1.0)
+    if other.poll() is not None:  # a load that did not start would make the loaded rows quiet ones
+        raise SystemExit(f"the load process exited with {other.returncode}")
     try:
         print(f"load {args.load}, one round:", flush=True)
         loaded_one = shapes(one, token_dir, vocab, args.repeats)
         print(f"load {args.load}, {cfg.budget.probe_rounds} rounds:", flush=True)
         loaded = shapes(cfg, token_dir, vocab, args.repeats)
+        if other.poll() is not None:
+            raise SystemExit(f"the load process died during the plans (exit {other.returncode})")
     finally:
-        other.terminate()
+        other.kill()
     print(f"RESULT quiet_shape={quiet} loaded_shape_one_round={loaded_one} loaded_shape_rounds={loaded} "
           f"load={args.load} seconds={time.perf_counter() - t0:.0f}")
 
