@@ -27,6 +27,8 @@ from __future__ import annotations
 import _root  # noqa: F401  (first: takes bench/ off the import path, see bench/_root.py)
 
 import argparse
+import atexit
+import json
 import logging
 import math
 import shutil
@@ -45,7 +47,7 @@ from llmpipe.config.pretrain import PretrainParams  # noqa: E402
 from llmpipe.stages.registry import output  # noqa: E402
 from llmpipe.tokens.loader import TokenData  # noqa: E402
 from llmpipe.tokens.shards import load_manifest  # noqa: E402
-from llmpipe.training.budget import time_steps  # noqa: E402
+from llmpipe.training.budget import scaled_warmup, time_steps  # noqa: E402
 from llmpipe.training.evaluate import evaluate_model  # noqa: E402
 from llmpipe.training.loop import train  # noqa: E402
 
@@ -94,7 +96,6 @@ COST_FREE = {"lr", "muon_lr", "muon_weight_decay", "weight_decay", "min_lr_ratio
 
 def cost_key(c: dict, vocab: int | None) -> str:
     """What decides a configuration's step time (its shape, batch, optimizer, vocabulary)."""
-    import json
     return json.dumps([{k: v for k, v in c.items() if k not in COST_FREE}, vocab], sort_keys=True, default=str)
 
 
@@ -228,15 +229,19 @@ def main() -> None:
     demo = demo_tokens(args.threads)
     common = dict(device="cpu", precision=args.precision, threads=args.threads, log_interval=10**6,
                   eval_interval=10**9, checkpoint_interval=10**9, eval_batches=1)
-    base = params_base(args.shape, args.block, args.rows) if args.base == "params" else None
-    raw = configs(args.only, args.accepted, args.block, base)
+    base_cfg = params_base(args.shape, args.block, args.rows) if args.base == "params" else None
+    raw = configs(args.only, args.accepted, args.block, base_cfg)
     vocabs = {name: c.pop("vocab", None) for name, c in raw.items()}
     work = Path(tempfile.mkdtemp(prefix="recipe-vocab-"))
+    atexit.register(shutil.rmtree, work, True)  # also when a run fails
     built = {v: vocab_tokens(v, work) for v in sorted({v for v in vocabs.values() if v})}
-    data = {name: built[v] if v else demo for name, v in vocabs.items()}
     eval_bytes = args.eval_bytes or (4 * args.eval_tokens if built else 0)  # ~4 bytes a token at 8,192
-    max_eval = {name: tokens_for_bytes(d[3], d[2], eval_bytes) if eval_bytes else args.eval_tokens
-                for name, d in data.items()}
+    # the targets to score, once per vocabulary's data (None: the demo's)
+    sources = {None: demo, **built}
+    scored = {v: tokens_for_bytes(d[3], d[2], eval_bytes) if eval_bytes else args.eval_tokens
+              for v, d in sources.items() if v in vocabs.values()}
+    data = {name: sources[v] for name, v in vocabs.items()}
+    max_eval = {name: scored[v] for name, v in vocabs.items()}
     cfgs = {name: PretrainParams.model_validate({**c, **common, "max_steps": 10, "warmup_steps": 0})
             for name, c in raw.items()}
     # Equal wall-clock: each configuration's own step time sets its steps. Timed three times,
@@ -260,7 +265,7 @@ def main() -> None:
         for name, c in cfgs.items():  # round-robin: load drift spreads over every configuration
             n = steps[name]
             # warmup: issue 18's bench used a tenth; today's defaults take the dial's rule (apply_plan)
-            warm = max(1, n // 10) if base is None else min(raw[name]["warmup_steps"], max(n // 10, 1))
+            warm = max(1, n // 10) if base_cfg is None else scaled_warmup(raw[name]["warmup_steps"], n)
             run = c.model_copy(update={"max_steps": n, "warmup_steps": warm, "seed": seed,
                                        "log_interval": max(1, n // 5)})
             token_dir, vocab, table, val = data[name]
@@ -289,7 +294,6 @@ def main() -> None:
             helps.append(name)
         print(f"| {name} | {steps[name]} | {mean:.4f} ± {std:.4f} | {delta:+.4f} | {p:.2g} |")
     total = time.perf_counter() - t_start
-    shutil.rmtree(work, ignore_errors=True)
     best = bpb["all"] if "all" in bpb else bpb[next(n for n in bpb if n != "baseline")]
     p_all = p_all if "all" in bpb or len(base) < 2 else welch(best, base)[1]
     print(f"RESULT baseline_bpb={statistics.mean(base):.4f} all_bpb={statistics.mean(best):.4f} "

@@ -81,11 +81,13 @@ def probe_speeds(cfg: PretrainParams, token_dir: Path, vocab: int, t0: float) ->
     the last round if the faster timings brought it back within reach."""
     b = cfg.budget
     speeds: dict[int, float] = {}
+    params: dict[int, int] = {}  # each shape's count, built once (the check runs before every probe)
 
     def far_under() -> bool:  # the two largest shapes timed get far fewer tokens a parameter than wanted
         left = max(b.amount * 60 * b.train_fraction - (time.perf_counter() - t0), 0)
-        ratios = [left / speeds[d] * tokens_per_step(shape(cfg, d)) / count_params(shape(cfg, d), vocab)[0]
-                  for d in sorted(speeds)[-2:]]
+        for d in speeds:
+            params.setdefault(d, count_params(shape(cfg, d), vocab)[0])
+        ratios = [left / speeds[d] * tokens_per_step(shape(cfg, d)) / params[d] for d in sorted(speeds)[-2:]]
         return len(ratios) == 2 and all(r < b.tokens_per_param / 4 for r in ratios)
 
     def climb() -> None:
@@ -166,12 +168,17 @@ def pace_for(p: dict) -> Pace | None:
     return Pace(p["train_seconds"]) if p.get("train_seconds") else None
 
 
+def scaled_warmup(warmup_steps: int, steps: int) -> int:
+    """The warmup of a run of `steps` whose length the dial chose: at most a tenth of it."""
+    return min(warmup_steps, max(steps // 10, 1))
+
+
 def apply_plan(cfg: PretrainParams, p: dict) -> PretrainParams:
     """cfg with the plan's shape and steps (warmup and intervals scaled to the number of steps)."""
     c = shape(cfg, p["n_layer"])
     steps = p["max_steps"]
     return c.model_copy(update={
-        "max_steps": steps, "warmup_steps": min(cfg.warmup_steps, max(steps // 10, 1)),
+        "max_steps": steps, "warmup_steps": scaled_warmup(cfg.warmup_steps, steps),
         "eval_interval": max(steps // 4, 1), "checkpoint_interval": max(steps // 4, 1),
         "log_interval": max(1, min(cfg.log_interval, steps // 20 or 1)), "budget": None})
 
