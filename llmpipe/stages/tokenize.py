@@ -89,7 +89,7 @@ def encode_chunk(texts: list[str], sides: np.ndarray, encoder, eot: int, dtype: 
     """Encode one chunk of documents into the ledger's chunk-<k>-*.npy files: the ids of every document
     followed by `eot`, concatenated; each document's length; and the distinct sampled word 13-grams of
     its train and its val documents. Returns what the completion record keeps (the engine, the bytes)."""
-    encoded = encoder.encode_batch(texts)  # in input order whatever the thread count
+    encoded = encoder.encode_arrays(texts)  # in input order whatever the thread count
     lengths = np.array([len(ids) + 1 for ids in encoded], dtype=np.int64)
     tokens = np.empty(int(lengths.sum()), dtype=dtype)
     pos = 0

@@ -36,7 +36,13 @@ def test_fast_engine_matches_tokenizers(tokenizer_file):
     hf = Tokenizer.from_file(str(tokenizer_file))
     hf.encode_special_tokens = True
     texts = CORPUS[:2] + HARD + MORE + [" ".join(MORE) * 5]
-    assert enc.encode_batch(texts) == [hf.encode(t, add_special_tokens=False).ids for t in texts]
+    expected = [hf.encode(t, add_special_tokens=False).ids for t in texts]
+    assert enc.encode_batch(texts) == expected
+    # the arrays the tokenize stage writes from: the same ids, in input order, on one thread or several
+    for threads in (1, 2):
+        enc.threads = threads
+        arrays = enc.encode_arrays(texts)
+        assert all(a.dtype == "uint32" for a in arrays) and [a.tolist() for a in arrays] == expected
     for t in texts:  # and everything round-trips (to its NFC form when the tokenizer normalizes)
         assert hf.decode(enc.encode_batch([t])[0]) == (unicodedata.normalize("NFC", t) if hf.normalizer else t)
 
@@ -46,6 +52,7 @@ def test_literal_end_of_text_stays_text(tokenizer_file):
     ids = enc.encode_batch([f"before {EOT} after"])[0]
     eot = Tokenizer.from_file(str(tokenizer_file)).token_to_id(EOT)
     assert eot not in ids and len(ids) > 5
+    assert enc.encode_arrays([f"before {EOT} after"])[0].tolist() == ids
 
 
 def test_other_tokenizers_fall_back_to_tokenizers(tmp_path):
@@ -56,3 +63,4 @@ def test_other_tokenizers_fall_back_to_tokenizers(tmp_path):
     enc = load_encoder(tmp_path / "tokenizer.json", check_texts=CORPUS[:1])
     assert enc.engine == "tokenizers"
     assert enc.encode_batch(["to be or not"])[0] == tok.encode("to be or not").ids
+    assert enc.encode_arrays(["to be or not"])[0].tolist() == tok.encode("to be or not").ids
