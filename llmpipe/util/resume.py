@@ -44,6 +44,11 @@ WORK_DIR = Path("data/.llmpipe-work")  # relative to the repository root; in .gi
 # between shards and inside one, its output written but not yet recorded
 # (tests/integration/test_resume_shards.py). Unset in real runs.
 PAUSE_ENV = "LLMPIPE_SHARD_PAUSE_S"
+# "before:K" or "after:K": the stage stops at the K-th record of its work folder (before or after writing
+# it) and waits there to be killed, so that the kill test's point does not depend on the machine's load.
+# Unset in real runs.
+HOLD_ENV = "LLMPIPE_SHARD_HOLD"
+HOLD_LIMIT_S = 600
 PACKAGE_ROOT = Path(__file__).resolve().parents[2]
 
 
@@ -147,10 +152,25 @@ class ShardLedger:
         """Record `shard` as finished: call after its output files (names under shards/) are written."""
         pause = float(os.environ.get(PAUSE_ENV) or 0)
         time.sleep(pause)  # a kill here: the outputs are written, the record is not
+        self._hold("before")
         record = {"shard": shard, "inputs": inputs, "params": self.params, "code": self.code,
                   "outputs": {name: file_sha256(self.path(name)) for name in sorted(outputs)}, "result": result}
         write_json(self.record_path(shard), record)
         time.sleep(pause)
+        self._hold("after")
+
+    def _hold(self, when: str) -> None:
+        """Wait to be killed at the point HOLD_ENV names (tests only)."""
+        spec = os.environ.get(HOLD_ENV)
+        if not spec:
+            return
+        at, _, k = spec.partition(":")
+        if at not in ("before", "after") or not k.isdigit():
+            raise ValueError(f"{HOLD_ENV}={spec!r}: expected before:K or after:K")
+        records = len(list((self.folder / "records").glob("*.json")))
+        if at == when and records == int(k) - (at == "before"):
+            time.sleep(HOLD_LIMIT_S)
+            raise RuntimeError(f"{HOLD_ENV}={spec}: held {HOLD_LIMIT_S} s and nobody killed the stage")
 
     def publish(self, names: Iterable[str], dest: Path) -> None:
         """Put the finished shards' files `names` into folder `dest` (a stage's temporary out folder):

@@ -17,7 +17,7 @@ import yaml
 from llmpipe.stages import dedup, filter as filter_stage, split, tokenize, tokenizer
 from llmpipe.stages.params import parse_params
 from llmpipe.stages.registry import stage
-from llmpipe.util.resume import PAUSE_ENV, WORK_DIR
+from llmpipe.util.resume import HOLD_ENV, PAUSE_ENV, WORK_DIR
 
 pytestmark = pytest.mark.integration
 
@@ -97,16 +97,17 @@ def unrecorded_outputs(folder):
     return present - named
 
 
-# Where the kill lands (each shard pauses PAUSE_S before its record and PAUSE_S after it), a seeded random
-# delay in a window that starts when the stage is seen at that point:
-# - between: after the first shard's record, before the next shard starts;
-# - unrecorded: inside a shard, its output file written and its record not (a restart must run it again);
-# - anywhere: from the moment the stage's work folder appears to before its last shard's record.
-WHERE = {"between": lambda n: (0.1 * PAUSE_S, 0.9 * PAUSE_S), "unrecorded": lambda n: (0.0, 0.6 * PAUSE_S),
-         "anywhere": lambda n: (0.0, (2 * n - 1.5) * PAUSE_S)}
+# Where the kill lands. The stage holds (HOLD_ENV: waits to be killed) at a fixed record, so the point does
+# not depend on how loaded the machine is:
+# - between: held just after the first shard's record, before the next shard starts;
+# - unrecorded: held inside the second shard, its output file written and its record not (a restart must
+#   run it again);
+# - anywhere: a seeded random delay (each shard pauses PAUSE_S before its record and PAUSE_S after it) from
+#   the moment the stage's work folder appears; held before its last shard's record at the latest.
+HOLD = {"between": lambda n: "after:1", "unrecorded": lambda n: "before:2", "anywhere": lambda n: f"before:{n}"}
 
 
-@pytest.mark.parametrize("where", list(WHERE))
+@pytest.mark.parametrize("where", list(HOLD))
 @pytest.mark.parametrize("name", list(EXPECTED_SHARDS))
 def test_sigkill_then_restart_resumes_shards_byte_identical(tmp_path, reference, name, where):
     root = tmp_path / "ws"
@@ -116,20 +117,21 @@ def test_sigkill_then_restart_resumes_shards_byte_identical(tmp_path, reference,
     folder = root / WORK_DIR / name
     records = folder / "records"
 
-    proc = cli(root, name, **{PAUSE_ENV: str(PAUSE_S)})
+    n = EXPECTED_SHARDS[name]
+    proc = cli(root, name, **{PAUSE_ENV: str(PAUSE_S), HOLD_ENV: HOLD[where](n)})
     if where == "anywhere":
         wait_for(proc, folder.is_dir)
+        time.sleep(random.Random(f"resume-{name}-{where}").uniform(0.0, (2 * n - 1.5) * PAUSE_S))
     elif where == "unrecorded":
-        wait_for(proc, lambda: records.is_dir() and any(records.iterdir()) and unrecorded_outputs(folder))
-    else:
-        wait_for(proc, lambda: records.is_dir() and any(records.iterdir()))
-    time.sleep(random.Random(f"resume-{name}-{where}").uniform(*WHERE[where](EXPECTED_SHARDS[name])))
+        wait_for(proc, lambda: any(records.glob("*.json")) and unrecorded_outputs(folder))
+    else:  # a record's name once renamed into place (its temporary file has another)
+        wait_for(proc, lambda: any(records.glob("*.json")))
     assert proc.poll() is None, f"{name} finished before it could be killed:\n{proc.stdout.read()[-3000:]}"
     os.kill(proc.pid, signal.SIGKILL)
     proc.wait()
     time.sleep(0.3)  # the pool's worker gets its own SIGKILL as its parent dies (PR_SET_PDEATHSIG)
     finished = len(list(records.glob("*.json")))
-    assert (0 if where == "anywhere" else 1) <= finished < EXPECTED_SHARDS[name]
+    assert finished == {"between": 1, "unrecorded": 1}.get(where, finished) and 0 <= finished < n
     if where == "unrecorded":  # a shard's output without its record: a restart must not trust it
         assert unrecorded_outputs(folder), sorted(p.name for p in folder.rglob("*"))
     assert not any((root / out.path).exists() for out in stage(name).outputs.values())  # nothing published
@@ -138,7 +140,7 @@ def test_sigkill_then_restart_resumes_shards_byte_identical(tmp_path, reference,
     log = again.communicate(timeout=300)[0]
     assert again.returncode == 0, log[-3000:]
     metrics = json.loads((root / "data" / "metrics" / f"{name}.json").read_text())
-    assert metrics["shards_resumed"] == finished and metrics["shards_run"] == EXPECTED_SHARDS[name] - finished
+    assert metrics["shards_resumed"] == finished and metrics["shards_run"] == n - finished
     assert f"{finished} shards resumed from an earlier run" in log
     assert stage_files(root, name) == stage_files(reference, name)  # byte-identical outputs
     assert not (root / WORK_DIR / name).exists()
