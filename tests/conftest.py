@@ -75,6 +75,11 @@ def _hermetic_env(tmp_path_factory):
 
         server = SubprocessASGIServer()
         if server.running:
+            # first hand it the flow runs' queued logs: at exit Prefect's log worker would retry sending
+            # them to the stopped server for over a minute ("Error logging to API")
+            from prefect.logging.handlers import APILogWorker
+
+            APILogWorker.drain_all(timeout=30)
             server.stop()
     for k, v in old.items():
         if v is None:
