@@ -91,11 +91,11 @@ def main() -> None:
     hf = Tokenizer.from_file(str(tok_path))
     hf.encode_special_tokens = True
 
-    t_ours, ours_ids = best_time(lambda: ours.encode_batch(texts), args.repeats)
+    t_ours, ours_ids = best_time(lambda: ours.encode_arrays(texts), args.repeats)  # the stage's path
     t_gpt2, _ = best_time(lambda: gpt2.encode_ordinary_batch(texts, num_threads=args.threads), args.repeats)
     # the tokenizers engine runs on RAYON_NUM_THREADS threads (all cores unless set)
     t_hf, hf_enc = best_time(lambda: hf.encode_batch_fast(texts, add_special_tokens=False), 1)
-    identical = sum(a == b.ids for a, b in zip(ours_ids, hf_enc))
+    identical = sum(a.tolist() == b.ids for a, b in zip(ours_ids, hf_enc))
 
     cfg = params.tokenize.model_copy(update={"workers": args.threads})
     def stage() -> int:
@@ -106,7 +106,7 @@ def main() -> None:
 
     val = list(iter_split_texts(docs, assignments, want_val=True))
     val_bytes = sum(len(t.encode("utf-8")) for t in val)
-    bpt = val_bytes / sum(len(ids) for ids in ours.encode_batch(val))
+    bpt = val_bytes / sum(len(ids) for ids in ours.encode_arrays(val))
     gpt2_bpt = val_bytes / sum(len(ids) for ids in gpt2.encode_ordinary_batch(val, num_threads=args.threads))
 
     print(f"corpus: {len(texts)} documents, {mb:.2f} MB; val split {len(val)} documents, {val_bytes / 1e6:.2f} MB; "

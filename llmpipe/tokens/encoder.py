@@ -43,7 +43,8 @@ def _byte_level_decoder() -> dict[str, int]:
 
 
 class Encoder:
-    """Encodes batches of documents to lists of ids, on `threads` threads, without special tokens."""
+    """Encodes batches of documents to ids (lists, or uint32 arrays), on `threads` threads, special-token
+    text encoded as text."""
 
     def __init__(self, tokenizer: Tokenizer, threads: int = 0):
         self.hf = tokenizer
@@ -69,7 +70,10 @@ class Encoder:
                     for e in self.hf.encode_batch_fast(texts, add_special_tokens=False)]
         if self.nfc:
             texts = [unicodedata.normalize("NFC", t) for t in texts]
-        # disallowed_special=() with no special token allowed: special-token text is encoded as text
+        # disallowed_special=() with no special token allowed: special-token text is encoded as text (tiktoken
+        # 0.9-0.10 allowed every special token here whatever it was given: hence tiktoken>=0.11, and
+        # load_encoder checks this path on a literal special token). No surrogate retry as in
+        # encode_ordinary: the documents come from Parquet, valid UTF-8.
         encode = lambda t: self.fast.encode_to_numpy(t, disallowed_special=())  # noqa: E731
         if self.threads == 1 or len(texts) < 2:
             return [encode(t) for t in texts]
@@ -126,9 +130,11 @@ def load_encoder(tokenizer_path: Path | str, threads: int = 0, check_texts: list
     if fast is None:
         log.info("encoding with tokenizers (%s)", why)
         return encoder
-    slow = encoder.encode_batch(check_texts or [])
+    # the sample, plus each special token written literally inside text (it must stay text)
+    check = [*(check_texts or []), *(f"a {s} b" for s in sorted(special))]
+    slow = encoder.encode_batch(check)
     encoder.fast, encoder.nfc = fast, (spec.get("normalizer") or {}).get("type") == "NFC"
-    if encoder.encode_batch(check_texts or []) != slow:
+    if encoder.encode_batch(check) != slow or [a.tolist() for a in encoder.encode_arrays(check)] != slow:
         encoder.fast = None
         log.warning("tiktoken's encoding differs from %s on the sample; encoding with tokenizers", tokenizer_path)
         return encoder

@@ -40,14 +40,15 @@ from llmpipe.util.io import atomic_path, file_sha256, write_json
 log = logging.getLogger(__name__)
 
 WORK_DIR = Path("data/.llmpipe-work")  # relative to the repository root; in .gitignore and .dvcignore
-# Seconds to sleep before and after each shard's record: lets the kill test stop a stage of a tiny corpus
-# between shards and inside one, its output written but not yet recorded
-# (tests/integration/test_resume_shards.py). Unset in real runs.
+# Seconds to sleep before and after each shard's record: stretches a tiny corpus's stage so that the kill
+# test's random point can land anywhere in it (tests/integration/test_resume_shards.py). Unset in real runs.
 PAUSE_ENV = "LLMPIPE_SHARD_PAUSE_S"
 # "before:K" or "after:K": the stage stops at the K-th record of its work folder (before or after writing
-# it) and waits there to be killed, so that the kill test's point does not depend on the machine's load.
-# Unset in real runs.
+# it), writes the file HELD_FILE there and waits to be killed, so that the kill test's point does not
+# depend on the machine's load. Tests only, with one worker (two workers could both count K-1 records and
+# both hold). Unset in real runs.
 HOLD_ENV = "LLMPIPE_SHARD_HOLD"
+HELD_FILE = "held"
 HOLD_LIMIT_S = 600
 PACKAGE_ROOT = Path(__file__).resolve().parents[2]
 
@@ -165,10 +166,11 @@ class ShardLedger:
         if not spec:
             return
         at, _, k = spec.partition(":")
-        if at not in ("before", "after") or not k.isdigit():
-            raise ValueError(f"{HOLD_ENV}={spec!r}: expected before:K or after:K")
+        if at not in ("before", "after") or not k.isdigit() or int(k) < 1:
+            raise ValueError(f"{HOLD_ENV}={spec!r}: expected before:K or after:K, K >= 1")
         records = len(list((self.folder / "records").glob("*.json")))
         if at == when and records == int(k) - (at == "before"):
+            (self.folder / HELD_FILE).write_text(spec)
             time.sleep(HOLD_LIMIT_S)
             raise RuntimeError(f"{HOLD_ENV}={spec}: held {HOLD_LIMIT_S} s and nobody killed the stage")
 

@@ -1,6 +1,7 @@
-"""Issue 29: SIGKILL during scrape, filter, dedup or tokenize (`python -m llmpipe.cli <stage>`) at seeded
-random points (between shards, inside a shard, anywhere in the run), then the same command again: it skips the shards the killed run finished (their completion records match) and
-ends with outputs byte-identical to an uninterrupted run's, the work folder gone."""
+"""Issue 29: SIGKILL during scrape, filter, dedup or tokenize (`python -m llmpipe.cli <stage>`) between
+shards, inside a shard (its output written, its record not), and at a seeded random point anywhere in the
+run, then the same command again: it skips the shards the killed run finished (their completion records
+match) and ends with outputs byte-identical to an uninterrupted run's, the work folder gone."""
 
 import json
 import os
@@ -17,7 +18,7 @@ import yaml
 from llmpipe.stages import dedup, filter as filter_stage, split, tokenize, tokenizer
 from llmpipe.stages.params import parse_params
 from llmpipe.stages.registry import stage
-from llmpipe.util.resume import HOLD_ENV, PAUSE_ENV, WORK_DIR
+from llmpipe.util.resume import HELD_FILE, HOLD_ENV, PAUSE_ENV, WORK_DIR
 
 pytestmark = pytest.mark.integration
 
@@ -80,7 +81,9 @@ def reference(tmp_path_factory):
 
 
 def cli(root, name, **env):
-    return subprocess.Popen([sys.executable, "-m", "llmpipe.cli", name], cwd=root, env={**os.environ, **env},
+    # a hold or pause left in the developer's environment would stall the reference and restarted runs
+    inherited = {k: v for k, v in os.environ.items() if k not in (HOLD_ENV, PAUSE_ENV)}
+    return subprocess.Popen([sys.executable, "-m", "llmpipe.cli", name], cwd=root, env={**inherited, **env},
                             stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
 
 
@@ -97,14 +100,16 @@ def unrecorded_outputs(folder):
     return present - named
 
 
-# Where the kill lands. The stage holds (HOLD_ENV: waits to be killed) at a fixed record, so the point does
-# not depend on how loaded the machine is:
+# Where the kill lands. The stage holds (HOLD_ENV: writes HELD_FILE and waits to be killed) at a fixed
+# record, so the point does not depend on how loaded the machine is:
 # - between: held just after the first shard's record, before the next shard starts;
-# - unrecorded: held inside the second shard, its output file written and its record not (a restart must
+# - unrecorded: held inside the second shard, its output files written and its record not (a restart must
 #   run it again);
-# - anywhere: a seeded random delay (each shard pauses PAUSE_S before its record and PAUSE_S after it) from
-#   the moment the stage's work folder appears; held before its last shard's record at the latest.
+# - anywhere: a seeded random delay from the moment the stage's work folder appears (each shard pauses
+#   PAUSE_S before its record and PAUSE_S after it, so the delay spans the run); held before its last
+#   shard's record at the latest, so the kill always comes before the stage ends.
 HOLD = {"between": lambda n: "after:1", "unrecorded": lambda n: "before:2", "anywhere": lambda n: f"before:{n}"}
+FINISHED = {"between": 1, "unrecorded": 1}  # records when the kill lands (anywhere: 0 to n - 1)
 
 
 @pytest.mark.parametrize("where", list(HOLD))
@@ -118,20 +123,22 @@ def test_sigkill_then_restart_resumes_shards_byte_identical(tmp_path, reference,
     records = folder / "records"
 
     n = EXPECTED_SHARDS[name]
-    proc = cli(root, name, **{PAUSE_ENV: str(PAUSE_S), HOLD_ENV: HOLD[where](n)})
     if where == "anywhere":
+        proc = cli(root, name, **{PAUSE_ENV: str(PAUSE_S), HOLD_ENV: HOLD[where](n)})
         wait_for(proc, folder.is_dir)
         time.sleep(random.Random(f"resume-{name}-{where}").uniform(0.0, (2 * n - 1.5) * PAUSE_S))
-    elif where == "unrecorded":
-        wait_for(proc, lambda: any(records.glob("*.json")) and unrecorded_outputs(folder))
-    else:  # a record's name once renamed into place (its temporary file has another)
-        wait_for(proc, lambda: any(records.glob("*.json")))
+    else:
+        proc = cli(root, name, **{HOLD_ENV: HOLD[where](n)})
+        wait_for(proc, (folder / HELD_FILE).is_file)
     assert proc.poll() is None, f"{name} finished before it could be killed:\n{proc.stdout.read()[-3000:]}"
     os.kill(proc.pid, signal.SIGKILL)
     proc.wait()
     time.sleep(0.3)  # the pool's worker gets its own SIGKILL as its parent dies (PR_SET_PDEATHSIG)
     finished = len(list(records.glob("*.json")))
-    assert finished == {"between": 1, "unrecorded": 1}.get(where, finished) and 0 <= finished < n
+    if where == "anywhere":
+        assert 0 <= finished < n
+    else:
+        assert finished == FINISHED[where], sorted(p.name for p in folder.rglob("*"))
     if where == "unrecorded":  # a shard's output without its record: a restart must not trust it
         assert unrecorded_outputs(folder), sorted(p.name for p in folder.rglob("*"))
     assert not any((root / out.path).exists() for out in stage(name).outputs.values())  # nothing published

@@ -5,6 +5,7 @@ the real process-pool task runner runs FEW and then MANY shards of 1 MB items, a
 its own peak resident set: with every item in every task, MANY x 1 MB more would arrive in each worker."""
 
 import os
+import sys
 from pathlib import Path
 
 import pytest
@@ -12,11 +13,12 @@ import pytest
 from llmpipe.config.ops import ScaleParams
 from llmpipe.util.executors import map_shards
 
-pytestmark = pytest.mark.integration
+pytestmark = [pytest.mark.integration,
+              pytest.mark.skipif(not sys.platform.startswith("linux"), reason="reads /proc/self/status")]
 
 MB = 1 << 20
 FEW, MANY = 4, 48
-ALLOWED_GROWTH_KB = 16 * 1024  # the old closure: ~2 x 44 MB more per worker (the pickle and its objects)
+ALLOWED_GROWTH_KB = 16 * 1024  # measured with the old closure: 134 -> 314 MB; now within a few MB
 
 
 def worker_peak_kb(item: bytes) -> int:

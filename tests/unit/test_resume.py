@@ -125,3 +125,16 @@ def test_worker_counts_keep_records_but_package_versions_do_not(tmp_path, monkey
         assert ShardLedger.open(tmp_path, "tokenize", "llmpipe.stages.tokenize", section).params != ledger.params
     finally:
         resume.environment_hash.cache_clear()
+
+
+def test_a_malformed_hold_is_refused_and_an_unset_one_does_nothing(tmp_path, monkeypatch):
+    import pytest
+
+    from llmpipe.util.resume import HELD_FILE, HOLD_ENV
+
+    monkeypatch.delenv(HOLD_ENV, raising=False)
+    assert not (finished_shard(tmp_path / "unset").folder / HELD_FILE).exists()
+    for spec in ("before:0", "during:1", "after:x"):
+        monkeypatch.setenv(HOLD_ENV, spec)
+        with pytest.raises(ValueError, match=HOLD_ENV):
+            finished_shard(tmp_path / spec.replace(":", "-"))
