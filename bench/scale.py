@@ -2,7 +2,11 @@
 CLI on a corpus of --gb GB, on the local executor and on a local Dask cluster, against the same stages on
 the demo corpus alone (~5 MB), and a tokenize run killed midway and re-run against the uninterrupted one.
 
-    python bench/scale.py [--gb 2] [--workdir /tmp/llmpipe-scale] [--skip-dask] [--skip-resume] [--seed 0]
+    python bench/scale.py [--gb 2] [--workdir /tmp/llmpipe-scale] [--skip-dask | --skip-local]
+                          [--skip-demo] [--skip-resume] [--seed 0]
+
+(--skip-local: the Dask run alone, half the time; then the rates and peak_rss_mb are the Dask run's,
+cluster processes included, and there is no resume run.)
 
 The corpus: the demo corpus (the Gutenberg Shakespeare, fetched as the scrape stage does) cut into
 documents of 1,500-9,000 words, each from a random window of a random play, its paragraphs shuffled and
@@ -35,8 +39,8 @@ replaced by the local files (and scale.dask_address set for the Dask run). Measu
 - resumed_identical: after the uninterrupted run, tokenize is started again, sent SIGKILL after half
   its measured wall time, re-run to completion, and every file of data/tokens compared byte for byte
   (sha256) with the uninterrupted run's.
-Last line: RESULT gb= seconds= mb_per_s_<stage>= ... peak_rss_mb= (the local executor's at --gb)
-peak_rss_mb_dask_over_idle= x_demo_<stage>= resumed_identical=
+Last line: RESULT gb= seconds= executor=<local|dask> mb_per_s_<stage>= ... peak_rss_mb= (that executor's
+at --gb) peak_rss_mb_dask_over_idle= x_demo_<stage>= resumed_identical=
 """
 
 from __future__ import annotations
@@ -337,7 +341,11 @@ def main() -> None:
     parser.add_argument("--skip-dask", action="store_true", help="no run on a local Dask cluster")
     parser.add_argument("--skip-demo", action="store_true", help="no demo-corpus baseline run")
     parser.add_argument("--skip-resume", action="store_true", help="no killed-and-resumed tokenize run")
+    parser.add_argument("--skip-local", action="store_true",
+                        help="no run on the local executor (the Dask run alone; implies --skip-resume)")
     args = parser.parse_args()
+    if args.skip_local and args.skip_dask:
+        parser.error("--skip-local and --skip-dask leave nothing to run")
     t_start = time.perf_counter()
     base = args.workdir.resolve()
     if base.exists():
@@ -357,10 +365,12 @@ def main() -> None:
         d["mb"] = d["metrics"]["bytes_out"] / 1e6  # the demo's input is an archive: its text
         d["mb_per_s"], d["own_mb_per_s"] = d["mb"] / d["wall"], d["mb"] / d["stage_s"]
 
-    print(f"{args.gb} GB, local executor", flush=True)
-    workspace(base / "local", local_sources, None)
-    local = pipeline(base / "local", [], stats["bytes"])
-    table(f"{args.gb} GB corpus, local executor ({os.cpu_count()} cores)", local, demo)
+    local = None
+    if not args.skip_local:
+        print(f"{args.gb} GB, local executor", flush=True)
+        workspace(base / "local", local_sources, None)
+        local = pipeline(base / "local", [], stats["bytes"])
+        table(f"{args.gb} GB corpus, local executor ({os.cpu_count()} cores)", local, demo)
     if demo:
         table("demo corpus, local executor", demo, None)
 
@@ -373,13 +383,14 @@ def main() -> None:
             dask = pipeline(base / "dask", tree(cluster_proc), stats["bytes"], api_url)
         table(f"{args.gb} GB corpus, local Dask cluster ({os.cpu_count()} worker processes; their RSS and "
               "CPU included)", dask, demo)
-        same = digest(base / "dask" / "data" / "tokens") == digest(base / "local" / "data" / "tokens")
-        print(f"dask tokens identical to the local executor's: {same}")
+        if local:
+            same = digest(base / "dask" / "data" / "tokens") == digest(base / "local" / "data" / "tokens")
+            print(f"dask tokens identical to the local executor's: {same}")
 
     dask_peak = "" if args.skip_dask else (  # the stages' own peak on the cluster: its idle processes' memory off
         f"peak_rss_mb_dask_over_idle={max(r['peak_mb'] - r['idle_mb'] for r in dask.values()):.0f} ")
     resumed = "skipped"
-    if not args.skip_resume:
+    if not (args.skip_resume or args.skip_local):
         tokens = base / "local" / "data" / "tokens"
         before = digest(tokens)
         killed = run_stage(base / "local", "tokenize", [], kill_after=local["tokenize"]["wall"] / 2)
@@ -389,11 +400,13 @@ def main() -> None:
               f"{rerun['wall']:.1f} s (uninterrupted {local['tokenize']['wall']:.1f} s); identical: {resumed}")
 
     seconds = time.perf_counter() - t_start
-    rates = " ".join(f"mb_per_s_{n}={local[n]['mb_per_s']:.2f}" for n in STAGES)
+    runs = local or dask  # the rates and peaks below: the local executor's, or with --skip-local the Dask run's
+    rates = " ".join(f"mb_per_s_{n}={runs[n]['mb_per_s']:.2f}" for n in STAGES)
     # against the demo on the stages' own timers: the ~3-5 s of start-up would otherwise be most of the demo's time
-    ratios = " ".join(f"x_demo_{n}={local[n]['own_mb_per_s'] / demo[n]['own_mb_per_s']:.2f}" for n in STAGES) if demo else ""
-    print(f"RESULT gb={stats['bytes'] / 1e9:.3f} seconds={seconds:.0f} {rates} "
-          f"peak_rss_mb={max(r['peak_mb'] for r in local.values()):.0f} {dask_peak}{ratios} resumed_identical={resumed}")
+    ratios = " ".join(f"x_demo_{n}={runs[n]['own_mb_per_s'] / demo[n]['own_mb_per_s']:.2f}" for n in STAGES) if demo else ""
+    print(f"RESULT gb={stats['bytes'] / 1e9:.3f} seconds={seconds:.0f} executor={'local' if local else 'dask'} "
+          f"{rates} peak_rss_mb={max(r['peak_mb'] for r in runs.values()):.0f} {dask_peak}{ratios} "
+          f"resumed_identical={resumed}")
 
 
 if __name__ == "__main__":
