@@ -90,12 +90,10 @@ def encode_chunk(texts: list[str], sides: np.ndarray, encoder, eot: int, dtype: 
     followed by `eot`, concatenated; each document's length; and the distinct sampled word 13-grams of
     its train and its val documents. Returns what the completion record keeps (the engine, the bytes)."""
     encoded = encoder.encode_arrays(texts)  # in input order whatever the thread count
-    # numpy wraps a uint32 id that does not fit the shards' dtype without a word: refuse it instead
-    if any(len(ids) and int(ids.max()) > np.iinfo(dtype).max for ids in encoded):
-        raise RuntimeError(f"{chunk}: a token id does not fit {dtype.name} (the tokenizer and the dtype disagree)")
     lengths = np.array([len(ids) + 1 for ids in encoded], dtype=np.int64)
     tokens = np.empty(int(lengths.sum()), dtype=dtype)
     pos = 0
+    # the cast cannot wrap: every id is below the vocabulary's size, which token_dtype chose the dtype for
     for ids, n in zip(encoded, lengths.tolist()):
         tokens[pos : pos + n - 1], tokens[pos + n - 1] = ids, eot
         pos += n
