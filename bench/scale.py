@@ -291,6 +291,7 @@ def prefect_api():
     """A temporary Prefect API server (as the stages' own ephemeral one), for the Dask run; yields its URL."""
     from prefect.server.api.server import SubprocessASGIServer
 
+    os.environ.update(QUIET_PREFECT)  # the server process inherits it (else it tries to send telemetry, offline)
     server = SubprocessASGIServer()
     server.start(timeout=120)
     try:

@@ -1,6 +1,6 @@
 """`llmpipe serve`: the trained model behind an OpenAI-compatible HTTP API, with a web chat at `/`.
 
-engine (the model, one worker thread, the bounded queue), app (the FastAPI routes), protocol (OpenAI's
+engine (admission, the bounded queue, the relay to generator: the models in a process of their own), app (the FastAPI routes), protocol (OpenAI's
 request and response shapes), logprobs (their log-probability fields), template (the chat template: the
 chat format, or plain text for older tokenizers), chat.html (the page).
 

@@ -1,35 +1,36 @@
-"""The model behind the server: one worker thread generates for one request at a time (CPU-bound
-work gains nothing from interleaving on a few cores), fed by a queue of bounded length. A request
-beyond the queue's limit is refused at once (429) rather than held, so memory stays bounded under any
-load: at most max_queue + 1 requests exist, each with at most max_tokens_limit tokens of output.
+"""The model behind the server: a generation process (generator.py) runs one request at a time
+(CPU-bound work gains nothing from interleaving on a few cores), fed by a queue of bounded length. A
+request beyond the queue's limit is refused at once (429) rather than held, so memory stays bounded under
+any load: at most max_queue + 1 requests exist, each with at most max_tokens_limit tokens of output.
 
-Text is streamed as it is decoded, held back while it could still be the start of a stop string or
-ends in an incomplete multi-byte character, so a client never sees text that is later taken back.
+This process keeps the admission (tokenizing prompts, off the event loop), the queue and the counters;
+a relay thread hands each job to the generation process and its events to the request's event loop. A
+generation process that dies fails its request (500) and is started again for the next one.
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
+import multiprocessing
 import queue
-import random
 import threading
-import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-import torch
 from tokenizers import Tokenizer
 
-from llmpipe.model.weights import load_model
-from llmpipe.ops.serve.logprobs import TokenBytes, record
+import llmpipe.ops.serve.generator as generator
+from llmpipe.ops.serve.logprobs import TokenBytes
 from llmpipe.ops.serve.protocol import ServeError
 from llmpipe.ops.serve.template import ChatTemplate
-from llmpipe.stages.sample import cut_at_stop
 from llmpipe.tokens.bpe import EOT
-from llmpipe.training.generate import generate_batch
+from llmpipe.util.io import InputError
 
 log = logging.getLogger(__name__)
+
+# how often the relay looks at a job's cancelled flag while no event arrives (seconds)
+CANCEL_POLL_S = 0.02
 
 
 @dataclass
@@ -55,27 +56,17 @@ class Job:
         self.loop.call_soon_threadsafe(self.events.put_nowait, event)
 
 
-def held_back(text: str, stops: list[str]) -> int:
-    """How many characters at the end of text could be the start of a stop string."""
-    return max((k for s in stops for k in range(min(len(s) - 1, len(text)), 0, -1) if s.startswith(text[-k:])),
-               default=0)
-
-
 class Engine:
     """models: {model id: model folder}, the first being the default; all share one tokenizer (a
-    finetune keeps its base model's ids) and one worker."""
+    finetune keeps its base model's ids) and one generation process."""
 
     def __init__(self, models: dict[str, Path], tokenizer_path: Path, max_queue: int = 16,
                  max_tokens_limit: int = 1024, default_max_tokens: int = 256, compile: bool = False,
                  threads: int | None = None):
-        if threads:
-            # torch's threads spin while they wait: more of them than the cores left free by the HTTP side
-            # and other work makes each token many times slower (20x measured on a busy 2-core machine)
-            torch.set_num_threads(threads)
-        self.models = {name: load_model(path) for name, path in models.items()}
         self.paths = dict(models)
         self.created = {name: int(Path(path, "model.safetensors").stat().st_mtime) for name, path in models.items()}
         self.model_id = next(iter(models))  # the default
+        self.tokenizer_path = Path(tokenizer_path)
         self.tok = Tokenizer.from_file(str(tokenizer_path))
         self.token_bytes = TokenBytes(self.tok)
         # no token spells more characters than the longest vocabulary entry: a prompt longer than the
@@ -83,7 +74,7 @@ class Engine:
         self.max_token_chars = max(len(t) for t in self.tok.get_vocab())
         self.eot = self.tok.token_to_id(EOT)
         self.template = ChatTemplate(self.tok)
-        self.max_queue, self.compile = max_queue, compile
+        self.max_queue, self.compile, self.threads = max_queue, compile, threads
         self.max_tokens_limit = max_tokens_limit
         self.default_max_tokens = min(default_max_tokens, max_tokens_limit)
         self._jobs: queue.Queue[Job | None] = queue.Queue()
@@ -93,16 +84,44 @@ class Engine:
         self.served = 0
         self.generated_tokens = 0  # every token any generation produced (what a dropped client cost)
         self.abandoned = 0  # generations stopped early because their client went away
-        self._worker = threading.Thread(target=self._work, name="llmpipe-serve-worker", daemon=True)
+        self.restarts = 0  # generation processes started again after one died
+        self._seq = 0
+        self._mp = multiprocessing.get_context("spawn")  # no fork of a process with threads (and torch's)
+        self._cancel = self._mp.Value("q", -1, lock=False)  # the sequence number of the job to stop
+        self._proc, self._conn, self.contexts = None, None, {}
+        self._start_generator()
+        self._worker = threading.Thread(target=self._work, name="llmpipe-serve-relay", daemon=True)
         self._worker.start()
 
+    def _start_generator(self) -> None:
+        """Start the generation process and wait until its models are loaded (or it fails)."""
+        parent, child = self._mp.Pipe()
+        proc = self._mp.Process(target=generator.run, name="llmpipe-generate", daemon=True,
+                                args=(child, self._cancel, {k: str(v) for k, v in self.paths.items()},
+                                      str(self.tokenizer_path), self.compile, self.threads))
+        proc.start()
+        child.close()  # ours is the parent end: EOF on it means the child is gone
+        while not parent.poll(0.1):
+            if not proc.is_alive():
+                raise RuntimeError(f"the generation process exited (code {proc.exitcode}) before loading the models")
+        try:
+            message = parent.recv()
+        except EOFError:
+            proc.join(5)
+            raise RuntimeError(f"the generation process exited (code {proc.exitcode}) before loading the models") \
+                from None
+        if message[0] == "failed":
+            proc.join(5)
+            raise (InputError if message[1] == "input" else RuntimeError)(message[2])
+        self._proc, self._conn, self.contexts = proc, parent, message[1]
+
     def context(self, model_id: str) -> int:
-        return self.models[model_id].cfg.block_size
+        return self.contexts[model_id]
 
     def check_model(self, name: str) -> None:
-        if name not in self.models:
+        if name not in self.paths:
             raise ServeError(404, f"the model {name!r} does not exist; this server serves "
-                             f"{', '.join(map(repr, self.models))}", param="model", code="model_not_found")
+                             f"{', '.join(map(repr, self.paths))}", param="model", code="model_not_found")
 
     # -- admission (called off the event loop: a 1 MB prompt takes a while to tokenize) --
     def encode(self, text, param: str, model_id: str, chars: int = 0) -> list[int]:
@@ -147,17 +166,32 @@ class Engine:
     def close(self) -> None:
         self._jobs.put(None)
 
-    # -- the worker thread --
+    def submit(self, job: Job) -> None:
+        """Queue a job, or refuse it with a 429 when the queue is full."""
+        with self._lock:
+            if self.waiting >= self.max_queue:
+                raise ServeError(429, f"the server is busy: {self.waiting} requests are waiting (limit "
+                                 f"{self.max_queue}, llmpipe serve --max-queue); retry later",
+                                 type_="server_overloaded", code="queue_full", headers={"Retry-After": "1"})
+            self.waiting += 1
+        job.loop, job.events = asyncio.get_running_loop(), asyncio.Queue()
+        self._jobs.put(job)
+
+    def close(self) -> None:
+        self._jobs.put(None)
+        self._worker.join(timeout=10)
+
+    # -- the relay thread --
     def _work(self) -> None:
         while (job := self._jobs.get()) is not None:
             with self._lock:
                 self.waiting -= 1
                 self.running = True
             try:
-                if not job.cancelled:
-                    self._generate(job)
-                else:
+                if job.cancelled:
                     self.abandoned += 1
+                else:
+                    self._relay(job)
             except Exception as err:  # noqa: BLE001 - one bad generation must not stop the server
                 log.exception("generation failed")
                 job.emit("error", f"generation failed: {err.__class__.__name__}: {err}")
@@ -165,66 +199,53 @@ class Engine:
                 with self._lock:
                     self.running = False
                     self.served += 1
+        self._stop_generator()
 
-    def _generate(self, job: Job) -> None:
-        sent, stopped = "", False
-        records: list = []  # TokenLogprob per generated token, when asked for
-        ends: list[int | None] = []  # per token: the length of the text decoded up to it (None: mid-character)
-        given = 0  # records handed out so far
+    def _stop_generator(self) -> None:
+        if self._proc is not None and self._proc.is_alive():
+            try:
+                self._conn.send(None)
+            except OSError:
+                pass
+            self._proc.join(10)
+            if self._proc.is_alive():
+                self._proc.kill()
 
-        def hand_out(upto: int) -> list | None:
-            """The records of tokens [given, upto) that carry text (not <|end|>), once each."""
-            nonlocal given
-            if job.logprobs is None:
-                return None
-            out = [r for r in records[given:upto] if r.id not in job.stop_ids]
-            given = max(given, upto)
-            return out
-
-        def covered(chars: int) -> int:
-            """How many tokens' text lies within the first `chars` characters."""
-            n = given
-            for k in range(given, len(ends)):
-                if ends[k] is not None and ends[k] <= chars:
-                    n = k + 1
-                elif ends[k] is not None:
-                    break
-            return n
-
-        def on_step(_row: int, ids: list[int]) -> bool:
-            nonlocal sent, stopped
-            self.generated_tokens += 1
-            full = self.tok.decode(ids)
-            ends.append(None if full.endswith("\ufffd") else len(full))
-            text, stopped = cut_at_stop(full, job.stops)
-            stopped = stopped or (bool(ids) and ids[-1] in job.stop_ids)
-            if not stopped:
-                if text.endswith("\ufffd"):  # wait until a multi-byte character is complete
-                    return job.cancelled
-                text = text[: len(text) - held_back(text, job.stops)]
-            if len(text) > len(sent):
-                job.emit("text", text[len(sent):], hand_out(covered(len(text))))
-                sent = text
-            return stopped or job.cancelled
-
-        def on_logprobs(_row: int, token: int, logprobs) -> None:
-            records.append(record(token, logprobs, job.logprobs))
-
-        # no seed: a fresh one (torch.Generator's default seed is a constant, every reply would be the same)
-        seed = job.seed if job.seed is not None else random.getrandbits(62)
-        t0 = time.perf_counter()
-        out = generate_batch(self.models[job.model_id or self.model_id], [job.prompt_ids], job.max_tokens,
-                             eot_id=self.eot, temperature=job.temperature, top_k=0, top_p=job.top_p, seed=seed,
-                             stop_fn=on_step, compile=self.compile,
-                             on_logprobs=on_logprobs if job.logprobs is not None else None)[0]
-        full = self.tok.decode(out)
-        text, stopped = cut_at_stop(full, job.stops)
-        stopped = stopped or (bool(out) and out[-1] in job.stop_ids)
-        rest = hand_out(len(out) if text == full else covered(len(text)))
-        if len(text) > len(sent) or rest:  # what was held back, once nothing more can follow it
-            job.emit("text", text[len(sent):], rest)
-        if job.cancelled:
-            self.abandoned += 1
-        finish = "length" if len(out) >= job.max_tokens and not stopped else "stop"
-        log.debug("%d tokens in %.2f s (%s)", len(out), time.perf_counter() - t0, finish)
-        job.emit("done", finish, len(out))
+    def _relay(self, job: Job) -> None:
+        """Run one job in the generation process, its events to the job's event loop as they come."""
+        if self._proc is None or not self._proc.is_alive():
+            self.restarts += 1
+            self._start_generator()
+        self._seq += 1
+        seq, base = self._seq, self.generated_tokens
+        self._conn.send({"seq": seq, "prompt_ids": job.prompt_ids, "max_tokens": job.max_tokens,
+                         "temperature": job.temperature, "top_p": job.top_p, "seed": job.seed, "stops": job.stops,
+                         "stop_ids": job.stop_ids, "model_id": job.model_id or self.model_id,
+                         "logprobs": job.logprobs})
+        while True:
+            if job.cancelled:
+                self._cancel.value = seq
+            if not self._conn.poll(CANCEL_POLL_S):
+                continue
+            try:
+                event = self._conn.recv()
+            except (EOFError, OSError):
+                self._proc.join(5)
+                code = self._proc.exitcode
+                self._proc = None
+                raise RuntimeError(f"the generation process died (exit code {code}); it is started again for the "
+                                   "next request") from None
+            kind = event[0]
+            if kind in ("text", "tokens"):
+                self.generated_tokens = base + event[-1]
+                if kind == "text":
+                    job.emit("text", event[1], event[2])
+            elif kind == "done":
+                self.generated_tokens = base + event[2]
+                self.abandoned += job.cancelled
+                job.emit("done", event[1], event[2])
+                return
+            else:  # ("error", message, tokens so far)
+                self.generated_tokens = base + event[2]
+                job.emit("error", event[1])
+                return
