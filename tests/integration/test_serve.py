@@ -304,6 +304,33 @@ def test_a_client_that_leaves_stops_its_generation(server):
         assert now["generated_tokens"] - before["generated_tokens"] < MAX_TOKENS_LIMIT // 2, (stream, now, before)
 
 
+def test_a_killed_generation_process_fails_its_request_and_the_next_one_is_served(server, client):
+    """The models run in a process of their own: killed mid-stream (as the OOM killer would), its
+    request ends with an error in the stream, and the next request starts a new one and is answered."""
+    import psutil
+
+    port = int(server.rsplit(":", 1)[1])
+    serving = next(c.pid for c in psutil.net_connections("tcp") if c.laddr.port == port and c.status == "LISTEN")
+    children = [c for c in psutil.Process(serving).children() if "spawn_main" in " ".join(c.cmdline())]
+    assert len(children) == 1, [c.cmdline() for c in psutil.Process(serving).children()]
+    before = httpx.get(f"{server}/health", timeout=10).json()
+    lines = []
+    body = {"model": BASE, "prompt": "ROMEO.\n", "max_tokens": MAX_TOKENS_LIMIT, "temperature": 0, "stream": True}
+    with httpx.stream("POST", f"{server}/v1/completions", json=body, headers=AUTH, timeout=60) as reply:
+        for line in filter(None, reply.iter_lines()):
+            lines.append(line)
+            if len(lines) == 6:  # generating: kill the generation process
+                children[0].kill()
+    assert lines[-1] == "data: [DONE]", lines[-3:]
+    error = json.loads(lines[-2].removeprefix("data: "))
+    assert "generation process died" in error["error"]["message"], error
+    again = client.completions.create(model=BASE, prompt="ROMEO.\n", max_tokens=5, temperature=0)
+    assert again.usage.completion_tokens == 5
+    after = httpx.get(f"{server}/health", timeout=10).json()
+    assert after["generator_restarts"] == before["generator_restarts"] + 1, after
+    assert after["generated_tokens"] > before["generated_tokens"] + 5
+
+
 def test_overload_gets_429s_and_no_other_errors(client):
     import openai
 

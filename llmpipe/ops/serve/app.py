@@ -95,7 +95,8 @@ def create_app(engine: Engine, max_body_bytes: int = 1_000_000, api_key: str | N
     @app.get("/health")
     async def health():
         return {"status": "ok", "model": engine.model_id, "waiting": engine.waiting, "running": engine.running,
-                "served": engine.served, "generated_tokens": engine.generated_tokens, "abandoned": engine.abandoned}
+                "served": engine.served, "generated_tokens": engine.generated_tokens, "abandoned": engine.abandoned,
+                "generator_restarts": engine.restarts}
 
     @app.get("/", response_class=HTMLResponse)
     async def chat_page():

@@ -11,7 +11,6 @@ from __future__ import annotations
 from dataclasses import dataclass
 from functools import lru_cache
 
-import torch
 from tokenizers import Tokenizer
 
 
@@ -54,8 +53,11 @@ class TokenBytes:
         return self.bytes(token_id).decode("utf-8", errors="replace")
 
 
-def record(token: int, logprobs: torch.Tensor, k: int) -> TokenLogprob:
-    """The chosen token's log-probability and the top k, from one step's log-probabilities."""
+def record(token: int, logprobs, k: int) -> TokenLogprob:
+    """The chosen token's log-probability and the top k, from one step's log-probabilities (a tensor).
+    torch is imported here, in the generation process: the server's process has no use for its ~300 MB."""
+    import torch
+
     top = []
     if k:
         values, ids = torch.topk(logprobs, k)
