@@ -93,7 +93,7 @@ def encode_chunk(texts: list[str], sides: np.ndarray, encoder, eot: int, dtype: 
     lengths = np.array([len(ids) + 1 for ids in encoded], dtype=np.int64)
     tokens = np.empty(int(lengths.sum()), dtype=dtype)
     pos = 0
-    # the cast cannot wrap: every id is below the vocabulary's size, which token_dtype chose the dtype for
+    # the cast cannot wrap: token_dtype chose the dtype for the largest id in the vocabulary
     for ids, n in zip(encoded, lengths.tolist()):
         tokens[pos : pos + n - 1], tokens[pos + n - 1] = ids, eot
         pos += n
@@ -126,7 +126,7 @@ def tokenize_corpus(docs_path: Path, tokenizer_path: Path, out_dir: Path, assign
     eot = tok.token_to_id(EOT)
     if eot is None:
         raise InputError(f"{tokenizer_path}: has no {EOT} token")
-    dtype = token_dtype(tok.get_vocab_size())
+    dtype = token_dtype(max(tok.get_vocab().values()) + 1)  # the largest id, not the count: ids may have gaps
     mask = read_val_mask(assignments, docs_path)
     # a 1/16 sample of the n-grams by hash: the same n-grams on both sides, so the fraction stays unbiased
     # (hundreds of thousands of samples on the demo), and memory stays a sixteenth of all distinct n-grams

@@ -14,6 +14,7 @@ import threading
 import time
 
 import httpx
+import psutil
 import pytest
 
 from tests.browser import headless_chromium, require_chromium, send_in_web_chat
@@ -36,6 +37,10 @@ def server(tiny_pipeline, tmp_path_factory):
     with local_server(cmd, f"http://127.0.0.1:{port}/health", log, env={"LLMPIPE_API_KEY": KEY}) as proc:
         yield f"http://127.0.0.1:{port}"
         assert proc.poll() is None, log.read_text()[-3000:]  # nothing above crashed it
+        children = psutil.Process(proc.pid).children(recursive=True)
+    # stopped (SIGTERM), the server leaves no generation process behind
+    gone, alive = psutil.wait_procs(children, timeout=15)
+    assert not alive, [c.cmdline() for c in alive]
 
 
 AUTH = {"Authorization": f"Bearer {KEY}"}
@@ -307,12 +312,15 @@ def test_a_client_that_leaves_stops_its_generation(server):
 def test_a_killed_generation_process_fails_its_request_and_the_next_one_is_served(server, client):
     """The models run in a process of their own: killed mid-stream (as the OOM killer would), its
     request ends with an error in the stream, and the next request starts a new one and is answered."""
-    import psutil
-
     port = int(server.rsplit(":", 1)[1])
-    serving = next(c.pid for c in psutil.net_connections("tcp") if c.laddr.port == port and c.status == "LISTEN")
-    children = [c for c in psutil.Process(serving).children() if "spawn_main" in " ".join(c.cmdline())]
-    assert len(children) == 1, [c.cmdline() for c in psutil.Process(serving).children()]
+    serving = psutil.Process(next(c.pid for c in psutil.net_connections("tcp")
+                                  if c.laddr.port == port and c.status == "LISTEN"))
+
+    def generation_processes() -> list:
+        return [c for c in serving.children() if "spawn_main" in " ".join(c.cmdline())]
+
+    children = generation_processes()
+    assert len(children) == 1, [c.cmdline() for c in serving.children()]
     before = httpx.get(f"{server}/health", timeout=10).json()
     lines = []
     body = {"model": BASE, "prompt": "ROMEO.\n", "max_tokens": MAX_TOKENS_LIMIT, "temperature": 0, "stream": True}
@@ -329,6 +337,14 @@ def test_a_killed_generation_process_fails_its_request_and_the_next_one_is_serve
     after = httpx.get(f"{server}/health", timeout=10).json()
     assert after["generator_restarts"] == before["generator_restarts"] + 1, after
     assert after["generated_tokens"] > before["generated_tokens"] + 5
+    # the dead one was reaped, one new one runs; killed while idle, the next request starts another
+    (new,) = generation_processes()
+    assert new.pid != children[0].pid and not children[0].is_running()
+    new.kill()
+    new.wait(10)
+    assert client.completions.create(model=BASE, prompt="ROMEO.\n", max_tokens=5, temperature=0).choices[0].text
+    assert httpx.get(f"{server}/health", timeout=10).json()["generator_restarts"] == before["generator_restarts"] + 2
+    assert len(generation_processes()) == 1
 
 
 def test_overload_gets_429s_and_no_other_errors(client):

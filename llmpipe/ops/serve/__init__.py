@@ -1,7 +1,8 @@
 """`llmpipe serve`: the trained model behind an OpenAI-compatible HTTP API, with a web chat at `/`.
 
-engine (admission, the bounded queue, the relay to generator: the models in a process of their own), app (the FastAPI routes), protocol (OpenAI's
-request and response shapes), logprobs (their log-probability fields), template (the chat template: the
+engine (admission, the bounded queue, the relay to the generation process), generator (that process:
+the models, one generation at a time), app (the FastAPI routes), protocol (OpenAI's request and response
+shapes), logprobs (their log-probability fields), template (the chat template: the
 chat format, or plain text for older tokenizers), chat.html (the page).
 
 Which models: the newest chat model (llmpipe.ops.models) as the default id, and the base model beside it.

@@ -15,6 +15,7 @@ import logging
 import multiprocessing
 import queue
 import threading
+import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -29,8 +30,12 @@ from llmpipe.util.io import InputError
 
 log = logging.getLogger(__name__)
 
-# how often the relay looks at a job's cancelled flag while no event arrives (seconds)
+# How often the relay looks at a job's cancelled flag while no event arrives (seconds): a token takes a
+# few ms, so this only matters for a stalled generation; a shorter wait wakes the server's process more.
 CANCEL_POLL_S = 0.02
+# A cancelled generation that sends nothing for this long is taken as hung: its process is killed
+# (and started again for the next request), so a client's leaving always frees the server.
+HUNG_AFTER_CANCEL_S = 10.0
 
 
 @dataclass
@@ -53,7 +58,10 @@ class Job:
     cancelled: bool = False  # the client went away: stop at the next token
 
     def emit(self, *event) -> None:
-        self.loop.call_soon_threadsafe(self.events.put_nowait, event)
+        try:
+            self.loop.call_soon_threadsafe(self.events.put_nowait, event)
+        except RuntimeError:  # the event loop is closed (the server is stopping): nobody is listening
+            pass
 
 
 class Engine:
@@ -86,8 +94,11 @@ class Engine:
         self.abandoned = 0  # generations stopped early because their client went away
         self.restarts = 0  # generation processes started again after one died
         self._seq = 0
+        self._closing = False
+        self._current: Job | None = None
         self._mp = multiprocessing.get_context("spawn")  # no fork of a process with threads (and torch's)
-        self._cancel = self._mp.Value("q", -1, lock=False)  # the sequence number of the job to stop
+        # the sequence number of the job to stop; no lock: one writer (the relay), an aligned int64
+        self._cancel = self._mp.Value("q", -1, lock=False)
         self._proc, self._conn, self.contexts = None, None, {}
         self._start_generator()
         self._worker = threading.Thread(target=self._work, name="llmpipe-serve-relay", daemon=True)
@@ -98,7 +109,8 @@ class Engine:
         parent, child = self._mp.Pipe()
         proc = self._mp.Process(target=generator.run, name="llmpipe-generate", daemon=True,
                                 args=(child, self._cancel, {k: str(v) for k, v in self.paths.items()},
-                                      str(self.tokenizer_path), self.compile, self.threads))
+                                      str(self.tokenizer_path), self.compile, self.threads,
+                                      logging.getLogger("llmpipe").getEffectiveLevel()))
         proc.start()
         child.close()  # ours is the parent end: EOF on it means the child is gone
         while not parent.poll(0.1):
@@ -164,78 +176,109 @@ class Engine:
         self._jobs.put(job)
 
     def close(self) -> None:
-        self._jobs.put(None)
-
-    def submit(self, job: Job) -> None:
-        """Queue a job, or refuse it with a 429 when the queue is full."""
-        with self._lock:
-            if self.waiting >= self.max_queue:
-                raise ServeError(429, f"the server is busy: {self.waiting} requests are waiting (limit "
-                                 f"{self.max_queue}, llmpipe serve --max-queue); retry later",
-                                 type_="server_overloaded", code="queue_full", headers={"Retry-After": "1"})
-            self.waiting += 1
-        job.loop, job.events = asyncio.get_running_loop(), asyncio.Queue()
-        self._jobs.put(job)
-
-    def close(self) -> None:
+        """Stop: the running generation is cancelled, the waiting ones are dropped, the process ends."""
+        self._closing = True
+        if self._current is not None:
+            self._current.cancelled = True
         self._jobs.put(None)
         self._worker.join(timeout=10)
+        self._stop_generator()
 
     # -- the relay thread --
     def _work(self) -> None:
-        while (job := self._jobs.get()) is not None:
-            with self._lock:
-                self.waiting -= 1
-                self.running = True
-            try:
-                if job.cancelled:
-                    self.abandoned += 1
-                else:
-                    self._relay(job)
-            except Exception as err:  # noqa: BLE001 - one bad generation must not stop the server
-                log.exception("generation failed")
-                job.emit("error", f"generation failed: {err.__class__.__name__}: {err}")
-            finally:
+        try:
+            while (job := self._jobs.get()) is not None:
                 with self._lock:
-                    self.running = False
-                    self.served += 1
-        self._stop_generator()
+                    self.waiting -= 1
+                    self.running = True
+                self._current = job
+                try:
+                    if job.cancelled or self._closing:
+                        self.abandoned += 1
+                    else:
+                        self._relay(job)
+                except Exception as err:  # noqa: BLE001 - one bad generation must not stop the server
+                    log.error("generation failed: %s", err)
+                    self.abandoned += job.cancelled
+                    job.emit("error", f"generation failed: {err.__class__.__name__}: {err}")
+                finally:
+                    self._current = None
+                    with self._lock:
+                        self.running = False
+                        self.served += 1
+        finally:
+            self._stop_generator()
 
     def _stop_generator(self) -> None:
-        if self._proc is not None and self._proc.is_alive():
+        proc, self._proc = self._proc, None
+        if proc is None:
+            return
+        if proc.is_alive():
             try:
                 self._conn.send(None)
             except OSError:
                 pass
-            self._proc.join(10)
-            if self._proc.is_alive():
-                self._proc.kill()
+            proc.join(10)
+        if proc.is_alive():
+            proc.kill()
+            proc.join(5)
+
+    def _kill_generator(self) -> int | None:
+        """Kill the generation process (dead or hung); the next job starts a new one. Its exit code."""
+        proc, self._proc = self._proc, None
+        if proc is not None:
+            proc.kill()
+            proc.join(5)
+        return proc.exitcode if proc is not None else None
+
+    def _send(self, spec: dict) -> None:
+        """Hand a job to the generation process, starting one first when there is none (or it died
+        since the last job: then the job is sent to the new one)."""
+        for _ in range(2):
+            if self._proc is None or not self._proc.is_alive():
+                if self._proc is not None:
+                    self._kill_generator()
+                if self._closing:
+                    raise RuntimeError("the server is stopping")
+                self._start_generator()  # the first one started with the server: this one is a restart
+                self.restarts += 1
+            try:
+                self._conn.send(spec)
+                return
+            except OSError:  # it died between the check and the send
+                self._kill_generator()
+        raise RuntimeError("the generation process could not be started")
 
     def _relay(self, job: Job) -> None:
-        """Run one job in the generation process, its events to the job's event loop as they come."""
-        if self._proc is None or not self._proc.is_alive():
-            self.restarts += 1
-            self._start_generator()
+        """Run one job in the generation process, its events to the job's event loop as they come. Every
+        message carries its job's sequence number: one from an earlier job (cut short) is dropped."""
         self._seq += 1
         seq, base = self._seq, self.generated_tokens
-        self._conn.send({"seq": seq, "prompt_ids": job.prompt_ids, "max_tokens": job.max_tokens,
-                         "temperature": job.temperature, "top_p": job.top_p, "seed": job.seed, "stops": job.stops,
-                         "stop_ids": job.stop_ids, "model_id": job.model_id or self.model_id,
-                         "logprobs": job.logprobs})
+        self._send({"seq": seq, "prompt_ids": job.prompt_ids, "max_tokens": job.max_tokens,
+                    "temperature": job.temperature, "top_p": job.top_p, "seed": job.seed, "stops": job.stops,
+                    "stop_ids": job.stop_ids, "model_id": job.model_id or self.model_id, "logprobs": job.logprobs})
+        quiet_since = None  # when the job was seen cancelled with no message since
         while True:
             if job.cancelled:
                 self._cancel.value = seq
             if not self._conn.poll(CANCEL_POLL_S):
+                if job.cancelled:
+                    quiet_since = quiet_since or time.monotonic()
+                    if time.monotonic() - quiet_since > HUNG_AFTER_CANCEL_S:
+                        self._kill_generator()
+                        raise RuntimeError(f"the generation process sent nothing for {HUNG_AFTER_CANCEL_S:.0f} s "
+                                           "after its client left; it was killed and is started again")
                 continue
+            quiet_since = None
             try:
-                event = self._conn.recv()
+                message = self._conn.recv()
             except (EOFError, OSError):
-                self._proc.join(5)
-                code = self._proc.exitcode
-                self._proc = None
+                code = self._kill_generator()
                 raise RuntimeError(f"the generation process died (exit code {code}); it is started again for the "
                                    "next request") from None
-            kind = event[0]
+            if message[0] != seq:
+                continue
+            kind, event = message[1], message[1:]
             if kind in ("text", "tokens"):
                 self.generated_tokens = base + event[-1]
                 if kind == "text":
@@ -247,5 +290,6 @@ class Engine:
                 return
             else:  # ("error", message, tokens so far)
                 self.generated_tokens = base + event[2]
+                self.abandoned += job.cancelled
                 job.emit("error", event[1])
                 return

@@ -9,8 +9,9 @@ server process only relays finished text.
 The protocol over the pipe (pickled tuples):
 - parent -> child: a job spec (dict), or None to stop;
 - child -> parent, once at start: ("ready", {model id: context}) or ("failed", kind, message);
-- per job: ("text", delta, records, tokens so far) when there is text to send, else ("tokens", tokens
-  so far); then ("done", finish_reason, completion tokens) or ("error", message, tokens so far).
+- per job, each message led by the job's sequence number: (seq, "text", delta, records, tokens so far)
+  when there is text to send, else (seq, "tokens", tokens so far); then (seq, "done", finish_reason,
+  completion tokens) or (seq, "error", message, tokens so far).
 A job is cancelled when the shared `cancel` value holds its sequence number (checked at every token).
 
 Text is decoded here, held back while it could still be the start of a stop string or ends in an
@@ -105,9 +106,11 @@ def generate_job(model, tok, eot: int, spec: dict, send, cancelled, compile: boo
     send(("done", finish, len(out)))
 
 
-def run(conn, cancel, models: dict, tokenizer_path: str, compile: bool, threads: int | None) -> None:
+def run(conn, cancel, models: dict, tokenizer_path: str, compile: bool, threads: int | None,
+        log_level: int = logging.WARNING) -> None:
     """The child's main: load the models, say ready, then generate each job the parent sends."""
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C reaches the whole group: the server stops us with None
+    logging.basicConfig(level=log_level, format="%(asctime)s %(levelname)s %(name)s: %(message)s", datefmt="%H:%M:%S")
     try:
         import torch
         from tokenizers import Tokenizer
@@ -125,6 +128,8 @@ def run(conn, cancel, models: dict, tokenizer_path: str, compile: bool, threads:
         eot = tok.token_to_id(EOT)
     except Exception as err:  # noqa: BLE001 - the parent reports it; InputError stays a user's error
         kind = "input" if isinstance(err, InputError) else "other"
+        if kind == "other":
+            log.exception("the generation process could not load the models")
         conn.send(("failed", kind, f"{err.__class__.__name__}: {err}" if kind == "other" else str(err)))
         return
     conn.send(("ready", {name: m.cfg.block_size for name, m in loaded.items()}))
@@ -138,13 +143,13 @@ def run(conn, cancel, models: dict, tokenizer_path: str, compile: bool, threads:
         seq = spec["seq"]
         steps = [0]
 
-        def send(event, _steps=steps):
+        def send(event, _steps=steps, _seq=seq):
             if event[0] in ("text", "tokens"):
                 _steps[0] = event[-1]
-            conn.send(event)
+            conn.send((_seq, *event))
 
         try:
             generate_job(loaded[spec["model_id"]], tok, eot, spec, send, lambda: cancel.value == seq, compile)
         except Exception as err:  # noqa: BLE001 - one bad generation must not stop the server
             log.exception("generation failed")
-            conn.send(("error", f"generation failed: {err.__class__.__name__}: {err}", steps[0]))
+            conn.send((seq, "error", f"generation failed: {err.__class__.__name__}: {err}", steps[0]))

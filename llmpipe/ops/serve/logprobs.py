@@ -55,7 +55,7 @@ class TokenBytes:
 
 def record(token: int, logprobs, k: int) -> TokenLogprob:
     """The chosen token's log-probability and the top k, from one step's log-probabilities (a tensor).
-    torch is imported here, in the generation process: the server's process has no use for its ~300 MB."""
+    torch is imported here, in the generation process: the server's process has no use for its memory."""
     import torch
 
     top = []
