@@ -1,7 +1,7 @@
 """Where bf16 autocast's gain goes in one CPU training step: ours against the nanoGPT-style reference
 of bench/train.py, fp32 and bf16, and ours with the plain (unfused) loss under bf16 and in fp32, in one run.
 
-    python bench/bf16_step.py [--threads 1] [--rounds 4]
+    python bench/bf16_step.py [--threads 1] [--rounds 4] [--batch 16] [--vocab 4096] [--fp32-only]
 
 Random tokens at the default shape (4 x 256, context 256, batch 16, vocabulary 4,096 or --vocab); each variant's
 forward+backward and clip+AdamW are timed separately, rounds interleaved over the variants (load drift
