@@ -40,7 +40,7 @@ replaced by the local files (and scale.dask_address set for the Dask run). Measu
   its measured wall time, re-run to completion, and every file of data/tokens compared byte for byte
   (sha256) with the uninterrupted run's.
 Last line: RESULT gb= seconds= executor=<local|dask> mb_per_s_<stage>= ... peak_rss_mb= (that executor's
-at --gb) peak_rss_mb_dask_over_idle= x_demo_<stage>= resumed_identical=
+at --gb) peak_rss_mb_dask_over_idle= x_demo_<stage>= resumed_identical=<1|0|skipped>
 """
 
 from __future__ import annotations
@@ -396,7 +396,7 @@ def main() -> None:
         before = digest(tokens)
         killed = run_stage(base / "local", "tokenize", [], kill_after=local["tokenize"]["wall"] / 2)
         rerun = run_stage(base / "local", "tokenize", [])
-        resumed = digest(tokens) == before
+        resumed = int(digest(tokens) == before)  # 1: identical (the issue's RESULT key)
         print(f"\nresume: tokenize killed after {killed['wall']:.1f} s (exit {killed['rc']}), re-run "
               f"{rerun['wall']:.1f} s (uninterrupted {local['tokenize']['wall']:.1f} s); identical: {resumed}")
 
