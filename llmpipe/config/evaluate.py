@@ -14,16 +14,16 @@ class BaselineParams(Section):
     llmpipe/evals/compress.py)."""
 
     enabled: bool = True  # false: the model's figures alone
-    # Kneser-Ney n-gram fitted on the train split; on the demo corpus 5 beat 4 by 0.005-0.025 bits per
-    # byte and 6 beat 5 by under 0.004, each order costing ~30% more time
+    # Kneser-Ney n-gram fitted on the train split; on the demo corpus each order above 5 gains little and
+    # costs more time (bench/baselines.py --orders 1 2 3 4 5 6 measures every order)
     ngram_order: Annotated[int, Field(ge=1, le=8)] = 5
-    # fit the n-gram on at most this many train tokens, the split's last ones (order 5 peaks near 180 bytes a token)
+    # fit the n-gram on at most this many train tokens, the split's last ones (memory grows with them)
     ngram_max_train_tokens: Annotated[int, Field(ge=1)] = 10_000_000
     compressor: Literal["xz", "none"] = "xz"
-    # xz sees at most this many MB of train text before val (its last ones): time grows with it (the demo's
-    # 8.7 MB: ~35 s); preset 9's dictionary holds 64 MiB
+    # xz sees at most this many MB of train text before val (its last ones): time grows with it;
+    # preset 9's dictionary holds 64 MiB
     max_compressor_mb: Annotated[float, Field(gt=0)] = 16.0
-    xz_extreme: bool = True  # xz -9e, its highest level (PRESET_EXTREME): about 40% slower than -9
+    xz_extreme: bool = True  # xz -9e, its highest level (PRESET_EXTREME): slower than -9
 
 
 class EvaluateParams(Section):

@@ -78,7 +78,7 @@ class QualityParams(Section):
 class FilterParams(Section):
     # Codes as users write them (nb, zh-TW, iw, eng, ...): llmpipe.data.text.canonical_language maps them.
     languages: list[str] = Field(default_factory=lambda: ["en"], min_length=1)
-    # py3langid: 94% right on the UDHR paragraphs of the languages it knows, lid.176 74% (bench/lid.py).
+    # py3langid: the more accurate of the two on the UDHR paragraphs of the languages each knows (bench/lid.py).
     lid_model: Literal["lid176", "py3langid"] = "py3langid"
     min_lang_score: Annotated[float, Field(ge=0.0, le=1.0)] = 0.5
     min_chars: Annotated[int, Field(ge=0)] = 200

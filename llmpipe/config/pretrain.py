@@ -95,7 +95,7 @@ class PretrainParams(TrainingRun):
     budget: BudgetParams | None = None
     # The global batch in tokens; when set, grad_accum_steps follows from it and the number of ranks.
     batch_tokens: Annotated[int, Field(ge=1)] | None = None
-    # torch.compile the model: worth it on GPUs; on CPU it adds ~2% after a 30-50 s compile.
+    # torch.compile the model: worth it on GPUs; on CPU its gain is small beside the compile's time.
     compile: bool = False
     # Under torchrun: ddp replicates the model on every rank; fsdp shards parameters, gradients and
     # optimizer state across ranks (FSDP2), for models that do not fit one device.

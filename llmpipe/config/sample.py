@@ -18,6 +18,6 @@ class SampleParams(Section):
     seed: Seed = 1
     # Generation also stops when one of these strings appears (it is not included in the output).
     stop: list[Annotated[str, Field(min_length=1)]] = Field(default_factory=list)
-    # torch.compile the per-token step: about 2.5x faster per token on CPU, after a compile of about a
-    # minute (cached on disk by inductor), so it pays from some thousands of tokens on.
+    # torch.compile the per-token step: faster per token on CPU after a compile that takes a while (cached
+    # on disk by inductor), so it pays on long generations (bench/generate.py; docs/benchmarks.md).
     compile: bool = False

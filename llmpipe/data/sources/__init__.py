@@ -88,7 +88,7 @@ class ScrapeParams(Section):
 
     sources: list[Source] = Field(default_factory=lambda: [KINDS["demo"].PARAMS()], min_length=1)
     max_doc_bytes: Annotated[int, Field(ge=1)] = 50_000_000  # larger documents (and files) are skipped
-    # HTML main-text extraction: trafilatura (the quality reference) or resiliparse (~25x faster).
+    # HTML main-text extraction: trafilatura (the quality reference) or resiliparse (much faster: docs/benchmarks.md).
     extractor: Literal["trafilatura", "resiliparse"] = "trafilatura"
     extract_timeout_s: Annotated[float, Field(gt=0.0)] = 10.0  # an extraction taking longer is abandoned
     buffer_bytes: Annotated[int, Field(ge=1024, le=1_000_000_000)] = 128_000_000  # text per row group written
