@@ -13,10 +13,10 @@ class RlParams(Section):
     """Sample `samples_per_question` answers to each of `questions_per_step` train questions, reward an
     exact match with the reference, and step along the policy gradient with each question's mean reward
     as the baseline (REINFORCE with a group baseline, as GRPO and nanochat's chat RL; one update per
-    sample, so no importance ratio or clipping). The defaults keep the demo's extra time under half a
-    minute: few steps of many questions, each step's gradient averaged over many groups (on the demo's
-    finetuned model, 16 steps of 8 questions lost 0.02 of held-out exact match; 4 steps of 32 gained
-    0.01 to 0.06 over three seeds)."""
+    sample, so no importance ratio or clipping). The defaults keep the demo's extra time short: few
+    steps of many questions, each step's gradient averaged over many groups (on the demo's finetuned
+    model many small steps lost held-out exact match where few large ones gained: docs/assistant.md
+    gives the measured runs)."""
 
     # false: rl passes the finetuned model through unchanged and registers nothing (a pipeline of
     # instruction files only: free text has no exact-match reward); chat-eval then scores no rl model
