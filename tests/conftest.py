@@ -147,7 +147,11 @@ def local_server(cmd: list[str], health_url: str, log_path: Path, env: dict | No
             yield proc
         finally:
             proc.terminate()
-            proc.wait(30)
+            try:
+                proc.wait(30)
+            except subprocess.TimeoutExpired:  # not stopping: kill it rather than leave it behind
+                proc.kill()
+                proc.wait()
 
 
 @pytest.fixture(scope="session")

@@ -178,11 +178,21 @@ class Engine:
     def close(self) -> None:
         """Stop: the running generation is cancelled, the waiting ones are dropped, the process ends."""
         self._closing = True
-        if self._current is not None:
-            self._current.cancelled = True
+        job = self._current  # read once: the relay may clear it meanwhile
+        if job is not None:
+            job.cancelled = True
         self._jobs.put(None)
-        self._worker.join(timeout=10)
-        self._stop_generator()
+        # longer than the relay's own wait for a hung generation, so the two never act on it at once
+        self._worker.join(timeout=self._hung_after() + 10)
+        if self._worker.is_alive():  # the relay is stuck: only kill (its pipe is the relay's to use)
+            proc = self._proc
+            if proc is not None:
+                proc.kill()
+        # (when the relay has ended, it stopped the generation process on its way out)
+
+    def _hung_after(self) -> float:
+        """Seconds a cancelled generation may stay silent: a first torch.compile takes minutes."""
+        return HUNG_AFTER_CANCEL_S * (30 if self.compile else 1)
 
     # -- the relay thread --
     def _work(self) -> None:
@@ -198,7 +208,10 @@ class Engine:
                     else:
                         self._relay(job)
                 except Exception as err:  # noqa: BLE001 - one bad generation must not stop the server
-                    log.error("generation failed: %s", err)
+                    if isinstance(err, RuntimeError):  # ours: the message says it all
+                        log.error("generation failed: %s", err)
+                    else:
+                        log.exception("generation failed")
                     self.abandoned += job.cancelled
                     job.emit("error", f"generation failed: {err.__class__.__name__}: {err}")
                 finally:
@@ -242,6 +255,9 @@ class Engine:
                     raise RuntimeError("the server is stopping")
                 self._start_generator()  # the first one started with the server: this one is a restart
                 self.restarts += 1
+                if self._closing:  # close() came during the load
+                    self._stop_generator()
+                    raise RuntimeError("the server is stopping")
             try:
                 self._conn.send(spec)
                 return
@@ -264,12 +280,11 @@ class Engine:
             if not self._conn.poll(CANCEL_POLL_S):
                 if job.cancelled:
                     quiet_since = quiet_since or time.monotonic()
-                    if time.monotonic() - quiet_since > HUNG_AFTER_CANCEL_S:
+                    if time.monotonic() - quiet_since > self._hung_after():
                         self._kill_generator()
-                        raise RuntimeError(f"the generation process sent nothing for {HUNG_AFTER_CANCEL_S:.0f} s "
+                        raise RuntimeError(f"the generation process sent nothing for {self._hung_after():.0f} s "
                                            "after its client left; it was killed and is started again")
                 continue
-            quiet_since = None
             try:
                 message = self._conn.recv()
             except (EOFError, OSError):
@@ -278,6 +293,7 @@ class Engine:
                                    "next request") from None
             if message[0] != seq:
                 continue
+            quiet_since = None
             kind, event = message[1], message[1:]
             if kind in ("text", "tokens"):
                 self.generated_tokens = base + event[-1]
