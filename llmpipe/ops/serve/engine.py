@@ -270,9 +270,11 @@ class Engine:
         message carries its job's sequence number: one from an earlier job (cut short) is dropped."""
         self._seq += 1
         seq, base = self._seq, self.generated_tokens
-        self._send({"seq": seq, "prompt_ids": job.prompt_ids, "max_tokens": job.max_tokens,
-                    "temperature": job.temperature, "top_p": job.top_p, "seed": job.seed, "stops": job.stops,
-                    "stop_ids": job.stop_ids, "model_id": job.model_id or self.model_id, "logprobs": job.logprobs})
+        spec = {"seq": seq, "prompt_ids": job.prompt_ids, "max_tokens": job.max_tokens, "temperature": job.temperature,
+                "top_p": job.top_p, "seed": job.seed, "stops": job.stops, "stop_ids": job.stop_ids,
+                "model_id": job.model_id or self.model_id, "logprobs": job.logprobs}
+        self._send(spec)
+        started = False  # a message of this job arrived: the process took it
         quiet_since = None  # when the job was seen cancelled with no message since
         while True:
             if job.cancelled:
@@ -289,11 +291,17 @@ class Engine:
                 message = self._conn.recv()
             except (EOFError, OSError):
                 code = self._kill_generator()
+                if not started:
+                    # it died before taking the job: killed while idle, the kill landed as the job was
+                    # sent (is_alive still said yes): the job is whole, give it to a new process once
+                    started = True
+                    self._send(spec)
+                    continue
                 raise RuntimeError(f"the generation process died (exit code {code}); it is started again for the "
                                    "next request") from None
             if message[0] != seq:
                 continue
-            quiet_since = None
+            started, quiet_since = True, None
             kind, event = message[1], message[1:]
             if kind in ("text", "tokens"):
                 self.generated_tokens = base + event[-1]
