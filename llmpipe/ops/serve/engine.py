@@ -113,11 +113,10 @@ class Engine:
                                       logging.getLogger("llmpipe").getEffectiveLevel()))
         proc.start()
         child.close()  # ours is the parent end: EOF on it means the child is gone
-        while not parent.poll(0.1):
-            if not proc.is_alive():
-                raise RuntimeError(f"the generation process exited (code {proc.exitcode}) before loading the models")
         try:
-            message = parent.recv()
+            while not parent.poll(0.1) and proc.is_alive():
+                pass
+            message = parent.recv()  # EOFError when it died first
         except EOFError:
             proc.join(5)
             raise RuntimeError(f"the generation process exited (code {proc.exitcode}) before loading the models") \
@@ -249,8 +248,7 @@ class Engine:
         since the last job: then the job is sent to the new one)."""
         for _ in range(2):
             if self._proc is None or not self._proc.is_alive():
-                if self._proc is not None:
-                    self._kill_generator()
+                self._kill_generator()  # reaps a dead one (a no-op when there is none)
                 if self._closing:
                     raise RuntimeError("the server is stopping")
                 self._start_generator()  # the first one started with the server: this one is a restart
