@@ -9,9 +9,11 @@ manifest.json describes the whole set (tokenizer hash, end-of-text id, dtype, pe
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 from dataclasses import dataclass
 from pathlib import Path
+from typing import BinaryIO
 
 import numpy as np
 
@@ -37,27 +39,33 @@ def tokenizer_hash(path: Path | str) -> str:
 # --- writing shards ------------------------------------------------------------------------------
 
 
-def write_shard(path: Path, tokens: np.ndarray, doc_starts: np.ndarray) -> None:
-    magic, version = FORMATS[tokens.dtype]
+def shard_header(dtype: np.dtype, count: int) -> bytes:
+    magic, version = FORMATS[np.dtype(dtype)]
     header = np.zeros(HEADER_INTS, dtype=np.int32)
-    header[:3] = (magic, version, len(tokens))
-    with atomic_path(path) as tmp, open(tmp, "wb") as f:
-        f.write(header.tobytes())
-        f.write(tokens.tobytes())
-    with atomic_path(path.with_name(path.name + ".idx.npy")) as tmp, open(tmp, "wb") as f:
+    header[:3] = (magic, version, count)
+    return header.tobytes()
+
+
+def write_index(shard: Path, doc_starts: np.ndarray) -> None:
+    """<shard>.idx.npy: the offsets where documents start in the shard."""
+    with atomic_path(shard.with_name(shard.name + ".idx.npy")) as tmp, open(tmp, "wb") as f:
         np.save(f, doc_starts.astype(np.int64), allow_pickle=False)
 
 
 class ShardWriter:
-    """Appends encoded documents and cuts a shard every `shard_tokens` tokens (documents may span)."""
+    """Appends encoded documents and cuts a shard every `shard_tokens` tokens (documents may span).
+
+    Tokens go straight to the open shard's temporary file (its header is written when the shard is cut),
+    so memory stays that of one document whatever the shard size: a buffer of a whole shard held 200 MB
+    per split at the default 100M tokens. A shard appears under its name only when complete."""
 
     def __init__(self, out_dir: Path, prefix: str, shard_tokens: int, dtype: np.dtype):
-        self.out_dir, self.prefix, self.shard_tokens, self.dtype = out_dir, prefix, shard_tokens, dtype
-        self.buf = np.empty(shard_tokens, dtype=dtype)
+        self.out_dir, self.prefix, self.shard_tokens, self.dtype = out_dir, prefix, shard_tokens, np.dtype(dtype)
         self.fill = 0
         self.starts: list[int] = []
         self.shards: list[dict] = []
         self.docs_total = 0
+        self._open: tuple[contextlib.ExitStack, BinaryIO] | None = None
 
     def add(self, ids, eot: int | None = None) -> None:
         """Append one document's ids (a list or array), followed by `eot` when given."""
@@ -71,17 +79,34 @@ class ShardWriter:
         pos = 0
         while pos < len(arr):
             take = min(len(arr) - pos, self.shard_tokens - self.fill)
-            self.buf[self.fill : self.fill + take] = arr[pos : pos + take]
+            self._file().write(arr[pos : pos + take].tobytes())
             self.fill += take
             pos += take
             if self.fill == self.shard_tokens:
                 self._flush()
 
+    def _file(self) -> BinaryIO:
+        if self._open is None:
+            stack = contextlib.ExitStack()
+            tmp = stack.enter_context(atomic_path(self.out_dir / self._name()))
+            f = stack.enter_context(open(tmp, "wb"))
+            f.write(bytes(HEADER_BYTES))  # the token count is known when the shard is cut
+            self._open = stack, f
+        return self._open[1]
+
+    def _name(self) -> str:
+        return f"{self.prefix}_{len(self.shards):06d}.bin"
+
     def _flush(self) -> None:
         if self.fill == 0:
             return
-        name = f"{self.prefix}_{len(self.shards):06d}.bin"
-        write_shard(self.out_dir / name, self.buf[: self.fill], np.array(self.starts, dtype=np.int64))
+        stack, f = self._open
+        f.seek(0)
+        f.write(shard_header(self.dtype, self.fill))
+        stack.close()  # closes the file, then renames it onto the shard's name
+        self._open = None
+        name = self._name()
+        write_index(self.out_dir / name, np.array(self.starts, dtype=np.int64))
         self.shards.append({"file": name, "tokens": int(self.fill), "doc_starts": len(self.starts)})
         self.fill, self.starts = 0, []
 

@@ -43,6 +43,26 @@ def test_uint32_variant(tmp_path):
     assert read_shard(tmp_path / "train_000000.bin").tolist() == [70000, 1, 0]
 
 
+def test_the_writer_streams_a_shard_to_disk_and_shows_it_only_when_cut(tmp_path):
+    """Memory stays that of a document, not of a 100M-token shard; a shard being written has no name."""
+    import tracemalloc
+
+    doc = np.arange(1, 100_001, dtype=np.uint16)
+    tracemalloc.start()
+    w = ShardWriter(tmp_path, "train", 50_000_000, np.dtype(np.uint16))  # a 100 MB shard
+    for _ in range(20):  # 2M tokens, 4 MB on disk
+        w.add(doc, eot=0)
+    peak = tracemalloc.get_traced_memory()[1]
+    tracemalloc.stop()
+    assert peak < 2_000_000, peak
+    assert not (tmp_path / "train_000000.bin").exists()
+    assert w.close() == [{"file": "train_000000.bin", "tokens": 20 * 100_001, "doc_starts": 20}]
+    tokens = read_shard(tmp_path / "train_000000.bin")
+    assert len(tokens) == 20 * 100_001 and tokens[100_000] == 0 and tokens[100_001] == 1
+    assert np.load(tmp_path / "train_000000.bin.idx.npy").tolist() == [k * 100_001 for k in range(20)]
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["train_000000.bin", "train_000000.bin.idx.npy"]
+
+
 def test_truncated_and_wrong_magic_are_named(tmp_path):
     make_shards(tmp_path, [list(range(1, 40))], [[1, 0]])
     shard = tmp_path / "train_000000.bin"
