@@ -60,20 +60,21 @@ def decontaminate(docs: Path, val: np.ndarray, keys: list[str], split: SplitPara
     ({row: (reason, overlap when moved)}, the final overlap of every document; NaN for train's).
 
     Only the val side's n-grams are held (a tenth of the corpus's by default): a first pass collects
-    them, a second streams the train documents and marks which of them train holds. Holding the train
-    side's instead cost 8 bytes per train n-gram, ~3 GB at 2 GB of text; the overlaps are the same."""
+    them, a second streams the documents, marking which of them train holds and placing each val
+    document's in the union. Holding the train side's instead cost 8 bytes per train n-gram, ~3 GB at
+    2 GB of text; the overlaps are the same."""
     cfg = split.decontaminate
     hasher, val_union = NgramSet(cfg.ngram), NgramSet(cfg.ngram)
-    val_ngrams: dict[int, np.ndarray] = {}
     for row, text in iter_texts(docs):
         if val[row]:
-            val_ngrams[row] = hasher.text_ngrams(text)
-            val_union.add(val_ngrams[row])
+            val_union.add(hasher.text_ngrams(text))
     union = val_union.array()
+    del val_union
     index_type = np.uint32 if len(union) < 2**32 else np.int64
-    # each val document's n-grams as positions in the union: half the bytes, and marking is one fancy index
-    positions = {r: np.searchsorted(union, h).astype(index_type) for r, h in val_ngrams.items()}
-    del val_ngrams, val_union
+    # each val document's n-grams as positions in the union (half the bytes of the hashes, and marking is
+    # one fancy index), computed in the second pass: holding every val document's hashes until the union
+    # was complete cost as much again as the union, most of the stage's peak at 2 GB of text
+    positions: dict[int, np.ndarray] = {}
     in_train = np.zeros(len(union), dtype=bool)
 
     def mark(parts: list[np.ndarray]) -> None:
@@ -83,17 +84,18 @@ def decontaminate(docs: Path, val: np.ndarray, keys: list[str], split: SplitPara
         pos = np.searchsorted(union, h).clip(max=len(union) - 1)
         in_train[pos[union[pos] == h]] = True
 
-    if len(union):
-        pending, size = [], 0
-        for row, text in iter_texts(docs):
-            if not val[row]:
-                pending.append(hasher.text_ngrams(text))
-                size += len(pending[-1])
-                if size >= MARK_BATCH:
-                    mark(pending)
-                    pending, size = [], 0
-        if pending:
-            mark(pending)
+    pending, size = [], 0
+    for row, text in iter_texts(docs):
+        if val[row]:
+            positions[row] = np.searchsorted(union, hasher.text_ngrams(text)).astype(index_type)
+        elif len(union):
+            pending.append(hasher.text_ngrams(text))
+            size += len(pending[-1])
+            if size >= MARK_BATCH:
+                mark(pending)
+                pending, size = [], 0
+    if pending:
+        mark(pending)
     overlap = np.full(len(val), np.nan)
     moved: dict[int, tuple[str, float]] = {}
     members: dict[str, list[int]] = {}
