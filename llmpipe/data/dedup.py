@@ -131,19 +131,22 @@ class Decisions:
 
 def find_duplicates(batches: Batches, cfg: DedupParams, reference: DedupIndex | None = None,
                     drop: frozenset[int] = frozenset(), index_out: Path | None = None,
-                    workdir: Path | None = None, ledger: ShardLedger | None = None) -> Decisions:
+                    workdir: Path | None = None, ledger: ShardLedger | None = None,
+                    dask_address: str | None = None) -> Decisions:
     """Decide which documents of the corpus are duplicates (of each other or of `reference`), and write
     the index of reference + accepted documents to `index_out` when given. `drop`: hashes of
     boilerplate lines taken out of every text first. `ledger`: where pass 1 keeps each shard's
     fingerprints with a completion record, so a killed run resumes it (else a temporary folder);
-    d.stats["shards_resumed"] says how many shards it found done."""
+    d.stats["shards_resumed"] says how many shards it found done. `dask_address`: pass 1 runs on that
+    Dask cluster instead of dedup.workers local processes."""
     ref = reference or DedupIndex.empty(cfg)
     hasher = ShingleHasher(cfg.shingle_size, cfg.seed)
     transform = (lambda t: strip_lines(t, drop)) if drop else None
     workers = cfg.workers or os.cpu_count() or 1
     with tempfile.TemporaryDirectory(dir=workdir) as tmp:
         # pass 1: fingerprints, shard by shard (in parallel), signatures to disk; resumable through `ledger`
-        first = fingerprint_pass(batches, cfg, drop, ledger or ShardLedger(Path(tmp) / "pass1", "", ""), workers)
+        first = fingerprint_pass(batches, cfg, drop, ledger or ShardLedger(Path(tmp) / "pass1", "", ""), workers,
+                                 dask_address)
         ids, exact, n_shingles, sizes, shard_files = first.ids, first.exact, first.n_shingles, first.sizes, first.files
         N = len(ids)
         cat = (lambda parts, empty: np.concatenate(parts) if parts else empty)

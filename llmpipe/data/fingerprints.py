@@ -23,7 +23,7 @@ import xxhash
 
 from llmpipe.config.dedup import DedupParams
 from llmpipe.data.minhash import ShingleHasher, band_keys, signatures_flat
-from llmpipe.util.executors import exit_with_parent
+from llmpipe.util.executors import exit_with_parent, ordered_on_cluster
 from llmpipe.util.io import atomic_path
 from llmpipe.util.resume import ShardLedger, text_hash
 
@@ -100,7 +100,9 @@ class FirstPass:
 
 
 def fingerprint_pass(batches: Batches, cfg: DedupParams, drop: frozenset[int], ledger: ShardLedger,
-                     workers: int) -> FirstPass:
+                     workers: int, dask_address: str | None = None) -> FirstPass:
+    """Pass 1 over every shard: on local processes, or on the Dask cluster at `dask_address` (its workers
+    write to the ledger's folder, so they must see it: a shared file system, as for the other stages)."""
     out = FirstPass()
 
     def jobs():
@@ -110,7 +112,9 @@ def fingerprint_pass(batches: Batches, cfg: DedupParams, drop: frozenset[int], l
             out.files.append(ledger.path(f"shard-{k:05d}"))
             yield ids, list(df["text"]), cfg, drop, f"shard-{k:05d}", ledger
 
-    for k, part in enumerate(ordered_map(fingerprint_shard, jobs(), workers)):
+    results = (ordered_on_cluster(fingerprint_shard, jobs(), dask_address, "dedup") if dask_address
+               else ordered_map(fingerprint_shard, jobs(), workers))
+    for k, part in enumerate(results):
         base = out.files[k]
         counts = np.load(f"{base}-counts.npy")
         out.exact.append(np.load(f"{base}-exact.npy"))

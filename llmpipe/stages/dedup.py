@@ -65,7 +65,7 @@ def run(params: StageParams, root: Path, sink=None) -> StageResult:
                                                            "boilerplate_lines": sorted(drop)})
     ledger.folder.mkdir(parents=True, exist_ok=True)  # its temporary files too: a killed run's go with it
     d = find_duplicates(batches, cfg, reference, drop, index_out=root / STAGE.out("index"),
-                        workdir=ledger.folder, ledger=ledger)
+                        workdir=ledger.folder, ledger=ledger, dask_address=params.scale.dask_address)
     if d.stats["docs_in"] == 0:
         raise InputError(f"{src}: no documents")
     write_parquet(root / STAGE.out("removed"), removed_table(d))

@@ -104,7 +104,8 @@ STAGES: list[Stage] = [
           settings=("scale",)),
     Stage("dedup", "exact and MinHash near-duplicate removal", ("dedup",), {"docs": "filter.docs"},
           {"docs": Out("data/dedup/docs.parquet"), "removed": Out("data/dedup/removed.parquet", "report"),
-           "report": Out("data/dedup/report.json", "report"), "index": Out("data/dedup/index")}),
+           "report": Out("data/dedup/report.json", "report"), "index": Out("data/dedup/index")},
+          settings=("scale",)),  # scale.dask_address: the signature pass on a Dask cluster
     # issue 25: the train/val side of every document, decided once, by group, decontaminated
     Stage("split", "group the documents, split train/val, move contaminated val documents to train", ("split",),
           {"docs": "dedup.docs"},

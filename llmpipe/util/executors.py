@@ -10,10 +10,15 @@ repeated shard changes nothing, and the outputs do not depend on where or in wha
 from __future__ import annotations
 
 import contextlib
+import functools
+import gc
 import itertools
 import logging
 import os
-from typing import Any, Callable, Iterator, Sequence
+import sys
+import uuid
+from collections import deque
+from typing import Any, Callable, Iterable, Iterator, Sequence
 
 from llmpipe.config.ops import ScaleParams
 
@@ -78,7 +83,8 @@ def map_shards(fn: Callable[[Any], Any], items: Sequence, scale: ScaleParams, na
         where = f"{min(workers, len(items))} local processes"
     log.info("%s: %d shards on %s", name, len(items), where)
     # A shard that fails once (a worker lost, a transient I/O error) is retried; its output is atomic.
-    shard_task = task(fn, name=f"{name}-shard", cache_policy=NO_CACHE, retries=1, retry_delay_seconds=1)
+    shard_task = task(functools.partial(releasing_memory, fn), name=f"{name}-shard", cache_policy=NO_CACHE,
+                      retries=1, retry_delay_seconds=1)
     token = next(_JOB_TOKENS)
     _SHARD_JOBS[token] = (shard_task, items)
     try:
@@ -87,6 +93,36 @@ def map_shards(fn: Callable[[Any], Any], items: Sequence, scale: ScaleParams, na
                         validate_parameters=False)(token)
     finally:
         del _SHARD_JOBS[token]
+
+
+def releasing_memory(fn: Callable, *args: Any) -> Any:
+    """fn(*args) in a worker that outlives its shards (a Dask worker serves every stage), then the freed
+    memory handed back to the system: without that a worker kept what its largest shard had freed, in
+    pyarrow's mimalloc pool and in glibc's heap (an idle 2-worker cluster: 0.98 GB at 0.2 GB of text)."""
+    _tune_glibc_malloc()
+    try:
+        return fn(*args)
+    finally:
+        gc.collect()
+        if "pyarrow" in sys.modules:
+            sys.modules["pyarrow"].default_memory_pool().release_unused()
+        with contextlib.suppress(Exception):  # not glibc: nothing to trim
+            import ctypes
+
+            ctypes.CDLL(None).malloc_trim(0)
+
+
+def _tune_glibc_malloc() -> None:
+    """Undo the fixed 64 KB trim threshold that Dask's nanny gives its workers (MALLOC_TRIM_THRESHOLD_):
+    it also pins glibc's mmap threshold at 128 KB, so every larger numpy temporary is a fresh mmap and
+    its page faults; dedup's signature pass ran 2x slower in a Dask worker (7.5 s against 3.6 s for a
+    60 MB shard). Memory still goes back to the system after each shard (releasing_memory)."""
+    with contextlib.suppress(Exception):  # not glibc
+        import ctypes
+
+        libc = ctypes.CDLL(None)
+        libc.mallopt(-3, 32 << 20)  # M_MMAP_THRESHOLD: the largest glibc allows on 64-bit
+        libc.mallopt(-1, 128 << 20)  # M_TRIM_THRESHOLD
 
 
 # Prefect pickles the running flow (its function, closure and parameters) into every task it submits.
@@ -101,3 +137,28 @@ def _run_shard_job(token: int) -> list:
     shard_task, items = _SHARD_JOBS[token]
     futures = [shard_task.submit(item) for item in items]
     return [f.result() for f in futures]
+
+
+def _unpacked(fn: Callable, job: tuple) -> Any:
+    return releasing_memory(fn, *job)
+
+
+def ordered_on_cluster(fn: Callable, jobs: Iterable[tuple], address: str, name: str) -> Iterator:
+    """fn(*job) for each job on the Dask cluster at `address`, yielded in job order, with at most two jobs
+    per worker thread in flight: for passes that stream their inputs (dedup's signatures), which
+    map_shards' all-at-once submission would hold in memory whole."""
+    from distributed import Client
+
+    with Client(address, set_as_default=False) as client:
+        window = 2 * max(1, sum(client.nthreads().values()))
+        log.info("%s: shards on Dask cluster %s, %d in flight", name, address, window)
+        pending: deque = deque()
+        for job in jobs:
+            # the job's data straight to a worker (the task then runs there), not through the scheduler,
+            # which would hold every in-flight shard's text; the key names the pass in the task stream
+            [data] = client.scatter([job], hash=False)
+            pending.append(client.submit(_unpacked, fn, data, key=f"{fn.__name__}-{uuid.uuid4().hex}"))
+            if len(pending) >= window:
+                yield pending.popleft().result()
+        while pending:
+            yield pending.popleft().result()

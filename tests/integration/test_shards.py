@@ -1,12 +1,12 @@
-"""Data-stage shards through Prefect task runners: local processes and a real local Dask cluster give the
-same bytes as an in-process run."""
+"""Data-stage shards through Prefect task runners (scrape, filter) and dedup's signature pass: local
+processes and a real local Dask cluster give the same bytes as an in-process run."""
 
 import os
 
 import pytest
 
+from llmpipe.stages import dedup, scrape
 from llmpipe.stages import filter as filter_stage
-from llmpipe.stages import scrape
 from llmpipe.stages.params import parse_params
 from llmpipe.stages.registry import output
 
@@ -32,10 +32,14 @@ def corpus(root):
 def run_data_stages(root, scale):
     params = parse_params({"scrape": {"sources": [{"kind": "local", "paths": ["in/*.txt"], "files_per_shard": 2}]},
                            "filter": {"min_chars": 100, "shard_docs": 2, "quality": {"gopher_repetition": {"enabled": False}}},
+                           "dedup": {"shard_docs": 2, "workers": 2 if scale.get("workers") == 2 else 1},
                            "scale": scale})
     s = scrape.run(params, root).metrics
     f = filter_stage.run(params, root).metrics
-    files = sorted((root / output("scrape.docs")).glob("*.parquet")) + sorted((root / output("filter.docs")).glob("*.parquet"))
+    d = dedup.run(params, root).metrics
+    assert d["docs_in"] == f["docs_out"] and d["shards_run"] >= 3  # pass 1 over several shards
+    files = (sorted((root / output("scrape.docs")).glob("*.parquet")) + sorted((root / output("filter.docs")).glob("*.parquet"))
+             + [root / output("dedup.docs"), root / output("dedup.removed")])
     return s, f, {p.relative_to(root).as_posix(): p.read_bytes() for p in files}
 
 
@@ -59,8 +63,11 @@ def test_local_process_pool_matches_in_process(tmp_path, serial):
 
 
 def test_dask_cluster_matches_in_process(tmp_path, serial):
-    from distributed import LocalCluster
+    from distributed import Client, LocalCluster, get_task_stream
 
     corpus(tmp_path)
     with LocalCluster(n_workers=2, threads_per_worker=1, processes=True, dashboard_address=None) as cluster:
-        check_same(run_data_stages(tmp_path, {"dask_address": cluster.scheduler_address}), serial)
+        with Client(cluster) as client, get_task_stream(client) as ran:
+            check_same(run_data_stages(tmp_path, {"dask_address": cluster.scheduler_address}), serial)
+    # dedup's signature pass ran on the cluster's workers, not on processes of the stage's own
+    assert sum(t["key"].startswith("fingerprint_shard-") for t in ran.data) >= 3, [t["key"] for t in ran.data]
