@@ -37,7 +37,8 @@ class DedupParams(Section):
     clusters: Literal["transitive", "direct"] = "transitive"
     shard_docs: Annotated[int, Field(ge=1)] = 10_000  # documents read and hashed at once (bounds memory)
     shard_bytes: Annotated[int, Field(ge=1024, le=1_000_000_000)] = 64_000_000  # ... and their bytes at once
-    workers: Annotated[int, Field(ge=0, le=1024)] = 0  # processes hashing shards in parallel; 0: one per core
+    # processes hashing shards in parallel (0: one per core); with scale.dask_address the cluster's workers do
+    workers: Annotated[int, Field(ge=0, le=1024)] = 0
     report_examples: Annotated[int, Field(ge=0)] = 10  # removed pairs listed in report.json
     # The index (data/dedup/index of an earlier run, copied aside) of a corpus accepted before: new
     # documents that duplicate it are removed, without reading or hashing that corpus again.

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import tempfile
 import time
@@ -132,63 +133,64 @@ def tokenize_corpus(docs_path: Path, tokenizer_path: Path, out_dir: Path, assign
     # (hundreds of thousands of samples on the demo), and memory stays a sixteenth of all distinct n-grams
     ngrams = {s: NgramSet(OVERLAP_NGRAM, sample=OVERLAP_SAMPLE) for s in ("train", "val")}
     hasher = NgramSet(OVERLAP_NGRAM, sample=OVERLAP_SAMPLE)
-    writers = {s: ShardWriter(out_dir, s, cfg.shard_tokens, dtype) for s in ("train", "val")}
-    n_bytes = {"train": 0, "val": 0}
-    doc_rows: dict[str, list[dict]] = {"train": [], "val": []}
-    offset = {"train": 0, "val": 0}
-    row, encoder, first_sample, engines, resumed = 0, None, None, [], []
-    with tqdm(total=len(mask), desc="tokenize", unit="doc", mininterval=2.0, disable=len(mask) < 100) as bar:
-        for k, (texts, metas) in enumerate(iter_text_batches(docs_path, cfg.batch_bytes)):
-            chunk, sides = f"chunk-{k:05d}", mask[row : row + len(texts)]
-            if k == 0:  # the engine is chosen on the first documents, whichever chunks are resumed
-                first_sample = check_sample(texts)
-            inputs = text_hash([*texts, sides.astype(np.uint8).tobytes().hex()])
-            done = ledger.lookup(chunk, inputs)
-            resumed.append(done is not None)
-            if done is None:
-                encoder = encoder or load_encoder(tokenizer_path, cfg.workers, first_sample)
-                done = encode_chunk(texts, sides, encoder, eot, dtype, hasher, ledger, chunk)
-                ledger.commit(chunk, inputs, [f"{chunk}-{name}.npy" for name in CHUNK_FILES], done)
-            engines.append(done["engine"])
-            arrays = {name: np.load(ledger.path(f"{chunk}-{name}.npy")) for name in CHUNK_FILES}
-            starts = np.concatenate([[0], np.cumsum(arrays["lengths"])])
-            for i, (meta, val) in enumerate(zip(metas, sides.tolist())):
-                split_name = "val" if val else "train"
-                writers[split_name].add(arrays["tokens"][starts[i] : starts[i + 1]])
-                doc_rows[split_name].append({
-                    "id": meta.get("id"), "source": meta.get("source"),
-                    "location": meta.get("url") or meta.get("path") or "", "title": meta.get("title") or "",
-                    "start": offset[split_name], "tokens": int(arrays["lengths"][i])})
-                offset[split_name] += int(arrays["lengths"][i])
-            for s in ngrams:
-                ngrams[s].add(arrays[f"ngrams-{s}"])
-                n_bytes[s] += done["bytes"][s]
-            row += len(texts)
-            bar.update(len(texts))
-    shards = []
-    for split_name, rows in doc_rows.items():
-        write_doc_table(out_dir, split_name, rows)
-    for split_name, w in writers.items():
-        for s in w.close():
-            shards.append({**s, "split": split_name})
-    write_manifest(out_dir, {
-        "format": "llm.c",
-        "tokenizer_sha256": tokenizer_hash(tokenizer_path),
-        "eot_id": eot,
-        "vocab_size": tok.get_vocab_size(),
-        "dtype": dtype.name,
-        "shards": shards,
-        "docs": {s: writers[s].docs_total for s in writers},
-        "bytes": n_bytes,
-        "encoder": engines[0] if engines else "none",  # chosen on the first documents, resumed or not
-    })
-    stats = {f"{s}_{k}": v for s in writers for k, v in (
-        ("tokens", sum(x["tokens"] for x in shards if x["split"] == s)),
-        ("docs", writers[s].docs_total), ("bytes", n_bytes[s]))}
-    stats["shards"] = len(shards)
-    stats["val_overlap_13gram"] = round(ngrams["train"].overlap(ngrams["val"].array()), 6)
-    stats.update(ShardCount("tokenize", resumed).metrics())  # shards here: the chunks of input encoded
-    return stats
+    with contextlib.ExitStack() as stack:  # a failure drops the shards being written (ShardWriter.__exit__)
+        writers = {s: stack.enter_context(ShardWriter(out_dir, s, cfg.shard_tokens, dtype)) for s in ("train", "val")}
+        n_bytes = {"train": 0, "val": 0}
+        doc_rows: dict[str, list[dict]] = {"train": [], "val": []}
+        offset = {"train": 0, "val": 0}
+        row, encoder, first_sample, engines, resumed = 0, None, None, [], []
+        with tqdm(total=len(mask), desc="tokenize", unit="doc", mininterval=2.0, disable=len(mask) < 100) as bar:
+            for k, (texts, metas) in enumerate(iter_text_batches(docs_path, cfg.batch_bytes)):
+                chunk, sides = f"chunk-{k:05d}", mask[row : row + len(texts)]
+                if k == 0:  # the engine is chosen on the first documents, whichever chunks are resumed
+                    first_sample = check_sample(texts)
+                inputs = text_hash([*texts, sides.astype(np.uint8).tobytes().hex()])
+                done = ledger.lookup(chunk, inputs)
+                resumed.append(done is not None)
+                if done is None:
+                    encoder = encoder or load_encoder(tokenizer_path, cfg.workers, first_sample)
+                    done = encode_chunk(texts, sides, encoder, eot, dtype, hasher, ledger, chunk)
+                    ledger.commit(chunk, inputs, [f"{chunk}-{name}.npy" for name in CHUNK_FILES], done)
+                engines.append(done["engine"])
+                arrays = {name: np.load(ledger.path(f"{chunk}-{name}.npy")) for name in CHUNK_FILES}
+                starts = np.concatenate([[0], np.cumsum(arrays["lengths"])])
+                for i, (meta, val) in enumerate(zip(metas, sides.tolist())):
+                    split_name = "val" if val else "train"
+                    writers[split_name].add(arrays["tokens"][starts[i] : starts[i + 1]])
+                    doc_rows[split_name].append({
+                        "id": meta.get("id"), "source": meta.get("source"),
+                        "location": meta.get("url") or meta.get("path") or "", "title": meta.get("title") or "",
+                        "start": offset[split_name], "tokens": int(arrays["lengths"][i])})
+                    offset[split_name] += int(arrays["lengths"][i])
+                for s in ngrams:
+                    ngrams[s].add(arrays[f"ngrams-{s}"])
+                    n_bytes[s] += done["bytes"][s]
+                row += len(texts)
+                bar.update(len(texts))
+        shards = []
+        for split_name, rows in doc_rows.items():
+            write_doc_table(out_dir, split_name, rows)
+        for split_name, w in writers.items():
+            for s in w.close():
+                shards.append({**s, "split": split_name})
+        write_manifest(out_dir, {
+            "format": "llm.c",
+            "tokenizer_sha256": tokenizer_hash(tokenizer_path),
+            "eot_id": eot,
+            "vocab_size": tok.get_vocab_size(),
+            "dtype": dtype.name,
+            "shards": shards,
+            "docs": {s: writers[s].docs_total for s in writers},
+            "bytes": n_bytes,
+            "encoder": engines[0] if engines else "none",  # chosen on the first documents, resumed or not
+        })
+        stats = {f"{s}_{k}": v for s in writers for k, v in (
+            ("tokens", sum(x["tokens"] for x in shards if x["split"] == s)),
+            ("docs", writers[s].docs_total), ("bytes", n_bytes[s]))}
+        stats["shards"] = len(shards)
+        stats["val_overlap_13gram"] = round(ngrams["train"].overlap(ngrams["val"].array()), 6)
+        stats.update(ShardCount("tokenize", resumed).metrics())  # shards here: the chunks of input encoded
+        return stats
 
 
 def run(params: StageParams, root: Path, sink=None) -> StageResult:

@@ -100,11 +100,10 @@ class ShardWriter:
     def _flush(self) -> None:
         if self.fill == 0:
             return
-        stack, f = self._open
-        f.seek(0)
-        f.write(shard_header(self.dtype, self.fill))
-        stack.close()  # closes the file, then renames it onto the shard's name
-        self._open = None
+        (stack, f), self._open = self._open, None
+        with stack:  # closes the file, then renames it onto the shard's name; on an error deletes it
+            f.seek(0)
+            f.write(shard_header(self.dtype, self.fill))
         name = self._name()
         write_index(self.out_dir / name, np.array(self.starts, dtype=np.int64))
         self.shards.append({"file": name, "tokens": int(self.fill), "doc_starts": len(self.starts)})
@@ -113,6 +112,21 @@ class ShardWriter:
     def close(self) -> list[dict]:
         self._flush()
         return self.shards
+
+    def abort(self) -> None:
+        """Drop the shard being written: its temporary file goes, nothing appears under its name."""
+        if self._open is not None:
+            (stack, _), self._open = self._open, None
+            stack.__exit__(RuntimeError, RuntimeError("shard abandoned"), None)  # atomic_path: delete, no rename
+
+    def __enter__(self) -> "ShardWriter":
+        return self
+
+    def __exit__(self, exc_type, *_) -> None:
+        """Leaving on an error aborts the open shard (a caller's close() in a finally could otherwise
+        publish a cut-short shard with a valid header); leaving normally is the caller's close()."""
+        if exc_type is not None:
+            self.abort()
 
 
 # --- reading shards ------------------------------------------------------------------------------

@@ -21,6 +21,7 @@ from collections import deque
 from typing import Any, Callable, Iterable, Iterator, Sequence
 
 from llmpipe.config.ops import ScaleParams
+from llmpipe.util.io import InputError
 
 log = logging.getLogger(__name__)
 
@@ -95,34 +96,50 @@ def map_shards(fn: Callable[[Any], Any], items: Sequence, scale: ScaleParams, na
         del _SHARD_JOBS[token]
 
 
-def releasing_memory(fn: Callable, *args: Any) -> Any:
-    """fn(*args) in a worker that outlives its shards (a Dask worker serves every stage), then the freed
+def releasing_memory(fn: Callable, *args: Any, **kwargs: Any) -> Any:
+    """fn(*args, **kwargs) in a worker that outlives its shards (a Dask worker serves every stage), then the freed
     memory handed back to the system: without that a worker kept what its largest shard had freed, in
     pyarrow's mimalloc pool and in glibc's heap (an idle 2-worker cluster: 0.98 GB at 0.2 GB of text)."""
-    _tune_glibc_malloc()
+    with glibc_thresholds_for_a_shard():
+        try:
+            return fn(*args, **kwargs)
+        finally:
+            gc.collect()
+            if "pyarrow" in sys.modules:
+                sys.modules["pyarrow"].default_memory_pool().release_unused()
+            _glibc("malloc_trim", 0)
+
+
+M_TRIM_THRESHOLD, M_MMAP_THRESHOLD = -1, -3  # mallopt's parameters (malloc.h)
+GLIBC_MMAP_THRESHOLD = 128 * 1024  # glibc's initial mmap threshold, fixed once MALLOC_TRIM_THRESHOLD_ is set
+
+
+@contextlib.contextmanager
+def glibc_thresholds_for_a_shard() -> Iterator[None]:
+    """For the shard's duration, lift the malloc thresholds that Dask's nanny fixes in its workers
+    (MALLOC_TRIM_THRESHOLD_=65536, which also pins glibc's mmap threshold at 128 KB): every larger
+    numpy temporary was then a fresh mmap and its page faults, and dedup's signature pass ran 2x slower
+    in a Dask worker (a 60 MB shard: 7.5 s against 3.6 s). The worker's settings come back afterwards
+    (other tasks on a shared cluster keep them), and the shard's freed memory is trimmed either way.
+    Elsewhere (no such variable) glibc's own adaptive thresholds are left alone."""
+    trim = os.environ.get("MALLOC_TRIM_THRESHOLD_", "")
+    if not trim.isdigit():
+        yield
+        return
+    _glibc("mallopt", M_MMAP_THRESHOLD, 32 << 20)  # the largest glibc allows on 64-bit
+    _glibc("mallopt", M_TRIM_THRESHOLD, 128 << 20)
     try:
-        return fn(*args)
+        yield
     finally:
-        gc.collect()
-        if "pyarrow" in sys.modules:
-            sys.modules["pyarrow"].default_memory_pool().release_unused()
-        with contextlib.suppress(Exception):  # not glibc: nothing to trim
-            import ctypes
-
-            ctypes.CDLL(None).malloc_trim(0)
+        _glibc("mallopt", M_TRIM_THRESHOLD, int(trim))
+        _glibc("mallopt", M_MMAP_THRESHOLD, GLIBC_MMAP_THRESHOLD)
 
 
-def _tune_glibc_malloc() -> None:
-    """Undo the fixed 64 KB trim threshold that Dask's nanny gives its workers (MALLOC_TRIM_THRESHOLD_):
-    it also pins glibc's mmap threshold at 128 KB, so every larger numpy temporary is a fresh mmap and
-    its page faults; dedup's signature pass ran 2x slower in a Dask worker (7.5 s against 3.6 s for a
-    60 MB shard). Memory still goes back to the system after each shard (releasing_memory)."""
-    with contextlib.suppress(Exception):  # not glibc
+def _glibc(name: str, *args: int) -> None:
+    with contextlib.suppress(Exception):  # not glibc (musl, macOS): nothing to tune or trim
         import ctypes
 
-        libc = ctypes.CDLL(None)
-        libc.mallopt(-3, 32 << 20)  # M_MMAP_THRESHOLD: the largest glibc allows on 64-bit
-        libc.mallopt(-1, 128 << 20)  # M_TRIM_THRESHOLD
+        getattr(ctypes.CDLL(None), name)(*args)
 
 
 # Prefect pickles the running flow (its function, closure and parameters) into every task it submits.
@@ -143,22 +160,42 @@ def _unpacked(fn: Callable, job: tuple) -> Any:
     return releasing_memory(fn, *job)
 
 
-def ordered_on_cluster(fn: Callable, jobs: Iterable[tuple], address: str, name: str) -> Iterator:
+def ordered_on_cluster(fn: Callable, jobs: Iterable[tuple], address: str, name: str,
+                       wait_for_workers_s: float = 60) -> Iterator:
     """fn(*job) for each job on the Dask cluster at `address`, yielded in job order, with at most two jobs
     per worker thread in flight: for passes that stream their inputs (dedup's signatures), which
-    map_shards' all-at-once submission would hold in memory whole."""
+    map_shards' all-at-once submission would hold in memory whole. A job that fails (a worker lost
+    with its data, a transient I/O error) is sent once more, as map_shards' tasks are retried once."""
     from distributed import Client
 
     with Client(address, set_as_default=False) as client:
+        try:
+            client.wait_for_workers(1, timeout=wait_for_workers_s)
+        except TimeoutError:
+            raise InputError(f"scale.dask_address: the Dask cluster at {address} has no workers (waited "
+                             f"{wait_for_workers_s:.0f} s); start some, or set scale.dask_address: null") from None
         window = 2 * max(1, sum(client.nthreads().values()))
         log.info("%s: shards on Dask cluster %s, %d in flight", name, address, window)
+
+        def submit(job: tuple):
+            # scattered, the job's data is held by a worker, where the task then runs, rather than in
+            # the task's definition, which the scheduler would keep for every shard in flight; the key
+            # names the pass in the cluster's task stream
+            [data] = client.scatter([job], hash=False)
+            return client.submit(_unpacked, fn, data, key=f"{fn.__name__}-{uuid.uuid4().hex}")
+
+        def result(job: tuple, future):
+            try:
+                return future.result()
+            except Exception as err:  # noqa: BLE001 - any failure gets the one retry; a second one is raised
+                log.warning("%s: a shard failed on the cluster (%s: %s); sending it once more", name,
+                            type(err).__name__, err)
+                return submit(job).result()
+
         pending: deque = deque()
         for job in jobs:
-            # the job's data straight to a worker (the task then runs there), not through the scheduler,
-            # which would hold every in-flight shard's text; the key names the pass in the task stream
-            [data] = client.scatter([job], hash=False)
-            pending.append(client.submit(_unpacked, fn, data, key=f"{fn.__name__}-{uuid.uuid4().hex}"))
+            pending.append((job, submit(job)))
             if len(pending) >= window:
-                yield pending.popleft().result()
+                yield result(*pending.popleft())
         while pending:
-            yield pending.popleft().result()
+            yield result(*pending.popleft())

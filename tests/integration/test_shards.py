@@ -71,3 +71,38 @@ def test_dask_cluster_matches_in_process(tmp_path, serial):
             check_same(run_data_stages(tmp_path, {"dask_address": cluster.scheduler_address}), serial)
     # dedup's signature pass ran on the cluster's workers, not on processes of the stage's own
     assert sum(t["key"].startswith("fingerprint_shard-") for t in ran.data) >= 3, [t["key"] for t in ran.data]
+
+
+def fail_once(marker_dir: str, k: int) -> int:
+    """Fails the first time it sees k (a marker file remembers it across worker processes)."""
+    from pathlib import Path
+
+    marker = Path(marker_dir) / f"seen-{k}"
+    if k % 3 == 1 and not marker.exists():
+        marker.touch()
+        raise OSError(f"transient failure of shard {k}")
+    return k * k
+
+
+def always_fails(k: int) -> int:
+    if k == 1:
+        raise ValueError(f"shard {k} always fails")
+    return k
+
+
+def test_cluster_pass_keeps_order_retries_a_failed_shard_once_and_names_a_cluster_without_workers(tmp_path):
+    from distributed import LocalCluster
+
+    from llmpipe.util.executors import ordered_on_cluster
+    from llmpipe.util.io import InputError
+
+    with LocalCluster(n_workers=2, threads_per_worker=1, processes=True, dashboard_address=None) as cluster:
+        jobs = ((str(tmp_path), k) for k in range(10))
+        assert list(ordered_on_cluster(fail_once, jobs, cluster.scheduler_address, "test")) == [k * k for k in range(10)]
+        assert len(list(tmp_path.glob("seen-*"))) == 3  # shards 1, 4, 7 failed once each and were sent again
+        with pytest.raises(ValueError, match="shard 1 always fails"):  # a second failure is raised
+            list(ordered_on_cluster(always_fails, ((k,) for k in range(3)), cluster.scheduler_address, "test"))
+    with LocalCluster(n_workers=0, dashboard_address=None) as empty:
+        with pytest.raises(InputError, match="scale.dask_address: the Dask cluster at .* has no workers"):
+            list(ordered_on_cluster(fail_once, iter([(str(tmp_path), 0)]), empty.scheduler_address, "test",
+                                    wait_for_workers_s=2))

@@ -63,6 +63,15 @@ def test_the_writer_streams_a_shard_to_disk_and_shows_it_only_when_cut(tmp_path)
     assert sorted(p.name for p in tmp_path.iterdir()) == ["train_000000.bin", "train_000000.bin.idx.npy"]
 
 
+def test_a_writer_left_on_an_error_publishes_no_cut_short_shard(tmp_path):
+    with pytest.raises(RuntimeError, match="encoder failed"):
+        with ShardWriter(tmp_path, "train", 10, np.dtype(np.uint16)) as w:
+            w.add(list(range(1, 15)), eot=0)  # one full shard (10 tokens), 5 in the next
+            raise RuntimeError("encoder failed")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["train_000000.bin", "train_000000.bin.idx.npy"]
+    assert read_shard(tmp_path / "train_000000.bin").tolist() == list(range(1, 11))
+
+
 def test_truncated_and_wrong_magic_are_named(tmp_path):
     make_shards(tmp_path, [list(range(1, 40))], [[1, 0]])
     shard = tmp_path / "train_000000.bin"
