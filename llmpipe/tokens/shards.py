@@ -118,6 +118,7 @@ class ShardWriter:
         if self._open is not None:
             (stack, _), self._open = self._open, None
             stack.__exit__(RuntimeError, RuntimeError("shard abandoned"), None)  # atomic_path: delete, no rename
+        self.fill, self.starts = 0, []
 
     def __enter__(self) -> "ShardWriter":
         return self

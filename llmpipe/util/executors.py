@@ -16,6 +16,7 @@ import itertools
 import logging
 import os
 import sys
+import threading
 import uuid
 from collections import deque
 from typing import Any, Callable, Iterable, Iterator, Sequence
@@ -112,6 +113,8 @@ def releasing_memory(fn: Callable, *args: Any, **kwargs: Any) -> Any:
 
 M_TRIM_THRESHOLD, M_MMAP_THRESHOLD = -1, -3  # mallopt's parameters (malloc.h)
 GLIBC_MMAP_THRESHOLD = 128 * 1024  # glibc's initial mmap threshold, fixed once MALLOC_TRIM_THRESHOLD_ is set
+_lifted = {"shards": 0}  # shards running in this process with the thresholds lifted (a worker may run several)
+_lifted_lock = threading.Lock()
 
 
 @contextlib.contextmanager
@@ -119,20 +122,26 @@ def glibc_thresholds_for_a_shard() -> Iterator[None]:
     """For the shard's duration, lift the malloc thresholds that Dask's nanny fixes in its workers
     (MALLOC_TRIM_THRESHOLD_=65536, which also pins glibc's mmap threshold at 128 KB): every larger
     numpy temporary was then a fresh mmap and its page faults, and dedup's signature pass ran 2x slower
-    in a Dask worker (a 60 MB shard: 7.5 s against 3.6 s). The worker's settings come back afterwards
-    (other tasks on a shared cluster keep them), and the shard's freed memory is trimmed either way.
-    Elsewhere (no such variable) glibc's own adaptive thresholds are left alone."""
+    in a Dask worker (a 60 MB shard: 7.5 s against 3.6 s). The worker's settings come back when its last
+    running shard ends (other tasks on a shared cluster keep them), and the shard's freed memory is
+    trimmed either way. Elsewhere (no such variable) glibc's own adaptive thresholds are left alone."""
     trim = os.environ.get("MALLOC_TRIM_THRESHOLD_", "")
-    if not trim.isdigit():
-        yield
+    if not (trim.isascii() and trim.isdigit()) or int(trim) >= 2**31 or os.environ.get("MALLOC_MMAP_THRESHOLD_"):
+        yield  # not the nanny's setting (or one we could not put back exactly): left as it is
         return
-    _glibc("mallopt", M_MMAP_THRESHOLD, 32 << 20)  # the largest glibc allows on 64-bit
-    _glibc("mallopt", M_TRIM_THRESHOLD, 128 << 20)
+    with _lifted_lock:
+        _lifted["shards"] += 1
+        if _lifted["shards"] == 1:
+            _glibc("mallopt", M_MMAP_THRESHOLD, 32 << 20)  # the largest glibc allows on 64-bit
+            _glibc("mallopt", M_TRIM_THRESHOLD, 128 << 20)
     try:
         yield
     finally:
-        _glibc("mallopt", M_TRIM_THRESHOLD, int(trim))
-        _glibc("mallopt", M_MMAP_THRESHOLD, GLIBC_MMAP_THRESHOLD)
+        with _lifted_lock:
+            _lifted["shards"] -= 1
+            if _lifted["shards"] == 0:
+                _glibc("mallopt", M_TRIM_THRESHOLD, int(trim))
+                _glibc("mallopt", M_MMAP_THRESHOLD, GLIBC_MMAP_THRESHOLD)
 
 
 def _glibc(name: str, *args: int) -> None:
@@ -164,8 +173,9 @@ def ordered_on_cluster(fn: Callable, jobs: Iterable[tuple], address: str, name: 
                        wait_for_workers_s: float = 60) -> Iterator:
     """fn(*job) for each job on the Dask cluster at `address`, yielded in job order, with at most two jobs
     per worker thread in flight: for passes that stream their inputs (dedup's signatures), which
-    map_shards' all-at-once submission would hold in memory whole. A job that fails (a worker lost
-    with its data, a transient I/O error) is sent once more, as map_shards' tasks are retried once."""
+    map_shards' all-at-once submission would hold in memory whole. A job that fails (a transient I/O
+    error, a worker lost while running it) is sent once more, as map_shards' tasks are retried once; a job
+    whose data was lost with its worker fails (a rerun resumes from the completion records)."""
     from distributed import Client
 
     with Client(address, set_as_default=False) as client:
@@ -177,24 +187,25 @@ def ordered_on_cluster(fn: Callable, jobs: Iterable[tuple], address: str, name: 
         window = 2 * max(1, sum(client.nthreads().values()))
         log.info("%s: shards on Dask cluster %s, %d in flight", name, address, window)
 
-        def submit(job: tuple):
-            # scattered, the job's data is held by a worker, where the task then runs, rather than in
-            # the task's definition, which the scheduler would keep for every shard in flight; the key
-            # names the pass in the cluster's task stream
-            [data] = client.scatter([job], hash=False)
+        def submit(data):
+            # the key names the pass in the cluster's task stream
             return client.submit(_unpacked, fn, data, key=f"{fn.__name__}-{uuid.uuid4().hex}")
 
-        def result(job: tuple, future):
+        def result(data, future):
             try:
                 return future.result()
             except Exception as err:  # noqa: BLE001 - any failure gets the one retry; a second one is raised
                 log.warning("%s: a shard failed on the cluster (%s: %s); sending it once more", name,
                             type(err).__name__, err)
-                return submit(job).result()
+                return submit(data).result()  # a shard whose data went with a lost worker fails again here
 
         pending: deque = deque()
         for job in jobs:
-            pending.append((job, submit(job)))
+            # scattered, the job's data is held by a worker, where the task then runs, rather than in the
+            # task's definition (which the scheduler would keep for every shard in flight) or here
+            [data] = client.scatter([job], hash=False)
+            del job
+            pending.append((data, submit(data)))
             if len(pending) >= window:
                 yield result(*pending.popleft())
         while pending:

@@ -70,6 +70,7 @@ def test_a_writer_left_on_an_error_publishes_no_cut_short_shard(tmp_path):
             raise RuntimeError("encoder failed")
     assert sorted(p.name for p in tmp_path.iterdir()) == ["train_000000.bin", "train_000000.bin.idx.npy"]
     assert read_shard(tmp_path / "train_000000.bin").tolist() == list(range(1, 11))
+    assert w.close() == [{"file": "train_000000.bin", "tokens": 10, "doc_starts": 1}]  # the aborted part is gone
 
 
 def test_truncated_and_wrong_magic_are_named(tmp_path):
