@@ -30,4 +30,7 @@ class EvaluateParams(Section):
     # Score at most this many val tokens (null: the whole val split), in fixed non-overlapping windows.
     max_tokens: Annotated[int, Field(ge=1)] | None = None
     batch_size: Annotated[int, Field(ge=1)] = 8
+    # In-context copying (llmpipe/evals/copying.py): this many val spans of block_size // 2 tokens, each
+    # shown twice; the loss and top-1 on the repeat against the first showing. 0: not measured.
+    copy_spans: Annotated[int, Field(ge=0)] = 32
     baselines: BaselineParams = BaselineParams()  # n-gram, unigram and xz on the same val targets

@@ -1,5 +1,6 @@
 """Stage 7, evaluate: held-out loss, perplexity and bits per byte of the trained model, and beside them
-the baselines (a Kneser-Ney n-gram, an add-one unigram, xz) on the same val targets and bytes."""
+the baselines (a Kneser-Ney n-gram, an add-one unigram, xz) on the same val targets and bytes, and how
+well the model copies a span from its context (llmpipe/evals/copying.py)."""
 
 from __future__ import annotations
 
@@ -10,6 +11,7 @@ from pathlib import Path
 from tokenizers import Tokenizer
 
 from llmpipe.evals.baselines import baseline_metrics
+from llmpipe.evals.copying import copy_probe
 from llmpipe.model.weights import load_model
 from llmpipe.stages.registry import StageParams, StageResult, stage
 from llmpipe.tokens.bpe import token_byte_lengths, token_bytes
@@ -29,6 +31,13 @@ def run(params: StageParams, root: Path, sink=None) -> StageResult:
     tok = Tokenizer.from_file(str(tok_path))
     lengths = token_byte_lengths(tok)
     metrics = evaluate_model(model, val, lengths, cfg.batch_size, cfg.max_tokens)
+    if cfg.copy_spans:  # the assistant's questions are answered by copying from the passage
+        metrics.update(copy_probe(model, val.scored(cfg.max_tokens)[0], cfg.copy_spans))
+        if "copy_repeat_top1" in metrics:
+            log.info("evaluate: a val span shown twice: top-1 %.3f on the repeat against %.3f on the first "
+                     "showing (the copy rule %.3f); loss %.3f against %.3f nats per token",
+                     metrics["copy_repeat_top1"], metrics["copy_first_top1"], metrics["copy_rule_top1"],
+                     metrics["copy_repeat_loss"], metrics["copy_first_loss"])
     metrics["model_seconds"] = round(time.perf_counter() - t0, 3)
     log.info("evaluate: val loss %.4f, perplexity %.2f, %.4f bits per byte over %d tokens",
              metrics["val_loss"], metrics["perplexity"], metrics["bits_per_byte"], metrics["tokens"])

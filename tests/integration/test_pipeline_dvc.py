@@ -48,6 +48,9 @@ def test_every_stage_output_is_there(repro_repo):
     assert ev["ngram_order"] == BaselineParams().ngram_order
     assert ev["gain_over_ngram_bpb"] == ev["ngram_bits_per_byte"] - ev["bits_per_byte"]
     assert 0 < ev["compressor_bits_per_byte"] < ev["compressor_alone_bits_per_byte"]
+    # the copy probe: each span shown twice, the repeat scored beside the first showing and the copy rule
+    assert ev["copy_spans"] > 0 and np.isclose(ev["copy_gain_nats"], ev["copy_first_loss"] - ev["copy_repeat_loss"])
+    assert ev["copy_rule_top1"] > ev["copy_first_top1"]
     samples = [json.loads(s) for s in (data / "samples" / "samples.jsonl").read_text().splitlines()]
     assert [s["prompt"] for s in samples] == TINY_PARAMS["sample"]["prompts"]
     assert all(0 < s["new_tokens"] <= 24 or s["stopped_at_eot"] for s in samples)
