@@ -1,0 +1,113 @@
+"""Why the demo's assistant does not copy: finetuning variants on the workspace's base model, each scored
+on the held-out items per type, with the copy probe (llmpipe/evals/copying.py) before and after.
+
+    python bench/sft_variants.py [--root .] [--steps 150] [--lr 1e-3] [--prompt-weight 0]
+                                 [--random-passages 0] [--seed 0]
+
+Needs data/model, data/tokenizer and data/sft (after `dvc repro sft-data pretrain`). Variants:
+--prompt-weight W puts the loss on the user's turn too, at weight W (the quoted line in a question is a
+copy of a passage line: copy signal on every question); --random-passages F rebuilds that fraction of the
+training items from random lines and names of the train items (same task and turn pattern), so that no
+memory of the pretrained plays answers them, only the passage does. Ends with
+
+    RESULT acc=<x> acc_count=<x> acc_next=<x> acc_speaker=<x> copy_repeat_top1_before=<x>
+           copy_repeat_top1_after=<x> copy_first_top1=<x> seconds=<x>
+"""
+
+from __future__ import annotations
+
+import _root  # noqa: F401  (first: takes bench/ off the import path, see bench/_root.py)
+
+import argparse
+import random
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+from tokenizers import Tokenizer
+
+import llmpipe.training.finetune as finetune_module
+
+from llmpipe.config.sft import FinetuneParams
+from llmpipe.data import playqa
+from llmpipe.evals.copying import copy_probe
+from llmpipe.evals.trivial import is_checkable
+from llmpipe.model.weights import load_model
+from llmpipe.stages.chat_eval import answers, score
+from llmpipe.tokens.chat import ChatFormat, Rendered, prompt_and_reference
+from llmpipe.tokens.examples import packed, read_conversations
+from llmpipe.tokens.loader import TokenData
+
+
+def randomized(conversation: dict, lines: list[str], names: list[str], rng: random.Random) -> dict:
+    """The item rebuilt on a passage of random train lines and names, with its task and turn pattern."""
+    renamed: dict[str, str] = {}
+    rows = []
+    for speaker, _ in conversation["passage"]:
+        if speaker not in renamed:
+            renamed[speaker] = rng.choice([n for n in names if n not in renamed.values()])
+        rows.append((renamed[speaker], rng.choice(lines)))
+    for _ in range(20):  # a draw can fail (a line too short to quote): draw the question again
+        if (item := playqa.make_item(rows, conversation["task"], rng)) is not None:
+            return {**conversation, "passage": rows, "messages": [{"role": "user", "content": item.question},
+                                                                  {"role": "assistant", "content": item.answer}]}
+    return conversation
+
+
+def training_rows(train: list[dict], fmt: ChatFormat, block_size: int, prompt_weight: float, random_share: float,
+                  seed: int) -> tuple[np.ndarray, np.ndarray]:
+    """The stage's packed rows (each conversation whole in a row), with float loss weights: 1 on the
+    assistant's tokens, prompt_weight on the rest of each conversation, 0 on the filler."""
+    rng = random.Random(seed)
+    lines = [line for c in train for _, line in c.get("passage") or []]
+    names = sorted({speaker for c in train for speaker, _ in c.get("passage") or []})
+    rendered = []
+    for c in train:
+        if c.get("passage") and rng.random() < random_share:
+            c = randomized(c, lines, names, rng)
+        rendered.append(fmt.render(c["messages"]))
+    tokens, answer = packed(rendered, block_size, fmt.eot)
+    _, whole = packed([Rendered(r.ids, [1] * len(r.ids)) for r in rendered], block_size, fmt.eot)
+    return tokens, answer + prompt_weight * (whole.astype(np.float32) - answer)
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--root", type=Path, default=Path("."))
+    ap.add_argument("--steps", type=int, default=150)
+    ap.add_argument("--lr", type=float, default=1e-3)
+    ap.add_argument("--prompt-weight", type=float, default=0.0)
+    ap.add_argument("--random-passages", type=float, default=0.0)
+    ap.add_argument("--seed", type=int, default=0)
+    args = ap.parse_args()
+    t0 = time.perf_counter()
+    root, sft = args.root, args.root / "data/sft"
+    fmt = ChatFormat(Tokenizer.from_file(str(root / "data/tokenizer/tokenizer.json")))
+    base = load_model(root / "data/model")
+    stream = TokenData(root / "data/tokens", "val").scored()[0]
+    before = copy_probe(base, stream, 32)
+    tokens, weights = training_rows(read_conversations(sft / "train"), fmt, base.cfg.block_size,
+                                    args.prompt_weight, args.random_passages, args.seed)
+    original = finetune_module.read_examples
+    finetune_module.read_examples = lambda src: (tokens, weights) if src == sft / "train" else original(src)
+    cfg = FinetuneParams(max_steps=args.steps, lr=args.lr, seed=1337 + args.seed, device="cpu", eval_interval=10**9,
+                         checkpoint_interval=10**9, log_interval=50)
+    with tempfile.TemporaryDirectory() as tmp:
+        model = finetune_module.finetune(cfg, base, sft / "train", sft / "val", Path(tmp), {"bench": 1}).model
+    finetune_module.read_examples = original
+    after = copy_probe(model, stream, 32)
+    held_out = [c for c in read_conversations(sft / "val") if is_checkable(c)]
+    prompts = [prompt_and_reference(c["messages"])[0] for c in held_out]
+    replies = answers(model, fmt, prompts, 32, 32)
+    acc, per_task, _ = score(held_out, replies)
+    for c, reply in list(zip(held_out, replies))[:6]:
+        print(f"{c['task']:8s} expected {prompt_and_reference(c['messages'])[1][:40]!r:44s} said {reply[:40]!r}")
+    print(f"RESULT acc={acc:.3f} " + " ".join(f"acc_{t}={a:.3f}" for t, a in per_task.items())
+          + f" copy_repeat_top1_before={before['copy_repeat_top1']:.3f}"
+          f" copy_repeat_top1_after={after['copy_repeat_top1']:.3f} copy_first_top1={after['copy_first_top1']:.3f}"
+          f" n_val_items={len(held_out)} seconds={time.perf_counter() - t0:.0f}")
+
+
+if __name__ == "__main__":
+    main()
