@@ -5,13 +5,17 @@ on the held-out items per type, with the copy probe (llmpipe/evals/copying.py) b
                                  [--random-passages 0] [--seed 0]
 
 Needs data/model, data/tokenizer and data/sft (after `dvc repro sft-data pretrain`). Variants:
---prompt-weight W puts the loss on the user's turn too, at weight W (the quoted line in a question is a
-copy of a passage line: copy signal on every question); --random-passages F rebuilds that fraction of the
+--prompt-weight W puts the loss on the user's turn too, at weight W (the quoted line of a next-line or
+who-says question is a copy of a passage line: copy signal in every such question); --random-passages F rebuilds that fraction of the
 training items from random lines and names of the train items (same task and turn pattern), so that no
-memory of the pretrained plays answers them, only the passage does. Ends with
+memory of the pretrained plays answers them, only the passage does. (With --prompt-weight the loss is
+still a mean over the weighted tokens, so the answers' share of the gradient shrinks.) Finetuning uses
+finetune's defaults (FinetuneParams, not params.yaml) with --steps and --lr; scoring is chat-eval's (greedy,
+32 new tokens) on every held-out item, beside the best trivial rule per type. Ends with
 
-    RESULT acc=<x> acc_count=<x> acc_next=<x> acc_speaker=<x> copy_repeat_top1_before=<x>
-           copy_repeat_top1_after=<x> copy_first_top1=<x> seconds=<x>
+    RESULT acc=<x> best_baseline_acc=<x> gain_over_best_baseline=<x> acc_<type>=<x> best_baseline_<type>=<x> ...
+           copy_repeat_top1_before=<x> copy_first_top1_before=<x> copy_repeat_top1_after=<x>
+           copy_first_top1_after=<x> n_val_items=<n> seconds=<x>
 """
 
 from __future__ import annotations
@@ -34,7 +38,7 @@ from llmpipe.data import playqa
 from llmpipe.evals.copying import copy_probe
 from llmpipe.evals.trivial import is_checkable
 from llmpipe.model.weights import load_model
-from llmpipe.stages.chat_eval import answers, score
+from llmpipe.stages.chat_eval import answers, baseline_metrics, score
 from llmpipe.tokens.chat import ChatFormat, Rendered, prompt_and_reference
 from llmpipe.tokens.examples import packed, read_conversations
 from llmpipe.tokens.loader import TokenData
@@ -81,31 +85,43 @@ def main() -> None:
     ap.add_argument("--random-passages", type=float, default=0.0)
     ap.add_argument("--seed", type=int, default=0)
     args = ap.parse_args()
+    if not 0.0 <= args.random_passages <= 1.0:
+        ap.error(f"--random-passages is a share of the training items, 0 to 1 (got {args.random_passages})")
     t0 = time.perf_counter()
     root, sft = args.root, args.root / "data/sft"
+    needed = [root / "data/model/model.safetensors", root / "data/tokenizer/tokenizer.json",
+              root / "data/tokens/manifest.json", sft / "train/conversations.jsonl", sft / "val/conversations.jsonl"]
+    if missing := [str(p) for p in needed if not p.exists()]:
+        raise SystemExit(f"missing {', '.join(missing)}: run `dvc repro sft-data pretrain` in {root.resolve()} first")
     fmt = ChatFormat(Tokenizer.from_file(str(root / "data/tokenizer/tokenizer.json")))
     base = load_model(root / "data/model")
     stream = TokenData(root / "data/tokens", "val").scored()[0]
     before = copy_probe(base, stream, 32)
-    tokens, weights = training_rows(read_conversations(sft / "train"), fmt, base.cfg.block_size,
-                                    args.prompt_weight, args.random_passages, args.seed)
-    original = finetune_module.read_examples
-    finetune_module.read_examples = lambda src: (tokens, weights) if src == sft / "train" else original(src)
+    train = read_conversations(sft / "train")
+    tokens, weights = training_rows(train, fmt, base.cfg.block_size, args.prompt_weight, args.random_passages,
+                                    args.seed)
     cfg = FinetuneParams(max_steps=args.steps, lr=args.lr, seed=1337 + args.seed, device="cpu", eval_interval=10**9,
                          checkpoint_interval=10**9, log_interval=50)
-    with tempfile.TemporaryDirectory() as tmp:
-        model = finetune_module.finetune(cfg, base, sft / "train", sft / "val", Path(tmp), {"bench": 1}).model
-    finetune_module.read_examples = original
+    original = finetune_module.read_examples
+    finetune_module.read_examples = lambda src: (tokens, weights) if src == sft / "train" else original(src)
+    try:
+        with tempfile.TemporaryDirectory() as tmp:
+            model = finetune_module.finetune(cfg, base, sft / "train", sft / "val", Path(tmp), {"bench": 1}).model
+    finally:
+        finetune_module.read_examples = original
     after = copy_probe(model, stream, 32)
     held_out = [c for c in read_conversations(sft / "val") if is_checkable(c)]
     prompts = [prompt_and_reference(c["messages"])[0] for c in held_out]
     replies = answers(model, fmt, prompts, 32, 32)
-    acc, per_task, _ = score(held_out, replies)
+    acc, per_task, right = score(held_out, replies)
+    versus, _, _ = baseline_metrics(held_out, train, right)
     for c, reply in list(zip(held_out, replies))[:6]:
         print(f"{c['task']:8s} expected {prompt_and_reference(c['messages'])[1][:40]!r:44s} said {reply[:40]!r}")
-    print(f"RESULT acc={acc:.3f} " + " ".join(f"acc_{t}={a:.3f}" for t, a in per_task.items())
-          + f" copy_repeat_top1_before={before['copy_repeat_top1']:.3f}"
-          f" copy_repeat_top1_after={after['copy_repeat_top1']:.3f} copy_first_top1={after['copy_first_top1']:.3f}"
+    print(f"RESULT acc={acc:.3f} best_baseline_acc={versus['best_baseline_acc']:.3f}"
+          f" gain_over_best_baseline={versus['gain_over_best_baseline']:+.3f} "
+          + " ".join(f"acc_{t}={a:.3f} best_baseline_{t}={versus[f'best_baseline_{t}']:.3f}" for t, a in per_task.items())
+          + f" copy_repeat_top1_before={before['copy_repeat_top1']:.3f} copy_first_top1_before={before['copy_first_top1']:.3f}"
+          f" copy_repeat_top1_after={after['copy_repeat_top1']:.3f} copy_first_top1_after={after['copy_first_top1']:.3f}"
           f" n_val_items={len(held_out)} seconds={time.perf_counter() - t0:.0f}")
 
 

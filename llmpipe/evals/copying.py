@@ -46,21 +46,27 @@ def copy_rule(row: np.ndarray, positions: range, longest: int = 8) -> np.ndarray
 
 
 @torch.no_grad()
-def copy_probe(model: GPT, stream: np.ndarray, spans: int) -> dict:
+def copy_probe(model: GPT, stream: np.ndarray, spans: int, batch_size: int = 8) -> dict:
     """Loss (nats per token) and top-1 accuracy on a span's first and second showing, and the copy
-    rule's top-1 on the second, over `spans` val spans. Targets are the span's tokens after its first
-    (the first token of the repeat follows the span's last one, which nothing in the span predicts)."""
+    rule's top-1 on the second, over `spans` val spans, `batch_size` rows a forward pass. Targets are
+    the span's tokens after its first (the first token of the repeat follows the span's last one, which
+    nothing in the span predicts). {} when the context or the stream is too short for a span."""
     length = model.cfg.block_size // 2
-    starts = span_starts(len(stream), length, spans)
+    starts = span_starts(len(stream), length, spans) if length >= 2 else []
     if not starts:
         return {}
     model.eval()
     device = next(model.parameters()).device
     rows = np.stack([np.concatenate([stream[s : s + length]] * 2).astype(np.int64) for s in starts])
-    x, y = torch.from_numpy(rows[:, :-1]).to(device), torch.from_numpy(rows[:, 1:]).to(device)
-    logits, _ = model(x)
-    loss = F.cross_entropy(logits.float().transpose(1, 2), y, reduction="none").cpu().numpy()
-    top1 = (logits.argmax(-1) == y).cpu().numpy()
+    losses, hits = [], []
+    for b in range(0, len(rows), batch_size):
+        x = torch.from_numpy(rows[b : b + batch_size, :-1]).to(device)
+        y = torch.from_numpy(rows[b : b + batch_size, 1:]).to(device)
+        logits, _ = model(x)
+        losses.append(F.cross_entropy(logits.float().transpose(1, 2), y, reduction="none").cpu().numpy())
+        hits.append((logits.argmax(-1) == y).cpu().numpy())
+    loss, top1 = np.concatenate(losses), np.concatenate(hits)
+    # target j is row[j + 1]: the first showing's are 0..length-2, the repeat's length..2*length-2
     first, second = slice(0, length - 1), slice(length, 2 * length - 1)
     repeat = range(length, 2 * length - 1)
     rule = np.stack([copy_rule(r[:-1], repeat)[second] for r in rows]) == rows[:, 1:][:, second]

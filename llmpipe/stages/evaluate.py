@@ -31,19 +31,23 @@ def run(params: StageParams, root: Path, sink=None) -> StageResult:
     tok = Tokenizer.from_file(str(tok_path))
     lengths = token_byte_lengths(tok)
     metrics = evaluate_model(model, val, lengths, cfg.batch_size, cfg.max_tokens)
+    stream, scored = val.scored(cfg.max_tokens)  # the val tokens the model scored, for the probe and baselines
     if cfg.copy_spans:  # the assistant's questions are answered by copying from the passage
-        metrics.update(copy_probe(model, val.scored(cfg.max_tokens)[0], cfg.copy_spans))
-        if "copy_repeat_top1" in metrics:
+        probe = copy_probe(model, stream, cfg.copy_spans, cfg.batch_size)
+        if probe:
+            metrics.update(probe)
             log.info("evaluate: a val span shown twice: top-1 %.3f on the repeat against %.3f on the first "
                      "showing (the copy rule %.3f); loss %.3f against %.3f nats per token",
-                     metrics["copy_repeat_top1"], metrics["copy_first_top1"], metrics["copy_rule_top1"],
-                     metrics["copy_repeat_loss"], metrics["copy_first_loss"])
+                     probe["copy_repeat_top1"], probe["copy_first_top1"], probe["copy_rule_top1"],
+                     probe["copy_repeat_loss"], probe["copy_first_loss"])
+        else:
+            log.warning("evaluate: no copy probe: the %d scored val tokens hold no span of block_size // 2 = %d "
+                        "tokens (evaluate.copy_spans)", len(stream), model.cfg.block_size // 2)
     metrics["model_seconds"] = round(time.perf_counter() - t0, 3)
     log.info("evaluate: val loss %.4f, perplexity %.2f, %.4f bits per byte over %d tokens",
              metrics["val_loss"], metrics["perplexity"], metrics["bits_per_byte"], metrics["tokens"])
     if cfg.baselines.enabled:
         train = TokenData(root / STAGE.inp("tokens"), "train")
-        stream, scored = val.scored(cfg.max_tokens)
         base = baseline_metrics(train.arrays, stream, scored, lengths, token_bytes(tok), val.manifest.vocab_size,
                                 val.manifest.eot_id, cfg.baselines)
         if (n := base.pop("baseline_bytes")) != metrics["bytes"]:  # the baselines score the model's bytes

@@ -9,7 +9,7 @@ import yaml
 from mlflow.tracking import MlflowClient
 from tokenizers import Tokenizer
 
-from llmpipe.config.evaluate import BaselineParams
+from llmpipe.config.evaluate import BaselineParams, EvaluateParams
 from llmpipe.data.playqa import normalize
 from llmpipe.evals.trivial import baselines, case_of, sign_test_p
 from llmpipe.stages.registry import STAGE_NAMES as STAGES, stage
@@ -49,7 +49,8 @@ def test_every_stage_output_is_there(repro_repo):
     assert ev["gain_over_ngram_bpb"] == ev["ngram_bits_per_byte"] - ev["bits_per_byte"]
     assert 0 < ev["compressor_bits_per_byte"] < ev["compressor_alone_bits_per_byte"]
     # the copy probe: each span shown twice, the repeat scored beside the first showing and the copy rule
-    assert ev["copy_spans"] > 0 and np.isclose(ev["copy_gain_nats"], ev["copy_first_loss"] - ev["copy_repeat_loss"])
+    assert ev["copy_spans"] == EvaluateParams().copy_spans  # the stage takes the param
+    assert ev["copy_span_tokens"] == TINY_PARAMS["pretrain"]["model"]["block_size"] // 2
     assert ev["copy_rule_top1"] > ev["copy_first_top1"]
     samples = [json.loads(s) for s in (data / "samples" / "samples.jsonl").read_text().splitlines()]
     assert [s["prompt"] for s in samples] == TINY_PARAMS["sample"]["prompts"]

@@ -1,6 +1,7 @@
 """The copy probe tells a model that copies from its context from one that does not."""
 
 import numpy as np
+import pytest
 import torch
 import torch.nn.functional as F
 
@@ -15,7 +16,7 @@ def tiny(seed: int = 0) -> GPT:
     return GPT(GPTConfig(n_layer=2, n_head=2, d_model=64, block_size=64, vocab_size=VOCAB))
 
 
-def trained_to_copy(steps: int = 300) -> GPT:
+def trained_to_copy(steps: int = 150) -> GPT:
     """A tiny model trained on random spans shown twice: it learns induction, nothing else."""
     model, gen = tiny(), torch.Generator().manual_seed(1)
     opt = torch.optim.AdamW(model.parameters(), lr=3e-3)
@@ -55,3 +56,29 @@ def test_the_probe_separates_a_copier_from_a_model_that_does_not_copy():
     assert after["copy_repeat_top1"] > after["copy_first_top1"] + 0.5
     assert after["copy_gain_nats"] > 1.0 > abs(before["copy_gain_nats"])
     assert before["copy_rule_top1"] > 0.9  # the spans are long enough for the rule to find its match
+    assert copy_probe(tiny(), stream, 16, batch_size=3) == pytest.approx(before)  # batches change nothing
+
+
+class Oracle(torch.nn.Module):
+    """Right about every next token of a span shown twice, except the repeat's first (which nothing in
+    the span predicts): both showings' top-1 is 1.0 exactly only if neither counts that position."""
+
+    def __init__(self):
+        super().__init__()
+        self.cfg = GPTConfig(n_layer=1, n_head=1, d_model=8, block_size=64, vocab_size=VOCAB)
+        self.anchor = torch.nn.Parameter(torch.zeros(1))  # a device to be on
+
+    def forward(self, x):
+        half = self.cfg.block_size // 2
+        nxt = torch.cat([x[:, 1:], x[:, half - 1 : half]], 1)  # the last target is the span's last token
+        nxt[:, half - 1] = (x[:, half - 1] + 1) % VOCAB  # wrong where the repeat starts
+        return F.one_hot(nxt, VOCAB).float() * 10, None
+
+
+def test_the_probe_scores_exactly_the_predictable_targets():
+    out = copy_probe(Oracle(), np.random.default_rng(1).integers(0, VOCAB, 3000), 8)
+    assert out["copy_first_top1"] == 1.0 and out["copy_repeat_top1"] == 1.0
+
+
+def test_no_span_fits_no_figures():
+    assert copy_probe(tiny(), np.arange(20) % VOCAB, 8) == {}  # a stream shorter than a span
