@@ -2,8 +2,8 @@
 
 Every question of the demo's assistant set (llmpipe/data/playqa.py) is answered by copying a name or a
 line from the passage, which needs induction heads (Olsson et al., 2022: attend to the token after an
-earlier occurrence of the current one, and copy it). A model without them cannot learn the questions in
-a few hundred finetuning steps, whatever the data, so evaluate measures the ability directly: a span
+earlier occurrence of the current one, and copy it). The demo's base model has none, and no finetuning
+variant measured taught it those questions (docs/assistant.md), so evaluate measures the ability directly: a span
 of block_size // 2 val tokens is shown twice in a row, and the model's loss and top-1 accuracy on the
 second showing are set beside the first. A model that copies predicts the repeat almost perfectly;
 one that does not scores both showings alike. Beside them, the copy rule (predict the token that followed

@@ -56,7 +56,8 @@ def test_the_probe_separates_a_copier_from_a_model_that_does_not_copy():
     assert after["copy_repeat_top1"] > after["copy_first_top1"] + 0.5
     assert after["copy_gain_nats"] > 1.0 > abs(before["copy_gain_nats"])
     assert before["copy_rule_top1"] > 0.9  # the spans are long enough for the rule to find its match
-    assert copy_probe(tiny(), stream, 16, batch_size=3) == pytest.approx(before)  # batches change nothing
+    # batches change nothing (within a flipped near-tie: another CPU's kernels may round differently)
+    assert copy_probe(tiny(), stream, 16, batch_size=3) == pytest.approx(before, abs=5e-3)
 
 
 class Oracle(torch.nn.Module):
