@@ -3,10 +3,11 @@ CLI on a corpus of --gb GB, on the local executor and on a local Dask cluster, a
 the demo corpus alone (~5 MB), and a tokenize run killed midway and re-run against the uninterrupted one.
 
     python bench/scale.py [--gb 2] [--workdir /tmp/llmpipe-scale] [--skip-dask | --skip-local]
-                          [--skip-demo] [--skip-resume] [--seed 0]
+                          [--skip-demo] [--skip-resume] [--seed 0] [--dask-restart-workers]
 
 (--skip-local: the Dask run alone, half the time; then the rates and peak_rss_mb are the Dask run's,
-cluster processes included, and there is no resume run.)
+cluster processes included, and there is no resume run. --dask-restart-workers: the Dask run with
+scale.dask_restart_workers, each cluster stage's workers restarted after its shards.)
 
 The corpus: the demo corpus (the Gutenberg Shakespeare, fetched as the scrape stage does) cut into
 documents of 1,500-9,000 words, each from a random window of a random play, its paragraphs shuffled and
@@ -30,7 +31,8 @@ replaced by the local files (and scale.dask_address set for the Dask run). Measu
   shards run there; `idle MB` is theirs at rest just before the stage, and the RESULT's
   peak_rss_mb_dask_over_idle the largest peak less it); a peak shorter than 0.2 s can be missed;
 - cpu: the CPU seconds of the process and its descendants (psutil, children included once waited;
-  Dask workers' CPU counted by sampling their cpu_times before and after) over the wall time, in cores.
+  the Dask cluster's processes counted from their cpu_times before the stage, a restarted worker's last
+  sample and a final reading) over the wall time, in cores.
   `wait` = 1 - cpu / (wall x cores) is the share of the machine's CPU time the stage left idle: I/O
   waits, start-up, and stretches where fewer shards than cores ran. It is an upper bound on the I/O
   share, not a measurement of I/O alone (block-I/O delay accounting is off on this kernel); `read_mb`
@@ -50,10 +52,8 @@ import _root  # noqa: F401  (first: takes bench/ off the import path, see bench/
 import argparse
 import contextlib
 import hashlib
-import html
 import json
 import os
-import random
 import shutil
 import signal
 import subprocess
@@ -66,93 +66,16 @@ from typing import Callable
 import psutil
 import yaml
 
-from llmpipe.data.sources.demo import DemoSource, iter_demo
+from bench._scale_corpus import FILES_PER_SHARD, build_corpus
 
 ROOT = Path(__file__).resolve().parent.parent
 STAGES = ["scrape", "filter", "dedup", "split", "tokenizer", "tokenize"]
-FILES_PER_SHARD = 256
-EXACT_SHARE, NEAR_SHARE, HTML_EVERY = 0.08, 0.08, 12
-
-
-# --- the corpus ------------------------------------------------------------------------------------
-
-def plays() -> list[tuple[str, str, list[str]]]:
-    """(work, title, paragraphs) of every play of the demo corpus (both editions of a play: one work)."""
-    return [(d["group"], d["title"], [p for p in d["text"].split("\n\n") if p.strip()])
-            for d in iter_demo(DemoSource())]
-
-
-def edited(paragraphs: list[str], every: int, rng: random.Random, vocab: list[str]) -> list[str]:
-    """One word in `every` (on average) replaced by a word of the corpus, paragraph by paragraph."""
-    out = []
-    for para in paragraphs:
-        words = para.split(" ")
-        for _ in range(len(words) // every + (rng.random() < (len(words) % every) / every)):
-            words[rng.randrange(len(words))] = rng.choice(vocab)
-        out.append(" ".join(words))
-    return out
-
-
-def page(title: str, text: str) -> str:
-    body = "".join(f"<p>{html.escape(p)}</p>\n" for p in text.split("\n\n"))
-    return (f"<!doctype html><html><head><meta charset=\"utf-8\"><title>{html.escape(title)}</title></head>"
-            f"<body><nav><a href=\"/\">Home</a> | <a href=\"/plays\">Plays</a></nav><article><h1>"
-            f"{html.escape(title)}</h1>\n{body}</article><footer>Public domain text.</footer></body></html>")
-
-
-def build_corpus(dest: Path, gb: float, seed: int) -> dict:
-    """Write documents under dest/ until gb GB are on disk; returns counts."""
-    rng = random.Random(seed)
-    source = plays()
-    vocab = sorted({w for _, _, paras in source for p in paras for w in p.split() if w.isalpha()})
-    target = int(gb * 1e9)
-    written, docs, kinds = 0, [], {"unique": 0, "exact": 0, "near": 0, "html": 0}
-    t0 = time.perf_counter()
-    n = -1
-    while written < target:
-        n += 1  # the document's number (not len(docs): the pool of recent documents is capped)
-        roll = rng.random()
-        if docs and roll < EXACT_SHARE:
-            work, title, text = docs[rng.randrange(len(docs))]
-            kinds["exact"] += 1
-        elif docs and roll < EXACT_SHARE + NEAR_SHARE:
-            work, title, text = docs[rng.randrange(len(docs))]
-            text = "\n\n".join(edited(text.split("\n\n"), rng.randint(100, 400), rng, vocab))
-            kinds["near"] += 1
-        else:
-            work, title, paras = source[rng.randrange(len(source))]
-            words_wanted, start = rng.randint(1500, 9000), rng.randrange(len(paras))
-            window, count = [], 0
-            for p in paras[start:] + paras[:start]:
-                window.append(p)
-                count += p.count(" ") + 1
-                if count >= words_wanted:
-                    break
-            rng.shuffle(window)
-            text = "\n\n".join(edited(window, rng.randint(8, 20), rng, vocab))
-            title = f"{title}, variation {n}"
-            kinds["unique"] += 1
-        docs.append((work, title, text))
-        if len(docs) > 4000:  # copies come from the recent documents: memory stays bounded
-            docs.pop(rng.randrange(len(docs) - 1))
-        folder = dest / f"{n // FILES_PER_SHARD:05d}"
-        folder.mkdir(parents=True, exist_ok=True)
-        name = f"{work}--doc{n:07d}"  # the work in the name: split.group keeps a play's variations together
-        if n % HTML_EVERY == 0:
-            data = page(title, text).encode("utf-8")
-            (folder / f"{name}.html").write_bytes(data)
-            kinds["html"] += 1
-        else:
-            data = text.encode("utf-8")
-            (folder / f"{name}.txt").write_bytes(data)
-        written += len(data)
-    return {"files": sum(kinds[k] for k in ("unique", "exact", "near")), "bytes": written, **kinds,
-            "seconds": round(time.perf_counter() - t0, 1)}
 
 
 # --- running and measuring a stage -----------------------------------------------------------------
 
-def workspace(path: Path, sources: list[dict] | None, dask_address: str | None) -> None:
+def workspace(path: Path, sources: list[dict] | None, dask_address: str | None,
+              restart_workers: bool = False) -> None:
     """path/params.yaml: the repository's, with these sources (None: the demo's), grouped by the work
     named in each file's name, and this Dask address."""
     params = yaml.safe_load((ROOT / "params.yaml").read_text())  # may name a few sections only
@@ -160,6 +83,7 @@ def workspace(path: Path, sources: list[dict] | None, dask_address: str | None) 
         params.setdefault("scrape", {})["sources"] = sources
         params.setdefault("split", {})["group"] = {"by": "path_regex", "path_regex": r"([^/]+)--doc\d+\.\w+$"}
     params.setdefault("scale", {})["dask_address"] = dask_address
+    params["scale"]["dask_restart_workers"] = restart_workers
     path.mkdir(parents=True, exist_ok=True)
     (path / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
 
@@ -173,9 +97,9 @@ def tree(proc: psutil.Process) -> list[psutil.Process]:
 class Sampler(threading.Thread):
     """Peak summed RSS, and the last seen I/O counters, of a process tree (plus extra processes)."""
 
-    def __init__(self, pid: int, extra: list[psutil.Process]):
+    def __init__(self, pid: int, extra: Callable[[], list[psutil.Process]]):
         super().__init__(daemon=True)
-        self.root, self.extra = psutil.Process(pid), extra
+        self.root, self.extra = psutil.Process(pid), extra  # re-read each time: restarted workers are new processes
         self.peak = 0
         self.io: dict[int, tuple[int, int]] = {}
         self.cpu: dict[int, float] = {}
@@ -184,15 +108,16 @@ class Sampler(threading.Thread):
     def run(self) -> None:
         while not self.done.is_set():
             rss = 0
-            for p in tree(self.root) + self.extra:
+            extra = self.extra()
+            for p in tree(self.root) + extra:
                 try:
                     with p.oneshot():
                         rss += p.memory_info().rss
-                        if p not in self.extra:
+                        t = p.cpu_times()
+                        self.cpu[p.pid] = t.user + t.system  # the last seen: a process that ends keeps its share
+                        if p not in extra:
                             io = p.io_counters()
                             self.io[p.pid] = (io.read_bytes, io.write_bytes)
-                            t = p.cpu_times()
-                            self.cpu[p.pid] = t.user + t.system
                 except (psutil.NoSuchProcess, psutil.AccessDenied):
                     continue
             self.peak = max(self.peak, rss)
@@ -217,7 +142,7 @@ QUIET_PREFECT = {"PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS": "120", "DO_
                  "PREFECT_SERVER_ANALYTICS_ENABLED": "false"}
 
 
-def run_stage(work: Path, name: str, extra: list[psutil.Process], kill_after: float | None = None,
+def run_stage(work: Path, name: str, extra: Callable[[], list[psutil.Process]], kill_after: float | None = None,
               api_url: str | None = None) -> dict:
     """Run one stage through the CLI; its wall time, peak RSS, CPU and I/O (see the docstring)."""
     env = {**os.environ, **QUIET_PREFECT, "PYTHONPATH": str(ROOT), "PREFECT_HOME": str(work / ".prefect"),
@@ -225,8 +150,9 @@ def run_stage(work: Path, name: str, extra: list[psutil.Process], kill_after: fl
     if api_url:
         env["PREFECT_API_URL"] = api_url
     log = open(work / f"{name}.log", "ab")
-    extra_cpu0 = cpu_of(extra)
-    idle_mb = sum_of(extra, lambda p: p.memory_info().rss) / 2**20  # the Dask cluster's own processes at rest, before the stage's shards
+    before = extra()
+    extra_cpu0 = {p.pid: cpu_of([p]) for p in before}  # the cluster's CPU before the stage (new workers: 0)
+    idle_mb = sum_of(before, lambda p: p.memory_info().rss) / 2**20  # the Dask cluster's own processes at rest, before the stage's shards
     t0 = time.perf_counter()
     proc = subprocess.Popen([sys.executable, "-m", "llmpipe.cli", "--root", str(work), "--params",
                              str(work / "params.yaml"), name], cwd=work, env=env, stdout=log, stderr=log)
@@ -244,10 +170,13 @@ def run_stage(work: Path, name: str, extra: list[psutil.Process], kill_after: fl
     wall = time.perf_counter() - t0
     sampler.done.set()
     sampler.join()
+    for p in extra():  # the cluster's CPU up to the end, not to the last 0.2 s sample
+        with contextlib.suppress(psutil.NoSuchProcess, psutil.AccessDenied):
+            sampler.cpu[p.pid] = max(sampler.cpu.get(p.pid, 0.0), cpu_of([p]))
     log.close()
     if rc != 0 and kill_after is None:
         raise SystemExit(f"{name} failed (exit {rc}); see {work / (name + '.log')}")
-    cpu = sum(sampler.cpu.values()) + cpu_of(extra) - extra_cpu0
+    cpu = sum(t - extra_cpu0.get(pid, 0.0) for pid, t in sampler.cpu.items())
     metrics_file = work / "data" / "metrics" / f"{name}.json"
     metrics = json.loads(metrics_file.read_text()) if metrics_file.exists() and rc == 0 else {}
     return {"wall": wall, "rc": rc, "peak_mb": sampler.peak / 2**20, "idle_mb": idle_mb, "cpu": cpu,
@@ -263,7 +192,8 @@ def input_mb(name: str, runs: dict, scraped_bytes: int) -> float:
             "split": kept, "tokenizer": m["split"].get("train_bytes", 0), "tokenize": kept}[name] / 1e6
 
 
-def pipeline(work: Path, extra: list[psutil.Process], scraped_bytes: int, api_url: str | None = None) -> dict:
+def pipeline(work: Path, extra: Callable[[], list[psutil.Process]], scraped_bytes: int,
+             api_url: str | None = None) -> dict:
     runs = {}
     for name in STAGES:
         runs[name] = run_stage(work, name, extra, api_url=api_url)
@@ -340,6 +270,9 @@ def main() -> None:
     parser.add_argument("--workdir", type=Path, default=Path("/tmp/llmpipe-scale"))
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--skip-dask", action="store_true", help="no run on a local Dask cluster")
+    parser.add_argument("--dask-restart-workers", action="store_true",
+                        help="the Dask run with scale.dask_restart_workers: true (workers restarted after each "
+                             "stage's shards)")
     parser.add_argument("--skip-demo", action="store_true", help="no demo-corpus baseline run")
     parser.add_argument("--skip-resume", action="store_true", help="no killed-and-resumed tokenize run")
     parser.add_argument("--skip-local", action="store_true",
@@ -347,6 +280,8 @@ def main() -> None:
     args = parser.parse_args()
     if args.skip_local and args.skip_dask:
         parser.error("--skip-local and --skip-dask leave nothing to run")
+    if args.dask_restart_workers and args.skip_dask:
+        parser.error("--dask-restart-workers applies to the Dask run, which --skip-dask leaves out")
     t_start = time.perf_counter()
     base = args.workdir.resolve()
     if base.exists():
@@ -361,7 +296,7 @@ def main() -> None:
     if not args.skip_demo:
         print("demo corpus, local executor", flush=True)
         workspace(base / "demo", None, None)
-        demo = pipeline(base / "demo", [], 0)
+        demo = pipeline(base / "demo", list, 0)
         d = demo["scrape"]
         d["mb"] = d["metrics"]["bytes_out"] / 1e6  # the demo's input is an archive: its text
         d["mb_per_s"], d["own_mb_per_s"] = d["mb"] / d["wall"], d["mb"] / d["stage_s"]
@@ -370,7 +305,7 @@ def main() -> None:
     if not args.skip_local:
         print(f"{args.gb} GB, local executor", flush=True)
         workspace(base / "local", local_sources, None)
-        local = pipeline(base / "local", [], stats["bytes"])
+        local = pipeline(base / "local", list, stats["bytes"])
         table(f"{args.gb} GB corpus, local executor ({os.cpu_count()} cores)", local, demo)
     if demo:
         table("demo corpus, local executor", demo, None)
@@ -380,8 +315,8 @@ def main() -> None:
         # one Prefect API for the stages and the cluster's workers: tasks run there report to it (without
         # one, each worker's Prefect client retries a missing server and the shards slow down 2x)
         with prefect_api() as api_url, dask_cluster(os.cpu_count() or 1, api_url) as (address, cluster_proc):
-            workspace(base / "dask", local_sources, address)
-            dask = pipeline(base / "dask", tree(cluster_proc), stats["bytes"], api_url)
+            workspace(base / "dask", local_sources, address, restart_workers=args.dask_restart_workers)
+            dask = pipeline(base / "dask", lambda: tree(cluster_proc), stats["bytes"], api_url)
         table(f"{args.gb} GB corpus, local Dask cluster ({os.cpu_count()} worker processes; their RSS and "
               "CPU included)", dask, demo)
         if local:
@@ -394,8 +329,8 @@ def main() -> None:
     if not (args.skip_resume or args.skip_local):
         tokens = base / "local" / "data" / "tokens"
         before = digest(tokens)
-        killed = run_stage(base / "local", "tokenize", [], kill_after=local["tokenize"]["wall"] / 2)
-        rerun = run_stage(base / "local", "tokenize", [])
+        killed = run_stage(base / "local", "tokenize", list, kill_after=local["tokenize"]["wall"] / 2)
+        rerun = run_stage(base / "local", "tokenize", list)
         resumed = int(digest(tokens) == before)  # 1: identical (the issue's RESULT key)
         print(f"\nresume: tokenize killed after {killed['wall']:.1f} s (exit {killed['rc']}), re-run "
               f"{rerun['wall']:.1f} s (uninterrupted {local['tokenize']['wall']:.1f} s); identical: {resumed}")
@@ -407,6 +342,7 @@ def main() -> None:
     ratios = " ".join(f"x_demo_{n}={runs[n]['own_mb_per_s'] / demo[n]['own_mb_per_s']:.2f}" for n in STAGES) if demo else ""
     print(f"RESULT gb={stats['bytes'] / 1e9:.3f} seconds={seconds:.0f} executor={'local' if local else 'dask'} "
           f"{rates} peak_rss_mb={max(r['peak_mb'] for r in runs.values()):.0f} {dask_peak}{ratios} "
+          f"{'' if args.skip_dask else f'dask_restart_workers={int(args.dask_restart_workers)} '}"
           f"resumed_identical={resumed}")
 
 

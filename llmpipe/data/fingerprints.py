@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import itertools
 import multiprocessing
-from collections import deque
 from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -23,7 +22,7 @@ import xxhash
 
 from llmpipe.config.dedup import DedupParams
 from llmpipe.data.minhash import ShingleHasher, band_keys, signatures_flat
-from llmpipe.util.executors import exit_with_parent, ordered_on_cluster
+from llmpipe.util.executors import exit_with_parent, in_order, ordered_on_cluster
 from llmpipe.util.io import atomic_path
 from llmpipe.util.resume import ShardLedger, text_hash
 
@@ -77,13 +76,10 @@ def ordered_map(fn, jobs: Iterator[tuple], workers: int) -> Iterator:
         return
     with ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("spawn"),
                              initializer=exit_with_parent) as pool:
-        pending: deque = deque()
-        for job in itertools.chain(head, jobs):
-            pending.append(pool.submit(fn, *job))
-            if len(pending) >= 2 * workers:
-                yield pending.popleft().result()
-        while pending:
-            yield pending.popleft().result()
+        chained = itertools.chain(head, jobs)
+        del head  # the chain holds the first two jobs only until they are submitted
+        yield from in_order(chained, lambda job: pool.submit(fn, *job), 2 * workers,
+                            lambda future: future.result())
 
 
 @dataclass

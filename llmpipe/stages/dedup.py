@@ -15,6 +15,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from llmpipe.stages.registry import StageParams, StageResult, stage
+from llmpipe.util.executors import release_cluster
 from llmpipe.util.io import (InputError, atomic_path, iter_parquet_batches, parquet_schema, require_columns, stats_columns, write_json, write_parquet)
 from llmpipe.util.resume import ShardLedger
 
@@ -66,6 +67,7 @@ def run(params: StageParams, root: Path, sink=None) -> StageResult:
     ledger.folder.mkdir(parents=True, exist_ok=True)  # its temporary files too: a killed run's go with it
     d = find_duplicates(batches, cfg, reference, drop, index_out=root / STAGE.out("index"),
                         workdir=ledger.folder, ledger=ledger, dask_address=params.scale.dask_address)
+    release_cluster(params.scale)  # only pass 1 (the signatures) ran on the cluster, if one is set
     if d.stats["docs_in"] == 0:
         raise InputError(f"{src}: no documents")
     write_parquet(root / STAGE.out("removed"), removed_table(d))

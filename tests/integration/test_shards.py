@@ -68,7 +68,11 @@ def test_dask_cluster_matches_in_process(tmp_path, serial):
     corpus(tmp_path)
     with LocalCluster(n_workers=2, threads_per_worker=1, processes=True, dashboard_address=None) as cluster:
         with Client(cluster) as client, get_task_stream(client) as ran:
+            pids = client.run(os.getpid)
             check_same(run_data_stages(tmp_path, {"dask_address": cluster.scheduler_address}), serial)
+            # scale.dask_restart_workers is off by default: the same workers, dedup's modules still loaded
+            assert client.run(os.getpid) == pids and all(client.run(eval, MINHASH_LOADED).values())
+            assert restarts(client) == 0
     # dedup's signature pass ran on the cluster's workers, not on processes of the stage's own
     assert sum(t["key"].startswith("fingerprint_shard-") for t in ran.data) >= 3, [t["key"] for t in ran.data]
 
@@ -106,3 +110,53 @@ def test_cluster_pass_keeps_order_retries_a_failed_shard_once_and_names_a_cluste
         with pytest.raises(InputError, match="scale.dask_address: the Dask cluster at .* has no workers"):
             list(ordered_on_cluster(fail_once, iter([(str(tmp_path), 0)]), empty.scheduler_address, "test",
                                     wait_for_workers_s=2))
+
+
+
+# probes sent to the workers as code, not as this module's functions: unpickling those would import this
+# module, and with it the stages and dedup's modules, in the very workers being probed
+MINHASH_LOADED = "'llmpipe.data.minhash' in __import__('sys').modules"
+
+
+def worker_state(client):
+    """{worker: (pid, whether dedup's signature module is loaded there)}"""
+    pids, loaded = client.run(os.getpid), client.run(eval, MINHASH_LOADED)
+    return {w: (pids[w], loaded[w]) for w in pids}
+
+
+def restarts(client) -> int:
+    return sum(event.get("action") == "restart-workers" for _, event in client.get_events("all"))
+
+
+def test_restarting_workers_after_each_cluster_stage_frees_them_and_changes_no_byte(tmp_path, serial):
+    from distributed import Client, LocalCluster
+
+    corpus(tmp_path)
+    with LocalCluster(n_workers=2, threads_per_worker=1, processes=True, dashboard_address=None) as cluster:
+        with Client(cluster) as client:
+            before = worker_state(client)
+            check_same(run_data_stages(tmp_path, {"dask_address": cluster.scheduler_address,
+                                                  "dask_restart_workers": True}), serial)
+            client.wait_for_workers(2, timeout=60)
+            after = worker_state(client)
+            assert restarts(client) == 3  # after scrape's, filter's and dedup's shards
+    # new worker processes, and dedup's modules (imported by its signature pass) are gone with the old ones
+    assert {pid for pid, _ in before.values()}.isdisjoint(pid for pid, _ in after.values())
+    assert not any(loaded for _, loaded in after.values())
+
+
+def test_a_cluster_whose_workers_have_no_nanny_is_refused_before_any_is_stopped():
+    from distributed import Client, LocalCluster
+
+    from llmpipe.config.ops import ScaleParams
+    from llmpipe.util.executors import release_cluster
+    from llmpipe.util.io import InputError
+
+    # workers in the cluster's own process have no nanny: a restart would shut them down for good
+    with LocalCluster(n_workers=1, processes=False, dashboard_address=None) as cluster:
+        scale = ScaleParams(dask_address=cluster.scheduler_address, dask_restart_workers=True)
+        with pytest.raises(InputError, match="scale.dask_restart_workers: the workers of the Dask cluster .* "
+                                             "cannot be restarted .*nanny"):
+            release_cluster(scale)
+        with Client(cluster) as client:
+            assert len(client.nthreads()) == 1 and restarts(client) == 0
