@@ -42,7 +42,8 @@ replaced by the local files (and scale.dask_address set for the Dask run). Measu
   its measured wall time, re-run to completion, and every file of data/tokens compared byte for byte
   (sha256) with the uninterrupted run's.
 Last line: RESULT gb= seconds= executor=<local|dask> mb_per_s_<stage>= ... peak_rss_mb= (that executor's
-at --gb) peak_rss_mb_dask_over_idle= x_demo_<stage>= resumed_identical=<1|0|skipped>
+at --gb) peak_rss_mb_dask_over_idle= x_demo_<stage>= dask_restart_workers=<0|1> (with a Dask run)
+resumed_identical=<1|0|skipped>
 """
 
 from __future__ import annotations

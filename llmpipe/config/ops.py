@@ -21,8 +21,8 @@ class ScaleParams(Section):
     dask_address: str | None = None  # e.g. tcp://scheduler:8786
     # After a stage's shards ran on the cluster, restart its workers (Client.restart_workers; needs
     # nannies, as `dask worker` starts them): a worker otherwise keeps the stage's imports and heap for
-    # good (2 idle workers: 0.2 GB fresh, 1.25 GB after dedup). Off by default: on a shared cluster it
-    # cuts other clients' running tasks short.
+    # good (bench/scale.py's idle cluster: 0.2 GB fresh, 1.25 GB after dedup). Off by default: on a shared
+    # cluster it cuts other clients' running tasks short and loses the data their workers hold.
     dask_restart_workers: bool = False
 
 

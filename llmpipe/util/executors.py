@@ -106,26 +106,32 @@ RESTART_TIMEOUT_S = 120  # for the workers to shut down and come back
 def release_cluster(scale: ScaleParams) -> None:
     """After a stage's shards ran on the Dask cluster, restart its workers if scale.dask_restart_workers.
     A worker serves every stage and keeps what each one imported and allocated (releasing_memory trims
-    the heap, but not the modules, caches and fragments): 2 idle workers of bench/scale.py's cluster held
-    0.2 GB fresh and 1.25 GB after dedup, which the next stages' peaks then carried. Client.restart_workers,
-    not Client.restart: it refuses workers without a nanny before stopping any (Client.restart would shut
-    them down for good), and leaves other clients' keys alone (their running tasks are still cut short)."""
+    the heap, but not the modules, caches and fragments): bench/scale.py's idle cluster held 0.2 GB fresh
+    and 1.25 GB after dedup, which the next stages' peaks then carried. Client.restart_workers, not
+    Client.restart: it refuses workers without a nanny before stopping any (Client.restart would shut them
+    down for good) and does not release other clients' keys; still, their running tasks are cut short and
+    the data the workers held is lost, so this is for a cluster of the pipeline's own (off by default)."""
     if not (scale.dask_address and scale.dask_restart_workers):
         return
     from distributed import Client
 
     t0 = time.perf_counter()
     where = f"scale.dask_restart_workers: the workers of the Dask cluster {scale.dask_address}"
-    try:
-        with Client(scale.dask_address, set_as_default=False) as client:
-            workers = list(client.scheduler_info(n_workers=-1)["workers"])
+    with Client(scale.dask_address, set_as_default=False) as client:  # an unreachable scheduler: its own error
+        workers = list(client.scheduler_info(n_workers=-1)["workers"])
+        try:
             client.restart_workers(workers, timeout=RESTART_TIMEOUT_S)
-    except ValueError as err:  # a worker without a nanny: nothing was stopped
-        raise InputError(f"{where} cannot be restarted ({err}); start them with a nanny (`dask worker`'s "
-                         "default) or set scale.dask_restart_workers: false") from err
-    except (TimeoutError, OSError) as err:
-        raise InputError(f"{where} did not come back within {RESTART_TIMEOUT_S} s ({err}); this stage's "
-                         "shards are done, and a rerun resumes from them") from err
+        except KeyError as err:  # a worker left between the listing and the restart; the others were restarted
+            log.warning("%s: worker %s left the cluster during the restart", where, err)
+        except ValueError as err:  # a worker without a nanny: refused before any worker was stopped
+            raise InputError(f"{where} cannot be restarted ({err}); start them with a nanny (`dask worker`'s "
+                             "default) or set scale.dask_restart_workers: false") from err
+        except TimeoutError as err:
+            raise InputError(f"{where} did not come back within {RESTART_TIMEOUT_S} s ({err}); this stage's "
+                             "shards are done, and a rerun resumes from them") from err
+        except Exception as err:  # noqa: BLE001 - a nanny's own failure, passed on by the scheduler as it is
+            raise InputError(f"{where} could not be restarted ({type(err).__name__}: {err}); this stage's "
+                             "shards are done, and a rerun resumes from them") from err
     log.info("restarted the %d workers of Dask cluster %s in %.1f s (scale.dask_restart_workers)", len(workers),
              scale.dask_address, time.perf_counter() - t0)
 

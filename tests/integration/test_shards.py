@@ -71,6 +71,7 @@ def test_dask_cluster_matches_in_process(tmp_path, serial):
             pids = client.run(os.getpid)
             check_same(run_data_stages(tmp_path, {"dask_address": cluster.scheduler_address}), serial)
             # scale.dask_restart_workers is off by default: the same workers, dedup's modules still loaded
+            # (in both workers: scattered shards go to the workers in turn, and there are at least 3)
             assert client.run(os.getpid) == pids and all(client.run(eval, MINHASH_LOADED).values())
             assert restarts(client) == 0
     # dedup's signature pass ran on the cluster's workers, not on processes of the stage's own
@@ -110,7 +111,6 @@ def test_cluster_pass_keeps_order_retries_a_failed_shard_once_and_names_a_cluste
         with pytest.raises(InputError, match="scale.dask_address: the Dask cluster at .* has no workers"):
             list(ordered_on_cluster(fail_once, iter([(str(tmp_path), 0)]), empty.scheduler_address, "test",
                                     wait_for_workers_s=2))
-
 
 
 # probes sent to the workers as code, not as this module's functions: unpickling those would import this
