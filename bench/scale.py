@@ -171,9 +171,8 @@ def run_stage(work: Path, name: str, extra: Callable[[], list[psutil.Process]], 
     wall = time.perf_counter() - t0
     sampler.done.set()
     sampler.join()
-    for p in extra():  # the cluster's CPU up to the end, not to the last 0.2 s sample
-        with contextlib.suppress(psutil.NoSuchProcess, psutil.AccessDenied):
-            sampler.cpu[p.pid] = max(sampler.cpu.get(p.pid, 0.0), cpu_of([p]))
+    for p in extra():  # the cluster's CPU up to the end, not to the last 0.2 s sample (cpu_of skips the gone)
+        sampler.cpu[p.pid] = max(sampler.cpu.get(p.pid, 0.0), cpu_of([p]))
     log.close()
     if rc != 0 and kill_after is None:
         raise SystemExit(f"{name} failed (exit {rc}); see {work / (name + '.log')}")
