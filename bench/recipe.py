@@ -9,6 +9,15 @@ included (the second round builds on the first, as modded-nanogpt's records do);
 changes to measure. Besides the recipe's switches, two hyperparameters are measured the same way:
 `lr_x2` (AdamW at 4e-3) and `half_batch` (8 rows a step: twice the steps at equal time).
 
+Issue 27 measures at the AVX2 dial's shape (`--base params`: params.yaml's pretrain at 4 x 128). On a
+faster CPU, `--baseline-steps N` replays the slow CPU's run: the baseline trains N steps (the AVX2 demo
+took 632) and every other configuration the steps that take the same time at this machine's relative
+step costs; `--first-seed` lets a second process take other seeds of the same table, `--no-all` leaves
+out the configuration with every change (for screens of alternatives, such as several rates):
+
+    python bench/recipe.py --base params --block 256 --baseline-steps 632 --seeds 5 --threads 2
+                           --precision fp32 --eval-bytes 524288 --only round2     (one command)
+
 Every configuration trains a small model (4 layers x 128, context 64, 1,024 tokens a step) for the
 same number of seconds:
 a few timed steps first give each configuration's step time, which sets its max_steps, so a faster
@@ -76,6 +85,19 @@ CHANGES = {
     "quarter_batch": {"micro_batch_size": 4},
     "vocab4096": {"vocab": 4096},  # a tokenizer of this size and its shards, trained here (data/tokenizer's
     "vocab2048": {"vocab": 2048},  # training split and params); bits per byte compare across vocabularies
+    # issue 27, second round: around the 0.008 that won, and what a few hundred steps may want
+    "lr_x8": {"lr": 1.6e-2},
+    "lr_x16": {"lr": 3.2e-2},
+    "lr_x32": {"lr": 6.4e-2},
+    "muon_lr_half": {"muon_lr": 0.01},
+    "decay_half": {"decay_frac": 0.5},  # WSD's linear decay over the last half instead of 30%
+    "min_lr_zero": {"min_lr_ratio": 0.0},
+    "untied": {"model": {"tie_embeddings": False}},  # the input embedding apart from the output layer
+    # the vocabulary-aware dial's question: at equal time, another split of the parameters
+    # the second round's winners together, for the 5-seed check at the demo's length
+    "round2": {"lr": 3.2e-2, "muon_lr": 0.01, "model": {"tie_embeddings": False}},
+    "shape_6x96": {"model": {"n_layer": 6, "d_model": 96, "n_head": 3}},
+    "shape_3x160": {"model": {"n_layer": 3, "d_model": 160, "n_head": 5}},
 }
 # `--base params`: today's defaults (params.yaml's pretrain) at a fixed shape, the AVX2 dial's by default
 SHAPES = {"avx2": {"n_layer": 4, "d_model": 128, "n_head": 4}}
@@ -210,6 +232,8 @@ def main() -> None:
     ap.add_argument("--seconds", type=float, default=13.0,
                     help="training seconds per run (13 keeps the table under 10 minutes; README's used 15: 10m36s)")
     ap.add_argument("--seeds", type=int, default=3)
+    ap.add_argument("--first-seed", type=int, default=1,
+                    help="seeds run from here: a second process can take other seeds of the same table")
     ap.add_argument("--threads", type=int, default=1, help="1: spinning OpenMP threads on a shared, loaded machine cost more than they give")
     ap.add_argument("--precision", default="auto", choices=["auto", "bf16", "fp32"])
     ap.add_argument("--eval-tokens", type=int, default=32768)
@@ -223,6 +247,11 @@ def main() -> None:
                     help="issue18: the recipe before issue 18 at 4 x 128; params: params.yaml's pretrain at --shape")
     ap.add_argument("--shape", choices=sorted(SHAPES), default="avx2")
     ap.add_argument("--rows", type=int, default=8, help="micro-batch rows with --base params")
+    ap.add_argument("--baseline-steps", type=int, default=0,
+                    help="the baseline trains this many steps and every other configuration the steps that take "
+                         "the same time at this machine's relative step costs (replays a slower CPU's run: "
+                         "issue 27's AVX2 demo took 632 steps at 4 x 128); --seconds is then unused")
+    ap.add_argument("--no-all", action="store_true", help="leave out the configuration with every change")
     args = ap.parse_args()
     logging.basicConfig(level=logging.WARNING)
     t_start = time.perf_counter()
@@ -231,6 +260,8 @@ def main() -> None:
                   eval_interval=10**9, checkpoint_interval=10**9, eval_batches=1)
     base_cfg = params_base(args.shape, args.block, args.rows) if args.base == "params" else None
     raw = configs(args.only, args.accepted, args.block, base_cfg)
+    if args.no_all:
+        raw.pop("all", None)
     vocabs = {name: c.pop("vocab", None) for name, c in raw.items()}
     work = Path(tempfile.mkdtemp(prefix="recipe-vocab-"))
     atexit.register(shutil.rmtree, work, True)  # also when a run fails
@@ -257,11 +288,12 @@ def main() -> None:
     for name, c in raw.items():
         twins = [n for n in raw if cost_key(raw[n], vocabs[n]) == cost_key(c, vocabs[name])]
         step_s[name] = min(step_s[n] for n in twins)
-    steps = {name: max(10, int(args.seconds / t)) for name, t in step_s.items()}
+    budget_s = args.baseline_steps * step_s["baseline"] if args.baseline_steps else args.seconds
+    steps = {name: max(10, int(budget_s / t + 1e-6)) for name, t in step_s.items()}
     for name, n in steps.items():
-        print(f"{name:13} {n:5d} steps in {args.seconds:.0f} s ({step_s[name] * 1000:.0f} ms a step)", flush=True)
+        print(f"{name:13} {n:5d} steps in {budget_s:.0f} s ({step_s[name] * 1000:.0f} ms a step)", flush=True)
     bpb: dict[str, list[float]] = {name: [] for name in cfgs}
-    for seed in range(1, args.seeds + 1):
+    for seed in range(args.first_seed, args.first_seed + args.seeds):
         for name, c in cfgs.items():  # round-robin: load drift spreads over every configuration
             n = steps[name]
             # warmup: issue 18's bench used a tenth; today's defaults take the dial's rule (apply_plan)
