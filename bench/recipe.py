@@ -16,10 +16,14 @@ step costs; `--first-seed` lets a second process take other seeds of the same ta
 out the configuration with every change (for screens of alternatives, such as several rates):
 
     python bench/recipe.py --base params --block 256 --baseline-steps 632 --seeds 5 --threads 2
-                           --precision fp32 --eval-bytes 524288 --only round2     (one command)
+                           --precision fp32 --eval-bytes 524288 --accepted round1 --only round2   (one command)
+
+(632: the steps of the AVX2 demo at commit 8b42f8d; issue 27 itself quoted an earlier demo's 565.)
+With several changes and --no-all, the RESULT line's all_bpb and p_all are the first change's, named in
+all_name.
 
 Every configuration trains a small model (4 layers x 128, context 64, 1,024 tokens a step) for the
-same number of seconds:
+same number of seconds (with --baseline-steps: the seconds of the baseline's steps):
 a few timed steps first give each configuration's step time, which sets its max_steps, so a faster
 recipe gets more steps and a slower one fewer, as a fixed budget would. Runs go round-robin over the
 configurations (seed 1 of each, then seed 2, ...) so drifting machine load spreads over all of them.
@@ -29,6 +33,7 @@ modded-nanogpt's acceptance rule: a change becomes a default only if it helps wi
 
 Needs data/tokens and data/tokenizer (`dvc repro tokenize`).
 Last line: RESULT baseline_bpb=<x> all_bpb=<x> delta_bpb=<all - baseline> p_all=<x> helps=<names> seconds=<total>
+    all_name=<the configuration in all_bpb> seeds=<first>-<last>
 """
 
 from __future__ import annotations
@@ -93,9 +98,11 @@ CHANGES = {
     "decay_half": {"decay_frac": 0.5},  # WSD's linear decay over the last half instead of 30%
     "min_lr_zero": {"min_lr_ratio": 0.0},
     "untied": {"model": {"tie_embeddings": False}},  # the input embedding apart from the output layer
-    # the vocabulary-aware dial's question: at equal time, another split of the parameters
-    # the second round's winners together, for the 5-seed check at the demo's length
+    # the defaults before and after the second round (params.yaml since then holds round2's): the check is
+    # `--accepted round1 --only round2`. lr_xN and *_batch are named after the issue-18 base (lr 2e-3, 16 rows)
+    "round1": {"lr": 8e-3, "muon_lr": 0.02, "model": {"tie_embeddings": True}},
     "round2": {"lr": 3.2e-2, "muon_lr": 0.01, "model": {"tie_embeddings": False}},
+    # the vocabulary-aware dial's question: at equal time, another split of the parameters
     "shape_6x96": {"model": {"n_layer": 6, "d_model": 96, "n_head": 3}},
     "shape_3x160": {"model": {"n_layer": 3, "d_model": 160, "n_head": 5}},
 }
@@ -253,6 +260,8 @@ def main() -> None:
                          "issue 27's AVX2 demo took 632 steps at 4 x 128); --seconds is then unused")
     ap.add_argument("--no-all", action="store_true", help="leave out the configuration with every change")
     args = ap.parse_args()
+    if args.seeds < 1 or args.first_seed < 0 or args.baseline_steps < 0:
+        ap.error("--seeds must be at least 1, --first-seed and --baseline-steps at least 0")
     logging.basicConfig(level=logging.WARNING)
     t_start = time.perf_counter()
     demo = demo_tokens(args.threads)
@@ -326,10 +335,12 @@ def main() -> None:
             helps.append(name)
         print(f"| {name} | {steps[name]} | {mean:.4f} ± {std:.4f} | {delta:+.4f} | {p:.2g} |")
     total = time.perf_counter() - t_start
-    best = bpb["all"] if "all" in bpb else bpb[next(n for n in bpb if n != "baseline")]
+    best_name = "all" if "all" in bpb else next(n for n in bpb if n != "baseline")
+    best = bpb[best_name]
     p_all = p_all if "all" in bpb or len(base) < 2 else welch(best, base)[1]
     print(f"RESULT baseline_bpb={statistics.mean(base):.4f} all_bpb={statistics.mean(best):.4f} "
-          f"delta_bpb={statistics.mean(best) - statistics.mean(base):+.4f} p_all={p_all:.2g} helps={','.join(helps) or 'none'} seconds={total:.0f}")
+          f"delta_bpb={statistics.mean(best) - statistics.mean(base):+.4f} p_all={p_all:.2g} helps={','.join(helps) or 'none'} "
+          f"seconds={total:.0f} all_name={best_name} seeds={args.first_seed}-{args.first_seed + args.seeds - 1}")
 
 
 if __name__ == "__main__":
