@@ -11,6 +11,7 @@ from tokenizers import Tokenizer
 from llmpipe.config.base import ParamsError, format_errors
 from llmpipe.config.sample import SampleParams
 from llmpipe.model.weights import load_model
+from llmpipe.ops.serve.generator import held_back
 from llmpipe.stages.registry import stage
 from llmpipe.stages.sample import cut_at_stop, sample_texts
 from llmpipe.tokens.bpe import EOT
@@ -40,17 +41,24 @@ def generate_cli(sample: SampleParams, root: Path, args) -> None:
     print(prompt, end="", flush=True)
     shown = ""
 
-    def stream(_row: int, ids: list[int]) -> bool:
-        """Print what is new; end the row at a stop string (never printing it)."""
+    def show(text: str) -> None:
         nonlocal shown
+        print(text[len(shown):], end="", flush=True)
+        shown = text
+
+    def stream(_row: int, ids: list[int]) -> bool:
+        """Print what is new; end the row at a stop string (never printing it, nor its start)."""
         text, stopped = cut_at_stop(tok.decode(ids), cfg.stop)
-        if not text.endswith("\ufffd"):  # wait until a multi-byte character is complete
-            print(text[len(shown):], end="", flush=True)
-            shown = text
+        if not stopped:  # the end may be the start of a stop string that the next token completes
+            text = text[: len(text) - held_back(text, cfg.stop)]
+        if not text.endswith("\ufffd") and len(text) > len(shown):  # a multi-byte character waits to be whole
+            show(text)
         return stopped
 
-    generate_batch(model, [tok.encode(prompt).ids], cfg.max_new_tokens, eot_id=eot, temperature=cfg.temperature,
-                   top_k=cfg.top_k, top_p=cfg.top_p, seed=cfg.seed, stop_fn=stream, compile=cfg.compile)
+    out = generate_batch(model, [tok.encode(prompt).ids], cfg.max_new_tokens, eot_id=eot,
+                         temperature=cfg.temperature, top_k=cfg.top_k, top_p=cfg.top_p, seed=cfg.seed,
+                         stop_fn=stream, compile=cfg.compile)[0]
+    show(cut_at_stop(tok.decode(out), cfg.stop)[0])  # what was held back, once nothing can follow it
     print("\n", flush=True)
 
 
