@@ -11,9 +11,8 @@ from tokenizers import Tokenizer
 from llmpipe.config.base import ParamsError, format_errors
 from llmpipe.config.sample import SampleParams
 from llmpipe.model.weights import load_model
-from llmpipe.ops.serve.generator import held_back
 from llmpipe.stages.registry import stage
-from llmpipe.stages.sample import cut_at_stop, sample_texts
+from llmpipe.stages.sample import cut_at_stop, held_back, sample_texts
 from llmpipe.tokens.bpe import EOT
 from llmpipe.training.generate import generate_batch
 

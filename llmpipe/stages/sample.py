@@ -27,6 +27,12 @@ def cut_at_stop(text: str, stops: list[str]) -> tuple[str, bool]:
     return (text[: min(hits)], True) if hits else (text, False)
 
 
+def held_back(text: str, stops: list[str]) -> int:
+    """How many characters at the end of text could be the start of a stop string."""
+    return max((k for s in stops for k in range(min(len(s) - 1, len(text)), 0, -1) if s.startswith(text[-k:])),
+               default=0)
+
+
 def sample_texts(model: GPT, tok: Tokenizer, cfg: SampleParams) -> list[dict]:
     """Core: one completion per prompt, the prompts generated together as one batch."""
     eot = tok.token_to_id(EOT)

@@ -28,17 +28,11 @@ import time
 log = logging.getLogger(__name__)
 
 
-def held_back(text: str, stops: list[str]) -> int:
-    """How many characters at the end of text could be the start of a stop string."""
-    return max((k for s in stops for k in range(min(len(s) - 1, len(text)), 0, -1) if s.startswith(text[-k:])),
-               default=0)
-
-
 def generate_job(model, tok, eot: int, spec: dict, send, cancelled, compile: bool = False) -> None:
     """One generation for `spec` (prompt_ids, max_tokens, temperature, top_p, seed, stops, stop_ids,
     logprobs), its events handed to send(); cancelled() is checked at every token."""
     from llmpipe.ops.serve.logprobs import record
-    from llmpipe.stages.sample import cut_at_stop
+    from llmpipe.stages.sample import cut_at_stop, held_back
     from llmpipe.training.generate import generate_batch
 
     stops, stop_ids, k = spec["stops"], spec["stop_ids"], spec["logprobs"]

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from llmpipe.ops.serve.generator import held_back
+from llmpipe.stages.sample import held_back
 from llmpipe.ops.serve.protocol import ChatRequest, CompletionRequest, ServeError, parse
 from llmpipe.ops.serve.template import CHAT_STOPS, render_chat
 
