@@ -19,6 +19,12 @@ out the configuration with every change (for screens of alternatives, such as se
                            --precision fp32 --eval-bytes 524288 --accepted round1 --only round2   (one command)
 
 (632: the steps of the AVX2 demo at commit 8b42f8d; issue 27 itself quoted an earlier demo's 565.)
+The third round's check measures today's defaults against the ones issue 27 was filed against, in two
+processes of 1 thread; the second takes the steps the first printed (`--steps`), so pooled seeds train alike:
+
+    python bench/recipe.py --base params --block 256 --baseline-steps 632 --first-seed 1 --seeds 3 --threads 1
+                           --precision fp32 --eval-bytes 524288 --accepted filed --only round2 round3 --no-all
+    ... the same with --first-seed 4 --steps baseline=632 round2=643 round3=643
 With several changes and --no-all, the RESULT line's all_bpb and p_all are the first change's, named in
 all_name.
 
@@ -98,10 +104,26 @@ CHANGES = {
     "decay_half": {"decay_frac": 0.5},  # WSD's linear decay over the last half instead of 30%
     "min_lr_zero": {"min_lr_ratio": 0.0},
     "untied": {"model": {"tie_embeddings": False}},  # the input embedding apart from the output layer
+    # issue 27, third round: the embedding's and the output layer's own rates (modded-nanogpt runs its
+    # embedding far faster than its head), and the AdamW part's decay, which at lr 0.032 shrinks them fast
+    "embed_lr_x3": {"embed_lr": 0.1},
+    "embed_lr_x10": {"embed_lr": 0.3},
+    "head_lr_quarter": {"head_lr": 0.008},
+    "adamw_wd0": {"weight_decay": 0.0},
+    "embed_lr_third": {"embed_lr": 0.01},
+    "warmup_none": {"warmup_steps": 0},
+    "beta2_99": {"beta2": 0.99},
+    "beta2_999": {"beta2": 0.999},
+    "beta1_08": {"beta1": 0.8},  # modded-nanogpt's Adam betas are (0.8, 0.95)
+    "muon_lr_quarter": {"muon_lr": 0.005},
+    "head_lr_x2": {"head_lr": 0.064},
     # the defaults before and after the second round (params.yaml since then holds round2's): the check is
     # `--accepted round1 --only round2`. lr_xN and *_batch are named after the issue-18 base (lr 2e-3, 16 rows)
-    "round1": {"lr": 8e-3, "muon_lr": 0.02, "model": {"tie_embeddings": True}},
-    "round2": {"lr": 3.2e-2, "muon_lr": 0.01, "model": {"tie_embeddings": False}},
+    "round1": {"lr": 8e-3, "muon_lr": 0.02, "model": {"tie_embeddings": True}, "weight_decay": 0.1, "beta2": 0.95},
+    "round2": {"lr": 3.2e-2, "muon_lr": 0.01, "model": {"tie_embeddings": False}, "weight_decay": 0.1, "beta2": 0.95},
+    "round3": {"lr": 3.2e-2, "muon_lr": 0.01, "model": {"tie_embeddings": False}, "weight_decay": 0.0, "beta2": 0.99},
+    # the defaults issue 27 was filed against (before round one's lr 0.008): its target is 0.10 below them
+    "filed": {"lr": 2e-3, "muon_lr": 0.02, "model": {"tie_embeddings": True}, "weight_decay": 0.1, "beta2": 0.95},
     # the vocabulary-aware dial's question: at equal time, another split of the parameters
     "shape_6x96": {"model": {"n_layer": 6, "d_model": 96, "n_head": 3}},
     "shape_3x160": {"model": {"n_layer": 3, "d_model": 160, "n_head": 5}},
@@ -120,7 +142,8 @@ def merged(*parts: dict) -> dict:
 
 # keys whose value changes the numbers but not the work of a step
 COST_FREE = {"lr", "muon_lr", "muon_weight_decay", "weight_decay", "min_lr_ratio", "decay_frac", "schedule",
-             "warmup_steps", "beta1", "beta2", "muon_momentum", "seed", "tail_average"}
+             "warmup_steps", "beta1", "beta2", "muon_momentum", "seed", "tail_average",
+             "embed_lr", "head_lr"}
 
 
 def cost_key(c: dict, vocab: int | None) -> str:
@@ -259,9 +282,15 @@ def main() -> None:
                          "the same time at this machine's relative step costs (replays a slower CPU's run: "
                          "issue 27's AVX2 demo took 632 steps at 4 x 128); --seconds is then unused")
     ap.add_argument("--no-all", action="store_true", help="leave out the configuration with every change")
+    ap.add_argument("--steps", nargs="*", default=[], metavar="NAME=N",
+                    help="a configuration's steps, not probed: a second process (--first-seed) takes the steps "
+                         "the first one printed, so that the pooled seeds train alike")
     args = ap.parse_args()
     if args.seeds < 1 or args.first_seed < 0 or args.baseline_steps < 0:
         ap.error("--seeds must be at least 1, --first-seed and --baseline-steps at least 0")
+    fixed = dict(item.split("=", 1) for item in args.steps if "=" in item)
+    if len(fixed) != len(args.steps) or not all(v.isdigit() and int(v) > 0 for v in fixed.values()):
+        ap.error(f"--steps takes NAME=N with N a positive whole number: {' '.join(args.steps)}")
     logging.basicConfig(level=logging.WARNING)
     t_start = time.perf_counter()
     demo = demo_tokens(args.threads)
@@ -299,6 +328,9 @@ def main() -> None:
         step_s[name] = min(step_s[n] for n in twins)
     budget_s = args.baseline_steps * step_s["baseline"] if args.baseline_steps else args.seconds
     steps = {name: max(10, int(budget_s / t + 1e-6)) for name, t in step_s.items()}
+    if set(fixed) - set(steps):
+        ap.error(f"--steps names no configuration of this table: {', '.join(sorted(set(fixed) - set(steps)))}")
+    steps.update({name: int(n) for name, n in fixed.items()})
     for name, n in steps.items():
         print(f"{name:13} {n:5d} steps in {budget_s:.0f} s ({step_s[name] * 1000:.0f} ms a step)", flush=True)
     bpb: dict[str, list[float]] = {name: [] for name in cfgs}

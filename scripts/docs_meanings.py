@@ -48,7 +48,7 @@ MEANINGS: dict[str, str] = {
     "TrainingRun.lr": "peak learning rate (AdamW)",
     "TrainingRun.min_lr_ratio": "the schedule ends at lr x this",
     "TrainingRun.warmup_steps": "steps of linear warmup",
-    "TrainingRun.weight_decay": "AdamW weight decay (matrices only)",
+    "TrainingRun.weight_decay": "AdamW weight decay of matrices and embeddings, not norms (under Muon: the embeddings and the output layer)",
     "TrainingRun.beta1": "AdamW beta1",
     "TrainingRun.beta2": "AdamW beta2",
     "TrainingRun.grad_clip": "clip the gradient's global norm to this (0: no clipping)",

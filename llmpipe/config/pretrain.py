@@ -119,6 +119,11 @@ class PretrainParams(TrainingRun):
     # The saved model is the mean of the weights after each of the last tail_average of the steps
     # (a tail average, as in LAWA and SWA) rather than the last step's; 0: the last step's weights.
     tail_average: Annotated[float, Field(ge=0.0, lt=1.0)] = 0.0
+    # The input embedding's own AdamW rate (null: lr), as modded-nanogpt runs its embedding far faster
+    # than its output layer; needs model.tie_embeddings: false. Scaled by the schedule like lr.
+    embed_lr: Annotated[float, Field(gt=0.0, le=10.0)] | None = None
+    # The output layer's own AdamW rate (null: lr); needs model.tie_embeddings: false.
+    head_lr: Annotated[float, Field(gt=0.0, le=10.0)] | None = None
 
     @model_validator(mode="after")
     def _batch_given_once(self) -> "PretrainParams":
@@ -130,4 +135,7 @@ class PretrainParams(TrainingRun):
                              "with schedule wsd the averaged steps must lie inside the decay")
         if self.tail_average and self.parallel == "fsdp":
             raise ValueError("tail_average: not supported with parallel: fsdp (each rank holds a shard of the weights)")
+        for key in ("embed_lr", "head_lr"):
+            if getattr(self, key) is not None and self.model.tie_embeddings:
+                raise ValueError(f"{key}: needs model.tie_embeddings: false (a tied input embedding is the output layer)")
         return self

@@ -18,13 +18,35 @@ def make_optimizer(model: torch.nn.Module, cfg: PretrainParams, device: torch.de
     return make_adamw(model, cfg, device)
 
 
+def own_rate(name: str, cfg: TrainingRun) -> tuple[str, float] | None:
+    """The input embedding's or the output layer's own rate (pretrain.embed_lr, head_lr), if set."""
+    for prefix, key in (("tok_emb.", "embed_lr"), ("lm_head.", "head_lr")):
+        rate = getattr(cfg, key, None)
+        if name.startswith(prefix) and rate is not None:
+            return key, rate
+    return None
+
+
+def add_to_adamw(groups: dict[str, dict], name: str, p: torch.nn.Parameter, cfg: TrainingRun) -> None:
+    """AdamW's groups: decay on matrices and embeddings only, embed_lr/head_lr as scales of the schedule."""
+    own = own_rate(name, cfg)
+    if own is not None:  # lr_scale: the schedule's rate times rate / lr (training.loop)
+        key, rate = own
+        groups.setdefault(key, {"params": [], "weight_decay": cfg.weight_decay, "lr_scale": rate / cfg.lr,
+                                "lr": rate})
+    else:
+        key = "adamw_decay" if p.dim() >= 2 else "adamw"  # matrices and embeddings; not norms or biases
+        groups.setdefault(key, {"params": [], "weight_decay": cfg.weight_decay if p.dim() >= 2 else 0.0})
+    groups[key]["params"].append(p)
+
+
 def make_adamw(model: torch.nn.Module, cfg: TrainingRun, device: torch.device) -> torch.optim.AdamW:
     """AdamW with weight decay on matrices and embeddings only (pretraining's default, finetuning's)."""
-    params = [p for p in model.parameters() if p.requires_grad]
-    decay = [p for p in params if p.dim() >= 2]  # matrices and embeddings; not norms or biases
-    no_decay = [p for p in params if p.dim() < 2]
-    groups = [{"params": decay, "weight_decay": cfg.weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
-    return torch.optim.AdamW(groups, lr=cfg.lr, betas=(cfg.beta1, cfg.beta2),
+    groups: dict[str, dict] = {}
+    for name, p in model.named_parameters():
+        if p.requires_grad:
+            add_to_adamw(groups, name, p, cfg)
+    return torch.optim.AdamW(list(groups.values()), lr=cfg.lr, betas=(cfg.beta1, cfg.beta2),
                              fused=device.type == "cuda")
 
 
@@ -51,10 +73,9 @@ def make_muon(model: torch.nn.Module, cfg: PretrainParams) -> MuonAdamW:
             key = f"muon{split}"
             groups.setdefault(key, {"params": [], "muon": True, "split": split, "lr_scale": cfg.muon_lr / cfg.lr,
                                     "lr": cfg.muon_lr, "weight_decay": cfg.muon_weight_decay})
+            groups[key]["params"].append(p)
         else:
-            key = "adamw_decay" if p.dim() >= 2 else "adamw"
-            groups.setdefault(key, {"params": [], "weight_decay": cfg.weight_decay if p.dim() >= 2 else 0.0})
-        groups[key]["params"].append(p)
+            add_to_adamw(groups, name, p, cfg)
     return MuonAdamW(list(groups.values()), lr=cfg.lr, betas=(cfg.beta1, cfg.beta2), momentum=cfg.muon_momentum)
 
 
