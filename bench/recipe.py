@@ -24,7 +24,7 @@ processes of 1 thread; the second takes the steps the first printed (`--steps`),
 
     python bench/recipe.py --base params --block 256 --baseline-steps 632 --first-seed 1 --seeds 3 --threads 1
                            --precision fp32 --eval-bytes 524288 --accepted filed --only round2 round3 --no-all
-    ... the same with --first-seed 4 --steps baseline=632 round2=643 round3=643
+    ... the same with --first-seed 4 --steps baseline=N round2=N round3=N, the steps the first one printed
 With several changes and --no-all, the RESULT line's all_bpb and p_all are the first change's, named in
 all_name.
 
@@ -117,8 +117,9 @@ CHANGES = {
     "beta1_08": {"beta1": 0.8},  # modded-nanogpt's Adam betas are (0.8, 0.95)
     "muon_lr_quarter": {"muon_lr": 0.005},
     "head_lr_x2": {"head_lr": 0.064},
-    # the defaults before and after the second round (params.yaml since then holds round2's): the check is
-    # `--accepted round1 --only round2`. lr_xN and *_batch are named after the issue-18 base (lr 2e-3, 16 rows)
+    # the defaults before and after the second and third rounds, spelled out whole (params.yaml holds round3's):
+    # the second round's check is `--accepted round1 --only round2`, the third's `--accepted filed --only round2
+    # round3`. lr_xN and *_batch are named after the issue-18 base (lr 2e-3, 16 rows)
     "round1": {"lr": 8e-3, "muon_lr": 0.02, "model": {"tie_embeddings": True}, "weight_decay": 0.1, "beta2": 0.95},
     "round2": {"lr": 3.2e-2, "muon_lr": 0.01, "model": {"tie_embeddings": False}, "weight_decay": 0.1, "beta2": 0.95},
     "round3": {"lr": 3.2e-2, "muon_lr": 0.01, "model": {"tie_embeddings": False}, "weight_decay": 0.0, "beta2": 0.99},
@@ -257,6 +258,21 @@ def tokens_for_bytes(val: TokenData, table, n_bytes: int) -> int:
     return int(reached[0]) + 1 if len(reached) else int(mask.sum())
 
 
+def steps_given(ap: argparse.ArgumentParser, items: list[str]) -> dict[str, int]:
+    """--steps NAME=N ... as {name: steps}; a malformed item or a name given twice stops with its text."""
+    fixed: dict[str, int] = {}
+    for item in items:
+        name, _, n = item.partition("=")
+        try:
+            value = int(n)
+        except ValueError:
+            value = 0
+        if not name or value < 1 or name in fixed:
+            ap.error(f"--steps {item}: takes NAME=N once per name, with N a whole number of at least 1")
+        fixed[name] = value
+    return fixed
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--seconds", type=float, default=13.0,
@@ -283,14 +299,12 @@ def main() -> None:
                          "issue 27's AVX2 demo took 632 steps at 4 x 128); --seconds is then unused")
     ap.add_argument("--no-all", action="store_true", help="leave out the configuration with every change")
     ap.add_argument("--steps", nargs="*", default=[], metavar="NAME=N",
-                    help="a configuration's steps, not probed: a second process (--first-seed) takes the steps "
-                         "the first one printed, so that the pooled seeds train alike")
+                    help="a configuration's steps in place of the ones its probe gives: a second process "
+                         "(--first-seed) takes the steps the first one printed, so that the pooled seeds train alike")
     args = ap.parse_args()
     if args.seeds < 1 or args.first_seed < 0 or args.baseline_steps < 0:
         ap.error("--seeds must be at least 1, --first-seed and --baseline-steps at least 0")
-    fixed = dict(item.split("=", 1) for item in args.steps if "=" in item)
-    if len(fixed) != len(args.steps) or not all(v.isdigit() and int(v) > 0 for v in fixed.values()):
-        ap.error(f"--steps takes NAME=N with N a positive whole number: {' '.join(args.steps)}")
+    fixed = steps_given(ap, args.steps)
     logging.basicConfig(level=logging.WARNING)
     t_start = time.perf_counter()
     demo = demo_tokens(args.threads)
@@ -300,6 +314,9 @@ def main() -> None:
     raw = configs(args.only, args.accepted, args.block, base_cfg)
     if args.no_all:
         raw.pop("all", None)
+    if set(fixed) - set(raw):  # before the data and the probes, which take minutes
+        ap.error(f"--steps names no configuration of this table: {', '.join(sorted(set(fixed) - set(raw)))} "
+                 f"(it has {', '.join(raw)})")
     vocabs = {name: c.pop("vocab", None) for name, c in raw.items()}
     work = Path(tempfile.mkdtemp(prefix="recipe-vocab-"))
     atexit.register(shutil.rmtree, work, True)  # also when a run fails
@@ -328,11 +345,10 @@ def main() -> None:
         step_s[name] = min(step_s[n] for n in twins)
     budget_s = args.baseline_steps * step_s["baseline"] if args.baseline_steps else args.seconds
     steps = {name: max(10, int(budget_s / t + 1e-6)) for name, t in step_s.items()}
-    if set(fixed) - set(steps):
-        ap.error(f"--steps names no configuration of this table: {', '.join(sorted(set(fixed) - set(steps)))}")
-    steps.update({name: int(n) for name, n in fixed.items()})
+    steps.update(fixed)
     for name, n in steps.items():
-        print(f"{name:13} {n:5d} steps in {budget_s:.0f} s ({step_s[name] * 1000:.0f} ms a step)", flush=True)
+        how = "given by --steps" if name in fixed else f"in {budget_s:.0f} s ({step_s[name] * 1000:.0f} ms a step)"
+        print(f"{name:13} {n:5d} steps {how}", flush=True)
     bpb: dict[str, list[float]] = {name: [] for name in cfgs}
     for seed in range(args.first_seed, args.first_seed + args.seeds):
         for name, c in cfgs.items():  # round-robin: load drift spreads over every configuration

@@ -144,7 +144,7 @@ def train(cfg: PretrainParams, token_dir: Path, ckpt_dir: Path, vocab_size: int,
     step = start
     while step < cfg.max_steps and (stop_after is None or steps_here < stop_after):
         lr = lr_at(step, cfg)
-        for group in opt.param_groups:  # Muon's groups run at muon_lr: their lr_scale (training.muon)
+        for group in opt.param_groups:  # lr_scale: Muon's groups run at muon_lr, embed_lr/head_lr's at theirs
             group["lr"] = lr * group.get("lr_scale", 1.0)
         loss_sum = 0.0
         for micro in range(accum):

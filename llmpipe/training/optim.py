@@ -19,7 +19,9 @@ def make_optimizer(model: torch.nn.Module, cfg: PretrainParams, device: torch.de
 
 
 def own_rate(name: str, cfg: TrainingRun) -> tuple[str, float] | None:
-    """The input embedding's or the output layer's own rate (pretrain.embed_lr, head_lr), if set."""
+    """The input embedding's or the output layer's own rate (pretrain.embed_lr, head_lr), if set; the value
+    embeddings and a learned position table stay at lr. Finetuning's loops take no lr_scale: its
+    sections have neither key."""
     for prefix, key in (("tok_emb.", "embed_lr"), ("lm_head.", "head_lr")):
         rate = getattr(cfg, key, None)
         if name.startswith(prefix) and rate is not None:

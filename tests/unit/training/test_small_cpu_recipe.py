@@ -131,3 +131,23 @@ def test_own_rates_need_an_untied_embedding():
     for key in ("embed_lr", "head_lr"):
         with pytest.raises(ValueError, match=f"{key}: needs model.tie_embeddings: false"):
             PretrainParams.model_validate({key: 0.1, "model": {"tie_embeddings": True}})
+
+
+@pytest.mark.parametrize("optimizer", ["adamw", "muon"])
+def test_without_own_rates_the_groups_are_the_ones_checkpoints_were_saved_with(optimizer):
+    """Null embed_lr/head_lr: the groups and their order as before the keys existed (an optimizer state
+    saved then loads by position): AdamW's decayed matrices and embeddings first, then the vectors."""
+    c = cfg(optimizer=optimizer, model={"n_layer": 2, "n_head": 2, "d_model": 32, "block_size": 32,
+                                        "tie_embeddings": False})
+    model = GPT(GPTConfig(vocab_size=VOCAB, **c.model.model_dump()))
+    groups = make_optimizer(model, c, torch.device("cpu")).param_groups
+    names = {id(p): n for n, p in model.named_parameters()}
+    layout = [(bool(g.get("muon")), [names[id(p)] for p in g["params"]]) for g in groups]
+    params = list(model.named_parameters())
+    in_muon = [n for n, p in params if optimizer == "muon" and n.startswith("blocks.") and p.dim() == 2]
+    decayed = [n for n, p in params if p.dim() >= 2 and n not in in_muon]
+    vectors = [n for n, p in params if p.dim() < 2]
+    assert [names for muon, names in layout if not muon] == [decayed, vectors]
+    assert sorted(n for muon, names in layout if muon for n in names) == sorted(in_muon)
+    assert layout[0] == (False, decayed)  # the embedding's group first, as the old code made it
+    assert all(g.get("lr_scale", 1.0) == 1.0 for g in groups if not g.get("muon"))
