@@ -29,17 +29,18 @@ def own_rate(name: str, cfg: TrainingRun) -> tuple[str, float] | None:
     return None
 
 
-def add_to_adamw(groups: dict[str, dict], name: str, p: torch.nn.Parameter, cfg: TrainingRun) -> None:
-    """AdamW's groups: decay on matrices and embeddings only, embed_lr/head_lr as scales of the schedule."""
+def adamw_group(groups: dict[str, dict], name: str, p: torch.nn.Parameter, cfg: TrainingRun) -> str:
+    """The key of p's AdamW group, made on first use: decay on matrices and embeddings only,
+    embed_lr/head_lr as scales of the schedule's rate."""
     own = own_rate(name, cfg)
     if own is not None:  # lr_scale: the schedule's rate times rate / lr (training.loop)
         key, rate = own
         groups.setdefault(key, {"params": [], "weight_decay": cfg.weight_decay, "lr_scale": rate / cfg.lr,
                                 "lr": rate})
-    else:
-        key = "adamw_decay" if p.dim() >= 2 else "adamw"  # matrices and embeddings; not norms or biases
-        groups.setdefault(key, {"params": [], "weight_decay": cfg.weight_decay if p.dim() >= 2 else 0.0})
-    groups[key]["params"].append(p)
+        return key
+    key = "adamw_decay" if p.dim() >= 2 else "adamw"  # matrices and embeddings; not norms or biases
+    groups.setdefault(key, {"params": [], "weight_decay": cfg.weight_decay if p.dim() >= 2 else 0.0})
+    return key
 
 
 def make_adamw(model: torch.nn.Module, cfg: TrainingRun, device: torch.device) -> torch.optim.AdamW:
@@ -47,7 +48,7 @@ def make_adamw(model: torch.nn.Module, cfg: TrainingRun, device: torch.device) -
     groups: dict[str, dict] = {}
     for name, p in model.named_parameters():
         if p.requires_grad:
-            add_to_adamw(groups, name, p, cfg)
+            groups[adamw_group(groups, name, p, cfg)]["params"].append(p)
     return torch.optim.AdamW(list(groups.values()), lr=cfg.lr, betas=(cfg.beta1, cfg.beta2),
                              fused=device.type == "cuda")
 
@@ -75,9 +76,9 @@ def make_muon(model: torch.nn.Module, cfg: PretrainParams) -> MuonAdamW:
             key = f"muon{split}"
             groups.setdefault(key, {"params": [], "muon": True, "split": split, "lr_scale": cfg.muon_lr / cfg.lr,
                                     "lr": cfg.muon_lr, "weight_decay": cfg.muon_weight_decay})
-            groups[key]["params"].append(p)
         else:
-            add_to_adamw(groups, name, p, cfg)
+            key = adamw_group(groups, name, p, cfg)
+        groups[key]["params"].append(p)
     return MuonAdamW(list(groups.values()), lr=cfg.lr, betas=(cfg.beta1, cfg.beta2), momentum=cfg.muon_momentum)
 
 
