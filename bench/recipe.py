@@ -117,6 +117,14 @@ CHANGES = {
     "beta1_08": {"beta1": 0.8},  # modded-nanogpt's Adam betas are (0.8, 0.95)
     "muon_lr_quarter": {"muon_lr": 0.005},
     "head_lr_x2": {"head_lr": 0.064},
+    # issue 27, fourth round: Muon's momentum and the decay's length at a few hundred steps
+    "muon_mom_09": {"muon_momentum": 0.9},
+    "muon_mom_085": {"muon_momentum": 0.85},
+    "decay_full": {"decay_frac": 1.0},  # WSD with no flat part: linear decay from the warm-up's end
+    # sequence-length warm-up over half the screen's (316) or the check's (632) steps: rows of 64 tokens
+    # for its first third, 128 for the second, then 256 (the step's tokens stay the same)
+    "seq_warmup_158": {"seq_warmup_steps": 158, "seq_warmup_min": 64},
+    "seq_warmup_316": {"seq_warmup_steps": 316, "seq_warmup_min": 64},
     # the defaults before and after the second and third rounds, spelled out whole (params.yaml holds round3's):
     # the second round's check is `--accepted round1 --only round2`, the third's `--accepted filed --only round2
     # round3`. lr_xN and *_batch are named after the issue-18 base (lr 2e-3, 16 rows)

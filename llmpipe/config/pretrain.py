@@ -124,6 +124,12 @@ class PretrainParams(TrainingRun):
     embed_lr: Annotated[float, Field(gt=0.0, le=10.0)] | None = None
     # The output layer's own AdamW rate (null: lr); needs model.tie_embeddings: false.
     head_lr: Annotated[float, Field(gt=0.0, le=10.0)] | None = None
+    # Sequence-length warm-up: over the first seq_warmup_steps steps (0: off) each row is cut into
+    # shorter rows, growing through block_size's divisors to block_size. The step's tokens, their order
+    # and the batch's token count stay the same; only how far back attention reaches grows.
+    seq_warmup_steps: Annotated[int, Field(ge=0)] = 0
+    # The warm-up's first row length, a divisor of model.block_size.
+    seq_warmup_min: Annotated[int, Field(ge=1)] = 64
 
     @model_validator(mode="after")
     def _batch_given_once(self) -> "PretrainParams":
@@ -135,6 +141,10 @@ class PretrainParams(TrainingRun):
                              "with schedule wsd the averaged steps must lie inside the decay")
         if self.tail_average and self.parallel == "fsdp":
             raise ValueError("tail_average: not supported with parallel: fsdp (each rank holds a shard of the weights)")
+        block = self.model.block_size
+        if self.seq_warmup_steps and (self.seq_warmup_min > block or block % self.seq_warmup_min):
+            raise ValueError(f"seq_warmup_min ({self.seq_warmup_min}): must divide model.block_size ({block}); "
+                             f"e.g. {block // 4 if block % 4 == 0 else block}")
         for key in ("embed_lr", "head_lr"):
             if getattr(self, key) is not None and self.model.tie_embeddings:
                 raise ValueError(f"{key}: needs model.tie_embeddings: false (a tied input embedding is the output layer)")

@@ -24,7 +24,7 @@ from llmpipe.training import data_order
 from llmpipe.training.averaging import TailAverage
 from llmpipe.training.checkpoint import load_average, load_checkpoint, save_checkpoint
 from llmpipe.training.device import cpu_kind, peak_flops, resolve_device, resolve_dtype
-from llmpipe.training.optim import accumulation_steps, lr_at, make_optimizer
+from llmpipe.training.optim import accumulation_steps, cut_rows, lr_at, make_optimizer, row_length_at
 from llmpipe.training.pace import Pace
 from llmpipe.training.parallel import (Dist, all_finite, full, gather_model_state, gather_optimizer_state,
                                        init_distributed, set_grad_sync, shard, wrap)
@@ -146,11 +146,11 @@ def train(cfg: PretrainParams, token_dir: Path, ckpt_dir: Path, vocab_size: int,
         lr = lr_at(step, cfg)
         for group in opt.param_groups:  # lr_scale: Muon's groups run at muon_lr, embed_lr/head_lr's at theirs
             group["lr"] = lr * group.get("lr_scale", 1.0)
-        loss_sum = 0.0
+        loss_sum, length = 0.0, row_length_at(step, cfg)
         for micro in range(accum):
             x, y = train_data.random_batch(step, micro, rows, mcfg.block_size, cfg.seed, ddp.rank, ddp.world,
                                            stream=data_order.TRAIN_STREAM, doc_aligned=cfg.doc_aligned)
-            x, y = x.to(device, non_blocking=True), y.to(device, non_blocking=True)
+            x, y = cut_rows(x.to(device, non_blocking=True), y.to(device, non_blocking=True), length)
             ctx = set_grad_sync(net, model, ddp, sync=micro == accum - 1)
             with ctx, torch.autocast(device.type, dtype=dtype, enabled=dtype != torch.float32):
                 _, loss = net(x, y)

@@ -120,3 +120,21 @@ def lr_at(step: int, cfg: TrainingRun) -> float:
     if cfg.schedule == "linear":
         return cfg.lr - progress * (cfg.lr - min_lr)
     return min_lr + 0.5 * (1.0 + math.cos(math.pi * progress)) * (cfg.lr - min_lr)
+
+
+def row_length_at(step: int, cfg: PretrainParams) -> int:
+    """The row length at `step` under the sequence-length warm-up: the largest divisor of block_size
+    not above a straight line from seq_warmup_min (step 0) to block_size (step seq_warmup_steps)."""
+    block = cfg.model.block_size
+    if step >= cfg.seq_warmup_steps:
+        return block
+    target = cfg.seq_warmup_min + (block - cfg.seq_warmup_min) * step / cfg.seq_warmup_steps
+    return max(n for n in range(cfg.seq_warmup_min, block + 1) if block % n == 0 and n <= target)
+
+
+def cut_rows(x: torch.Tensor, y: torch.Tensor, length: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Each (rows, block) row cut into block // length rows of `length` tokens: the same tokens and
+    targets, attention reaching back at most `length` tokens (positions restart in every piece)."""
+    if length == x.shape[1]:
+        return x, y
+    return x.reshape(-1, length), y.reshape(-1, length)

@@ -8,7 +8,7 @@ from safetensors.torch import load_file
 from llmpipe.config.pretrain import PretrainParams
 from llmpipe.model.gpt import GPT, GPTConfig
 from llmpipe.training.loop import train
-from llmpipe.training.optim import make_optimizer
+from llmpipe.training.optim import cut_rows, make_optimizer, row_length_at
 
 from tests.unit.training.test_train import VOCAB, cfg, token_dir  # noqa: F401  (fixture)
 
@@ -151,3 +151,31 @@ def test_without_own_rates_the_groups_are_the_ones_checkpoints_were_saved_with(o
     assert sorted(n for muon, names in layout if muon for n in names) == sorted(in_muon)
     assert layout[0] == (False, decayed)  # the embedding's group first, as the old code made it
     assert all(g.get("lr_scale", 1.0) == 1.0 for g in groups if not g.get("muon"))
+
+
+def test_sequence_length_warmup_grows_rows_through_the_blocks_divisors():
+    c = cfg(seq_warmup_steps=30, seq_warmup_min=8)  # block 32: rows of 8, then 16, then 32
+    lengths = [row_length_at(s, c) for s in range(40)]
+    assert lengths[0] == 8 and lengths[29] == 16 and lengths[30:] == [32] * 10
+    assert lengths == sorted(lengths) and set(lengths) == {8, 16, 32}
+    assert all(row_length_at(s, cfg()) == 32 for s in (0, 5))  # off by default
+    x = torch.arange(2 * 32).reshape(2, 32)
+    cx, cy = cut_rows(x, x + 1, 8)
+    assert cx.shape == (8, 8) and torch.equal(cx.flatten(), x.flatten()) and torch.equal(cy, cx + 1)
+
+
+def test_sequence_length_warmup_changes_only_the_early_steps_and_resumes_exactly(token_dir, tmp_path):  # noqa: F811
+    run = cfg(max_steps=12, checkpoint_interval=6, eval_interval=10**6, seq_warmup_steps=8, seq_warmup_min=8)
+    warm = train(run, token_dir, tmp_path / "warm", VOCAB, {"id": 1})
+    plain = train(cfg(max_steps=12, eval_interval=10**6), token_dir, tmp_path / "plain", VOCAB, {"id": 1})
+    assert not torch.equal(warm.model.state_dict()["tok_emb.weight"], plain.model.state_dict()["tok_emb.weight"])
+    train(run, token_dir, tmp_path / "killed", VOCAB, {"id": 1}, stop_after=6)  # killed inside the warm-up
+    resumed = train(run, token_dir, tmp_path / "killed", VOCAB, {"id": 1})
+    a, b = warm.model.state_dict(), resumed.model.state_dict()
+    assert all(torch.equal(a[k], b[k]) for k in a)
+
+
+def test_sequence_length_warmup_needs_a_divisor_of_the_block():
+    with pytest.raises(ValueError, match=r"seq_warmup_min \(24\): must divide model.block_size \(32\)"):
+        cfg(seq_warmup_steps=10, seq_warmup_min=24)
+    cfg(seq_warmup_steps=0, seq_warmup_min=24)  # unused while the warm-up is off
