@@ -131,6 +131,10 @@ CHANGES = {
     "round1": {"lr": 8e-3, "muon_lr": 0.02, "model": {"tie_embeddings": True}, "weight_decay": 0.1, "beta2": 0.95},
     "round2": {"lr": 3.2e-2, "muon_lr": 0.01, "model": {"tie_embeddings": False}, "weight_decay": 0.1, "beta2": 0.95},
     "round3": {"lr": 3.2e-2, "muon_lr": 0.01, "model": {"tie_embeddings": False}, "weight_decay": 0.0, "beta2": 0.99},
+    # the fourth round's screen winners, without and with the sequence-length warm-up (its probe times its
+    # short early steps, so the check gives it the steps of the same shape without it: `--steps`)
+    "round4_opt": {"muon_momentum": 0.9, "beta1": 0.8},
+    "round4": {"muon_momentum": 0.9, "beta1": 0.8, "seq_warmup_steps": 316, "seq_warmup_min": 64},
     # the defaults issue 27 was filed against (before round one's lr 0.008): its target is 0.10 below them
     "filed": {"lr": 2e-3, "muon_lr": 0.02, "model": {"tie_embeddings": True}, "weight_decay": 0.1, "beta2": 0.95},
     # the vocabulary-aware dial's question: at equal time, another split of the parameters
