@@ -128,7 +128,8 @@ class PretrainParams(TrainingRun):
     # shorter rows, growing through block_size's divisors to block_size. The step's tokens, their order
     # and the batch's token count stay the same; only how far back attention reaches grows.
     seq_warmup_steps: Annotated[int, Field(ge=0)] = 0
-    # The warm-up's first row length, a divisor of model.block_size.
+    # The warm-up's first row length (rounded down to a divisor of model.block_size; a block no longer
+    # than this has no warm-up).
     seq_warmup_min: Annotated[int, Field(ge=1)] = 64
 
     @model_validator(mode="after")
@@ -141,10 +142,6 @@ class PretrainParams(TrainingRun):
                              "with schedule wsd the averaged steps must lie inside the decay")
         if self.tail_average and self.parallel == "fsdp":
             raise ValueError("tail_average: not supported with parallel: fsdp (each rank holds a shard of the weights)")
-        block = self.model.block_size
-        if self.seq_warmup_steps and (self.seq_warmup_min > block or block % self.seq_warmup_min):
-            raise ValueError(f"seq_warmup_min ({self.seq_warmup_min}): must divide model.block_size ({block}); "
-                             f"e.g. {block // 4 if block % 4 == 0 else block}")
         for key in ("embed_lr", "head_lr"):
             if getattr(self, key) is not None and self.model.tie_embeddings:
                 raise ValueError(f"{key}: needs model.tie_embeddings: false (a tied input embedding is the output layer)")

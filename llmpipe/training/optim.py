@@ -124,12 +124,13 @@ def lr_at(step: int, cfg: TrainingRun) -> float:
 
 def row_length_at(step: int, cfg: PretrainParams) -> int:
     """The row length at `step` under the sequence-length warm-up: the largest divisor of block_size
-    not above a straight line from seq_warmup_min (step 0) to block_size (step seq_warmup_steps)."""
-    block = cfg.model.block_size
-    if step >= cfg.seq_warmup_steps:
+    not above a straight line from seq_warmup_min (step 0) to block_size (step seq_warmup_steps). A
+    block no longer than seq_warmup_min has no warm-up (a small test model's, say)."""
+    block, first = cfg.model.block_size, cfg.seq_warmup_min
+    if step >= cfg.seq_warmup_steps or block <= first:
         return block
-    target = cfg.seq_warmup_min + (block - cfg.seq_warmup_min) * step / cfg.seq_warmup_steps
-    return max(n for n in range(cfg.seq_warmup_min, block + 1) if block % n == 0 and n <= target)
+    target = first + (block - first) * step / cfg.seq_warmup_steps
+    return max(n for n in range(1, block + 1) if block % n == 0 and n <= target)
 
 
 def cut_rows(x: torch.Tensor, y: torch.Tensor, length: int) -> tuple[torch.Tensor, torch.Tensor]:

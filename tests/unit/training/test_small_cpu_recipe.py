@@ -175,7 +175,8 @@ def test_sequence_length_warmup_changes_only_the_early_steps_and_resumes_exactly
     assert all(torch.equal(a[k], b[k]) for k in a)
 
 
-def test_sequence_length_warmup_needs_a_divisor_of_the_block():
-    with pytest.raises(ValueError, match=r"seq_warmup_min \(24\): must divide model.block_size \(32\)"):
-        cfg(seq_warmup_steps=10, seq_warmup_min=24)
-    cfg(seq_warmup_steps=0, seq_warmup_min=24)  # unused while the warm-up is off
+def test_sequence_length_warmup_rounds_to_the_blocks_divisors_and_leaves_short_blocks_alone():
+    c = cfg(seq_warmup_steps=10, seq_warmup_min=12)  # block 32: 12 rounds down to 8
+    assert [row_length_at(s, c) for s in (0, 5, 9, 10)] == [8, 16, 16, 32]
+    short = cfg(seq_warmup_steps=10, seq_warmup_min=64)  # the block (32) is already that short
+    assert all(row_length_at(s, short) == 32 for s in range(12))
