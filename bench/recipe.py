@@ -125,7 +125,7 @@ CHANGES = {
     # for its first third, 128 for the second, then 256 (the step's tokens stay the same)
     "seq_warmup_158": {"seq_warmup_steps": 158, "seq_warmup_min": 64},
     "seq_warmup_316": {"seq_warmup_steps": 316, "seq_warmup_min": 64},
-    # the defaults before and after the second and third rounds, spelled out whole (params.yaml holds round3's):
+    # the defaults before and after the second and third rounds, spelled out whole (params.yaml holds round4's: round3 plus the fourth round's bundle below):
     # the second round's check is `--accepted round1 --only round2`, the third's `--accepted filed --only round2
     # round3`. lr_xN and *_batch are named after the issue-18 base (lr 2e-3, 16 rows)
     "round1": {"lr": 8e-3, "muon_lr": 0.02, "model": {"tie_embeddings": True}, "weight_decay": 0.1, "beta2": 0.95},
