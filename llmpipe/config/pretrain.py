@@ -124,9 +124,10 @@ class PretrainParams(TrainingRun):
     embed_lr: Annotated[float, Field(gt=0.0, le=10.0)] | None = None
     # The output layer's own AdamW rate (null: lr); needs model.tie_embeddings: false.
     head_lr: Annotated[float, Field(gt=0.0, le=10.0)] | None = None
-    # Sequence-length warm-up: over the first seq_warmup_steps steps (0: off) each row is cut into
-    # shorter rows, growing through block_size's divisors to block_size. The step's tokens, their order
-    # and the batch's token count stay the same; only how far back attention reaches grows.
+    # Sequence-length warm-up: over the first seq_warmup_steps steps, or half the run if that is shorter
+    # (0: off), each row is cut into shorter rows, growing through block_size's divisors to block_size.
+    # The step's tokens, their order and the batch's token count stay the same; only how far back
+    # attention reaches grows (with pos: learned, the later positions train only after it).
     seq_warmup_steps: Annotated[int, Field(ge=0)] = 0
     # The warm-up's first row length (rounded down to a divisor of model.block_size; a block no longer
     # than this has no warm-up).
@@ -142,6 +143,13 @@ class PretrainParams(TrainingRun):
                              "with schedule wsd the averaged steps must lie inside the decay")
         if self.tail_average and self.parallel == "fsdp":
             raise ValueError("tail_average: not supported with parallel: fsdp (each rank holds a shard of the weights)")
+        block, first = self.model.block_size, self.seq_warmup_min
+        if self.seq_warmup_steps and block > first:  # rows are cut at block_size's divisors
+            near = max(n for n in range(1, first + 1) if block % n == 0)
+            if 2 * near < first:
+                raise ValueError(f"seq_warmup_min ({first}): model.block_size ({block}) has no divisor between "
+                                 f"{(first + 1) // 2} and {first}, so the warm-up's rows would be {near} tokens; "
+                                 "use a block_size with one (a power of two), or seq_warmup_steps: 0")
         for key in ("embed_lr", "head_lr"):
             if getattr(self, key) is not None and self.model.tie_embeddings:
                 raise ValueError(f"{key}: needs model.tie_embeddings: false (a tied input embedding is the output layer)")

@@ -39,8 +39,10 @@ def time_steps(cfg: PretrainParams, token_dir: Path, vocab: int, steps: int = 3,
     machine's own speed (a median of three let a light load pick a smaller model: issue 27); what the
     run then really gets, evaluations and load included, the pace corrects (llmpipe.training.pace)."""
     from llmpipe.training.loop import train  # the very loop the run will use
+    # full-length rows: a sequence-length warm-up's short early rows would time the run's cheapest steps
     probe = cfg.model_copy(update={"max_steps": warmup + steps, "warmup_steps": 0, "log_interval": 1,
-                                   "eval_interval": 10**9, "eval_batches": 1, "checkpoint_interval": 10**9})
+                                   "eval_interval": 10**9, "eval_batches": 1, "checkpoint_interval": 10**9,
+                                   "seq_warmup_steps": 0})
     with tempfile.TemporaryDirectory() as tmp:
         res = train(probe, token_dir, Path(tmp) / "ckpt", vocab, {"probe": True})
     rows = res.history["train"][warmup:]

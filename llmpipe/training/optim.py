@@ -122,14 +122,22 @@ def lr_at(step: int, cfg: TrainingRun) -> float:
     return min_lr + 0.5 * (1.0 + math.cos(math.pi * progress)) * (cfg.lr - min_lr)
 
 
+def seq_warmup_end(cfg: TrainingRun) -> int:
+    """The step the sequence-length warm-up ends at: seq_warmup_steps, but at most half the run (the
+    share the fourth round measured; a short run keeps half its steps at full length). 0: none, also
+    for a block no longer than the warm-up's first rows (a small test model's, say)."""
+    if not getattr(cfg, "seq_warmup_steps", 0) or cfg.model.block_size <= cfg.seq_warmup_min:
+        return 0
+    return min(cfg.seq_warmup_steps, cfg.max_steps // 2)
+
+
 def row_length_at(step: int, cfg: PretrainParams) -> int:
     """The row length at `step` under the sequence-length warm-up: the largest divisor of block_size
-    not above a straight line from seq_warmup_min (step 0) to block_size (step seq_warmup_steps). A
-    block no longer than seq_warmup_min has no warm-up (a small test model's, say)."""
-    block, first = cfg.model.block_size, cfg.seq_warmup_min
-    if step >= cfg.seq_warmup_steps or block <= first:
+    not above a straight line from seq_warmup_min (step 0) to block_size (the warm-up's end)."""
+    block, first, end = cfg.model.block_size, cfg.seq_warmup_min, seq_warmup_end(cfg)
+    if step >= end:
         return block
-    target = first + (block - first) * step / cfg.seq_warmup_steps
+    target = first + (block - first) * step / end
     return max(n for n in range(1, block + 1) if block % n == 0 and n <= target)
 
 

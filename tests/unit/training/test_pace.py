@@ -3,6 +3,8 @@ runs out while the learning rate is flat, never once the decay has begun, and a 
 length and the seconds of the processes before it. A clock driven by the step stands in for time, so
 the tests decide exactly what a machine's speed would."""
 
+import math
+
 import torch
 from safetensors.torch import load_file
 
@@ -35,6 +37,23 @@ def test_pace_moves_the_end_while_the_lr_is_flat_and_never_after():
     assert frozen.max_steps(c, 20) == 100  # a clock that did not move times nothing
     assert pace.max_steps(c, 75) == 100  # decaying since step 70: the length is fixed
     assert paced(60.0, now).max_steps(cfg(max_steps=100, warmup_steps=10), 20) == 100  # cosine: always fixed
+
+
+def test_pace_times_the_steps_after_the_sequence_warmup_not_its_cheaper_ones():
+    c = cfg(max_steps=200, warmup_steps=10, schedule="wsd", decay_frac=0.3, seq_warmup_steps=50, seq_warmup_min=8)
+    now = {"t": 0.0}
+    pace = paced(300.0, now)
+    pace.start(0, {})
+    now["t"] = 25.0  # the warm-up's 50 steps at 0.5 s
+    assert pace.max_steps(c, 50) == 50 + 550  # at its end: the process's average (0.5 s)
+    now["t"] = 30.0  # 10 full-length steps at 0.5 s: the first log step past it starts a new timing
+    assert pace.max_steps(c, 60) == 60 + 540
+    now["t"] = 40.0  # 10 more at 1 s: the pace is the steps' since then, not the cheaper warm-up's
+    assert pace.max_steps(c, 70) == 70 + 260
+    plain = paced(300.0, {"t": 0.0})  # the same clock without the warm-up: the whole process's average
+    plain.start(0, {})
+    plain.clock = lambda: 40.0
+    assert plain.max_steps(c.model_copy(update={"seq_warmup_steps": 0}), 70) == 70 + math.floor(260 / (40 / 70))
 
 
 def test_paced_run_ends_on_time_and_resumes_to_the_same_weights(token_dir, tmp_path):  # noqa: F811

@@ -8,7 +8,7 @@ from safetensors.torch import load_file
 from llmpipe.config.pretrain import PretrainParams
 from llmpipe.model.gpt import GPT, GPTConfig
 from llmpipe.training.loop import train
-from llmpipe.training.optim import cut_rows, make_optimizer, row_length_at
+from llmpipe.training.optim import cut_rows, make_optimizer, row_length_at, seq_warmup_end
 
 from tests.unit.training.test_train import VOCAB, cfg, token_dir  # noqa: F401  (fixture)
 
@@ -154,14 +154,27 @@ def test_without_own_rates_the_groups_are_the_ones_checkpoints_were_saved_with(o
 
 
 def test_sequence_length_warmup_grows_rows_through_the_blocks_divisors():
-    c = cfg(seq_warmup_steps=30, seq_warmup_min=8)  # block 32: rows of 8, then 16, then 32
+    c = cfg(max_steps=100, seq_warmup_steps=30, seq_warmup_min=8)  # block 32: rows of 8, then 16, then 32
     lengths = [row_length_at(s, c) for s in range(40)]
     assert lengths[0] == 8 and lengths[29] == 16 and lengths[30:] == [32] * 10
     assert lengths == sorted(lengths) and set(lengths) == {8, 16, 32}
+    short = cfg(max_steps=40, seq_warmup_steps=30, seq_warmup_min=8)  # at most half the run: to step 20
+    assert seq_warmup_end(short) == 20 and row_length_at(19, short) == 16 and row_length_at(20, short) == 32
     assert all(row_length_at(s, cfg()) == 32 for s in (0, 5))  # off by default
     x = torch.arange(2 * 32).reshape(2, 32)
     cx, cy = cut_rows(x, x + 1, 8)
     assert cx.shape == (8, 8) and torch.equal(cx.flatten(), x.flatten()) and torch.equal(cy, cx + 1)
+
+
+def test_the_dials_probe_times_full_length_rows(token_dir, monkeypatch):  # noqa: F811
+    """The warm-up's short early rows are its cheapest steps: a probe timing them would plan too many."""
+    import llmpipe.training.loop as loop
+    from llmpipe.training.budget import time_steps
+    seen = []
+    real = loop.cut_rows
+    monkeypatch.setattr(loop, "cut_rows", lambda x, y, n: seen.append(n) or real(x, y, n))
+    time_steps(cfg(max_steps=400, seq_warmup_steps=200, seq_warmup_min=8), token_dir, VOCAB, steps=2)
+    assert seen and set(seen) == {32}
 
 
 def test_sequence_length_warmup_changes_only_the_early_steps_and_resumes_exactly(token_dir, tmp_path):  # noqa: F811
@@ -180,3 +193,5 @@ def test_sequence_length_warmup_rounds_to_the_blocks_divisors_and_leaves_short_b
     assert [row_length_at(s, c) for s in (0, 5, 9, 10)] == [8, 16, 16, 32]
     short = cfg(seq_warmup_steps=10, seq_warmup_min=64)  # the block (32) is already that short
     assert all(row_length_at(s, short) == 32 for s in range(12))
+    with pytest.raises(ValueError, match=r"seq_warmup_min \(64\): model.block_size \(257\) has no divisor between 32 and 64"):
+        PretrainParams.model_validate({"model": {"block_size": 257}, "seq_warmup_steps": 10})
