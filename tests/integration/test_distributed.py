@@ -39,8 +39,9 @@ PRECISIONS = {"fp32": (1e-5, 1e-4), "bf16": (2e-2, 2e-2)}
 
 
 # issue 18's recipe: Muon (its sharded matrices orthogonalized whole under FSDP), every model option,
-# the warmup-stable-decay schedule and document-aligned rows
-RECIPE = dict(optimizer="muon", schedule="wsd", doc_aligned=True,
+# the warmup-stable-decay schedule and document-aligned rows; issue 27's sequence-length warm-up (rows
+# of 8, then 16 tokens over the first 6 steps, then 32)
+RECIPE = dict(optimizer="muon", schedule="wsd", doc_aligned=True, seq_warmup_steps=6, seq_warmup_min=8,
               model={"n_layer": 2, "n_head": 2, "d_model": 32, "block_size": 32, "qk_norm": True, "mlp": "relu2",
                      "tie_embeddings": False, "zero_init_head": True, "logit_softcap": 15.0, "value_embeds": True})
 
