@@ -145,7 +145,7 @@ class PretrainParams(TrainingRun):
             raise ValueError("tail_average: not supported with parallel: fsdp (each rank holds a shard of the weights)")
         block, first = self.model.block_size, self.seq_warmup_min
         if self.seq_warmup_steps and block > first:  # rows are cut at block_size's divisors
-            near = max(n for n in range(1, first + 1) if block % n == 0)
+            near = divisor_at_most(block, first)
             if 2 * near < first:
                 raise ValueError(f"seq_warmup_min ({first}): model.block_size ({block}) has no divisor between "
                                  f"{(first + 1) // 2} and {first}, so the warm-up's rows would be {near} tokens; "
@@ -154,3 +154,8 @@ class PretrainParams(TrainingRun):
             if getattr(self, key) is not None and self.model.tie_embeddings:
                 raise ValueError(f"{key}: needs model.tie_embeddings: false (a tied input embedding is the output layer)")
         return self
+
+
+def divisor_at_most(block: int, cap: float) -> int:
+    """The largest divisor of block not above cap (at least 1): the sequence-length warm-up's row lengths."""
+    return max(n for n in range(1, min(block, int(cap)) + 1) if block % n == 0) if cap >= 1 else 1

@@ -6,7 +6,7 @@ import math
 
 import torch
 
-from llmpipe.config.pretrain import PretrainParams
+from llmpipe.config.pretrain import PretrainParams, divisor_at_most
 from llmpipe.config.training import TrainingRun
 from llmpipe.training.muon import MuonAdamW
 from llmpipe.util.io import InputError
@@ -138,7 +138,7 @@ def row_length_at(step: int, cfg: PretrainParams) -> int:
     if step >= end:
         return block
     target = first + (block - first) * step / end
-    return max(n for n in range(1, block + 1) if block % n == 0 and n <= target)
+    return divisor_at_most(block, target)
 
 
 def cut_rows(x: torch.Tensor, y: torch.Tensor, length: int) -> tuple[torch.Tensor, torch.Tensor]:
