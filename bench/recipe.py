@@ -148,9 +148,17 @@ CHANGES = {
     # the vocabulary-aware dial's question: at equal time, another split of the parameters
     "shape_6x96": {"model": {"n_layer": 6, "d_model": 96, "n_head": 3}},
     "shape_3x160": {"model": {"n_layer": 3, "d_model": 160, "n_head": 5}},
+    # issue 27's bf16 target, `--shape bf16` (the dial's 5 x 160 there): the dial's neighbours at equal time,
+    # a smaller and a larger one of its ladder (aspect 32), and deeper, narrower ones whose embedding and
+    # output layer (8,192 x d_model each) take less of the step
+    "shape_4x128": {"model": {"n_layer": 4, "d_model": 128, "n_head": 4}},
+    "shape_6x192": {"model": {"n_layer": 6, "d_model": 192, "n_head": 6}},
+    "shape_8x128": {"model": {"n_layer": 8, "d_model": 128, "n_head": 4}},
+    "shape_6x128": {"model": {"n_layer": 6, "d_model": 128, "n_head": 4}},
 }
 # `--base params`: today's defaults (params.yaml's pretrain) at a fixed shape, the AVX2 dial's by default
-SHAPES = {"avx2": {"n_layer": 4, "d_model": 128, "n_head": 4}}
+SHAPES = {"avx2": {"n_layer": 4, "d_model": 128, "n_head": 4},
+          "bf16": {"n_layer": 5, "d_model": 160, "n_head": 5}}  # the bf16 demo's pick (2026-12-06, 8f96655)
 
 
 def merged(*parts: dict) -> dict:
