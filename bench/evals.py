@@ -35,7 +35,6 @@ import json
 import os
 import subprocess
 import sys
-import tempfile
 import time
 from pathlib import Path
 
@@ -156,7 +155,7 @@ def main() -> None:
     from llmpipe.model.weights import load_model
     from llmpipe.ops.export import export_hf
 
-    work = Path(tempfile.mkdtemp(prefix="bench-evals-"))
+    work = Path(_root.scratch_dir("bench-evals-"))  # removed at a normal exit
     torch.set_num_threads(args.threads)
     model_dir, tok_path = ROOT / "data/model", ROOT / "data/tokenizer/tokenizer.json"
     if not (model_dir / "model.safetensors").exists() or not tok_path.exists():

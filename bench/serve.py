@@ -41,7 +41,6 @@ import json
 import socket
 import subprocess
 import sys
-import tempfile
 import threading
 import time
 from pathlib import Path
@@ -250,7 +249,7 @@ def main() -> None:
     args = ap.parse_args()
     from openai import OpenAI
 
-    work = Path(tempfile.mkdtemp(prefix="bench-serve-"))
+    work = Path(_root.scratch_dir("bench-serve-"))  # removed at a normal exit
     model_dir, tokenizer = args.model_dir or ROOT / "data/model", args.tokenizer or ROOT / "data/tokenizer/tokenizer.json"
     if not (model_dir / "model.safetensors").exists() or not tokenizer.exists():
         sys.exit(f"no model at {model_dir} or no tokenizer at {tokenizer}: run the pipeline first "
@@ -298,7 +297,7 @@ def main() -> None:
         result["peak_rss_mb"] = peak[0] / 2**20
         server.terminate()
         server.wait(30)
-    print(f"model {model_dir}; server log {work / 'server.log'}")
+    print(f"model {model_dir}")
     # the same model through llama.cpp: its GGUF export's greedy tokens against llmpipe's (bench/gguf.py)
     spec = importlib.util.spec_from_file_location("bench_gguf", Path(__file__).with_name("gguf.py"))
     bench_gguf = importlib.util.module_from_spec(spec)

@@ -37,8 +37,8 @@ def python_env() -> dict:
     return {**os.environ, "PYTHONPATH": path, "OMP_NUM_THREADS": "1"}
 
 
-def run(cmd: list[str], cwd: Path = REPO, timeout: float = 300) -> subprocess.CompletedProcess:
-    return subprocess.run(cmd, cwd=cwd, env=python_env(), capture_output=True, text=True, timeout=timeout)
+def run(cmd: list[str], cwd: Path = REPO, timeout: float = 300, **env: str) -> subprocess.CompletedProcess:
+    return subprocess.run(cmd, cwd=cwd, env={**python_env(), **env}, capture_output=True, text=True, timeout=timeout)
 
 
 def has(module: str) -> bool:
@@ -140,13 +140,16 @@ NEEDS = {"gguf.py": ["llama_cpp"], "evals.py": ["lm_eval", "transformers"], "ser
 
 @pytest.mark.integration
 @pytest.mark.parametrize("script", list(SMOKE))
-def test_bench_script_runs_at_a_smoke_size(bench_repo, script):
+def test_bench_script_runs_at_a_smoke_size(bench_repo, script, tmp_path):
     missing = [m for m in NEEDS.get(script, []) if not has(m)]
     if missing:  # under CI (.ci/run installs the dev extra) a missing package is a fault, not a skip
         (pytest.fail if os.environ.get("CI") else pytest.skip)(f"needs the dev extra ({', '.join(missing)})")
-    proc = run([sys.executable, f"bench/{script}", *SMOKE[script]], cwd=bench_repo)
+    proc = run([sys.executable, f"bench/{script}", *SMOKE[script]], cwd=bench_repo, TMPDIR=str(tmp_path))
     assert proc.returncode == 0, (proc.stdout[-3000:], proc.stderr[-3000:])
     assert "RESULT " in proc.stdout.splitlines()[-1], proc.stdout[-2000:]  # it reached its figures
+    # a run that succeeded leaves none of its scratch folders in the temp directory
+    left = sorted(p.name for p in tmp_path.iterdir() if p.name.startswith(("bench-", "recipe-")))
+    assert not left, left
 
 
 @pytest.mark.integration
