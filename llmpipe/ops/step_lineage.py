@@ -22,7 +22,7 @@ from llmpipe.stages.registry import stage
 from llmpipe.tokens.loader import TokenData
 from llmpipe.tokens.shards import MANIFEST
 from llmpipe.tokens.trace import DocTable
-from llmpipe.training.data_order import KEY, layout_at, shard_bases, step_rows
+from llmpipe.training.data_order import KEY, layout_at, row_length_at_step, shard_bases, step_rows
 from llmpipe.util.io import InputError, read_json
 
 PRETRAIN = stage("pretrain")
@@ -78,7 +78,8 @@ def step_lineage(token_dir: Path, order: dict, step: int, tokenizer=None) -> dic
     layout = layout_at(order, step)
     return {"step": step, "batch": step - 1, "tokens_dir": str(token_dir), "split": order["split"],
             "seed": order["seed"], "micro_batch_size": order["micro_batch_size"], "block_size": block,
-            "doc_aligned": order["doc_aligned"], "world_size": layout["world_size"],
+            "doc_aligned": order["doc_aligned"], "row_length": row_length_at_step(order, step),
+            "world_size": layout["world_size"],
             "grad_accum_steps": layout["grad_accum_steps"], "rows": rows}
 
 
@@ -86,12 +87,23 @@ def _clip(text: str, width: int) -> str:
     return text if len(text) <= width else text[: width - 1] + "…"
 
 
+def pieces(length: int | None, block: int) -> str:
+    """How the step's attention saw its rows: whole, or cut by the sequence-length warm-up."""
+    if length is None:
+        return " (attention span not recorded: a run from before the sequence-length warm-up)"
+    if length == block:
+        return ""
+    return (f"; sequence-length warm-up: each row trained as {block // length} pieces of {length} tokens, "
+            "attention within a piece")
+
+
 def format_table(result: dict) -> str:
     r, rows, per_rank = result, result["rows"], result["micro_batch_size"]
     id_width = min(max([len("document id")] + [len(d["id"]) for row in rows for d in row["docs"]]), 40)
     lines = [f"step {r['step']} (global batch {r['batch']}) of {r['tokens_dir']}, {r['split']} split: "
              f"seed {r['seed']}, {r['world_size']} rank(s) x {per_rank} rows x {r['grad_accum_steps']} "
-             f"micro-step(s), rows of {r['block_size'] + 1} tokens, doc_aligned {str(r['doc_aligned']).lower()}",
+             f"micro-step(s), rows of {r['block_size'] + 1} tokens, doc_aligned {str(r['doc_aligned']).lower()}"
+             + pieces(r["row_length"], r["block_size"]),
              f"(rank k trained on rows {per_rank}k to {per_rank}k+{per_rank - 1} of each micro-step; "
              "doc tokens: the range of the document the row holds)",
              f"{'micro':>5} {'row':>4}  {'shard:offset':24} {'doc tokens':>13}  {'document id':{id_width}} "

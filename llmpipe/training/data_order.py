@@ -34,6 +34,21 @@ def record(history: dict, seed: int, rows: int, block: int, doc_aligned: bool, w
     return order
 
 
+def record_row_length(order: dict, step: int, length: int) -> None:
+    """Note that step `step` (1-based) cut each row into pieces of `length` tokens, attention staying
+    within a piece (the sequence-length warm-up; block_size once it is over). Kept as stretches, like the
+    layout: the warm-up's end moves with a paced run's length, so it is recorded, not recomputed."""
+    stretches = order.setdefault("row_lengths", [])
+    if not stretches or stretches[-1]["length"] != length:
+        stretches.append({"first_step": step, "length": length})
+
+
+def row_length_at_step(order: dict, step: int) -> int | None:
+    """The piece length step `step` trained on; None for a run recorded before the warm-up existed."""
+    found = [s for s in order.get("row_lengths", []) if s["first_step"] <= step]
+    return found[-1]["length"] if found else None
+
+
 def layout_at(order: dict, step: int) -> dict:
     """The layout (world_size, grad_accum_steps) step `step` (1-based) ran with."""
     found = [seg for seg in order.get("layout", []) if seg["first_step"] <= step]

@@ -119,7 +119,7 @@ def train(cfg: PretrainParams, token_dir: Path, ckpt_dir: Path, vocab_size: int,
     accum = accumulation_steps(cfg, ddp.world)
     tokens_per_step = rows * mcfg.block_size * accum * ddp.world
     # what shapes the batches, kept in every checkpoint and the model (`llmpipe lineage --step`)
-    data_order.record(history, cfg.seed, rows, mcfg.block_size, cfg.doc_aligned, ddp.world, accum, start)
+    order = data_order.record(history, cfg.seed, rows, mcfg.block_size, cfg.doc_aligned, ddp.world, accum, start)
     flops_per_step = model.flops_per_token() * tokens_per_step
     peak = peak_flops(device)
     if ddp.is_main:
@@ -147,6 +147,7 @@ def train(cfg: PretrainParams, token_dir: Path, ckpt_dir: Path, vocab_size: int,
         for group in opt.param_groups:  # lr_scale: Muon's groups run at muon_lr, embed_lr/head_lr's at theirs
             group["lr"] = lr * group.get("lr_scale", 1.0)
         loss_sum, length = 0.0, row_length_at(step, cfg)
+        data_order.record_row_length(order, step + 1, length)
         for micro in range(accum):
             x, y = train_data.random_batch(step, micro, rows, mcfg.block_size, cfg.seed, ddp.rank, ddp.world,
                                            stream=data_order.TRAIN_STREAM, doc_aligned=cfg.doc_aligned)

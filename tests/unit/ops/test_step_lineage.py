@@ -118,3 +118,29 @@ def test_tokens_other_than_the_trained_ones_are_refused(token_dir):  # noqa: F81
     check_data(token_dir, {"data_sha256": trained})
     with pytest.raises(InputError, match="not the tokens this model was trained on .DVC hash abc.dir"):
         check_data(token_dir, {"data_sha256": "0" * 64, "data_dvc_md5": "abc.dir"})
+
+
+def test_lineage_names_the_pieces_a_warm_up_step_cut_its_rows_into(token_dir, tmp_path):  # noqa: F811
+    """The sequence-length warm-up trains each early row as shorter pieces; the record keeps the length
+    each step used (the warm-up's end moves with a paced run's length), lineage reports it, and a
+    resumed run's record equals the uninterrupted one's."""
+    from llmpipe.ops.step_lineage import format_table
+    from llmpipe.training.optim import row_length_at
+
+    c = cfg(max_steps=12, warmup_steps=1, checkpoint_interval=6, eval_interval=12, micro_batch_size=4,
+            seq_warmup_steps=6, seq_warmup_min=8)  # block 32: pieces of 8, then 16, then whole rows
+    whole = train(c, token_dir, tmp_path / "a", VOCAB, {"id": 1})
+    order = {**whole.history[data_order.KEY], "steps": whole.step}
+    assert order["row_lengths"] == [{"first_step": 1, "length": 8}, {"first_step": 3, "length": 16},
+                                    {"first_step": 7, "length": 32}]
+    for step in range(1, 13):  # what the loop used, step by step (step N runs at loop index N - 1)
+        assert step_lineage(token_dir, order, step)["row_length"] == row_length_at(step - 1, c)
+    assert "4 pieces of 8 tokens" in format_table(step_lineage(token_dir, order, 2))
+    assert "warm-up" not in format_table(step_lineage(token_dir, order, 7))  # whole rows: nothing said
+    train(c, token_dir, tmp_path / "b", VOCAB, {"id": 1}, stop_after=6)
+    resumed = train(c, token_dir, tmp_path / "b", VOCAB, {"id": 1})
+    assert {**resumed.history[data_order.KEY], "steps": resumed.step} == order
+    # a record from before the warm-up existed says so rather than claim whole rows
+    old = {k: v for k, v in order.items() if k != "row_lengths"}
+    assert step_lineage(token_dir, old, 2)["row_length"] is None
+    assert "not recorded" in format_table(step_lineage(token_dir, old, 2))
