@@ -152,6 +152,7 @@ CHANGES = {
     # a smaller and a larger one of its ladder (aspect 32), and deeper, narrower ones whose embedding and
     # output layer (8,192 x d_model each) take less of the step
     "shape_4x128": {"model": {"n_layer": 4, "d_model": 128, "n_head": 4}},
+    "shape_3x96": {"model": {"n_layer": 3, "d_model": 96, "n_head": 3}},
     "shape_6x192": {"model": {"n_layer": 6, "d_model": 192, "n_head": 6}},
     "shape_8x128": {"model": {"n_layer": 8, "d_model": 128, "n_head": 4}},
     "shape_6x128": {"model": {"n_layer": 6, "d_model": 128, "n_head": 4}},
