@@ -24,7 +24,9 @@ def run_worker(token_dir, tmp_path, name, nproc, c, stop_after=None, ckpt=None, 
            str(out), c.model_dump_json()] + ([str(stop_after)] if stop_after else [])
     if nproc == 1:
         cmd = [sys.executable] + cmd[cmd.index(str(Path(__file__).with_name("_ddp_worker.py"))):]
-    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=600, env={**os.environ, **(env or {})})
+    # TMPDIR: torchrun's log folders (torchelastic_*) stay in the test's folder, not in /tmp
+    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=600,
+                          env={**os.environ, "TMPDIR": str(tmp_path), **(env or {})})
     assert proc.returncode == 0, proc.stderr[-3000:]
     return json.loads(out.read_text())
 

@@ -54,7 +54,7 @@ def start_nodes(token_dir, tmp_path, c, name):
                c.model_dump_json()]
         log = open(tmp_path / f"{name}-node{node}.log", "w")
         nodes.append(subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT,
-                                      env={**os.environ, **ENV}))
+                                      env={**os.environ, **ENV, "TMPDIR": str(tmp_path)}))  # torchrun's logs: here
         time.sleep(1)  # the first agent hosts the rendezvous store
     return nodes
 
