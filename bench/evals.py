@@ -27,7 +27,7 @@ with --all-tasks:
 
 from __future__ import annotations
 
-import _root  # noqa: F401  (first: takes bench/ off the import path, see bench/_root.py)
+import _root  # first: takes bench/ off the import path (see bench/_root.py)
 
 import argparse
 import copy
@@ -155,7 +155,7 @@ def main() -> None:
     from llmpipe.model.weights import load_model
     from llmpipe.ops.export import export_hf
 
-    work = Path(_root.scratch_dir("bench-evals-"))  # removed at a normal exit
+    work = Path(_root.scratch_dir("bench-evals-"))  # removed when the run succeeds
     torch.set_num_threads(args.threads)
     model_dir, tok_path = ROOT / "data/model", ROOT / "data/tokenizer/tokenizer.json"
     if not (model_dir / "model.safetensors").exists() or not tok_path.exists():
@@ -208,4 +208,4 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    main()
+    _root.run_main(main)

@@ -148,8 +148,8 @@ CHANGES = {
     # the vocabulary-aware dial's question: at equal time, another split of the parameters
     "shape_6x96": {"model": {"n_layer": 6, "d_model": 96, "n_head": 3}},
     "shape_3x160": {"model": {"n_layer": 3, "d_model": 160, "n_head": 5}},
-    # issue 27's bf16 target, `--shape bf16` (the dial's 5 x 160 there): the dial's neighbours at equal time,
-    # a smaller and a larger one of its ladder (aspect 32), and deeper, narrower ones whose embedding and
+    # issue 27's bf16 target, `--shape bf16` (the dial's 5 x 160 there): the dial's ladder (aspect 32) at
+    # equal time, two smaller shapes and a larger one, and deeper, narrower ones whose embedding and
     # output layer (8,192 x d_model each) take less of the step
     "shape_4x128": {"model": {"n_layer": 4, "d_model": 128, "n_head": 4}},
     "shape_3x96": {"model": {"n_layer": 3, "d_model": 96, "n_head": 3}},
@@ -290,7 +290,8 @@ def main() -> None:
     ap.add_argument("--block", type=int, default=64, help="context (tokens a row; 16 rows a step)")
     ap.add_argument("--base", choices=["issue18", "params"], default="issue18",
                     help="issue18: the recipe before issue 18 at 4 x 128; params: params.yaml's pretrain at --shape")
-    ap.add_argument("--shape", choices=sorted(SHAPES), default="avx2")
+    ap.add_argument("--shape", choices=sorted(SHAPES), default="avx2",
+                    help="with --base params: the fixed shape (avx2: 4 x 128; bf16: 5 x 160, the bf16 demo's)")
     ap.add_argument("--rows", type=int, default=8, help="micro-batch rows with --base params")
     ap.add_argument("--baseline-steps", type=int, default=0,
                     help="the baseline trains this many steps and every other configuration the steps that take "

@@ -33,7 +33,7 @@ answers per second of the load phase. The line is built from a dict, so other sc
 
 from __future__ import annotations
 
-import _root  # noqa: F401  (first: takes bench/ off the import path, see bench/_root.py)
+import _root  # first: takes bench/ off the import path (see bench/_root.py)
 
 import argparse
 import importlib.util
@@ -249,7 +249,7 @@ def main() -> None:
     args = ap.parse_args()
     from openai import OpenAI
 
-    work = Path(_root.scratch_dir("bench-serve-"))  # removed at a normal exit
+    work = Path(_root.scratch_dir("bench-serve-"))  # removed when the run succeeds
     model_dir, tokenizer = args.model_dir or ROOT / "data/model", args.tokenizer or ROOT / "data/tokenizer/tokenizer.json"
     if not (model_dir / "model.safetensors").exists() or not tokenizer.exists():
         sys.exit(f"no model at {model_dir} or no tokenizer at {tokenizer}: run the pipeline first "
@@ -303,8 +303,12 @@ def main() -> None:
     bench_gguf = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(bench_gguf)
     result["gguf_greedy_match"] = bench_gguf.parity(load_model(model_dir), tokenizer)["gguf_greedy_match"]
+    failed = [k for k in ("served_ok", "auth_refused_ok", "disconnect_stops_ok", "gguf_greedy_match") if result[k] != 1]
+    if failed or result["non_429_errors"]:  # the server's logs stay for a look (bench/_root.py)
+        _root.keep_scratch(f"failed: {', '.join(failed + ['non_429_errors'] * bool(result['non_429_errors']))}; "
+                           "server.log and control.log are the servers' logs")
     print("RESULT " + " ".join(f"{k}={v:.1f}" if isinstance(v, float) else f"{k}={v}" for k, v in result.items()))
 
 
 if __name__ == "__main__":
-    main()
+    _root.run_main(main)

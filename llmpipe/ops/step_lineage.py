@@ -90,7 +90,8 @@ def _clip(text: str, width: int) -> str:
 def pieces(length: int | None, block: int) -> str:
     """How the step's attention saw its rows: whole, or cut by the sequence-length warm-up."""
     if length is None:
-        return " (attention span not recorded: a run from before the sequence-length warm-up)"
+        return ("; row length not recorded (a run from before the record kept it: with "
+                "pretrain.seq_warmup_steps its early steps may have trained shorter pieces)")
     if length == block:
         return ""
     return (f"; sequence-length warm-up: each row trained as {block // length} pieces of {length} tokens, "

@@ -44,7 +44,7 @@ def record_row_length(order: dict, step: int, length: int) -> None:
 
 
 def row_length_at_step(order: dict, step: int) -> int | None:
-    """The piece length step `step` trained on; None for a run recorded before the warm-up existed."""
+    """The piece length step `step` trained on; None for a run recorded before the record kept it."""
     found = [s for s in order.get("row_lengths", []) if s["first_step"] <= step]
     return found[-1]["length"] if found else None
 

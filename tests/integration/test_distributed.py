@@ -71,6 +71,8 @@ def test_two_ranks_match_one_process(token_dir, tmp_path, parallel, precision, r
     # each run recorded its ranks; `llmpipe lineage --step` lists the same rows for both
     assert [s["world_size"] for s in single["data_order"]["layout"]] == [1]
     assert [s["world_size"] for s in double["data_order"]["layout"]] == [2]
+    # and the same row lengths (with the recipe, the sequence-length warm-up's pieces first)
+    assert single["data_order"]["row_lengths"] == double["data_order"]["row_lengths"]
     for step in (1, 12):
         rows = [[r["ids"] for r in step_lineage(token_dir, run["data_order"], step)["rows"]] for run in (single, double)]
         assert rows[0] == rows[1] and len(rows[0]) == 8

@@ -127,7 +127,7 @@ def test_lineage_names_the_pieces_a_warm_up_step_cut_its_rows_into(token_dir, tm
     from llmpipe.ops.step_lineage import format_table
     from llmpipe.training.optim import row_length_at
 
-    c = cfg(max_steps=12, warmup_steps=1, checkpoint_interval=6, eval_interval=12, micro_batch_size=4,
+    c = cfg(max_steps=12, warmup_steps=1, checkpoint_interval=4, eval_interval=12, micro_batch_size=4,
             seq_warmup_steps=6, seq_warmup_min=8)  # block 32: pieces of 8, then 16, then whole rows
     whole = train(c, token_dir, tmp_path / "a", VOCAB, {"id": 1})
     order = {**whole.history[data_order.KEY], "steps": whole.step}
@@ -137,7 +137,7 @@ def test_lineage_names_the_pieces_a_warm_up_step_cut_its_rows_into(token_dir, tm
         assert step_lineage(token_dir, order, step)["row_length"] == row_length_at(step - 1, c)
     assert "4 pieces of 8 tokens" in format_table(step_lineage(token_dir, order, 2))
     assert "warm-up" not in format_table(step_lineage(token_dir, order, 7))  # whole rows: nothing said
-    train(c, token_dir, tmp_path / "b", VOCAB, {"id": 1}, stop_after=6)
+    train(c, token_dir, tmp_path / "b", VOCAB, {"id": 1}, stop_after=4)  # stopped within the stretch of 16
     resumed = train(c, token_dir, tmp_path / "b", VOCAB, {"id": 1})
     assert {**resumed.history[data_order.KEY], "steps": resumed.step} == order
     # a record from before the warm-up existed says so rather than claim whole rows

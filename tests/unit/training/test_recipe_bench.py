@@ -23,8 +23,10 @@ def recipe():
     return module
 
 
-def test_every_change_validates_on_the_params_base(recipe):
-    base = recipe.params_base("avx2", 256, 8)
+@pytest.mark.parametrize("shape", ["avx2", "bf16"])
+def test_every_change_validates_on_the_params_base(recipe, shape):
+    assert set(recipe.SHAPES) == {"avx2", "bf16"}  # a new shape joins the parameters above
+    base = recipe.params_base(shape, 256, 8)
     bad = {}
     for name, change in recipe.CHANGES.items():
         cfg = recipe.merged(base, {k: v for k, v in change.items() if k != "vocab"})
