@@ -9,7 +9,8 @@ included (the second round builds on the first, as modded-nanogpt's records do);
 changes to measure. Besides the recipe's switches, two hyperparameters are measured the same way:
 `lr_x2` (AdamW at 4e-3) and `half_batch` (8 rows a step: twice the steps at equal time).
 
-Issue 27 measures at the AVX2 dial's shape (`--base params`: params.yaml's pretrain at 4 x 128). On a
+Issue 27 measures at the AVX2 dial's shape (`--base params`: params.yaml's pretrain at 4 x 128; `--shape bf16`:
+at the 5 x 160 the bf16 demo's dial picked before the fifth round, for the shape candidates). On a
 faster CPU, `--baseline-steps N` replays the slow CPU's run: the baseline trains N steps (the AVX2 demo
 took 632) and every other configuration the steps that take the same time at this machine's relative
 step costs; `--first-seed` lets a second process take other seeds of the same table, `--no-all` leaves
