@@ -1,5 +1,6 @@
 """A small scaling ladder on the demo tokens: bits per byte against training compute, and the
-tokens-per-parameter ratio the budget dial (pretrain.budget.tokens_per_param) should use, in one run.
+tokens-per-parameter ratio the IsoFLOP slice points to for the budget dial (pretrain.budget.tokens_per_param;
+its value is set by the shapes measured at equal time, bench/recipe.py --shape), in one run.
 
     python bench/ladder.py [--ratio 0.5] [--threads 1]
 

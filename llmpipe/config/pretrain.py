@@ -73,7 +73,7 @@ class BudgetParams(Section):
 
     unit: Literal["minutes", "tokens", "flops"] = "minutes"
     amount: Annotated[float, Field(gt=0.0, le=1e30)] = 5.0
-    tokens_per_param: Annotated[float, Field(gt=0.0, le=1e4)] = 20.0  # measured by bench/ladder.py
+    tokens_per_param: Annotated[float, Field(gt=0.0, le=1e4)] = 20.0  # Chinchilla's by default; params.yaml's from shapes at equal time (docs/recipe.md)
     aspect: Annotated[int, Field(ge=8, le=1024)] = 64  # d_model per layer
     head_dim: Annotated[int, Field(ge=8, le=512)] = 64
     min_layers: Annotated[int, Field(ge=1, le=256)] = 1
