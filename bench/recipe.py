@@ -154,6 +154,7 @@ CHANGES = {
     # output layer (8,192 x d_model each) take less of the step
     "shape_4x128": {"model": {"n_layer": 4, "d_model": 128, "n_head": 4}},
     "shape_3x96": {"model": {"n_layer": 3, "d_model": 96, "n_head": 3}},
+    "shape_5x160": {"model": {"n_layer": 5, "d_model": 160, "n_head": 5}},  # the other way, from --shape avx2
     "shape_6x192": {"model": {"n_layer": 6, "d_model": 192, "n_head": 6}},
     "shape_8x128": {"model": {"n_layer": 8, "d_model": 128, "n_head": 4}},
     "shape_6x128": {"model": {"n_layer": 6, "d_model": 128, "n_head": 4}},
