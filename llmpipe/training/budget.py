@@ -4,7 +4,8 @@ number of steps, compute-optimally for this machine.
 Minutes mean nothing until the machine's speed is known, so each candidate shape trains a few steps
 here first (`time_steps`); its tokens per second turn the minutes into tokens. The shape whose
 tokens-per-parameter ratio comes closest to budget.tokens_per_param (bench/ladder.py bounds it; the
-shapes measured at equal time by bench/recipe.py set it, docs/recipe.md) wins. The plan depends on the machine: the stage records it in its metrics (and so in lineage) and in
+shapes measured at equal time by bench/recipe.py set it, docs/recipe.md) wins. The plan depends on the
+machine: the stage records it in its metrics (and so in lineage) and in
 the checkpoint's identity, so a resumed run continues with the shape it started with rather than
 measuring again. Under torchrun every rank follows rank 0's timings. The timed steps cannot foresee
 evaluations or a change of load, so for minutes the loop corrects the number of steps as it trains

@@ -43,20 +43,26 @@ def record_row_length(order: dict, step: int, length: int) -> None:
         stretches.append({"first_step": step, "length": length})
 
 
+def stretch_at(stretches: list[dict], step: int) -> dict | None:
+    """The stretch (a record list's entry from its first_step on) that step `step` (1-based) falls in."""
+    found = [seg for seg in stretches if seg["first_step"] <= step]
+    return found[-1] if found else None
+
+
 def row_length_at_step(order: dict, step: int) -> int | None:
     """The piece length step `step` trained on; None for a run recorded before the record kept it."""
-    found = [s for s in order.get("row_lengths", []) if s["first_step"] <= step]
-    return found[-1]["length"] if found else None
+    found = stretch_at(order.get("row_lengths", []), step)
+    return found["length"] if found else None
 
 
 def layout_at(order: dict, step: int) -> dict:
     """The layout (world_size, grad_accum_steps) step `step` (1-based) ran with."""
-    found = [seg for seg in order.get("layout", []) if seg["first_step"] <= step]
-    if not found:
+    found = stretch_at(order.get("layout", []), step)
+    if found is None:
         raise InputError(f"step {step}: the run's record starts at step "
                          f"{min((s['first_step'] for s in order.get('layout', [])), default='?')} "
                          "(a checkpoint from before the record was kept)")
-    return found[-1]
+    return found
 
 
 def step_rows(data: TokenData, order: dict, step: int) -> list[tuple[int, int, int, int]]:
