@@ -31,9 +31,13 @@ class _LinearCrossEntropy(torch.autograd.Function):
                 slope = torch.tanh(logits.div_(softcap))  # tanh(z / cap), then 1 - tanh^2 below
                 logits = slope * softcap
                 slope = slope.square_().neg_().add_(1.0)
-            lse = torch.logsumexp(logits, dim=-1)
-            total += (lse - logits.gather(1, yc[:, None]).squeeze(1)).sum()
-            probs = logits.sub_(lse[:, None]).exp_()  # d(loss)/d(logits) = softmax - one-hot, in place
+            # log-sum-exp and softmax from one exp pass (logsumexp and then exp took two: ~4% of a CPU step)
+            top = logits.amax(dim=-1, keepdim=True)
+            target = logits.gather(1, yc[:, None])
+            probs = logits.sub_(top).exp_()  # d(loss)/d(logits) = softmax - one-hot, in place
+            norm = probs.sum(dim=-1, keepdim=True)
+            total += (norm.log() + top - target).sum()
+            probs.div_(norm)
             probs[torch.arange(len(yc), device=x.device), yc] -= 1.0
             if softcap is not None:
                 probs.mul_(slope)

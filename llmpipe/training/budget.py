@@ -80,22 +80,27 @@ def count_params(cfg: PretrainParams, vocab: int) -> tuple[int, int]:
 def probe_speeds(cfg: PretrainParams, token_dir: Path, vocab: int, t0: float) -> dict[int, float]:
     """Seconds per step of each depth the dial considers, the fastest of budget.probe_rounds rounds that
     go over the depths in turn: a load that comes and goes during the probes slows one round of a shape,
-    not all of them. The climb stops two shapes after the ratio is far out of reach, and goes on after
-    the last round if the faster timings brought it back within reach."""
+    not all of them. The climb stops at the first shape whose ratio is out of reach (below half the
+    target), and goes on after the last round if the faster timings brought it back within reach."""
     b = cfg.budget
     speeds: dict[int, float] = {}
     params: dict[int, int] = {}  # each shape's count, built once (the check runs before every probe)
 
-    def far_under() -> bool:  # the two largest shapes timed get far fewer tokens a parameter than wanted
+    def out_of_reach() -> bool:
+        # A deeper shape is larger and slower, so it plans fewer tokens a parameter: once one is under the
+        # target, every deeper one is further from it and cannot be the nearest. Half the target leaves
+        # room for noisy probes. The climb used to go two shapes past a quarter of it: the demo's dial
+        # (target 1.15) timed 7 and 8 layers too, about a third of its 28 s of probes (issue 27).
+        if not speeds:
+            return False
         left = max(b.amount * 60 * b.train_fraction - (time.perf_counter() - t0), 0)
-        for d in speeds:
-            params.setdefault(d, count_params(shape(cfg, d), vocab)[0])
-        ratios = [left / speeds[d] * tokens_per_step(shape(cfg, d)) / params[d] for d in sorted(speeds)[-2:]]
-        return len(ratios) == 2 and all(r < b.tokens_per_param / 4 for r in ratios)
+        d = max(speeds)
+        params.setdefault(d, count_params(shape(cfg, d), vocab)[0])
+        return left / speeds[d] * tokens_per_step(shape(cfg, d)) / params[d] < b.tokens_per_param / 2
 
     def climb() -> None:
         for depth in range(max(speeds, default=b.min_layers - 1) + 1, b.max_layers + 1):
-            if far_under():
+            if out_of_reach():
                 return
             speeds[depth] = time_steps(shape(cfg, depth), token_dir, vocab)
 

@@ -12,7 +12,7 @@ from llmpipe.model.gpt import GPT, GPTConfig
 from llmpipe.tokens.loader import TokenData
 from llmpipe.tokens.shards import ShardWriter, write_manifest
 from llmpipe.training.loop import train
-from llmpipe.training.muon import MuonAdamW, orthogonalize
+from llmpipe.training.muon import NS_COEFFS, MuonAdamW, orthogonalize, orthogonalize_all
 from llmpipe.training.optim import lr_at, make_optimizer
 
 from tests.unit.training.test_train import VOCAB, cfg, token_dir  # noqa: F401  (fixture)
@@ -40,6 +40,27 @@ def test_newton_schulz_orthogonalizes_tall_and_wide_matrices():
         s = torch.linalg.svdvals(o)
         assert s.min() > 0.6 and s.max() < 1.25, (rows, cols, s)
         assert torch.allclose(u.t() @ o @ v, torch.diag(torch.diagonal(u.t() @ o @ v)), atol=1e-3)  # g's vectors
+
+
+def test_newton_schulz_batched_by_shape_gives_each_matrix_its_own_result():
+    """Matrices of one shape (a tall one counted with its transpose's) go through the iteration as one
+    batch; each comes back in its own place and orientation, as if orthogonalized alone (the pre-batching
+    iteration, written out here as the reference)."""
+    torch.manual_seed(0)
+    mats = [torch.randn(s) for s in [(16, 48), (48, 16), (16, 16), (16, 48), (32, 16), (16, 16)]]
+
+    def alone(g):
+        a, b, c = NS_COEFFS
+        x = g.t() if g.size(0) > g.size(1) else g
+        x = x / (x.norm() + 1e-7)
+        for _ in range(5):
+            gram = x @ x.t()
+            x = a * x + (b * gram + c * gram @ gram) @ x
+        return x.t() if g.size(0) > g.size(1) else x
+
+    for g, o in zip(mats, orthogonalize_all(mats)):
+        assert o.shape == g.shape
+        assert torch.allclose(o, alone(g), atol=1e-5)
 
 
 def test_muon_takes_the_blocks_matrices_and_adamw_the_rest():

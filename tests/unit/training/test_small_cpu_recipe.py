@@ -89,6 +89,31 @@ def test_the_dial_keeps_each_shapes_fastest_probe_over_rounds(token_dir, tmp_pat
                for x in p["candidates"])
 
 
+def test_the_dials_climb_stops_at_the_first_shape_out_of_reach(token_dir, monkeypatch):  # noqa: F811
+    """Deeper shapes plan fewer tokens a parameter, so once one plans under half the target the deeper ones
+    are not timed (they cannot be the nearest); a shape still within reach does not stop the climb."""
+    from llmpipe.training import budget
+
+    c = cfg(budget={"unit": "minutes", "amount": 0.5, "tokens_per_param": 1.0, "aspect": 16, "head_dim": 8,
+                    "min_layers": 1, "max_layers": 5, "probe_rounds": 2}, micro_batch_size=4)
+    left = 0.5 * 60 * 0.95
+    # step times that make depth d plan about `ratio[d]` tokens a parameter (no probe takes any time here)
+    ratio = {1: 8.0, 2: 2.0, 3: 0.7, 4: 0.3, 5: 0.1}
+    calls = []
+
+    def timed(shape_cfg, *a, **kw):
+        d = shape_cfg.model.n_layer
+        calls.append(d)
+        n = budget.count_params(shape_cfg, VOCAB)[0]
+        return left * 4 * 32 / (ratio[d] * n)
+
+    monkeypatch.setattr(budget, "time_steps", timed)
+    p = budget.plan(c, token_dir, VOCAB)
+    # 0.7 is under the target but within reach (the nearest in log here); 0.3 is out of reach: 5 never timed
+    assert calls == [1, 2, 3, 4, 1, 2, 3, 4]  # round one climbs to 4, round two re-times those
+    assert p["n_layer"] == 3
+
+
 @pytest.mark.parametrize("unit, amount", [("tokens", 50), ("flops", 1e3), ("minutes", 0.0001)])
 def test_a_budget_below_one_step_names_the_key_and_the_smallest_that_works(unit, amount, token_dir):  # noqa: F811
     from llmpipe.training import budget
