@@ -82,11 +82,14 @@ class MuonAdamW(torch.optim.Optimizer):
                     muon.append((p, group))
                 else:
                     self._adamw(p, group)
-        if muon:
-            self._muon(muon)
+        # Batched, every whole matrix is held at once; under FSDP that would undo the sharding's memory
+        # saving on the GPU configs, so sharded matrices go one at a time, as before the batching.
+        sharded = any(isinstance(p, DTensor) for p, _ in muon)
+        for batch in ([[m] for m in muon] if sharded else [muon] if muon else []):
+            self._muon(batch)
 
     def _muon(self, params: list[tuple[torch.Tensor, dict]]) -> None:
-        """One Muon step of every matrix: momenta first, then all orthogonalizations batched by shape."""
+        """One Muon step of these matrices: momenta first, then the orthogonalizations batched by shape."""
         parts: dict[int, list[torch.Tensor]] = {}  # ns_steps -> the matrices (row blocks) to orthogonalize
         where = []
         for p, group in params:

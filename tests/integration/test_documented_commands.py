@@ -124,6 +124,7 @@ SMOKE = {
     "dedup.py": ["--docs", "300", "--words", "40", "--memory-docs", "400"],
     "filter.py": ["--repeats", "1", "--pages", "3", "--no-udhr", "--max-docs", "2"],
     "bf16_step.py": ["--rounds", "1", "--batch", "1"],
+    "step_time.py": ["--ref", "HEAD", "--depths", "1", "--rounds", "1", "--steps", "2", "--threads", "1"],
     "recipe.py": ["--seconds", "0.3", "--seeds", "1", "--only", "wsd", "--eval-tokens", "512"],
     "ladder.py": ["--ratio", "0.001", "--eval-tokens", "512"],
     "train.py": ["--steps", "10", "--threads", "1", "--eval-tokens", "512"],  # it logs every 10 steps

@@ -42,25 +42,71 @@ def test_newton_schulz_orthogonalizes_tall_and_wide_matrices():
         assert torch.allclose(u.t() @ o @ v, torch.diag(torch.diagonal(u.t() @ o @ v)), atol=1e-3)  # g's vectors
 
 
+def ns_alone(g: torch.Tensor, steps: int = 5) -> torch.Tensor:
+    """The iteration on one matrix, as Muon ran it before the batching: the reference of the tests below."""
+    a, b, c = NS_COEFFS
+    x = g.t() if g.size(0) > g.size(1) else g
+    x = x / (x.norm() + 1e-7)
+    for _ in range(steps):
+        gram = x @ x.t()
+        x = a * x + (b * gram + c * gram @ gram) @ x
+    return x.t() if g.size(0) > g.size(1) else x
+
+
 def test_newton_schulz_batched_by_shape_gives_each_matrix_its_own_result():
     """Matrices of one shape (a tall one counted with its transpose's) go through the iteration as one
-    batch; each comes back in its own place and orientation, as if orthogonalized alone (the pre-batching
-    iteration, written out here as the reference)."""
+    batch; each comes back in its own place and orientation, as if orthogonalized alone."""
     torch.manual_seed(0)
     mats = [torch.randn(s) for s in [(16, 48), (48, 16), (16, 16), (16, 48), (32, 16), (16, 16)]]
-
-    def alone(g):
-        a, b, c = NS_COEFFS
-        x = g.t() if g.size(0) > g.size(1) else g
-        x = x / (x.norm() + 1e-7)
-        for _ in range(5):
-            gram = x @ x.t()
-            x = a * x + (b * gram + c * gram @ gram) @ x
-        return x.t() if g.size(0) > g.size(1) else x
-
     for g, o in zip(mats, orthogonalize_all(mats)):
         assert o.shape == g.shape
-        assert torch.allclose(o, alone(g), atol=1e-5)
+        assert torch.allclose(o, ns_alone(g), atol=1e-5)
+
+
+class PerMatrixMuon(MuonAdamW):
+    """Muon's step as it was before the batching: each matrix alone, row block by row block."""
+
+    def _muon(self, params):
+        for p, group in params:
+            state = self.state[p]
+            if "momentum_buffer" not in state:
+                state["momentum_buffer"] = torch.zeros_like(p)
+            buf, mu = state["momentum_buffer"], group["momentum"]
+            buf.lerp_(p.grad, 1 - mu)
+            g = p.grad.lerp(buf, mu)
+            blocks = g.split(group["split"]) if group["split"] else [g]
+            update = torch.cat([ns_alone(m, group["ns_steps"]) * max(1.0, m.size(0) / m.size(1)) ** 0.5
+                                for m in blocks])
+            if group["weight_decay"]:
+                p.mul_(1 - group["lr"] * group["weight_decay"])
+            p.add_(update, alpha=-group["lr"])
+
+
+def test_batched_muon_steps_every_matrix_as_the_per_matrix_loop_did():
+    """Two steps of the whole optimizer on random gradients: the fused q/k/v and SwiGLU blocks, groups
+    with their own Newton-Schulz steps and decay, each matrix updated in its own place."""
+    c = cfg(**{**RECIPE, "model": {**RECIPE["model"], "mlp": "swiglu", "n_head": 4, "n_kv_head": 2}})  # GQA
+    models, opts = [], []
+    for kind in (MuonAdamW, PerMatrixMuon):
+        torch.manual_seed(0)
+        model = GPT(GPTConfig(vocab_size=VOCAB, **c.model.model_dump()))
+        opt = make_optimizer(model, c, torch.device("cpu"))
+        opt.__class__ = kind
+        split_group = next(g for g in opt.param_groups if g["muon"] and g["split"])
+        split_group.update(ns_steps=3, weight_decay=0.1)  # a group unlike the others
+        models.append(model)
+        opts.append(opt)
+    splits = [g["split"] for g in opts[0].param_groups if g["muon"]]
+    assert len(splits) == 3 and [32, 16, 16] in splits  # q, k, v (GQA); SwiGLU's halves; the rest whole
+    gen = torch.Generator().manual_seed(1)
+    for _ in range(2):
+        grads = [torch.randn(p.shape, generator=gen) for p in models[0].parameters()]
+        for model, opt in zip(models, opts):
+            for p, g in zip(model.parameters(), grads):
+                p.grad = g.clone()
+            opt.step()
+    for (name, a), b in zip(models[0].named_parameters(), models[1].parameters()):
+        assert torch.allclose(a, b, atol=1e-6, rtol=1e-5), name
 
 
 def test_muon_takes_the_blocks_matrices_and_adamw_the_rest():
