@@ -139,14 +139,16 @@ def main() -> None:
                       f"({out['precision']})", flush=True)
     # each round's two runs of a shape are adjacent: their ratio cancels the machine's drift between rounds
     # (on 2 shared vCPUs one process's 2-thread steps can run 15% slower than the next one's)
-    print(f"\n| shape | {args.ref} = {commit[:10]} (ms a step, median of {args.rounds}) | this checkout | speedup (median of the "
-          f"rounds' ratios) |\n|---|---:|---:|---:|")
+    # (the medians of the milliseconds come from different rounds: they need not agree with the ratios)
+    print(f"\n| shape | {args.ref} = {commit[:10]} (ms a step, median of {args.rounds}) | this checkout | speedup (median "
+          f"of the rounds' paired ratios) | their range |\n|---|---:|---:|---:|---|")
     speedups = {}
     for depth in args.depths:
         ref, new = ms[("ref", depth)], ms[("new", depth)]
-        speedups[depth] = statistics.median(a / b for a, b in zip(ref, new))
+        ratios = [a / b for a, b in zip(ref, new)]
+        speedups[depth] = statistics.median(ratios)
         print(f"| {depth} x {work_of[depth][1]} | {statistics.median(ref):.1f} | {statistics.median(new):.1f} | "
-              f"{speedups[depth]:.3f} |")
+              f"{speedups[depth]:.3f} | {min(ratios):.3f}-{max(ratios):.3f} |")
     print(" ".join(f"speedup_{d}x{work_of[d][1]}={s:.3f}" for d, s in speedups.items()))
     d0 = args.depths[0]
     print(f"RESULT step_ms_ref={statistics.median(ms[('ref', d0)]):.1f} step_ms_new={statistics.median(ms[('new', d0)]):.1f} "

@@ -90,7 +90,7 @@ def probe_speeds(cfg: PretrainParams, token_dir: Path, vocab: int, t0: float) ->
         # A deeper shape is larger and slower, so it plans fewer tokens a parameter: once one is under the
         # target, every deeper one is further from it and cannot be the nearest. Half the target leaves
         # room for noisy probes. The climb used to go two shapes past a quarter of it: the demo's dial
-        # (target 1.15) timed 7 and 8 layers too, about a third of its 28 s of probes (issue 27).
+        # (target 1.15) timed 6, 7 and 8 layers too, about 20 of its 28 s of probes (issue 27).
         if not speeds:
             return False
         left = max(b.amount * 60 * b.train_fraction - (time.perf_counter() - t0), 0)
