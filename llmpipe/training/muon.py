@@ -88,17 +88,21 @@ class MuonAdamW(torch.optim.Optimizer):
         for batch in ([[m] for m in muon] if sharded else [muon] if muon else []):
             self._muon(batch)
 
+    def nesterov(self, p: torch.Tensor, group: dict) -> torch.Tensor:
+        """Update p's momentum with its gradient; the gradient pulled towards the new momentum (Nesterov)."""
+        state = self.state[p]
+        if "momentum_buffer" not in state:
+            state["momentum_buffer"] = torch.zeros_like(p)
+        buf, mu = state["momentum_buffer"], group["momentum"]
+        buf.lerp_(p.grad, 1 - mu)
+        return p.grad.lerp(buf, mu)
+
     def _muon(self, params: list[tuple[torch.Tensor, dict]]) -> None:
         """One Muon step of these matrices: momenta first, then the orthogonalizations batched by shape."""
         parts: dict[int, list[torch.Tensor]] = {}  # ns_steps -> the matrices (row blocks) to orthogonalize
         where = []
         for p, group in params:
-            state = self.state[p]
-            if "momentum_buffer" not in state:
-                state["momentum_buffer"] = torch.zeros_like(p)
-            buf, mu = state["momentum_buffer"], group["momentum"]
-            buf.lerp_(p.grad, 1 - mu)
-            g = _whole(p.grad.lerp(buf, mu))  # Nesterov: the gradient pulled towards the new momentum
+            g = _whole(self.nesterov(p, group))
             blocks = g.split(group["split"]) if group["split"] else [g]
             todo = parts.setdefault(group["ns_steps"], [])
             where.append((group["ns_steps"], len(todo), len(blocks)))

@@ -68,12 +68,7 @@ class PerMatrixMuon(MuonAdamW):
 
     def _muon(self, params):
         for p, group in params:
-            state = self.state[p]
-            if "momentum_buffer" not in state:
-                state["momentum_buffer"] = torch.zeros_like(p)
-            buf, mu = state["momentum_buffer"], group["momentum"]
-            buf.lerp_(p.grad, 1 - mu)
-            g = p.grad.lerp(buf, mu)
+            g = self.nesterov(p, group)  # the momentum is shared; what is compared is the orthogonalization
             blocks = g.split(group["split"]) if group["split"] else [g]
             update = torch.cat([ns_alone(m, group["ns_steps"]) * max(1.0, m.size(0) / m.size(1)) ** 0.5
                                 for m in blocks])
