@@ -158,10 +158,11 @@ CHANGES = {
     "shape_6x192": {"model": {"n_layer": 6, "d_model": 192, "n_head": 6}},
     "shape_8x128": {"model": {"n_layer": 8, "d_model": 128, "n_head": 4}},
     "shape_6x128": {"model": {"n_layer": 6, "d_model": 128, "n_head": 4}},
-    # issue 27, seventh round: twice the context at the same tokens a step (4 rows of 512 for 8 of 256);
-    # each model is scored in windows of its own context, on the same val text
+    # issue 27, seventh round, with --base params --block 256 (8 rows of 256; under the issue-18 base, 16 rows
+    # of 64, rows16 is the baseline): twice the context at the same tokens a step, 4 rows of 512 (each model
+    # is scored in windows of its own context, on the same val text), and twice the tokens a step
     "block512": {"model": {"block_size": 512}, "micro_batch_size": 4},
-    "rows16": {"micro_batch_size": 16},  # twice the tokens a step, about half the steps at equal time
+    "rows16": {"micro_batch_size": 16},
 }
 # `--base params`: today's defaults (params.yaml's pretrain) at a fixed shape, the AVX2 dial's by default
 SHAPES = {"avx2": {"n_layer": 4, "d_model": 128, "n_head": 4},

@@ -1,0 +1,155 @@
+"""A copy warm-start before pretraining (issues 26 and 27): can a short phase of synthetic copy rows give
+the small model the induction heads that its corpus steps do not (docs/assistant.md)?
+
+Phase 1 (`--copy-steps`): rows that show a span of uniform random token ids exactly twice, the loss on
+the repeat only, AdamW at a constant rate; the spans' ids come from the first `--copy-vocab` ids after
+the special tokens for the first `--copy-vocab-steps` steps (a small alphabet), then from all ids.
+Phase 2: params.yaml's pretraining recipe (no budget) on the demo's token shards for `--steps` steps,
+starting from phase 1's weights (`--copy-steps 0`: the recipe alone, the baseline). The copy probe
+(llmpipe.evals.copying, as `evaluate` runs it) is taken after each phase; bits per byte on the val
+split's first `--eval-bytes` bytes at the end.
+
+    python bench/copy_warmup.py --copy-steps 500 --copy-vocab 256 --copy-vocab-steps 250 --steps 945 --seed 1
+    python bench/copy_warmup.py --copy-steps 0 --steps 1113 --seed 1          (the recipe alone)
+
+Needs data/tokens and data/tokenizer (`dvc repro tokenize`).
+Last line: RESULT bpb=<x> copy_gain_nats=<after phase 2> copy_repeat_top1=<x> copy_first_top1=<x>
+    copy_gain_nats_warm=<after phase 1> copy_seconds=<phase 1> train_seconds=<phase 2> steps=<phase 2> copy_steps=<phase 1>
+"""
+
+from __future__ import annotations
+
+import _root  # noqa: F401  (first: takes bench/ off the import path, see bench/_root.py)
+
+import argparse
+import logging
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+ROOT = Path(__file__).resolve().parent.parent
+
+from llmpipe.config.pretrain import PretrainParams  # noqa: E402
+from llmpipe.config.sections import load_sections  # noqa: E402
+from llmpipe.evals.copying import copy_probe  # noqa: E402
+from llmpipe.model.gpt import GPT, GPTConfig  # noqa: E402
+from llmpipe.stages.registry import output  # noqa: E402
+from llmpipe.tokens.loader import TokenData  # noqa: E402
+from llmpipe.tokens.shards import load_manifest  # noqa: E402
+from llmpipe.training import loop  # noqa: E402
+from llmpipe.training.budget import scaled_warmup  # noqa: E402
+from llmpipe.training.evaluate import evaluate_model  # noqa: E402
+
+FIRST_ID = 10  # past the special tokens (ids 0-4) and a margin
+
+
+def copy_phase(model: GPT, args, vocab: int, dtype: torch.dtype) -> float:
+    """Phase 1 in place on `model`; its seconds."""
+    rng = np.random.default_rng(1000 + args.seed)
+    opt = torch.optim.AdamW(model.parameters(), lr=args.copy_lr, betas=(0.9, 0.95), weight_decay=0.0)
+    span_len, t0 = args.copy_len, time.perf_counter()
+    model.train()
+    for step in range(1, args.copy_steps + 1):
+        small = args.copy_vocab and step <= args.copy_vocab_steps
+        span = rng.integers(FIRST_ID, FIRST_ID + args.copy_vocab if small else vocab, size=(args.copy_rows, span_len))
+        row = torch.from_numpy(np.concatenate([span, span], axis=1))
+        x, y = row[:, :-1], row[:, 1:].clone()
+        y[:, : span_len - 1] = -100  # target j is row[j + 1]: the repeat's targets start at j = span_len - 1
+        with torch.autocast("cpu", dtype=dtype, enabled=dtype != torch.float32):
+            logits, _ = model(x)
+        loss = F.cross_entropy(logits.float().reshape(-1, vocab), y.reshape(-1), ignore_index=-100)
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+        opt.step()
+        if step % 50 == 0 or step == args.copy_steps:
+            print(f"copy step {step}: loss on the repeat {loss.item():.3f} nats "
+                  f"({'small alphabet' if small else 'all ids'}, {time.perf_counter() - t0:.0f} s)", flush=True)
+    return time.perf_counter() - t0
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--copy-steps", type=int, default=500, help="phase 1's steps (0: the recipe alone)")
+    ap.add_argument("--copy-len", type=int, default=32, help="a span's tokens (rows of twice that)")
+    ap.add_argument("--copy-rows", type=int, default=8)
+    ap.add_argument("--copy-lr", type=float, default=1e-3)
+    ap.add_argument("--copy-vocab", type=int, default=256, help="the small alphabet's ids (0: all ids throughout)")
+    ap.add_argument("--copy-vocab-steps", type=int, default=250, help="phase 1's steps on the small alphabet")
+    ap.add_argument("--steps", type=int, default=945, help="phase 2's steps of the recipe")
+    ap.add_argument("--n-layer", type=int, default=4)
+    ap.add_argument("--d-model", type=int, default=128, help="heads of 32 channels")
+    ap.add_argument("--block", type=int, default=256)
+    ap.add_argument("--seed", type=int, default=1)
+    ap.add_argument("--threads", type=int, default=1)
+    ap.add_argument("--precision", default="bf16", choices=["auto", "bf16", "fp32"])
+    ap.add_argument("--eval-bytes", type=int, default=524288)
+    ap.add_argument("--probe-spans", type=int, default=32)
+    args = ap.parse_args()
+    if min(args.steps, args.copy_len, args.copy_rows, args.block) < 2 or args.copy_steps < 0:
+        ap.error("--steps, --copy-len, --copy-rows and --block take at least 2, --copy-steps at least 0")
+    logging.basicConfig(level=logging.WARNING)
+    token_dir = ROOT / output("tokenize.tokens")
+    if not (token_dir / "manifest.json").exists():
+        sys.exit(f"{token_dir}: no token shards; run `dvc repro tokenize` first")
+    vocab = load_manifest(token_dir).vocab_size
+    if args.copy_vocab and FIRST_ID + args.copy_vocab > vocab:
+        ap.error(f"--copy-vocab {args.copy_vocab}: the vocabulary has {vocab} ids, at most {vocab - FIRST_ID} fit")
+    torch.set_num_threads(args.threads)
+    cfg = load_sections(ROOT / "params.yaml", ["pretrain"]).pretrain.model_dump(mode="json")
+    cfg.update(budget=None, grad_accum_steps=1, batch_tokens=None, device="cpu", precision=args.precision,
+               threads=args.threads, log_interval=10**6, eval_interval=10**9, checkpoint_interval=10**9,
+               eval_batches=1, seed=args.seed, max_steps=args.steps,
+               warmup_steps=scaled_warmup(cfg["warmup_steps"], args.steps))
+    cfg["model"].update(n_layer=args.n_layer, d_model=args.d_model, n_head=max(1, args.d_model // 32),
+                        n_kv_head=None, block_size=args.block)
+    run = PretrainParams.model_validate(cfg)
+    dtype = {"bf16": torch.bfloat16, "fp32": torch.float32}.get(args.precision) or loop.resolve_dtype(run, torch.device("cpu"))
+    val = TokenData(token_dir, "val")
+    stream, mask = val.scored()
+    from tokenizers import Tokenizer
+
+    from llmpipe.tokens.bpe import token_byte_lengths
+    table = token_byte_lengths(Tokenizer.from_file(str(ROOT / output("tokenizer.tokenizer"))))
+    reached = np.flatnonzero(np.cumsum(table[stream[mask]]) >= args.eval_bytes)
+    max_tokens = int(reached[0]) + 1 if len(reached) else int(mask.sum())
+
+    torch.manual_seed(args.seed)
+    warm = GPT(GPTConfig(vocab_size=vocab, **run.model.model_dump()))
+    copy_s = copy_phase(warm, args, vocab, dtype) if args.copy_steps else 0.0
+    probe_warm = copy_probe(warm, stream, args.probe_spans) if args.copy_steps else {}
+    if probe_warm:
+        print(f"after phase 1: copy probe top-1 {probe_warm['copy_repeat_top1']:.3f} on the repeat against "
+              f"{probe_warm['copy_first_top1']:.3f} on the first showing", flush=True)
+    state = {k: v.detach().clone() for k, v in warm.state_dict().items()}
+    original = loop.GPT
+
+    def from_phase_one(mcfg):  # the loop builds its model: hand it phase 1's weights
+        model = original(mcfg)
+        model.load_state_dict(state)
+        return model
+
+    loop.GPT = from_phase_one
+    t0 = time.perf_counter()
+    try:
+        with tempfile.TemporaryDirectory() as tmp:
+            res = loop.train(run, token_dir, Path(tmp) / "ckpt", vocab, {"bench": "copy_warmup"})
+    finally:
+        loop.GPT = original
+    train_s = time.perf_counter() - t0
+    ev = evaluate_model(res.model, val, table, batch_size=8, max_tokens=max_tokens)
+    probe = copy_probe(res.model, stream, args.probe_spans)
+    print(f"RESULT bpb={ev['bits_per_byte']:.4f} copy_gain_nats={probe.get('copy_gain_nats', float('nan')):.3f} "
+          f"copy_repeat_top1={probe.get('copy_repeat_top1', float('nan')):.3f} "
+          f"copy_first_top1={probe.get('copy_first_top1', float('nan')):.3f} "
+          f"copy_gain_nats_warm={probe_warm.get('copy_gain_nats', float('nan')):.3f} copy_seconds={copy_s:.1f} "
+          f"train_seconds={train_s:.1f} steps={args.steps} copy_steps={args.copy_steps}", flush=True)
+
+
+if __name__ == "__main__":
+    main()
