@@ -5,15 +5,16 @@ Phase 1 (`--copy-steps`): rows that show a span of uniform random token ids exac
 the repeat only, AdamW at a constant rate; the spans' ids come from the first `--copy-vocab` ids after
 the special tokens for the first `--copy-vocab-steps` steps (a small alphabet), then from all ids.
 Phase 2: params.yaml's pretraining recipe (no budget) on the demo's token shards for `--steps` steps,
-starting from phase 1's weights (`--copy-steps 0`: the recipe alone, the baseline). The copy probe
+starting from phase 1's weights. `--baseline-steps N` first trains the recipe alone for N steps from the
+same seed's initial weights, the reference (`--copy-steps 0` alone gives it too). The copy probe
 (llmpipe.evals.copying, as `evaluate` runs it) is taken after each phase; bits per byte on the val
 split's first `--eval-bytes` bytes at the end.
 
-    python bench/copy_warmup.py --copy-steps 500 --copy-vocab 256 --copy-vocab-steps 250 --steps 945 --seed 1
-    python bench/copy_warmup.py --copy-steps 0 --steps 1113 --seed 1          (the recipe alone)
+    python bench/copy_warmup.py --copy-steps 500 --copy-vocab 256 --copy-vocab-steps 250 --steps 945
+                                --baseline-steps 1113 --precision bf16 --seed 1
 
 Needs data/tokens and data/tokenizer (`dvc repro tokenize`).
-Last line: RESULT bpb=<x> copy_gain_nats=<after phase 2> copy_repeat_top1=<x> copy_first_top1=<x>
+Last line: RESULT bpb=<x> baseline_bpb=<x> delta_bpb=<x> baseline_copy_gain_nats=<x> copy_gain_nats=<after phase 2> copy_repeat_top1=<x> copy_first_top1=<x>
     copy_gain_nats_warm=<after phase 1> copy_seconds=<phase 1> train_seconds=<phase 2> steps=<phase 2> copy_steps=<phase 1>
 """
 
@@ -27,6 +28,7 @@ import sys
 import tempfile
 import time
 from pathlib import Path
+from unittest import mock
 
 import numpy as np
 import torch
@@ -59,7 +61,9 @@ def copy_phase(model: GPT, args, vocab: int, dtype: torch.dtype) -> float:
         span = rng.integers(FIRST_ID, FIRST_ID + args.copy_vocab if small else vocab, size=(args.copy_rows, span_len))
         row = torch.from_numpy(np.concatenate([span, span], axis=1))
         x, y = row[:, :-1], row[:, 1:].clone()
-        y[:, : span_len - 1] = -100  # target j is row[j + 1]: the repeat's targets start at j = span_len - 1
+        # target j is row[j + 1]; the repeat's first token (j = span_len - 1) follows nothing that predicts it
+        # but its place in the row, so, as in the copy probe, the loss takes the span_len - 1 after it
+        y[:, :span_len] = -100
         with torch.autocast("cpu", dtype=dtype, enabled=dtype != torch.float32):
             logits, _ = model(x)
         loss = F.cross_entropy(logits.float().reshape(-1, vocab), y.reshape(-1), ignore_index=-100)
@@ -73,6 +77,45 @@ def copy_phase(model: GPT, args, vocab: int, dtype: torch.dtype) -> float:
     return time.perf_counter() - t0
 
 
+def recipe(run: PretrainParams, token_dir: Path, vocab: int, state: dict | None) -> tuple[GPT, float]:
+    """The params' recipe for run.max_steps from `state` (None: the loop's own initial weights); the
+    model and its seconds. The loop builds its model itself, so it is handed the weights through it."""
+    original = loop.GPT
+
+    def from_state(mcfg):
+        model = original(mcfg)
+        if state is not None:
+            model.load_state_dict(state)
+        return model
+
+    t0 = time.perf_counter()
+    with mock.patch.object(loop, "GPT", from_state), tempfile.TemporaryDirectory() as tmp:
+        res = loop.train(run, token_dir, Path(tmp) / "ckpt", vocab, {"bench": "copy_warmup"})
+    return res.model, time.perf_counter() - t0
+
+
+def checked_args(ap: argparse.ArgumentParser) -> argparse.Namespace:
+    args = ap.parse_args()
+    for name in ("steps", "copy_len", "copy_rows", "block", "threads", "eval_bytes", "probe_spans", "d_model"):
+        if getattr(args, name) < 1:
+            ap.error(f"--{name.replace('_', '-')} {getattr(args, name)}: takes at least 1")
+    for name in ("copy_steps", "copy_vocab_steps", "baseline_steps"):
+        if getattr(args, name) < 0:
+            ap.error(f"--{name.replace('_', '-')} {getattr(args, name)}: takes at least 0")
+    if args.copy_lr <= 0:
+        ap.error(f"--copy-lr {args.copy_lr}: takes a positive rate")
+    if args.copy_vocab == 1 or args.copy_vocab < 0:
+        ap.error(f"--copy-vocab {args.copy_vocab}: takes 0 (all ids) or at least 2 ids")
+    if args.copy_steps and args.copy_vocab and args.copy_vocab_steps > args.copy_steps:
+        ap.error(f"--copy-vocab-steps {args.copy_vocab_steps}: more than --copy-steps {args.copy_steps}")
+    if 2 * args.copy_len - 1 > args.block:
+        ap.error(f"--copy-len {args.copy_len}: a span shown twice needs {2 * args.copy_len - 1} positions, "
+                 f"--block is {args.block}")
+    if args.d_model % 32:
+        ap.error(f"--d-model {args.d_model}: takes a multiple of 32 (heads of 32 channels)")
+    return args
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--copy-steps", type=int, default=500, help="phase 1's steps (0: the recipe alone)")
@@ -80,36 +123,40 @@ def main() -> None:
     ap.add_argument("--copy-rows", type=int, default=8)
     ap.add_argument("--copy-lr", type=float, default=1e-3)
     ap.add_argument("--copy-vocab", type=int, default=256, help="the small alphabet's ids (0: all ids throughout)")
-    ap.add_argument("--copy-vocab-steps", type=int, default=250, help="phase 1's steps on the small alphabet")
+    ap.add_argument("--copy-vocab-steps", type=int, default=250, help="phase 1's first steps, on the small alphabet")
     ap.add_argument("--steps", type=int, default=945, help="phase 2's steps of the recipe")
+    ap.add_argument("--baseline-steps", type=int, default=0,
+                    help="first train the recipe alone this many steps, the reference (0: none)")
     ap.add_argument("--n-layer", type=int, default=4)
     ap.add_argument("--d-model", type=int, default=128, help="heads of 32 channels")
     ap.add_argument("--block", type=int, default=256)
     ap.add_argument("--seed", type=int, default=1)
     ap.add_argument("--threads", type=int, default=1)
-    ap.add_argument("--precision", default="bf16", choices=["auto", "bf16", "fp32"])
+    ap.add_argument("--precision", default="auto", choices=["auto", "bf16", "fp32"])
     ap.add_argument("--eval-bytes", type=int, default=524288)
     ap.add_argument("--probe-spans", type=int, default=32)
-    args = ap.parse_args()
-    if min(args.steps, args.copy_len, args.copy_rows, args.block) < 2 or args.copy_steps < 0:
-        ap.error("--steps, --copy-len, --copy-rows and --block take at least 2, --copy-steps at least 0")
+    args = checked_args(ap)
     logging.basicConfig(level=logging.WARNING)
     token_dir = ROOT / output("tokenize.tokens")
     if not (token_dir / "manifest.json").exists():
         sys.exit(f"{token_dir}: no token shards; run `dvc repro tokenize` first")
     vocab = load_manifest(token_dir).vocab_size
-    if args.copy_vocab and FIRST_ID + args.copy_vocab > vocab:
+    if args.copy_steps and args.copy_vocab and FIRST_ID + args.copy_vocab > vocab:
         ap.error(f"--copy-vocab {args.copy_vocab}: the vocabulary has {vocab} ids, at most {vocab - FIRST_ID} fit")
     torch.set_num_threads(args.threads)
     cfg = load_sections(ROOT / "params.yaml", ["pretrain"]).pretrain.model_dump(mode="json")
     cfg.update(budget=None, grad_accum_steps=1, batch_tokens=None, device="cpu", precision=args.precision,
                threads=args.threads, log_interval=10**6, eval_interval=10**9, checkpoint_interval=10**9,
-               eval_batches=1, seed=args.seed, max_steps=args.steps,
-               warmup_steps=scaled_warmup(cfg["warmup_steps"], args.steps))
-    cfg["model"].update(n_layer=args.n_layer, d_model=args.d_model, n_head=max(1, args.d_model // 32),
+               eval_batches=1, seed=args.seed)
+    cfg["model"].update(n_layer=args.n_layer, d_model=args.d_model, n_head=args.d_model // 32,
                         n_kv_head=None, block_size=args.block)
-    run = PretrainParams.model_validate(cfg)
-    dtype = {"bf16": torch.bfloat16, "fp32": torch.float32}.get(args.precision) or loop.resolve_dtype(run, torch.device("cpu"))
+
+    def recipe_for(steps: int) -> PretrainParams:
+        return PretrainParams.model_validate({**cfg, "max_steps": steps,
+                                              "warmup_steps": scaled_warmup(cfg["warmup_steps"], steps)})
+
+    run = recipe_for(args.steps)
+    dtype = loop.resolve_dtype(run, torch.device("cpu"))
     val = TokenData(token_dir, "val")
     stream, mask = val.scored()
     from tokenizers import Tokenizer
@@ -118,37 +165,36 @@ def main() -> None:
     table = token_byte_lengths(Tokenizer.from_file(str(ROOT / output("tokenizer.tokenizer"))))
     reached = np.flatnonzero(np.cumsum(table[stream[mask]]) >= args.eval_bytes)
     max_tokens = int(reached[0]) + 1 if len(reached) else int(mask.sum())
+    nan = float("nan")
 
-    torch.manual_seed(args.seed)
+    def scored(model: GPT) -> tuple[float, dict]:
+        return (evaluate_model(model, val, table, batch_size=8, max_tokens=max_tokens)["bits_per_byte"],
+                copy_probe(model, stream, args.probe_spans))
+
+    base_bpb, base_probe, base_s = nan, {}, 0.0
+    if args.baseline_steps:
+        model, base_s = recipe(recipe_for(args.baseline_steps), token_dir, vocab, None)
+        base_bpb, base_probe = scored(model)
+        print(f"the recipe alone, {args.baseline_steps} steps: {base_bpb:.4f} bpb, copy probe gap "
+              f"{base_probe.get('copy_gain_nats', nan):.3f} nats ({base_s:.0f} s)", flush=True)
+    torch.manual_seed(args.seed)  # the loop's own seeding: --copy-steps 0 starts where the recipe does
     warm = GPT(GPTConfig(vocab_size=vocab, **run.model.model_dump()))
     copy_s = copy_phase(warm, args, vocab, dtype) if args.copy_steps else 0.0
     probe_warm = copy_probe(warm, stream, args.probe_spans) if args.copy_steps else {}
     if probe_warm:
-        print(f"after phase 1: copy probe top-1 {probe_warm['copy_repeat_top1']:.3f} on the repeat against "
-              f"{probe_warm['copy_first_top1']:.3f} on the first showing", flush=True)
-    state = {k: v.detach().clone() for k, v in warm.state_dict().items()}
-    original = loop.GPT
-
-    def from_phase_one(mcfg):  # the loop builds its model: hand it phase 1's weights
-        model = original(mcfg)
-        model.load_state_dict(state)
-        return model
-
-    loop.GPT = from_phase_one
-    t0 = time.perf_counter()
-    try:
-        with tempfile.TemporaryDirectory() as tmp:
-            res = loop.train(run, token_dir, Path(tmp) / "ckpt", vocab, {"bench": "copy_warmup"})
-    finally:
-        loop.GPT = original
-    train_s = time.perf_counter() - t0
-    ev = evaluate_model(res.model, val, table, batch_size=8, max_tokens=max_tokens)
-    probe = copy_probe(res.model, stream, args.probe_spans)
-    print(f"RESULT bpb={ev['bits_per_byte']:.4f} copy_gain_nats={probe.get('copy_gain_nats', float('nan')):.3f} "
-          f"copy_repeat_top1={probe.get('copy_repeat_top1', float('nan')):.3f} "
-          f"copy_first_top1={probe.get('copy_first_top1', float('nan')):.3f} "
-          f"copy_gain_nats_warm={probe_warm.get('copy_gain_nats', float('nan')):.3f} copy_seconds={copy_s:.1f} "
-          f"train_seconds={train_s:.1f} steps={args.steps} copy_steps={args.copy_steps}", flush=True)
+        print(f"after phase 1: copy probe gap {probe_warm['copy_gain_nats']:.3f} nats, top-1 "
+              f"{probe_warm['copy_repeat_top1']:.3f} on the repeat against {probe_warm['copy_first_top1']:.3f}",
+              flush=True)
+    model, train_s = recipe(run, token_dir, vocab, {k: v.detach().clone() for k, v in warm.state_dict().items()})
+    bpb, probe = scored(model)
+    print(f"RESULT bpb={bpb:.4f} baseline_bpb={base_bpb:.4f} delta_bpb={bpb - base_bpb:+.4f} "
+          f"baseline_copy_gain_nats={base_probe.get('copy_gain_nats', nan):.3f} "
+          f"copy_gain_nats={probe.get('copy_gain_nats', nan):.3f} "
+          f"copy_repeat_top1={probe.get('copy_repeat_top1', nan):.3f} "
+          f"copy_first_top1={probe.get('copy_first_top1', nan):.3f} "
+          f"copy_gain_nats_warm={probe_warm.get('copy_gain_nats', nan):.3f} copy_seconds={copy_s:.1f} "
+          f"train_seconds={train_s:.1f} baseline_seconds={base_s:.1f} steps={args.steps} "
+          f"copy_steps={args.copy_steps} baseline_steps={args.baseline_steps}", flush=True)
 
 
 if __name__ == "__main__":
