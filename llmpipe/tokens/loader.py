@@ -78,10 +78,16 @@ class TokenData:
 
     def random_batch(self, step: int, micro_step: int, rows: int, block: int, seed: int,
                      rank: int = 0, world: int = 1, stream: int = 0,
-                     doc_aligned: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
-        """The (x, y) rows of global batch (step, micro_step) that belong to `rank` (see row_starts)."""
+                     doc_aligned: bool = False, repeat_share: float = 0.0) -> tuple[torch.Tensor, torch.Tensor]:
+        """The (x, y) rows of global batch (step, micro_step) that belong to `rank` (see row_starts);
+        with `repeat_share`, that share of the global batch's rows shows its first half twice."""
         starts = self.row_starts(step, micro_step, rows, block, seed, rank, world, stream, doc_aligned)
-        batch = torch.from_numpy(np.stack([self.row_tokens(s, o, block) for s, o in zip(*starts)]))
+        batch = np.stack([self.row_tokens(s, o, block) for s, o in zip(*starts)])
+        if repeat_share:
+            picked = repeat_picks(step, micro_step, rows, seed, rank, world, stream, repeat_share)
+            half = block // 2
+            batch[picked] = np.concatenate([batch[picked, :half], batch[picked, : block + 1 - half]], axis=1)
+        batch = torch.from_numpy(batch)
         return batch[:, :-1], batch[:, 1:]
 
     def windows(self, block: int, max_tokens: int | None = None) -> Iterator[np.ndarray]:
@@ -113,3 +119,17 @@ class TokenData:
             kept = kept[:max_tokens]
         end = int(kept[-1]) + 1 if len(kept) else 0
         return stream[:end], mask[:end]
+
+
+def repeat_picks(step: int, micro_step: int, rows: int, seed: int, rank: int, world: int, stream: int,
+                 share: float) -> np.ndarray:
+    """Which of `rank`'s rows of global batch (step, micro_step) repeat their first half (a bool per
+    row): round(share x the global batch's rows) of them, drawn from (seed, stream, step, micro_step)
+    alone, so N ranks together pick the rows one process would. A repeated half is natural text that
+    only copying from the context predicts: rows like these give a small model induction heads
+    (docs/assistant.md), which its corpus alone does not in a few thousand steps."""
+    total = rows * world
+    chosen = np.random.default_rng([seed, stream, step, micro_step, 1]).permutation(total)[: round(share * total)]
+    mask = np.zeros(total, dtype=bool)
+    mask[chosen] = True
+    return mask[rank * rows : (rank + 1) * rows]

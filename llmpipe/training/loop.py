@@ -150,7 +150,8 @@ def train(cfg: PretrainParams, token_dir: Path, ckpt_dir: Path, vocab_size: int,
         data_order.record_row_length(order, step + 1, length)
         for micro in range(accum):
             x, y = train_data.random_batch(step, micro, rows, mcfg.block_size, cfg.seed, ddp.rank, ddp.world,
-                                           stream=data_order.TRAIN_STREAM, doc_aligned=cfg.doc_aligned)
+                                           stream=data_order.TRAIN_STREAM, doc_aligned=cfg.doc_aligned,
+                                           repeat_share=cfg.repeat_share)
             x, y = cut_rows(x.to(device, non_blocking=True), y.to(device, non_blocking=True), length)
             ctx = set_grad_sync(net, model, ddp, sync=micro == accum - 1)
             with ctx, torch.autocast(device.type, dtype=dtype, enabled=dtype != torch.float32):

@@ -122,6 +122,25 @@ def test_random_batches_are_a_function_of_step_and_split_by_rank(tmp_path):
     assert (np.concatenate([whole, other]) == both.numpy()).all()
 
 
+def test_repeat_rows_show_their_first_half_twice_and_split_by_rank(tmp_path):
+    make_shards(tmp_path, [list(range(1, 400))], [[1, 2, 3, 0]], shard_tokens=150)
+    data = TokenData(tmp_path, "train")
+    plain_x, plain_y = data.random_batch(3, 0, rows=8, block=8, seed=1)
+    x, y = data.random_batch(3, 0, rows=8, block=8, seed=1, repeat_share=0.25)
+    rows = np.concatenate([x.numpy(), y.numpy()[:, -1:]], axis=1)  # block + 1 tokens a row
+    plain = np.concatenate([plain_x.numpy(), plain_y.numpy()[:, -1:]], axis=1)
+    repeated = [i for i in range(8) if (rows[i] != plain[i]).any()]
+    assert len(repeated) == 2  # round(0.25 x 8); the corpus counts up, so a repeat never equals the plain row
+    for i in repeated:  # the first 4 tokens, then the first 5 again (the targets run one past the block)
+        assert rows[i, :4].tolist() == plain[i, :4].tolist() and rows[i, 4:].tolist() == plain[i, :5].tolist()
+    assert (y[:, :-1] == x[:, 1:]).all()
+    halves = [data.random_batch(3, 0, rows=4, block=8, seed=1, world=2, rank=r, repeat_share=0.25)[0] for r in (0, 1)]
+    assert (np.concatenate(halves) == x.numpy()).all()  # two ranks pick the rows one process does
+    other_step, _ = data.random_batch(4, 0, rows=8, block=8, seed=1, repeat_share=0.25)
+    plain_other, _ = data.random_batch(4, 0, rows=8, block=8, seed=1)
+    assert ((other_step != plain_other).any(dim=1)).sum() == 2
+
+
 def test_windows_cover_split_in_order(tmp_path):
     make_shards(tmp_path, [[1, 0]], [list(range(1, 30))], shard_tokens=100)
     data = TokenData(tmp_path, "val")

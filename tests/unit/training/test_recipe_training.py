@@ -134,6 +134,17 @@ def test_recipe_learns_and_resumes_bitwise_with_muon_state(token_dir, tmp_path):
     assert any(g["muon"] for g in groups) and any(not g["muon"] for g in groups)
 
 
+def test_repeat_rows_change_the_run_and_it_resumes_bitwise(token_dir, tmp_path):  # noqa: F811
+    c = cfg(max_steps=12, checkpoint_interval=6, repeat_share=0.5)
+    train(c, token_dir, tmp_path / "a", VOCAB, {"id": 1})
+    train(c, token_dir, tmp_path / "b", VOCAB, {"id": 1}, stop_after=6)
+    train(c, token_dir, tmp_path / "b", VOCAB, {"id": 1})
+    train(cfg(max_steps=12, checkpoint_interval=6), token_dir, tmp_path / "plain", VOCAB, {"id": 1})
+    a, b, plain = (load_file(str(tmp_path / d / "model.safetensors")) for d in ("a", "b", "plain"))
+    assert all(torch.equal(a[k], b[k]) for k in a)
+    assert not all(torch.equal(a[k], plain[k]) for k in a)  # the loop trained on the repeated rows
+
+
 def test_doc_aligned_rows_start_at_documents(tmp_path):
     out = tmp_path / "tok"
     out.mkdir()
