@@ -6,7 +6,9 @@ the repeat only, AdamW at a constant rate; the spans' ids come from the first `-
 the special tokens for the first `--copy-vocab-steps` steps (a small alphabet), then from all ids.
 Phase 2: params.yaml's pretraining recipe (no budget) on the demo's token shards for `--steps` steps,
 starting from phase 1's weights. `--baseline-steps N` first trains the recipe alone for N steps from the
-same seed's initial weights, the reference (`--copy-steps 0` alone gives it too). The copy probe
+same seed's initial weights, the reference (`--copy-steps 0` alone gives it too). `--repeat-share S`
+runs phase 2 with `pretrain.repeat_share` S (rows that show their first half twice; the reference
+without), `--tie` ties the embeddings in both arms (docs/assistant.md). The copy probe
 (llmpipe.evals.copying, as `evaluate` runs it) is taken after each phase; bits per byte on the val
 split's first `--eval-bytes` bytes at the end.
 
@@ -16,6 +18,7 @@ split's first `--eval-bytes` bytes at the end.
 Needs data/tokens and data/tokenizer (`dvc repro tokenize`).
 Last line: RESULT bpb=<x> baseline_bpb=<x> delta_bpb=<x> baseline_copy_gain_nats=<x> copy_gain_nats=<after phase 2> copy_repeat_top1=<x> copy_first_top1=<x>
     copy_gain_nats_warm=<after phase 1> copy_seconds=<phase 1> train_seconds=<phase 2> steps=<phase 2> copy_steps=<phase 1>
+    baseline_steps=<n> repeat_share=<x>
 """
 
 from __future__ import annotations
@@ -40,6 +43,7 @@ from llmpipe.config.pretrain import PretrainParams  # noqa: E402
 from llmpipe.config.sections import load_sections  # noqa: E402
 from llmpipe.evals.copying import copy_probe  # noqa: E402
 from llmpipe.model.gpt import GPT, GPTConfig  # noqa: E402
+from llmpipe.model.weights import save_model  # noqa: E402
 from llmpipe.stages.registry import output  # noqa: E402
 from llmpipe.tokens.loader import TokenData  # noqa: E402
 from llmpipe.tokens.shards import load_manifest  # noqa: E402
@@ -102,6 +106,8 @@ def checked_args(ap: argparse.ArgumentParser) -> argparse.Namespace:
     for name in ("copy_steps", "copy_vocab_steps", "baseline_steps"):
         if getattr(args, name) < 0:
             ap.error(f"--{name.replace('_', '-')} {getattr(args, name)}: takes at least 0")
+    if not 0.0 <= args.repeat_share <= 1.0:
+        ap.error(f"--repeat-share {args.repeat_share}: takes a share of the rows, 0 to 1")
     if args.copy_lr <= 0:
         ap.error(f"--copy-lr {args.copy_lr}: takes a positive rate")
     if args.copy_vocab == 1 or args.copy_vocab < 0:
@@ -125,16 +131,22 @@ def main() -> None:
     ap.add_argument("--copy-vocab", type=int, default=256, help="the small alphabet's ids (0: all ids throughout)")
     ap.add_argument("--copy-vocab-steps", type=int, default=250, help="phase 1's first steps, on the small alphabet")
     ap.add_argument("--steps", type=int, default=945, help="phase 2's steps of the recipe")
+    ap.add_argument("--repeat-share", type=float, default=0.0,
+                    help="phase 2's pretrain.repeat_share: rows showing their first half twice (the recipe alone: 0)")
     ap.add_argument("--baseline-steps", type=int, default=0,
                     help="first train the recipe alone this many steps, the reference (0: none)")
     ap.add_argument("--n-layer", type=int, default=4)
     ap.add_argument("--d-model", type=int, default=128, help="heads of 32 channels")
     ap.add_argument("--block", type=int, default=256)
+    ap.add_argument("--tie", action="store_true",
+                    help="tie the input embedding to the output layer in both arms (params.yaml: untied)")
     ap.add_argument("--seed", type=int, default=1)
     ap.add_argument("--threads", type=int, default=1)
     ap.add_argument("--precision", default="auto", choices=["auto", "bf16", "fp32"])
     ap.add_argument("--eval-bytes", type=int, default=524288)
     ap.add_argument("--probe-spans", type=int, default=32)
+    ap.add_argument("--save", type=Path, default=None,
+                    help="save the warm-started model here (safetensors and config.json), e.g. to finetune it")
     args = checked_args(ap)
     logging.basicConfig(level=logging.WARNING)
     token_dir = ROOT / output("tokenize.tokens")
@@ -150,6 +162,8 @@ def main() -> None:
                eval_batches=1, seed=args.seed)
     cfg["model"].update(n_layer=args.n_layer, d_model=args.d_model, n_head=args.d_model // 32,
                         n_kv_head=None, block_size=args.block)
+    if args.tie:  # a copy head's output map is then the identity on the shared embedding (docs/assistant.md)
+        cfg["model"].update(tie_embeddings=True, zero_init_head=False)
 
     def recipe_for(steps: int) -> PretrainParams:
         return PretrainParams.model_validate({**cfg, "max_steps": steps,
@@ -185,8 +199,11 @@ def main() -> None:
         print(f"after phase 1: copy probe gap {probe_warm['copy_gain_nats']:.3f} nats, top-1 "
               f"{probe_warm['copy_repeat_top1']:.3f} on the repeat against {probe_warm['copy_first_top1']:.3f}",
               flush=True)
-    model, train_s = recipe(run, token_dir, vocab, {k: v.detach().clone() for k, v in warm.state_dict().items()})
+    model, train_s = recipe(run.model_copy(update={"repeat_share": args.repeat_share}), token_dir, vocab,
+                            {k: v.detach().clone() for k, v in warm.state_dict().items()})
     bpb, probe = scored(model)
+    if args.save:
+        save_model(model, args.save)
     print(f"RESULT bpb={bpb:.4f} baseline_bpb={base_bpb:.4f} delta_bpb={bpb - base_bpb:+.4f} "
           f"baseline_copy_gain_nats={base_probe.get('copy_gain_nats', nan):.3f} "
           f"copy_gain_nats={probe.get('copy_gain_nats', nan):.3f} "
@@ -194,7 +211,7 @@ def main() -> None:
           f"copy_first_top1={probe.get('copy_first_top1', nan):.3f} "
           f"copy_gain_nats_warm={probe_warm.get('copy_gain_nats', nan):.3f} copy_seconds={copy_s:.1f} "
           f"train_seconds={train_s:.1f} baseline_seconds={base_s:.1f} steps={args.steps} "
-          f"copy_steps={args.copy_steps} baseline_steps={args.baseline_steps}", flush=True)
+          f"copy_steps={args.copy_steps} baseline_steps={args.baseline_steps} repeat_share={args.repeat_share}", flush=True)
 
 
 if __name__ == "__main__":

@@ -163,6 +163,10 @@ CHANGES = {
     # is scored in windows of its own context, on the same val text), and twice the tokens a step
     "block512": {"model": {"block_size": 512}, "micro_batch_size": 4},
     "rows16": {"micro_batch_size": 16},
+    # issue 26: what the repeat rows that give the model induction heads cost in bits per byte, untied and tied
+    "repeat_quarter": {"repeat_share": 0.25},
+    "repeat_quarter_tied": {"repeat_share": 0.25, "model": {"tie_embeddings": True}},
+    "tied": {"model": {"tie_embeddings": True}},
 }
 # `--base params`: today's defaults (params.yaml's pretrain) at a fixed shape, the AVX2 dial's by default
 SHAPES = {"avx2": {"n_layer": 4, "d_model": 128, "n_head": 4},
