@@ -199,7 +199,8 @@ def main() -> None:
         print(f"after phase 1: copy probe gap {probe_warm['copy_gain_nats']:.3f} nats, top-1 "
               f"{probe_warm['copy_repeat_top1']:.3f} on the repeat against {probe_warm['copy_first_top1']:.3f}",
               flush=True)
-    model, train_s = recipe(run.model_copy(update={"repeat_share": args.repeat_share}), token_dir, vocab,
+    repeating = PretrainParams.model_validate({**run.model_dump(mode="json"), "repeat_share": args.repeat_share})
+    model, train_s = recipe(repeating, token_dir, vocab,
                             {k: v.detach().clone() for k, v in warm.state_dict().items()})
     bpb, probe = scored(model)
     if args.save:

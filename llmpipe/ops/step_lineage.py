@@ -19,7 +19,7 @@ import json
 from pathlib import Path
 
 from llmpipe.stages.registry import stage
-from llmpipe.tokens.loader import TokenData
+from llmpipe.tokens.loader import TokenData, first_half_twice
 from llmpipe.tokens.shards import MANIFEST
 from llmpipe.tokens.trace import DocTable
 from llmpipe.training.data_order import KEY, layout_at, row_length_at_step, shard_bases, step_rows
@@ -65,20 +65,24 @@ def step_lineage(token_dir: Path, order: dict, step: int, tokenizer=None) -> dic
     files = [s["file"] for s in data.manifest.shards(order["split"])]
     bases, block = shard_bases(data), order["block_size"]
     rows = []
-    for micro, row, shard, offset in step_rows(data, order, step):
+    for micro, row, shard, offset, repeated in step_rows(data, order, step):
         ids = data.row_tokens(shard, offset, block)
         split_offset = int(bases[shard]) + offset
-        parts = docs.overlapping(split_offset, split_offset + len(ids))
+        # a repeated row trained on its first block + 1 - block // 2 tokens only, shown twice
+        parts = docs.overlapping(split_offset, split_offset + (len(ids) - block // 2 if repeated else len(ids)))
+        if repeated:
+            ids = first_half_twice(ids[None])[0]
         if tokenizer is not None:
             for p in parts:
                 held = ids[p["row_start"] : p["row_start"] + p["doc_end"] - p["doc_start"]]
                 p["text"] = tokenizer.decode(held.tolist(), skip_special_tokens=False)
         rows.append({"micro_step": micro, "row": row, "shard": files[shard], "shard_offset": offset,
-                     "split_offset": split_offset, "ids": ids.tolist(), "docs": parts})
+                     "split_offset": split_offset, "repeated": repeated, "ids": ids.tolist(), "docs": parts})
     layout = layout_at(order, step)
     return {"step": step, "batch": step - 1, "tokens_dir": str(token_dir), "split": order["split"],
             "seed": order["seed"], "micro_batch_size": order["micro_batch_size"], "block_size": block,
-            "doc_aligned": order["doc_aligned"], "row_length": row_length_at_step(order, step),
+            "doc_aligned": order["doc_aligned"], "repeat_share": order.get("repeat_share", 0.0),
+            "row_length": row_length_at_step(order, step),
             "world_size": layout["world_size"],
             "grad_accum_steps": layout["grad_accum_steps"], "rows": rows}
 
@@ -106,12 +110,15 @@ def format_table(result: dict) -> str:
              f"micro-step(s), rows of {r['block_size'] + 1} tokens, doc_aligned {str(r['doc_aligned']).lower()}"
              + pieces(r["row_length"], r["block_size"]),
              f"(rank k trained on rows {per_rank}k to {per_rank}k+{per_rank - 1} of each micro-step; "
-             "doc tokens: the range of the document the row holds)",
+             "doc tokens: the range of the document the row holds"
+             + ("; x2: the row showed its first half twice, pretrain.repeat_share" if r.get("repeat_share") else "")
+             + ")",
              f"{'micro':>5} {'row':>4}  {'shard:offset':24} {'doc tokens':>13}  {'document id':{id_width}} "
              f"{'source':10} {'title':24}  text"]
     for row in rows:
         for i, d in enumerate(row["docs"]):
             where = f"{row['shard']}:{row['shard_offset']}"
+            where += " (x2)" if row.get("repeated") else ""
             head = f"{row['micro_step']:>5} {row['row']:>4}  {where:24}" if i == 0 else " " * 36
             text = repr(_clip(d["text"], TEXT_CHARS)) if "text" in d else ""
             lines.append(f"{head} {d['doc_start']:>6}-{d['doc_end']:<6}  {_clip(d['id'], id_width):{id_width}} "

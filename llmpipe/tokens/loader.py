@@ -85,8 +85,7 @@ class TokenData:
         batch = np.stack([self.row_tokens(s, o, block) for s, o in zip(*starts)])
         if repeat_share:
             picked = repeat_picks(step, micro_step, rows, seed, rank, world, stream, repeat_share)
-            half = block // 2
-            batch[picked] = np.concatenate([batch[picked, :half], batch[picked, : block + 1 - half]], axis=1)
+            batch[picked] = first_half_twice(batch[picked])
         batch = torch.from_numpy(batch)
         return batch[:, :-1], batch[:, 1:]
 
@@ -121,15 +120,28 @@ class TokenData:
         return stream[:end], mask[:end]
 
 
-def repeat_picks(step: int, micro_step: int, rows: int, seed: int, rank: int, world: int, stream: int,
+def repeat_count(share: float, rows: int) -> int:
+    """How many of `rows` rows repeat their first half: share x rows, to the nearest (halves up)."""
+    return int(share * rows + 0.5)
+
+
+def repeat_picks(step: int, micro_step: int, rows: int, seed: int, rank: int | None, world: int, stream: int,
                  share: float) -> np.ndarray:
     """Which of `rank`'s rows of global batch (step, micro_step) repeat their first half (a bool per
-    row): round(share x the global batch's rows) of them, drawn from (seed, stream, step, micro_step)
-    alone, so N ranks together pick the rows one process would. A repeated half is natural text that
-    only copying from the context predicts: rows like these give a small model induction heads
-    (docs/assistant.md), which its corpus alone does not in a few thousand steps."""
+    row; rank None: all ranks' rows in rank order): repeat_count(share, the global batch's rows) of
+    them, drawn from (seed, stream, step, micro_step) alone, so N ranks together pick the rows one
+    process would. A repeated half is natural text that only copying from the context predicts: rows
+    like these give a small model induction heads (docs/assistant.md), which its corpus alone does not
+    in a few thousand steps."""
     total = rows * world
-    chosen = np.random.default_rng([seed, stream, step, micro_step, 1]).permutation(total)[: round(share * total)]
+    chosen = np.random.default_rng([seed, stream, step, micro_step, 1]).permutation(total)[: repeat_count(share, total)]
     mask = np.zeros(total, dtype=bool)
     mask[chosen] = True
-    return mask[rank * rows : (rank + 1) * rows]
+    return mask if rank is None else mask[rank * rows : (rank + 1) * rows]
+
+
+def first_half_twice(rows: np.ndarray) -> np.ndarray:
+    """(n, block + 1) rows as trained with a repeat: the first block // 2 tokens, then the row's first
+    block + 1 - block // 2 tokens again (so the targets run one token past the first showing)."""
+    half = (rows.shape[1] - 1) // 2
+    return np.concatenate([rows[:, :half], rows[:, : rows.shape[1] - half]], axis=1)

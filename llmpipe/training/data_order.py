@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from llmpipe.tokens.loader import TokenData
+from llmpipe.tokens.loader import TokenData, repeat_picks
 from llmpipe.util.io import InputError
 
 TRAIN_SPLIT, TRAIN_STREAM = "train", 0
@@ -22,11 +22,11 @@ KEY = "data_order"  # in a checkpoint's history and in the model's config.json
 
 
 def record(history: dict, seed: int, rows: int, block: int, doc_aligned: bool, world: int, accum: int,
-           start: int) -> dict:
+           start: int, repeat_share: float = 0.0) -> dict:
     """Add this process's layout (ranks, micro-steps) from step start + 1 to history's record."""
     order = history.setdefault(KEY, {"split": TRAIN_SPLIT, "stream": TRAIN_STREAM, "seed": seed,
                                      "micro_batch_size": rows, "block_size": block,
-                                     "doc_aligned": doc_aligned, "layout": []})
+                                     "doc_aligned": doc_aligned, "repeat_share": repeat_share, "layout": []})
     layout = {"world_size": world, "grad_accum_steps": accum}
     last = order["layout"][-1] if order["layout"] else None
     if last is None or {k: v for k, v in last.items() if k != "first_step"} != layout:
@@ -65,9 +65,10 @@ def layout_at(order: dict, step: int) -> dict:
     return found
 
 
-def step_rows(data: TokenData, order: dict, step: int) -> list[tuple[int, int, int, int]]:
-    """(micro-step, row in the global micro-batch, shard index, offset) of every row step `step` trained
-    on, all ranks' rows in rank order: the very rows TokenData.random_batch gave each rank."""
+def step_rows(data: TokenData, order: dict, step: int) -> list[tuple[int, int, int, int, bool]]:
+    """(micro-step, row in the global micro-batch, shard index, offset, whether the row showed its first
+    half twice) of every row step `step` trained on, all ranks' rows in rank order: the very rows
+    TokenData.random_batch gave each rank (a record without repeat_share: a run from before it, none)."""
     if step < 1:
         raise InputError(f"--step {step}: steps are numbered from 1, as in the training logs")
     lay = layout_at(order, step)
@@ -76,7 +77,9 @@ def step_rows(data: TokenData, order: dict, step: int) -> list[tuple[int, int, i
         shards, offsets = data.row_starts(step - 1, micro, order["micro_batch_size"], order["block_size"],
                                           order["seed"], rank=None, world=lay["world_size"],
                                           stream=order["stream"], doc_aligned=order["doc_aligned"])
-        out += [(micro, i, int(s), int(o)) for i, (s, o) in enumerate(zip(shards, offsets))]
+        repeated = repeat_picks(step - 1, micro, order["micro_batch_size"], order["seed"], None, lay["world_size"],
+                                order["stream"], order.get("repeat_share", 0.0))
+        out += [(micro, i, int(s), int(o), bool(r)) for i, (s, o, r) in enumerate(zip(shards, offsets, repeated))]
     return out
 
 

@@ -119,7 +119,8 @@ def train(cfg: PretrainParams, token_dir: Path, ckpt_dir: Path, vocab_size: int,
     accum = accumulation_steps(cfg, ddp.world)
     tokens_per_step = rows * mcfg.block_size * accum * ddp.world
     # what shapes the batches, kept in every checkpoint and the model (`llmpipe lineage --step`)
-    order = data_order.record(history, cfg.seed, rows, mcfg.block_size, cfg.doc_aligned, ddp.world, accum, start)
+    order = data_order.record(history, cfg.seed, rows, mcfg.block_size, cfg.doc_aligned, ddp.world, accum, start,
+                              cfg.repeat_share)
     flops_per_step = model.flops_per_token() * tokens_per_step
     peak = peak_flops(device)
     if ddp.is_main:

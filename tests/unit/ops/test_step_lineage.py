@@ -24,14 +24,15 @@ def rows_of(result: dict) -> list[tuple]:
              tuple((d["id"], d["doc_start"], d["doc_end"], d["row_start"]) for d in r["docs"])) for r in result["rows"]]
 
 
-def record(world: int, rows: int, accum: int, doc_aligned: bool, steps: int = 10) -> dict:
+def record(world: int, rows: int, accum: int, doc_aligned: bool, steps: int = 10, repeat_share: float = 0.0) -> dict:
     order = data_order.record({}, seed=7, rows=rows, block=32, doc_aligned=doc_aligned, world=world, accum=accum,
-                              start=0)
+                              start=0, repeat_share=repeat_share)
     return {**order, "steps": steps}
 
 
-@pytest.mark.parametrize("doc_aligned", [False, True])
-def test_rows_of_a_step_are_the_rows_training_drew(token_dir, tmp_path, monkeypatch, doc_aligned):  # noqa: F811
+@pytest.mark.parametrize("doc_aligned,repeat_share", [(False, 0.0), (True, 0.0), (True, 0.25)])
+def test_rows_of_a_step_are_the_rows_training_drew(token_dir, tmp_path, monkeypatch, doc_aligned,  # noqa: F811
+                                                   repeat_share):
     drawn = {}
     original = TokenData.random_batch
 
@@ -43,7 +44,7 @@ def test_rows_of_a_step_are_the_rows_training_drew(token_dir, tmp_path, monkeypa
 
     monkeypatch.setattr(TokenData, "random_batch", recording)
     c = cfg(max_steps=4, warmup_steps=1, grad_accum_steps=2, micro_batch_size=4, eval_interval=4,
-            checkpoint_interval=4, seed=7, doc_aligned=doc_aligned)
+            checkpoint_interval=4, seed=7, doc_aligned=doc_aligned, repeat_share=repeat_share)
     res = train(c, token_dir, tmp_path / "ckpt", VOCAB, {"id": 1})
     order = {**res.history[data_order.KEY], "steps": res.step}
     assert order["layout"] == [{"first_step": 1, "world_size": 1, "grad_accum_steps": 2}]
@@ -59,10 +60,11 @@ def test_rows_of_a_step_are_the_rows_training_drew(token_dir, tmp_path, monkeypa
     # two ranks of 4 rows (two random_batch calls, rank 0 and 1) draw what one rank of 8 does, and
     # lineage lists the same rows for both runs
     data = TokenData(token_dir, "train")
-    one, two = record(1, 8, 1, doc_aligned), record(2, 4, 1, doc_aligned)
+    one, two = (record(w, r, 1, doc_aligned, repeat_share=repeat_share) for w, r in ((1, 8), (2, 4)))
     for step in (1, 3, 10):
         ranks = torch.cat([torch.cat([x, y[:, -1:]], dim=1) for x, y in (
-            original(data, step - 1, 0, 4, 32, 7, rank=r, world=2, doc_aligned=doc_aligned) for r in (0, 1))])
+            original(data, step - 1, 0, 4, 32, 7, rank=r, world=2, doc_aligned=doc_aligned, repeat_share=repeat_share)
+            for r in (0, 1))])
         assert torch.equal(torch.tensor([r["ids"] for r in step_lineage(token_dir, two, step)["rows"]]), ranks)
         assert rows_of(step_lineage(token_dir, one, step)) == rows_of(step_lineage(token_dir, two, step))
 
@@ -85,6 +87,17 @@ def test_each_row_lists_every_document_it_touches(token_dir):  # noqa: F811
             assert doc[d["doc_start"] : d["doc_end"]].tolist() == part
         assert split[row["split_offset"] : row["split_offset"] + 33].tolist() == row["ids"]
     assert spanning > 0  # rows of 33 tokens over documents of 41: most span two
+
+
+def test_a_repeated_row_lists_only_the_documents_of_the_tokens_it_trained_on(token_dir):  # noqa: F811
+    result = step_lineage(token_dir, record(1, 16, 1, False, repeat_share=0.25), 2)
+    repeated = [row for row in result["rows"] if row["repeated"]]
+    assert len(repeated) == 4 and result["repeat_share"] == 0.25
+    for row in repeated:  # 33 tokens: the first 16, then the first 17 again; the documents cover those 17
+        assert row["ids"][16:32] == row["ids"][:16]
+        assert sum(d["doc_end"] - d["doc_start"] for d in row["docs"]) == 17
+    plain = [row for row in result["rows"] if not row["repeated"]]
+    assert all(sum(d["doc_end"] - d["doc_start"] for d in row["docs"]) == 33 for row in plain)
 
 
 def test_a_resumed_run_lists_what_the_uninterrupted_one_does(token_dir, tmp_path):  # noqa: F811

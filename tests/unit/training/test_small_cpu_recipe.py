@@ -229,3 +229,10 @@ def test_sequence_length_warmup_rounds_to_the_blocks_divisors_and_leaves_short_b
     assert all(row_length_at(s, short) == 32 for s in range(12))
     with pytest.raises(ValueError, match=r"seq_warmup_min \(64\): model.block_size \(257\) has no divisor between 32 and 64"):
         PretrainParams.model_validate({"model": {"block_size": 257}, "seq_warmup_steps": 10})
+
+
+def test_a_repeat_share_too_small_to_repeat_a_row_is_refused_with_the_smallest_that_does():
+    PretrainParams.model_validate({"micro_batch_size": 8, "repeat_share": 0.0625})  # 0.5 of a row: rounds up to 1
+    with pytest.raises(ValueError, match=r"repeat_share \(0.05\): repeats no row of micro_batch_size 8; the smallest "
+                                         r"share that repeats one is 0.0625"):
+        PretrainParams.model_validate({"micro_batch_size": 8, "repeat_share": 0.05})
