@@ -1,14 +1,18 @@
 """Why the demo's assistant does not copy: finetuning variants on the workspace's base model, each scored
 on the held-out items per type, with the copy probe (llmpipe/evals/copying.py) before and after.
 
-    python bench/sft_variants.py [--root .] [--steps 150] [--lr 1e-3] [--prompt-weight 0]
-                                 [--random-passages 0] [--seed 0]
+    python bench/sft_variants.py [--root .] [--model DIR] [--steps 150] [--lr 1e-3] [--prompt-weight 0]
+                                 [--random-passages 0] [--mix-rows 0] [--seed 0]
 
 Needs data/model, data/tokenizer and data/sft (after `dvc repro sft-data pretrain`). Variants:
 --prompt-weight W puts the loss on the user's turn too, at weight W (the quoted line of a next-line or
 who-says question is a copy of a passage line: copy signal in every such question); --random-passages F rebuilds that fraction of the
 training items from random lines and names of the train items (same task and turn pattern), so that no
-memory of the pretrained plays answers them, only the passage does. (With --prompt-weight the loss is
+memory of the pretrained plays answers them, only the passage does; --mix-rows K adds K rows of the
+train split's pretraining text to every finetuning batch, --mix-repeat-share of them showing their
+first half twice (pretrain.repeat_share's rows), each of their tokens at loss weight --mix-weight, so
+finetuning keeps practising plain text and copying (nanochat's midtraining mixes its data likewise);
+--model finetunes another model than data/model (one trained with repeats, say). (With --prompt-weight the loss is
 still a mean over the weighted tokens, so the answers' share of the gradient shrinks.) Finetuning uses
 finetune's defaults (FinetuneParams, not params.yaml) with --steps and --lr; scoring is chat-eval's (greedy,
 32 new tokens) on every held-out item, beside the best trivial rule per type. Ends with
@@ -27,8 +31,10 @@ import random
 import tempfile
 import time
 from pathlib import Path
+from unittest import mock
 
 import numpy as np
+import torch
 from tokenizers import Tokenizer
 
 import llmpipe.training.finetune as finetune_module
@@ -83,18 +89,26 @@ def main() -> None:
     ap.add_argument("--lr", type=float, default=1e-3)
     ap.add_argument("--prompt-weight", type=float, default=0.0)
     ap.add_argument("--random-passages", type=float, default=0.0)
+    ap.add_argument("--mix-rows", type=int, default=0)
+    ap.add_argument("--mix-repeat-share", type=float, default=0.5)
+    ap.add_argument("--mix-weight", type=float, default=0.1)
+    ap.add_argument("--model", type=Path, default=None, help="the model to finetune (default: ROOT/data/model)")
     ap.add_argument("--seed", type=int, default=0)
     args = ap.parse_args()
     if not 0.0 <= args.random_passages <= 1.0:
         ap.error(f"--random-passages is a share of the training items, 0 to 1 (got {args.random_passages})")
+    if args.mix_rows < 0 or args.mix_weight < 0 or not 0.0 <= args.mix_repeat_share <= 1.0:
+        ap.error(f"--mix-rows {args.mix_rows} and --mix-weight {args.mix_weight} take at least 0, "
+                 f"--mix-repeat-share {args.mix_repeat_share} a share from 0 to 1")
     t0 = time.perf_counter()
     root, sft = args.root, args.root / "data/sft"
-    needed = [root / "data/model/model.safetensors", root / "data/tokenizer/tokenizer.json",
+    model_dir = args.model or root / "data/model"
+    needed = [model_dir / "model.safetensors", root / "data/tokenizer/tokenizer.json",
               root / "data/tokens/manifest.json", sft / "train/conversations.jsonl", sft / "val/conversations.jsonl"]
     if missing := [str(p) for p in needed if not p.exists()]:
         raise SystemExit(f"missing {', '.join(missing)}: run `dvc repro sft-data pretrain` in {root.resolve()} first")
     fmt = ChatFormat(Tokenizer.from_file(str(root / "data/tokenizer/tokenizer.json")))
-    base = load_model(root / "data/model")
+    base = load_model(model_dir)
     stream = TokenData(root / "data/tokens", "val").scored()[0]
     before = copy_probe(base, stream, 32)
     train = read_conversations(sft / "train")
@@ -104,8 +118,17 @@ def main() -> None:
                          checkpoint_interval=10**9, log_interval=50)
     original = finetune_module.read_examples
     finetune_module.read_examples = lambda src: (tokens, weights) if src == sft / "train" else original(src)
+    text = TokenData(root / "data/tokens", "train")
+    plain_batch = finetune_module.Examples.batch
+
+    def mixed_batch(self, seed: int, step: int, micro: int, rows: int):  # only training draws batches
+        x, y, m = plain_batch(self, seed, step, micro, rows)
+        tx, ty = text.random_batch(step, micro, args.mix_rows, x.size(1), seed, stream=3,
+                                   repeat_share=args.mix_repeat_share)
+        return torch.cat([x, tx]), torch.cat([y, ty]), torch.cat([m, torch.full(tx.shape, args.mix_weight)])
     try:
-        with tempfile.TemporaryDirectory() as tmp:
+        with tempfile.TemporaryDirectory() as tmp, \
+                mock.patch.object(finetune_module.Examples, "batch", mixed_batch if args.mix_rows else plain_batch):
             model = finetune_module.finetune(cfg, base, sft / "train", sft / "val", Path(tmp), {"bench": 1}).model
     finally:
         finetune_module.read_examples = original
@@ -122,7 +145,7 @@ def main() -> None:
           + " ".join(f"acc_{t}={a:.3f} best_baseline_{t}={versus[f'best_baseline_{t}']:.3f}" for t, a in per_task.items())
           + f" copy_repeat_top1_before={before['copy_repeat_top1']:.3f} copy_first_top1_before={before['copy_first_top1']:.3f}"
           f" copy_repeat_top1_after={after['copy_repeat_top1']:.3f} copy_first_top1_after={after['copy_first_top1']:.3f}"
-          f" n_val_items={len(held_out)} seconds={time.perf_counter() - t0:.0f}")
+          f" mix_rows={args.mix_rows} n_val_items={len(held_out)} seconds={time.perf_counter() - t0:.0f}")
 
 
 if __name__ == "__main__":
