@@ -12,14 +12,16 @@ memory of the pretrained plays answers them, only the passage does; --mix-rows K
 train split's pretraining text to every finetuning batch, --mix-repeat-share of them showing their
 first half twice (pretrain.repeat_share's rows), each of their tokens at loss weight --mix-weight, so
 finetuning keeps practising plain text and copying (nanochat's midtraining mixes its data likewise);
---model finetunes another model than data/model (one trained with repeats, say). (With --prompt-weight the loss is
+--model finetunes another model than data/model (one trained with repeats, say). (The loss is a mean
+over the weighted tokens, so the mixed rows' tokens, 8 x 256 x 0.1 at the defaults, take a share of the
+gradient from the answers, and the logged train loss mixes both kinds of row. With --prompt-weight the loss is
 still a mean over the weighted tokens, so the answers' share of the gradient shrinks.) Finetuning uses
 finetune's defaults (FinetuneParams, not params.yaml) with --steps and --lr; scoring is chat-eval's (greedy,
 32 new tokens) on every held-out item, beside the best trivial rule per type. Ends with
 
     RESULT acc=<x> best_baseline_acc=<x> gain_over_best_baseline=<x> acc_<type>=<x> best_baseline_<type>=<x> ...
            copy_repeat_top1_before=<x> copy_first_top1_before=<x> copy_repeat_top1_after=<x>
-           copy_first_top1_after=<x> n_val_items=<n> seconds=<x>
+           copy_first_top1_after=<x> mix_rows=<k> n_val_items=<n> seconds=<x>
 """
 
 from __future__ import annotations

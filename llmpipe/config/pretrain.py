@@ -157,9 +157,9 @@ class PretrainParams(TrainingRun):
                                  "use a block_size with one (a power of two), or seq_warmup_steps: 0")
         # rounded as llmpipe/tokens/loader.py's repeat_count rounds (the config layer sits below it)
         if self.repeat_share and int(self.repeat_share * self.micro_batch_size + 0.5) == 0:
-            smallest = 0.5 / self.micro_batch_size
-            raise ValueError(f"repeat_share ({self.repeat_share}): repeats no row of micro_batch_size "
-                             f"{self.micro_batch_size}; the smallest share that repeats one is {smallest:g}")
+            smallest = math.ceil(1e4 / (2 * self.micro_batch_size)) / 1e4  # rounded up: itself accepted
+            raise ValueError(f"repeat_share ({self.repeat_share}): repeats no row of a rank's micro_batch_size "
+                             f"({self.micro_batch_size}); the smallest share that repeats one is {smallest:g}")
         for key in ("embed_lr", "head_lr"):
             if getattr(self, key) is not None and self.model.tie_embeddings:
                 raise ValueError(f"{key}: needs model.tie_embeddings: false (a tied input embedding is the output layer)")

@@ -66,15 +66,14 @@ def step_lineage(token_dir: Path, order: dict, step: int, tokenizer=None) -> dic
     bases, block = shard_bases(data), order["block_size"]
     rows = []
     for micro, row, shard, offset, repeated in step_rows(data, order, step):
-        ids = data.row_tokens(shard, offset, block)
+        stored = data.row_tokens(shard, offset, block)
         split_offset = int(bases[shard]) + offset
         # a repeated row trained on its first block + 1 - block // 2 tokens only, shown twice
-        parts = docs.overlapping(split_offset, split_offset + (len(ids) - block // 2 if repeated else len(ids)))
-        if repeated:
-            ids = first_half_twice(ids[None])[0]
-        if tokenizer is not None:
+        parts = docs.overlapping(split_offset, split_offset + len(stored) - (block // 2 if repeated else 0))
+        ids = first_half_twice(stored[None])[0] if repeated else stored
+        if tokenizer is not None:  # each document's own tokens, as stored (a repeat's copy aside)
             for p in parts:
-                held = ids[p["row_start"] : p["row_start"] + p["doc_end"] - p["doc_start"]]
+                held = stored[p["row_start"] : p["row_start"] + p["doc_end"] - p["doc_start"]]
                 p["text"] = tokenizer.decode(held.tolist(), skip_special_tokens=False)
         rows.append({"micro_step": micro, "row": row, "shard": files[shard], "shard_offset": offset,
                      "split_offset": split_offset, "repeated": repeated, "ids": ids.tolist(), "docs": parts})

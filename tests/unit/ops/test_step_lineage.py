@@ -90,12 +90,19 @@ def test_each_row_lists_every_document_it_touches(token_dir):  # noqa: F811
 
 
 def test_a_repeated_row_lists_only_the_documents_of_the_tokens_it_trained_on(token_dir):  # noqa: F811
-    result = step_lineage(token_dir, record(1, 16, 1, False, repeat_share=0.25), 2)
+    class Ids:  # a tokenizer whose text is the ids themselves
+        def decode(self, ids, skip_special_tokens=False):
+            return ",".join(map(str, ids))
+
+    result = step_lineage(token_dir, record(1, 16, 1, False, repeat_share=0.25), 2, tokenizer=Ids())
+    split = np.concatenate([np.asarray(a, dtype=np.int64) for a in TokenData(token_dir, "train").arrays])
     repeated = [row for row in result["rows"] if row["repeated"]]
     assert len(repeated) == 4 and result["repeat_share"] == 0.25
     for row in repeated:  # 33 tokens: the first 16, then the first 17 again; the documents cover those 17
         assert row["ids"][16:32] == row["ids"][:16]
         assert sum(d["doc_end"] - d["doc_start"] for d in row["docs"]) == 17
+        held = split[row["split_offset"] : row["split_offset"] + 17]  # the documents' text: their stored tokens
+        assert ",".join(d["text"] for d in row["docs"]) == ",".join(map(str, held))
     plain = [row for row in result["rows"] if not row["repeated"]]
     assert all(sum(d["doc_end"] - d["doc_start"] for d in row["docs"]) == 33 for row in plain)
 

@@ -233,6 +233,11 @@ def test_sequence_length_warmup_rounds_to_the_blocks_divisors_and_leaves_short_b
 
 def test_a_repeat_share_too_small_to_repeat_a_row_is_refused_with_the_smallest_that_does():
     PretrainParams.model_validate({"micro_batch_size": 8, "repeat_share": 0.0625})  # 0.5 of a row: rounds up to 1
-    with pytest.raises(ValueError, match=r"repeat_share \(0.05\): repeats no row of micro_batch_size 8; the smallest "
-                                         r"share that repeats one is 0.0625"):
+    with pytest.raises(ValueError, match=r"repeat_share \(0.05\): repeats no row of a rank's micro_batch_size \(8\); "
+                                         r"the smallest share that repeats one is 0.0625"):
         PretrainParams.model_validate({"micro_batch_size": 8, "repeat_share": 0.05})
+    for rows in range(1, 65):  # the share the message names is itself accepted
+        with pytest.raises(ValueError) as refused:
+            PretrainParams.model_validate({"micro_batch_size": rows, "repeat_share": 1e-6})
+        named = float(str(refused.value).split("repeats one is ")[1].split()[0])
+        PretrainParams.model_validate({"micro_batch_size": rows, "repeat_share": named})
