@@ -11,10 +11,10 @@ training items from random lines and names of the train items (same task and tur
 memory of the pretrained plays answers them, only the passage does; --mix-rows K adds K rows of the
 train split's pretraining text to every finetuning batch, --mix-repeat-share of them showing their
 first half twice (pretrain.repeat_share's rows), each of their tokens at loss weight --mix-weight, so
-finetuning keeps practising plain text and copying (nanochat's midtraining mixes its data likewise);
+finetuning keeps practising plain text and copying (the finetune stage's finetune.mix, which this sets);
 --model finetunes another model than data/model (one trained with repeats, say). (The loss is a mean
 over the weighted tokens, so the mixed rows' tokens, 8 x 256 x 0.1 at the defaults, take a share of the
-gradient from the answers, and the logged train loss mixes both kinds of row. With --prompt-weight the loss is
+gradient from the answers; the log shows the answers' and the text's loss apart. With --prompt-weight the loss is
 still a mean over the weighted tokens, so the answers' share of the gradient shrinks.) Finetuning uses
 finetune's defaults (FinetuneParams, not params.yaml) with --steps and --lr; scoring is chat-eval's (greedy,
 32 new tokens) on every held-out item, beside the best trivial rule per type. Ends with
@@ -33,7 +33,6 @@ import random
 import tempfile
 import time
 from pathlib import Path
-from unittest import mock
 
 import numpy as np
 import torch
@@ -116,22 +115,16 @@ def main() -> None:
     train = read_conversations(sft / "train")
     tokens, weights = training_rows(train, fmt, base.cfg.block_size, args.prompt_weight, args.random_passages,
                                     args.seed)
+    mix = {"rows": args.mix_rows, "repeat_share": args.mix_repeat_share, "weight": args.mix_weight}
     cfg = FinetuneParams(max_steps=args.steps, lr=args.lr, seed=1337 + args.seed, device="cpu", eval_interval=10**9,
-                         checkpoint_interval=10**9, log_interval=50)
+                         checkpoint_interval=10**9, log_interval=50, mix=mix if args.mix_rows else {})
     original = finetune_module.read_examples
     finetune_module.read_examples = lambda src: (tokens, weights) if src == sft / "train" else original(src)
-    text = TokenData(root / "data/tokens", "train")
-    plain_batch = finetune_module.Examples.batch
-
-    def mixed_batch(self, seed: int, step: int, micro: int, rows: int):  # only training draws batches
-        x, y, m = plain_batch(self, seed, step, micro, rows)
-        tx, ty = text.random_batch(step, micro, args.mix_rows, x.size(1), seed, stream=3,
-                                   repeat_share=args.mix_repeat_share)
-        return torch.cat([x, tx]), torch.cat([y, ty]), torch.cat([m, torch.full(tx.shape, args.mix_weight)])
-    try:
-        with tempfile.TemporaryDirectory() as tmp, \
-                mock.patch.object(finetune_module.Examples, "batch", mixed_batch if args.mix_rows else plain_batch):
-            model = finetune_module.finetune(cfg, base, sft / "train", sft / "val", Path(tmp), {"bench": 1}).model
+    text = TokenData(root / "data/tokens", "train") if args.mix_rows else None
+    try:  # the finetune stage's own training, with finetune.mix for the mixed rows
+        with tempfile.TemporaryDirectory() as tmp:
+            model = finetune_module.finetune(cfg, base, sft / "train", sft / "val", Path(tmp), {"bench": 1},
+                                             text=text).model
     finally:
         finetune_module.read_examples = original
     after = copy_probe(model, stream, 32)

@@ -42,7 +42,8 @@ TINY_PARAMS = {
     "sft_data": {"demo": {"train_items": 300, "val_items": 40, "max_speeches": 2, "max_lines": 1,
                           "max_chars": 70}, "block_size": 64},
     "finetune": {"max_steps": 10, "micro_batch_size": 8, "warmup_steps": 2, "eval_interval": 5,
-                 "eval_batches": 2, "log_interval": 5, "checkpoint_interval": 5},
+                 "eval_batches": 2, "log_interval": 5, "checkpoint_interval": 5,
+                 "mix": {"rows": 2}},  # pretraining rows in each batch: the stage reads data/tokens (issue 26)
     # two reward steps: the stage, its checkpoint, its MLflow version with lineage (tests/unit/training/test_grpo.py
     # tests what it learns)
     "rl": {"steps": 2, "questions_per_step": 4, "samples_per_question": 4, "max_new_tokens": 12, "checkpoint_every": 1},

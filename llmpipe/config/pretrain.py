@@ -8,7 +8,7 @@ from typing import Annotated, Literal
 from pydantic import Field, model_validator
 
 from llmpipe.config.base import Section
-from llmpipe.config.training import TrainingRun
+from llmpipe.config.training import TrainingRun, check_repeat_share
 
 
 class ModelParams(Section):
@@ -155,11 +155,7 @@ class PretrainParams(TrainingRun):
                 raise ValueError(f"seq_warmup_min ({first}): model.block_size ({block}) has no divisor between "
                                  f"{(first + 1) // 2} and {first}, so the warm-up's rows would be {near} tokens; "
                                  "use a block_size with one (a power of two), or seq_warmup_steps: 0")
-        # rounded as llmpipe/tokens/loader.py's repeat_count rounds (the config layer sits below it)
-        if self.repeat_share and int(self.repeat_share * self.micro_batch_size + 0.5) == 0:
-            smallest = math.ceil(1e4 / (2 * self.micro_batch_size)) / 1e4  # rounded up: itself accepted
-            raise ValueError(f"repeat_share ({self.repeat_share}): repeats no row of a rank's micro_batch_size "
-                             f"({self.micro_batch_size}); the smallest share that repeats one is {smallest:g}")
+        check_repeat_share("repeat_share", self.repeat_share, self.micro_batch_size, "a rank's micro_batch_size")
         for key in ("embed_lr", "head_lr"):
             if getattr(self, key) is not None and self.model.tie_embeddings:
                 raise ValueError(f"{key}: needs model.tie_embeddings: false (a tied input embedding is the output layer)")

@@ -4,10 +4,10 @@ from __future__ import annotations
 
 from typing import Annotated, Literal
 
-from pydantic import Field
+from pydantic import Field, model_validator
 
 from llmpipe.config.base import Seed, Section
-from llmpipe.config.training import TrainingRun
+from llmpipe.config.training import TrainingRun, check_repeat_share
 
 
 class DemoInstructions(Section):
@@ -36,6 +36,24 @@ class SftDataParams(Section):
     layout: Literal["packed", "padded"] = "packed"
 
 
+class PretrainingMix(Section):
+    """Rows of the train split's pretraining text added to every finetuning micro-batch, as nanochat's
+    midtraining mixes its data: finetuning alone wears down the base model's copying (its induction
+    heads), and the passage questions need copying (docs/assistant.md, issue 26)."""
+
+    rows: Annotated[int, Field(ge=0, le=4096)] = 0  # per micro-batch; 0: none
+    # of them showing their first half twice (pretrain.repeat_share's rows), which only copying predicts
+    repeat_share: Annotated[float, Field(ge=0.0, le=1.0)] = 0.5
+    # loss weight of each of their tokens (an answer token weighs 1); the loss is the weighted mean
+    weight: Annotated[float, Field(gt=0.0, le=1.0)] = 0.1
+
+    @model_validator(mode="after")
+    def _repeats_a_row(self) -> "PretrainingMix":
+        if self.rows:
+            check_repeat_share("repeat_share", self.repeat_share, self.rows, "mix.rows")
+        return self
+
+
 class FinetuneParams(TrainingRun):
     """Full finetuning of the pretrained model on the sft-data examples, loss on the assistant's tokens
     (the shared training settings, with finetuning's defaults: fewer steps, a lower lr, no decay)."""
@@ -45,6 +63,7 @@ class FinetuneParams(TrainingRun):
     schedule: Literal["cosine", "linear", "constant"] = "cosine"  # after the warmup
     warmup_steps: Annotated[int, Field(ge=0)] = 10
     weight_decay: Annotated[float, Field(ge=0.0)] = 0.0
+    mix: PretrainingMix = PretrainingMix()
 
 
 class ChatEvalParams(Section):

@@ -4,6 +4,7 @@ Each section subclasses it and changes the defaults that differ (finetuning: few
 
 from __future__ import annotations
 
+import math
 from typing import Annotated, Literal
 
 from pydantic import Field, model_validator
@@ -37,3 +38,12 @@ class TrainingRun(Section):
         if self.warmup_steps > self.max_steps:
             raise ValueError(f"warmup_steps ({self.warmup_steps}) exceeds max_steps ({self.max_steps})")
         return self
+
+
+def check_repeat_share(key: str, share: float, rows: int, rows_key: str) -> None:
+    """Refuse a share of `rows` rows that repeats none (rounded as llmpipe/tokens/loader.py's
+    repeat_count rounds: the config layer sits below it), naming the smallest share that repeats one."""
+    if share and int(share * rows + 0.5) == 0:
+        smallest = math.ceil(1e4 / (2 * rows)) / 1e4  # rounded up: itself accepted
+        raise ValueError(f"{key} ({share}): repeats no row of {rows_key} ({rows}); "
+                         f"the smallest share that repeats one is {smallest:g}")

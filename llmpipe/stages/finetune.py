@@ -1,6 +1,7 @@
 """Stage finetune: the pretrained model, finetuned on the sft-data examples (the assistant's tokens
 only); resumes from data/finetune/checkpoints. Its model is registered as its own MLflow model
-(`<tracking.registered_model>-chat`), tagged with the base model it started from."""
+(`<tracking.registered_model>-chat`), tagged with the base model it started from. With finetune.mix,
+rows of the train split's pretraining tokens join every batch."""
 
 from __future__ import annotations
 
@@ -11,13 +12,14 @@ from pathlib import Path
 from llmpipe.model.weights import load_model, save_model
 from llmpipe.stages.registry import StageParams, StageResult, stage
 from llmpipe.tokens.examples import TOKENS
+from llmpipe.tokens.loader import TokenData
 from llmpipe.training.device import trained_precision
 from llmpipe.training.finetune import finetune
 from llmpipe.util.io import dvc_lock_out_hashes, dvc_md5, file_sha256, read_json, write_tsv
 
 log = logging.getLogger(__name__)
 STAGE = stage("finetune")
-COLUMNS = ["step", "loss", "lr", "grad_norm", "target_tokens_per_s"]
+COLUMNS = ["step", "loss", "answer_loss", "text_loss", "lr", "grad_norm", "target_tokens_per_s"]
 
 
 def run(params: StageParams, root: Path, sink=None) -> StageResult:
@@ -25,13 +27,18 @@ def run(params: StageParams, root: Path, sink=None) -> StageResult:
     base_dir = root / STAGE.inp("model")
     base_md5 = dvc_md5(base_dir)
     train_dir, val_dir = root / STAGE.inp("train"), root / STAGE.inp("val")
-    # A checkpoint is resumed only by a run with the same params, base model, examples and precision.
+    mix = params.finetune.mix.rows
+    # A checkpoint is resumed only by a run with the same params, base model, examples (and mixed
+    # pretraining tokens) and precision.
+    locked = dvc_lock_out_hashes(root)
     identity = {"finetune": params.finetune.model_dump(mode="json"), "base_model_md5": base_md5,
-                "train_sha256": file_sha256(train_dir / TOKENS),
-                "train_dvc_md5": dvc_lock_out_hashes(root).get(str(STAGE.inp("train"))),
+                "train_sha256": file_sha256(train_dir / TOKENS), "train_dvc_md5": locked.get(str(STAGE.inp("train"))),
                 "precision": trained_precision(params.finetune)}
+    if mix:
+        identity["tokens_dvc_md5"] = locked.get(str(STAGE.inp("tokens")))
+    text = TokenData(root / STAGE.inp("tokens"), "train") if mix else None
     result = finetune(params.finetune, load_model(base_dir), train_dir, val_dir, root / STAGE.out("checkpoints"),
-                      identity, sink)
+                      identity, sink, text=text)
     base_config = read_json(base_dir / "config.json")
     extra = {k: base_config[k] for k in ("eot_id", "tokenizer_sha256") if k in base_config}
     save_model(result.model, root / STAGE.out("model"), extra={**extra, "base_model_md5": base_md5})

@@ -147,7 +147,7 @@ STAGES: list[Stage] = [
           {"train": Out("data/sft/train"), "val": Out("data/sft/val"),
            "report": Out("data/sft/report.json", "report")}),
     Stage("finetune", "finetune the pretrained model on the instruction examples", ("finetune",),
-          {"model": "pretrain.model", "train": "sft-data.train", "val": "sft-data.val"},
+          {"model": "pretrain.model", "train": "sft-data.train", "val": "sft-data.val", "tokens": "tokenize.tokens"},
           {"model": Out("data/finetune/model"), "checkpoints": Out("data/finetune/checkpoints", "state")},
           {"train": Plot("data/plots/finetune.tsv", "step", "loss")}),
     # issue 26: a reward stage: exact-match rewards on the train questions, a group-baseline policy gradient

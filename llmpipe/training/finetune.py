@@ -22,6 +22,7 @@ from llmpipe.config.sft import FinetuneParams
 from llmpipe.model.gpt import GPT
 from llmpipe.model.weights import model_state
 from llmpipe.tokens.examples import read_examples
+from llmpipe.tokens.loader import TokenData
 from llmpipe.training.checkpoint import load_checkpoint, save_checkpoint
 from llmpipe.training.device import cpu_kind, resolve_device, resolve_dtype
 from llmpipe.training.loop import TrainResult, TrainingDiverged
@@ -30,6 +31,7 @@ from llmpipe.training.parallel import Dist, all_finite
 from llmpipe.util.io import InputError
 
 log = logging.getLogger(__name__)
+MIX_STREAM = 3  # the mixed rows' own draw, apart from pretraining's streams (its rows are not pretraining's)
 
 
 class Examples:
@@ -54,11 +56,26 @@ class Examples:
         return self.rows(rng.integers(0, len(self), rows))
 
 
-def masked_loss(model: GPT, x, y, m) -> torch.Tensor:
-    """Mean cross-entropy over the targets the mask counts."""
+def token_losses(model: GPT, x, y) -> torch.Tensor:
+    """Cross-entropy of every target, shaped like y."""
     logits, _ = model(x)
-    ce = F.cross_entropy(logits.float().reshape(-1, logits.size(-1)), y.reshape(-1), reduction="none")
-    return (ce * m.reshape(-1)).sum() / m.sum().clamp(min=1.0)
+    return F.cross_entropy(logits.float().reshape(-1, logits.size(-1)), y.reshape(-1), reduction="none").view(y.shape)
+
+
+def masked_loss(model: GPT, x, y, m) -> torch.Tensor:
+    """Mean cross-entropy over the targets the mask counts (weighted by it)."""
+    return (token_losses(model, x, y) * m).sum() / m.sum().clamp(min=1.0)
+
+
+def training_batch(train: Examples, text: TokenData | None, cfg: FinetuneParams, step: int, micro: int):
+    """Batch (step, micro): micro_batch_size example rows, then cfg.mix.rows rows of pretraining text
+    (cut to the examples' row length) whose targets all weigh cfg.mix.weight."""
+    x, y, m = train.batch(cfg.seed, step, micro, cfg.micro_batch_size)
+    if not cfg.mix.rows:
+        return x, y, m
+    tx, ty = text.random_batch(step, micro, cfg.mix.rows, x.size(1), cfg.seed, stream=MIX_STREAM,
+                               repeat_share=cfg.mix.repeat_share)
+    return torch.cat([x, tx]), torch.cat([y, ty]), torch.cat([m, torch.full(tx.shape, cfg.mix.weight)])
 
 
 @torch.no_grad()
@@ -80,9 +97,11 @@ def val_loss(model: GPT, val: Examples, cfg: FinetuneParams, device, dtype) -> f
 
 
 def finetune(cfg: FinetuneParams, model: GPT, train_dir: Path, val_dir: Path, ckpt_dir: Path, identity: dict,
-             sink: Callable[[dict, int], None] | None = None, stop_after: int | None = None) -> TrainResult:
-    """Finetune `model` (the base weights) or resume from `ckpt_dir`; `stop_after` ends this process's
-    run early after that many steps (for tests of resume)."""
+             sink: Callable[[dict, int], None] | None = None, stop_after: int | None = None,
+             text: TokenData | None = None) -> TrainResult:
+    """Finetune `model` (the base weights) or resume from `ckpt_dir`; `text` is the pretraining split
+    that cfg.mix draws rows from; `stop_after` ends this process's run early after that many steps
+    (for tests of resume)."""
     if cfg.threads:
         torch.set_num_threads(cfg.threads)
     device = resolve_device(cfg)
@@ -92,27 +111,35 @@ def finetune(cfg: FinetuneParams, model: GPT, train_dir: Path, val_dir: Path, ck
     train, val = Examples(train_dir, model.cfg.block_size), Examples(val_dir, model.cfg.block_size)
     if len(train) == 0:
         raise InputError(f"{train_dir}: no training rows")
+    if cfg.mix.rows and text is None:
+        raise InputError(f"finetune.mix.rows is {cfg.mix.rows}, but no pretraining tokens were given to draw them from")
+    n_text = cfg.mix.rows
     opt = make_adamw(model, cfg, device)
     start, history = 0, {"train": [], "val": []}
     resumed = load_checkpoint(ckpt_dir, model, opt, identity)
     if resumed is not None:
         start, history = resumed
         log.info("resuming finetuning from %s at step %d", ckpt_dir, start)
-    log.info("finetuning %.2fM parameters on %d rows (%d val), %s on %s, %d steps", model.num_params() / 1e6,
-             len(train), len(val), str(dtype).removeprefix("torch."), device, cfg.max_steps)
+    log.info("finetuning %.2fM parameters on %d rows (%d val), %s on %s, %d steps%s", model.num_params() / 1e6,
+             len(train), len(val), str(dtype).removeprefix("torch."), device, cfg.max_steps,
+             f", {n_text} rows of pretraining text in each micro-batch at weight {cfg.mix.weight}" if n_text else "")
     step, steps_here, t_last, targets = start, 0, time.perf_counter(), 0.0
     while step < cfg.max_steps and (stop_after is None or steps_here < stop_after):
         lr = lr_at(step, cfg)
         for group in opt.param_groups:
             group["lr"] = lr
-        loss_sum = 0.0
+        loss_sum = answer_sum = text_sum = 0.0
         for micro in range(cfg.grad_accum_steps):
-            x, y, m = (t.to(device) for t in train.batch(cfg.seed, step, micro, cfg.micro_batch_size))
+            x, y, m = (t.to(device) for t in training_batch(train, text, cfg, step, micro))
             with torch.autocast(device.type, dtype=dtype, enabled=dtype != torch.float32):
-                loss = masked_loss(model, x, y, m)
+                ce = token_losses(model, x, y)
+            loss = (ce * m).sum() / m.sum().clamp(min=1.0)
             (loss / cfg.grad_accum_steps).backward()
             loss_sum += float(loss.detach())
-            targets += float(m.sum())
+            ce, answers = ce.detach(), slice(0, x.size(0) - n_text)  # the examples' loss and the text's apart
+            answer_sum += float((ce[answers] * m[answers]).sum() / m[answers].sum().clamp(min=1.0))
+            text_sum += float(ce[x.size(0) - n_text:].mean()) if n_text else 0.0
+            targets += float(m[answers].sum())
         loss_val = loss_sum / cfg.grad_accum_steps
         if not math.isfinite(loss_val):
             raise TrainingDiverged(f"loss is {loss_val} at step {step}; the last good checkpoint in {ckpt_dir} is kept")
@@ -122,8 +149,11 @@ def finetune(cfg: FinetuneParams, model: GPT, train_dir: Path, val_dir: Path, ck
         step, steps_here = step + 1, steps_here + 1
         if step % cfg.log_interval == 0 or step == cfg.max_steps:
             now = time.perf_counter()
-            row = {"step": step, "loss": round(loss_val, 6), "lr": lr, "grad_norm": round(float(grad_norm), 6),
+            row = {"step": step, "loss": round(loss_val, 6), "answer_loss": round(answer_sum / cfg.grad_accum_steps, 6),
+                   "lr": lr, "grad_norm": round(float(grad_norm), 6),
                    "target_tokens_per_s": round(targets / (now - t_last), 1)}
+            if n_text:
+                row["text_loss"] = round(text_sum / cfg.grad_accum_steps, 6)
             t_last, targets = now, 0.0
             history["train"].append(row)
             log.info("finetune step %d/%d loss %.4f lr %.2e", step, cfg.max_steps, loss_val, lr)
@@ -144,6 +174,9 @@ def finetune(cfg: FinetuneParams, model: GPT, train_dir: Path, val_dir: Path, ck
                "device": device.type, **cpu_kind()}
     if history["train"]:
         metrics["final_train_loss"] = history["train"][-1]["loss"]
+        for key in ("answer_loss", "text_loss"):
+            if key in history["train"][-1]:
+                metrics[f"final_{key}"] = history["train"][-1][key]
     if history["val"]:
         metrics["final_val_loss"] = history["val"][-1]["val_loss"]
     return TrainResult(model.cpu().eval(), step, history, metrics)

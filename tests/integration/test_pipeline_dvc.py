@@ -129,6 +129,10 @@ def test_the_chat_stages_report_what_they_did(repro_repo):
     assert [s["finetuned_ok"] for s in samples] == [normalize(s["finetuned"]) == normalize(s["reference"]) for s in samples]
     ft = json.loads((data / "metrics" / "finetune.json").read_text())
     assert ft["steps"] == TINY_PARAMS["finetune"]["max_steps"] and (data / "finetune" / "checkpoints" / "state.json").exists()
+    # the mixed pretraining rows' loss, apart from the answers' (finetune.mix)
+    logged = (data / "plots" / "finetune.tsv").read_text().splitlines()
+    assert logged[0].split("\t")[:4] == ["step", "loss", "answer_loss", "text_loss"] and ft["final_text_loss"] > 0
+    assert float(logged[-1].split("\t")[3]) == ft["final_text_loss"] != ft["final_answer_loss"]
     rl = json.loads((data / "metrics" / "rl.json").read_text())
     assert rl["steps"] == TINY_PARAMS["rl"]["steps"] and rl["stopped"] == "no" and rl["base_model_dvc_md5"] == ft["model_dvc_md5"]
     assert rl["questions"] == sum(1 for c in train if c.get("task"))  # the train items only

@@ -1,5 +1,5 @@
-"""Finetuning: the examples and their mask, the masked loss, exact resume; the sft-data stage on
-instruction files with bad records."""
+"""Finetuning: the examples and their mask, the masked loss, exact resume, pretraining rows mixed in;
+the sft-data stage on instruction files with bad records."""
 
 import json
 from pathlib import Path
@@ -9,6 +9,7 @@ import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
+from pydantic import ValidationError
 
 from llmpipe.config.sft import FinetuneParams, SftDataParams
 from llmpipe.config.tokens import SplitParams, TokenizerParams
@@ -18,8 +19,10 @@ from llmpipe.stages import sft_data
 from llmpipe.tokens.bpe import train_tokenizer
 from llmpipe.tokens.chat import ChatFormat, Rendered
 from llmpipe.tokens.examples import packed, padded, read_conversations, read_examples, write_examples
-from llmpipe.training.finetune import Examples, finetune, masked_loss
+from llmpipe.tokens.loader import TokenData
+from llmpipe.training.finetune import MIX_STREAM, Examples, finetune, masked_loss, training_batch
 from llmpipe.util.io import InputError
+from tests.toy_tokens import write_toy_tokens
 
 CORPUS = ["To be, or not to be, that is the question: Whether 'tis nobler in the mind to suffer"] * 30
 
@@ -112,6 +115,46 @@ def test_finetune_resumes_exactly_after_a_stop(tmp_path, tokenizer_file):
     assert [r["loss"] for r in resumed.history["train"]] == [r["loss"] for r in whole.history["train"]]
     with pytest.raises(InputError, match="exceed the model's context"):
         Examples(train_dir, block_size=16)
+
+
+def test_mixed_pretraining_rows_join_each_batch_at_their_weight_and_resume_exactly(tmp_path, tokenizer_file):
+    from tokenizers import Tokenizer
+
+    train_dir, val_dir = _toy_examples(tmp_path, ChatFormat(Tokenizer.from_file(str(tokenizer_file))))
+    text = TokenData(write_toy_tokens(tmp_path / "tokens", vocab=300), "train")
+    mix = {"rows": 4, "repeat_share": 0.5, "weight": 0.25}
+    cfg = FinetuneParams(max_steps=6, micro_batch_size=3, warmup_steps=1, precision="fp32", checkpoint_interval=2,
+                         eval_interval=3, log_interval=1, eval_batches=1, threads=1, mix=mix)
+    examples = Examples(train_dir, 32)
+    x, y, m = training_batch(examples, text, cfg, step=2, micro=0)
+    ex, ey, em = examples.batch(cfg.seed, 2, 0, 3)
+    tx, ty = text.random_batch(2, 0, 4, 32, cfg.seed, stream=MIX_STREAM, repeat_share=0.5)
+    assert x.shape == (7, 32) and torch.equal(x[:3], ex) and torch.equal(m[:3], em) and torch.equal(y[3:], ty)
+    assert torch.equal(x[3:], tx) and bool((m[3:] == 0.25).all())
+    rows = torch.cat([x[3:], y[3:, -1:]], 1)  # the rows of 33 tokens: two of four show their first half twice
+    assert sum(torch.equal(r[:16], r[16:32]) for r in rows) == 2
+    assert not torch.equal(training_batch(examples, text, cfg, step=3, micro=0)[0][3:], x[3:])
+
+    def base():
+        torch.manual_seed(0)
+        return GPT(GPTConfig(vocab_size=300, n_layer=1, n_head=2, d_model=16, block_size=32))
+
+    whole = finetune(cfg, base(), train_dir, val_dir, tmp_path / "ck_a", {"t": 1}, text=text)
+    plain = finetune(FinetuneParams(**{**cfg.model_dump(), "mix": {}}), base(), train_dir, val_dir, tmp_path / "ck_p", {"t": 2})
+    a, p = model_state(whole.model), model_state(plain.model)
+    assert not all(torch.equal(a[k], p[k]) for k in a)  # the mixed rows moved the weights
+    row = whole.history["train"][-1]
+    assert "text_loss" in row and "text_loss" not in plain.history["train"][-1]
+    assert row["answer_loss"] != row["loss"] and whole.metrics["final_text_loss"] == row["text_loss"]
+    finetune(cfg, base(), train_dir, val_dir, tmp_path / "ck_b", {"t": 1}, stop_after=3, text=text)
+    resumed = finetune(cfg, base(), train_dir, val_dir, tmp_path / "ck_b", {"t": 1}, text=text)
+    b = model_state(resumed.model)
+    assert all(torch.equal(a[k], b[k]) for k in a)
+    with pytest.raises(InputError, match="finetune.mix.rows is 4, but no pretraining tokens"):
+        finetune(cfg, base(), train_dir, val_dir, tmp_path / "ck_c", {"t": 1})
+    with pytest.raises(ValidationError, match=r"repeats no row of mix.rows \(8\); the smallest share that repeats one is 0.0625"):
+        FinetuneParams(mix={"rows": 8, "repeat_share": 0.05})
+    FinetuneParams(mix={"rows": 8, "repeat_share": 0.0625})  # the share the message names is accepted
 
 
 def _params(files, **demo):
