@@ -92,7 +92,7 @@ def report(root: Path, wall: float | None = None) -> None:
     print(f"\nsft-data: {sd['train_conversations']} train / {sd['val_conversations']} held-out conversations, "
           f"{sd['train_target_tokens']:,} target tokens in {sd['train_rows']} rows ({sd['seconds']:.1f} s)")
     print(f"finetune: {ft['steps']} steps in {ft['seconds']:.1f} s ({ft['precision']}), "
-          f"final train loss {ft.get('final_train_loss')}, val loss {ft.get('final_val_loss')}")
+          f"final train loss on the answers {ft.get('final_answer_loss')}, val loss {ft.get('final_val_loss')}")
     print(f"chat-eval: {ev['seconds']:.1f} s (base {ev['base_seconds']:.1f} s, finetuned {ev['finetuned_seconds']:.1f} s);"
           f" items per type: {ev['tasks']}")
     tasks = sorted(k.removeprefix("best_baseline_rule_") for k in ev if k.startswith("best_baseline_rule_"))

@@ -37,9 +37,9 @@ class SftDataParams(Section):
 
 
 class PretrainingMix(Section):
-    """Rows of the train split's pretraining text added to every finetuning micro-batch, as nanochat's
-    midtraining mixes its data: finetuning alone wears down the base model's copying (its induction
-    heads), and the passage questions need copying (docs/assistant.md, issue 26)."""
+    """Rows of the train split's pretraining text replayed in every finetuning micro-batch (as
+    InstructGPT's PPO-ptx mixes pretraining gradients in): finetuning alone wears down the base
+    model's copying (its induction heads), which the passage questions need (docs/assistant.md, issue 26)."""
 
     rows: Annotated[int, Field(ge=0, le=4096)] = 0  # per micro-batch; 0: none
     # of them showing their first half twice (pretrain.repeat_share's rows), which only copying predicts

@@ -149,7 +149,7 @@ STAGES: list[Stage] = [
     Stage("finetune", "finetune the pretrained model on the instruction examples", ("finetune",),
           {"model": "pretrain.model", "train": "sft-data.train", "val": "sft-data.val", "tokens": "tokenize.tokens"},
           {"model": Out("data/finetune/model"), "checkpoints": Out("data/finetune/checkpoints", "state")},
-          {"train": Plot("data/plots/finetune.tsv", "step", "loss")}),
+          {"train": Plot("data/plots/finetune.tsv", "step", "answer_loss")}),  # with finetune.mix, loss is mostly text
     # issue 26: a reward stage: exact-match rewards on the train questions, a group-baseline policy gradient
     Stage("rl", "train the finetuned model on rewarded answers to the train questions (group baseline)", ("rl",),
           {"model": "finetune.model", "train": "sft-data.train", "tokenizer": "tokenizer.tokenizer"},

@@ -113,6 +113,10 @@ def finetune(cfg: FinetuneParams, model: GPT, train_dir: Path, val_dir: Path, ck
         raise InputError(f"{train_dir}: no training rows")
     if cfg.mix.rows and text is None:
         raise InputError(f"finetune.mix.rows is {cfg.mix.rows}, but no pretraining tokens were given to draw them from")
+    row = train.tokens.shape[1]  # a mixed row has the examples' length (sft_data.block_size + 1)
+    if cfg.mix.rows and text.lengths.max() <= row:
+        raise InputError(f"finetune.mix.rows: {text.token_dir}'s train shards hold at most {text.lengths.max()} "
+                         f"tokens, too few for a row of {row} (sft_data.block_size + 1)")
     n_text = cfg.mix.rows
     opt = make_adamw(model, cfg, device)
     start, history = 0, {"train": [], "val": []}

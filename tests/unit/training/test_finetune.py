@@ -157,6 +157,43 @@ def test_mixed_pretraining_rows_join_each_batch_at_their_weight_and_resume_exact
     FinetuneParams(mix={"rows": 8, "repeat_share": 0.0625})  # the share the message names is accepted
 
 
+def test_the_logged_losses_are_the_answers_the_text_and_their_weighted_mean(tmp_path, tokenizer_file):
+    from tokenizers import Tokenizer
+
+    from llmpipe.stages.finetune import mixed_text
+    from llmpipe.training.finetune import token_losses
+
+    train_dir, val_dir = _toy_examples(tmp_path, ChatFormat(Tokenizer.from_file(str(tokenizer_file))))
+    text = TokenData(write_toy_tokens(tmp_path / "tokens", vocab=300), "train")
+    cfg = FinetuneParams(max_steps=1, micro_batch_size=3, grad_accum_steps=2, warmup_steps=0, precision="fp32",
+                         log_interval=1, eval_batches=1, threads=1, mix={"rows": 2, "weight": 0.3})
+    torch.manual_seed(0)
+    base = GPT(GPTConfig(vocab_size=300, n_layer=1, n_head=2, d_model=16, block_size=32))
+    expected = {"loss": 0.0, "answer_loss": 0.0, "text_loss": 0.0}
+    with torch.no_grad():  # the first step's losses are the base model's on the two micro-batches
+        for micro in range(2):
+            x, y, m = training_batch(Examples(train_dir, 32), text, cfg, 0, micro)
+            ce = token_losses(base.eval(), x, y)
+            a, t = (ce[:3] * m[:3]).sum() / m[:3].sum(), ce[3:].mean()
+            weight = m[:3].sum()
+            expected["answer_loss"] += float(a) / 2
+            expected["text_loss"] += float(t) / 2
+            expected["loss"] += float((a * weight + 0.3 * t * ce[3:].numel()) / (weight + 0.3 * ce[3:].numel())) / 2
+    row = finetune(cfg, base, train_dir, val_dir, tmp_path / "ck", {"t": 1}, text=text).history["train"][0]
+    assert {k: row[k] for k in expected} == pytest.approx(expected, abs=2e-6)
+    # the tokens must come from the model's tokenizer, and hold a whole row
+    root = tmp_path / "root"
+    write_toy_tokens(root / "data/tokens", vocab=300)
+    with pytest.raises(InputError, match="made with tokenizer t, the model in .* with u"):
+        mixed_text(root, {"tokenizer_sha256": "u"}, {}, {})
+    identity = {}
+    mixed_text(root, {"tokenizer_sha256": "t"}, identity, {"data/tokens": "abc.dir"})
+    assert identity["tokens_dvc_md5"] == "abc.dir" and len(identity["tokens_sha256"]) == 64
+    short = TokenData(write_toy_tokens(tmp_path / "short", vocab=300, docs=(2, 2), doc_len=8), "train")
+    with pytest.raises(InputError, match="hold at most 18 tokens, too few for a row of 33"):
+        finetune(cfg, base, train_dir, val_dir, tmp_path / "ck2", {"t": 1}, text=short)
+
+
 def _params(files, **demo):
     return SimpleNamespace(sft_data=SftDataParams(files=files, block_size=48, demo={"enabled": False, **demo}),
                            split=SplitParams())
