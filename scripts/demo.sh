@@ -28,6 +28,10 @@ c = json.load(open("data/metrics/chat-eval.json"))
 print(f"exact match on {c['n_val_items']} held-out items: finetuned {c['finetuned_acc']:.3f}, best trivial rule "
       f"{c['best_baseline_acc']:.3f}: gain {c['gain_over_best_baseline']:+.3f} (95% interval {c['gain_ci_low']:+.3f} "
       f"to {c['gain_ci_high']:+.3f}, p = {c['gain_p_value']:.2g}); the base model {c['base_acc']:.3f}")
+if "finetuned_copy_repeat_top1" in c:  # what the questions need: reading a span back out of the context
+    print("copy probe (top-1 on a val span's repeat, first showing in brackets): " + ", ".join(
+        f"{n} {c[f'{n}_copy_repeat_top1']:.3f} ({c[f'{n}_copy_first_top1']:.3f})" for n in ("base", "finetuned", "rl")
+        if f"{n}_copy_repeat_top1" in c))
 if "rl_acc" in c:
     print(f"after the reward stage (rl): {c['rl_acc']:.3f}, {c['rl_gain_over_sft']:+.3f} over the finetuned model "
           f"(95% interval {c['rl_gain_over_sft_ci_low']:+.3f} to {c['rl_gain_over_sft_ci_high']:+.3f}, "

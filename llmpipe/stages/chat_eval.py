@@ -14,6 +14,10 @@ Conversations from instruction files have free-text answers that no exact match 
 stage reports each model's loss on the held-out answers (llmpipe.evals.answer_loss: nats per answer
 token and bits per byte), what finetuning took off the base model's (with a bootstrap interval), and a
 few replies beside their references.
+
+Every model also gets evaluate's copy probe (a val span shown twice: top-1 on the repeat against the
+first showing), since the demo's questions are answered by copying from the passage and finetuning can
+wear the copying down (docs/assistant.md).
 """
 
 from __future__ import annotations
@@ -28,6 +32,7 @@ import numpy as np
 from tokenizers import Tokenizer
 
 from llmpipe.evals.answer_loss import AnswerLoss, answer_losses
+from llmpipe.evals.copying import copy_probe
 from llmpipe.evals.trivial import (FILES, Baselines, Gain, baselines, case_of, chance, is_checkable, is_right,
                                    paired_gain)
 from llmpipe.model.gpt import GPT
@@ -35,6 +40,7 @@ from llmpipe.model.weights import WEIGHTS, is_pass_through, load_model
 from llmpipe.stages.registry import StageParams, StageResult, stage
 from llmpipe.tokens.chat import ChatFormat, prompt_and_reference
 from llmpipe.tokens.examples import read_conversations
+from llmpipe.tokens.loader import TokenData
 from llmpipe.training.generate import generate_batch
 from llmpipe.util.io import InputError, atomic_path
 
@@ -147,6 +153,7 @@ def run(params: StageParams, root: Path, sink=None) -> StageResult:
     free_prompts = [prompt_and_reference(c["messages"])[0] for c in free[: cfg.samples]]
     metrics: dict = {"n_val_items": len(conversations), "n_free_items": len(free)}
     replies, right, losses, free_replies = {}, {}, {}, {}
+    stream = TokenData(root / STAGE.inp("tokens"), "val").scored()[0] if cfg.copy_spans else None
     models = [("base", "base"), ("finetuned", "model")]
     rl_dir = root / STAGE.inp("rl")
     if (rl_dir / WEIGHTS).exists() and not is_pass_through(rl_dir):  # the reward stage's model, side by side
@@ -159,6 +166,10 @@ def run(params: StageParams, root: Path, sink=None) -> StageResult:
             acc, per_task, right[name] = score(conversations, replies[name])
             metrics[f"{name}_acc"] = round(acc, 4)
             metrics.update({f"{name}_acc_{task}": round(a, 4) for task, a in per_task.items()})
+        if cfg.copy_spans and (probe := copy_probe(model, stream, cfg.copy_spans, cfg.batch_size)):
+            metrics.update({f"{name}_{k}": round(probe[k], 4) for k in ("copy_repeat_top1", "copy_first_top1")})
+            log.info("chat-eval: %s model copies a val span's repeat with top-1 %.3f (first showing %.3f)", name,
+                     probe["copy_repeat_top1"], probe["copy_first_top1"])
         if free:
             losses[name] = answer_losses(model, fmt, free, cfg.batch_size)
             free_replies[name] = answers(model, fmt, free_prompts, cfg.max_new_tokens, cfg.batch_size)

@@ -158,7 +158,7 @@ STAGES: list[Stage] = [
     # the train items give the majority-answer baseline (issue 25)
     Stage("chat-eval", "exact match on held-out instructions: base, finetuned and rl side by side, vs trivial baselines",
           ("chat_eval",), {"base": "pretrain.model", "model": "finetune.model", "rl": "rl.model", "val": "sft-data.val",
-                           "train": "sft-data.train", "tokenizer": "tokenizer.tokenizer"},
+                           "train": "sft-data.train", "tokenizer": "tokenizer.tokenizer", "tokens": "tokenize.tokens"},
           {"samples": Out("data/chat_eval/samples.jsonl", "report")}),
 ]
 

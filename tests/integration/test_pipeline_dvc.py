@@ -11,9 +11,12 @@ from tokenizers import Tokenizer
 
 from llmpipe.config.evaluate import BaselineParams, EvaluateParams
 from llmpipe.data.playqa import normalize
+from llmpipe.evals.copying import copy_probe
 from llmpipe.evals.trivial import baselines, case_of, sign_test_p
+from llmpipe.model.weights import load_model
 from llmpipe.stages.registry import STAGE_NAMES as STAGES, stage
 from llmpipe.tokens.examples import read_conversations
+from llmpipe.tokens.loader import TokenData
 from llmpipe.tokens.shards import load_manifest
 
 from tests.conftest import TINY_PARAMS, clone_repo, run
@@ -129,6 +132,12 @@ def test_the_chat_stages_report_what_they_did(repro_repo):
     assert [s["finetuned_ok"] for s in samples] == [normalize(s["finetuned"]) == normalize(s["reference"]) for s in samples]
     ft = json.loads((data / "metrics" / "finetune.json").read_text())
     assert ft["steps"] == TINY_PARAMS["finetune"]["max_steps"] and (data / "finetune" / "checkpoints" / "state.json").exists()
+    # evaluate's copy probe on each model, over the whole val split (chat_eval.copy_spans)
+    stream = TokenData(data / "tokens", "val").scored()[0]
+    for name, folder in (("base", "model"), ("finetuned", "finetune/model"), ("rl", "rl/model")):
+        probe = copy_probe(load_model(data / folder), stream, 32, TINY_PARAMS["chat_eval"]["batch_size"])
+        assert (ev[f"{name}_copy_repeat_top1"], ev[f"{name}_copy_first_top1"]) == (
+            round(probe["copy_repeat_top1"], 4), round(probe["copy_first_top1"], 4)), name
     # the mixed pretraining rows' loss, apart from the answers' (finetune.mix)
     logged = (data / "plots" / "finetune.tsv").read_text().splitlines()
     assert logged[0].split("\t")[:4] == ["step", "loss", "answer_loss", "text_loss"] and ft["final_text_loss"] > 0
