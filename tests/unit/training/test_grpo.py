@@ -255,7 +255,7 @@ def test_chat_eval_scores_the_rl_model_beside_the_finetuned_one(tmp_path, fmt, w
     val = [conversation(i, NAMES[i % 2]) for i in range(6, 30)]
     write_examples(root / "data/sft/val", *packed([fmt.render(c["messages"]) for c in val], 32, fmt.eot), val)
     save_model(warm_model(warm_state), root / "data/model")
-    params = SimpleNamespace(chat_eval=ChatEvalParams(max_new_tokens=6, samples=len(val)))
+    params = SimpleNamespace(chat_eval=ChatEvalParams(max_new_tokens=6, samples=len(val), copy_spans=0))
     without = chat_eval.run(params, root).metrics
     assert "rl_acc" not in without  # no rl model yet: base and finetuned only
     rl_stage.run(SimpleNamespace(rl=RlParams(**{**CFG, "steps": 2})), root)
@@ -291,5 +291,5 @@ def test_disabled_rl_passes_the_finetuned_model_through_and_nothing_counts_it(tm
     assert chat_model(root) == root / "data/finetune/model"
     write_examples(root / "data/sft/val", *packed([fmt.render(free["messages"])], 32, fmt.eot), [free])
     save_model(warm_model(warm_state), root / "data/model")
-    metrics = chat_eval.run(SimpleNamespace(chat_eval=ChatEvalParams(max_new_tokens=4)), root).metrics
+    metrics = chat_eval.run(SimpleNamespace(chat_eval=ChatEvalParams(max_new_tokens=4, copy_spans=0)), root).metrics
     assert "rl_answer_loss" not in metrics and "finetuned_answer_loss" in metrics

@@ -76,7 +76,7 @@ def test_sft_data_and_finetune_take_the_file_unedited(workspace, tmp_path):
 
 def test_chat_eval_reports_the_held_out_answers_loss_before_and_after_finetuning(workspace):
     root, _, sft, _ = workspace
-    m = chat_eval.run(SimpleNamespace(chat_eval=ChatEvalParams(max_new_tokens=16, samples=3)), root).metrics
+    m = chat_eval.run(SimpleNamespace(chat_eval=ChatEvalParams(max_new_tokens=16, samples=3, copy_spans=0)), root).metrics
     assert m["n_free_items"] == sft["val_conversations"] and m["n_val_items"] == 0
     assert not any(k.endswith("_acc") for k in m)  # no exact match for free text
     assert m["finetuned_answer_loss"] < m["base_answer_loss"] and m["answer_loss_drop_ci_low"] > 0
