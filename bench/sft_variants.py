@@ -19,7 +19,7 @@ still a mean over the weighted tokens, so the answers' share of the gradient shr
 finetune's defaults (FinetuneParams, not params.yaml) with --steps and --lr; scoring is chat-eval's (greedy,
 32 new tokens) on every held-out item, beside the best trivial rule per type. Ends with
 
-    RESULT acc=<x> best_baseline_acc=<x> gain_over_best_baseline=<x> acc_<type>=<x> best_baseline_<type>=<x> ...
+    RESULT acc=<x> best_baseline_acc=<x> gain_over_best_baseline=<x> p_value=<x> acc_<type>=<x> best_baseline_<type>=<x> ...
            copy_repeat_top1_before=<x> copy_first_top1_before=<x> copy_repeat_top1_after=<x>
            copy_first_top1_after=<x> mix_rows=<k> n_val_items=<n> seconds=<x>
 """
@@ -136,7 +136,7 @@ def main() -> None:
     for c, reply in list(zip(held_out, replies))[:6]:
         print(f"{c['task']:8s} expected {prompt_and_reference(c['messages'])[1][:40]!r:44s} said {reply[:40]!r}")
     print(f"RESULT acc={acc:.3f} best_baseline_acc={versus['best_baseline_acc']:.3f}"
-          f" gain_over_best_baseline={versus['gain_over_best_baseline']:+.3f} "
+          f" gain_over_best_baseline={versus['gain_over_best_baseline']:+.3f} p_value={versus['gain_p_value']:.2g} "
           + " ".join(f"acc_{t}={a:.3f} best_baseline_{t}={versus[f'best_baseline_{t}']:.3f}" for t, a in per_task.items())
           + f" copy_repeat_top1_before={before['copy_repeat_top1']:.3f} copy_first_top1_before={before['copy_first_top1']:.3f}"
           f" copy_repeat_top1_after={after['copy_repeat_top1']:.3f} copy_first_top1_after={after['copy_first_top1']:.3f}"
