@@ -73,6 +73,11 @@ def score(conversations: list[dict], replies: list[str]) -> tuple[float, dict[st
     return acc, {task: sum(v) / len(v) for task, v in sorted(per.items())}, right
 
 
+def significant(p: float) -> float:
+    """A p-value to 6 significant digits: rounding to decimals made 5.6e-08 a 0 that the demo printed."""
+    return float(f"{p:.6g}")
+
+
 def baseline_metrics(conversations: list[dict], train: list[dict], right: list[bool], seed: int = 0,
                      resamples: int = 2000) -> tuple[dict, Baselines, Gain]:
     """The finetuned model's results (`right`, per item) against the trivial baselines: the metrics,
@@ -83,7 +88,7 @@ def baseline_metrics(conversations: list[dict], train: list[dict], right: list[b
     m: dict = {"best_baseline_acc": round(base.best_acc, 4),
                "majority_acc": round(sum(base.majority_right) / len(cases), 4),
                "gain_over_best_baseline": round(gain.gain, 4), "gain_ci_low": round(gain.ci_low, 4),
-               "gain_ci_high": round(gain.ci_high, 4), "gain_p_value": round(gain.p_value, 6),
+               "gain_ci_high": round(gain.ci_high, 4), "gain_p_value": significant(gain.p_value),
                "items_model_only_right": gain.model_only, "items_baseline_only_right": gain.baseline_only}
     type_gains = []
     for task, rules in base.acc.items():
@@ -99,7 +104,7 @@ def baseline_metrics(conversations: list[dict], train: list[dict], right: list[b
         best_right = [ok for c, ok in zip(cases, base.best_right) if c.task == task]
         per = paired_gain(mine, best_right, seed, resamples)
         m[f"gain_ci_low_{task}"], m[f"gain_ci_high_{task}"] = round(per.ci_low, 4), round(per.ci_high, 4)
-        m[f"gain_p_value_{task}"] = round(per.p_value, 6)
+        m[f"gain_p_value_{task}"] = significant(per.p_value)
     m.update({f"chance_{task}": round(p, 4) for task, p in chance(cases).items()})
     m["min_type_gain"] = round(min(type_gains), 4)
     return m, base, gain
@@ -112,7 +117,7 @@ def rl_metrics(conversations: list[dict], train: list[dict], right: dict[str, li
     m = {f"rl_{k}": v for k, v in against.items() if k.startswith(("gain", "min_type_gain", "items_"))}
     over = paired_gain(right["rl"], right["finetuned"], seed)
     m.update({"rl_gain_over_sft": round(over.gain, 4), "rl_gain_over_sft_ci_low": round(over.ci_low, 4),
-              "rl_gain_over_sft_ci_high": round(over.ci_high, 4), "rl_gain_over_sft_p_value": round(over.p_value, 6),
+              "rl_gain_over_sft_ci_high": round(over.ci_high, 4), "rl_gain_over_sft_p_value": significant(over.p_value),
               "items_rl_only_right": over.model_only, "items_sft_only_right": over.baseline_only})
     return m
 

@@ -95,6 +95,7 @@ def test_a_model_right_on_half_the_items_shows_its_true_gain():
     # a model right everywhere: +0.4, beyond doubt
     m, _, gain = baseline_metrics(val, train, [True] * 100)
     assert m["gain_over_best_baseline"] == 0.4 and gain.ci_low > 0.25 and gain.p_value < 1e-10
+    assert 0 < m["gain_p_value"] == pytest.approx(gain.p_value, rel=1e-5)  # significant digits, not a rounded 0
 
 
 def test_the_sign_test_is_the_exact_binomial_by_enumeration():
