@@ -74,6 +74,6 @@ class ChatEvalParams(Section):
     batch_size: Annotated[int, Field(ge=1, le=1024)] = 32
     samples: Annotated[int, Field(ge=0)] = 12  # conversations written to the samples file
     # evaluate's copy probe (llmpipe/evals/copying.py) on every model here, over this many spans of the
-    # whole val split (so the base model's equals evaluate's at max_tokens: null): does finetuning keep
-    # the copying the questions need? 0: not measured.
+    # whole val split (evaluate's spans when evaluate.max_tokens is null and both copy_spans agree):
+    # does finetuning keep the copying the questions need? 0: not measured.
     copy_spans: Annotated[int, Field(ge=0)] = 32

@@ -158,7 +158,9 @@ def run(params: StageParams, root: Path, sink=None) -> StageResult:
     free_prompts = [prompt_and_reference(c["messages"])[0] for c in free[: cfg.samples]]
     metrics: dict = {"n_val_items": len(conversations), "n_free_items": len(free)}
     replies, right, losses, free_replies = {}, {}, {}, {}
-    stream = TokenData(root / STAGE.inp("tokens"), "val").scored()[0] if cfg.copy_spans else None
+    stream = None  # the whole val split, checked against the tokenizer the models were trained with
+    if cfg.copy_spans:
+        stream = TokenData(root / STAGE.inp("tokens"), "val", tokenizer_path=root / STAGE.inp("tokenizer")).scored()[0]
     models = [("base", "base"), ("finetuned", "model")]
     rl_dir = root / STAGE.inp("rl")
     if (rl_dir / WEIGHTS).exists() and not is_pass_through(rl_dir):  # the reward stage's model, side by side
@@ -171,10 +173,16 @@ def run(params: StageParams, root: Path, sink=None) -> StageResult:
             acc, per_task, right[name] = score(conversations, replies[name])
             metrics[f"{name}_acc"] = round(acc, 4)
             metrics.update({f"{name}_acc_{task}": round(a, 4) for task, a in per_task.items()})
-        if cfg.copy_spans and (probe := copy_probe(model, stream, cfg.copy_spans, cfg.batch_size)):
-            metrics.update({f"{name}_{k}": round(probe[k], 4) for k in ("copy_repeat_top1", "copy_first_top1")})
-            log.info("chat-eval: %s model copies a val span's repeat with top-1 %.3f (first showing %.3f)", name,
-                     probe["copy_repeat_top1"], probe["copy_first_top1"])
+        if cfg.copy_spans:  # evaluate's batch of 8 rows: a row's logits take ~25 MB
+            probe = copy_probe(model, stream, cfg.copy_spans, min(cfg.batch_size, 8))
+            if probe:
+                metrics.update({f"{name}_{k}": round(probe[k], 4) for k in ("copy_repeat_top1", "copy_first_top1")})
+                metrics.update(copy_spans=probe["copy_spans"], copy_span_tokens=probe["copy_span_tokens"])
+                log.info("chat-eval: %s model copies a val span's repeat with top-1 %.3f (first showing %.3f)",
+                         name, probe["copy_repeat_top1"], probe["copy_first_top1"])
+            else:
+                log.warning("chat-eval: no copy probe: the %d val tokens hold no span of block_size // 2 = %d "
+                            "tokens (chat_eval.copy_spans)", len(stream), model.cfg.block_size // 2)
         if free:
             losses[name] = answer_losses(model, fmt, free, cfg.batch_size)
             free_replies[name] = answers(model, fmt, free_prompts, cfg.max_new_tokens, cfg.batch_size)

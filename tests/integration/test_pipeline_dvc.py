@@ -10,6 +10,7 @@ from mlflow.tracking import MlflowClient
 from tokenizers import Tokenizer
 
 from llmpipe.config.evaluate import BaselineParams, EvaluateParams
+from llmpipe.config.sft import ChatEvalParams
 from llmpipe.data.playqa import normalize
 from llmpipe.evals.copying import copy_probe
 from llmpipe.evals.trivial import baselines, case_of, sign_test_p
@@ -135,9 +136,10 @@ def test_the_chat_stages_report_what_they_did(repro_repo):
     # evaluate's copy probe on each model, over the whole val split (chat_eval.copy_spans)
     stream = TokenData(data / "tokens", "val").scored()[0]
     for name, folder in (("base", "model"), ("finetuned", "finetune/model"), ("rl", "rl/model")):
-        probe = copy_probe(load_model(data / folder), stream, 32, TINY_PARAMS["chat_eval"]["batch_size"])
+        probe = copy_probe(load_model(data / folder), stream, ChatEvalParams().copy_spans, 8)
         assert (ev[f"{name}_copy_repeat_top1"], ev[f"{name}_copy_first_top1"]) == (
             round(probe["copy_repeat_top1"], 4), round(probe["copy_first_top1"], 4)), name
+    assert ev["copy_spans"] == probe["copy_spans"] > 0
     # the mixed pretraining rows' loss, apart from the answers' (finetune.mix)
     logged = (data / "plots" / "finetune.tsv").read_text().splitlines()
     assert logged[0].split("\t")[:4] == ["step", "loss", "answer_loss", "text_loss"] and ft["final_text_loss"] > 0
