@@ -5,7 +5,6 @@ rows of the train split's pretraining tokens join every batch."""
 
 from __future__ import annotations
 
-import hashlib
 import logging
 import time
 from pathlib import Path
@@ -33,7 +32,7 @@ def mixed_text(root: Path, base_config: dict, identity: dict, locked: dict) -> T
     if model_with is not None and made_with != model_with:
         raise InputError(f"finetune.mix.rows: {token_dir / MANIFEST} was made with tokenizer {made_with[:12]}, the "
                          f"model in {root / STAGE.inp('model')} with {model_with[:12]}; re-run `dvc repro tokenize`")
-    identity["tokens_sha256"] = hashlib.sha256((token_dir / MANIFEST).read_bytes()).hexdigest()
+    identity["tokens_sha256"] = file_sha256(token_dir / MANIFEST)
     identity["tokens_dvc_md5"] = locked.get(str(STAGE.inp("tokens")))
     return text
 
