@@ -19,7 +19,7 @@ from typing import Any
 import yaml
 
 from llmpipe.util.envlock import environment_tags
-from llmpipe.util.io import InputError, dvc_lock_out_hashes, dvc_md5
+from llmpipe.util.io import InputError, dvc_lock_out_hashes, dvc_md5, load_yaml
 
 log = logging.getLogger(__name__)
 
@@ -61,7 +61,7 @@ def git_commit(root: Path) -> str | None:
 def dvc_lineage_tags(root: Path, stage: str) -> dict[str, str]:
     """dvc.lock hashes of the stage's deps that are upstream outs: the data versions it reads."""
     try:
-        deps = yaml.safe_load((root / "dvc.yaml").read_text())["stages"][stage].get("deps", [])
+        deps = load_yaml((root / "dvc.yaml").read_text())["stages"][stage].get("deps", [])
     except (OSError, KeyError, TypeError, yaml.YAMLError):
         return {}
     hashes = dvc_lock_out_hashes(root)

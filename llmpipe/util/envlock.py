@@ -45,8 +45,29 @@ def installed() -> dict[str, str]:
     metadata.distributions() over sys.path: once setuptools is imported, its _vendor folder is on
     sys.path and its vendored copies (older packaging, zipp, jaraco...) would count as installed."""
     paths = sorted({sysconfig.get_paths()["purelib"], sysconfig.get_paths()["platlib"]})
-    return {normalize(d.metadata["Name"]): d.version for d in metadata.distributions(path=paths)
-            if d.metadata["Name"]}
+    found = {}
+    for dist in metadata.distributions(path=paths):
+        name, version = name_and_version(dist)
+        if name:
+            found[normalize(name)] = version
+    return found
+
+
+def name_and_version(dist: metadata.Distribution) -> tuple[str | None, str | None]:
+    """Name and Version from the metadata file's header lines. `dist.metadata` hands the whole file
+    (long description included) to the email parser, and `dist.version` parses it again: 0.4 s over
+    this venv on a 2-core AVX2-only EPYC, paid twice by every stage's start."""
+    text = dist.read_text("METADATA") or dist.read_text("PKG-INFO")
+    if text is None:
+        return None, None
+    fields = {}
+    for line in text.splitlines():
+        if not line.strip():  # the header ends at the first blank line; the description follows
+            break
+        key, _, value = line.partition(":")
+        if key in ("Name", "Version") and key not in fields:
+            fields[key] = value.strip()
+    return fields.get("Name"), fields.get("Version")
 
 
 def this_platform() -> tuple[str, str]:

@@ -3,6 +3,7 @@ import logging
 import time
 from pathlib import Path
 
+import pytest
 import yaml
 from mlflow.tracking import MlflowClient
 
@@ -89,3 +90,16 @@ def test_stage_run_records_its_environment(tmp_path, monkeypatch):
     monkeypatch.setattr(envlock, "installed_lock", lambda: tmp_path / "absent.lock")
     tags = MlflowClient(tracking_uri(tmp_path)).get_run(start_stage_run(tmp_path, "exp", "filter", {}).run_id).data.tags
     assert tags["env.lock_sha256"] == "unlocked" and tags["env.lock"] == "none"
+
+
+def test_dvc_files_load_as_safe_yaml_does():
+    """load_yaml (libyaml's parser where PyYAML has it) reads the repository's dvc.yaml and params.yaml as
+    yaml.safe_load does, and refuses what safe_load refuses (a Python object tag)."""
+    from llmpipe.util.io import load_yaml
+
+    root = Path(__file__).resolve().parents[3]
+    for name in ("dvc.yaml", "params.yaml"):
+        text = (root / name).read_text()
+        assert load_yaml(text) == yaml.safe_load(text)
+    with pytest.raises(yaml.YAMLError):
+        load_yaml("!!python/object/apply:os.system ['true']")

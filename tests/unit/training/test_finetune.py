@@ -20,7 +20,7 @@ from llmpipe.tokens.bpe import train_tokenizer
 from llmpipe.tokens.chat import ChatFormat, Rendered
 from llmpipe.tokens.examples import packed, padded, read_conversations, read_examples, write_examples
 from llmpipe.tokens.loader import TokenData
-from llmpipe.training.finetune import MIX_STREAM, Examples, finetune, masked_loss, training_batch
+from llmpipe.training.finetune import MIX_STREAM, Examples, finetune, masked_loss, token_losses, training_batch
 from llmpipe.util.io import InputError
 from tests.toy_tokens import write_toy_tokens
 
@@ -81,6 +81,29 @@ def test_masked_loss_counts_only_the_masked_targets():
     y2[m == 0] = 7  # unmasked targets do not matter
     assert torch.allclose(masked_loss(model, x, y2, m), expected, atol=1e-6)
 
+
+
+def test_kept_targets_give_the_full_losses_and_gradients():
+    """Only the weighted targets go through the output layer (token_losses' `keep`): the loss, every
+    gradient and the kept targets' losses are those of the full computation; the others read 0."""
+    torch.manual_seed(0)
+    model = GPT(GPTConfig(vocab_size=50, n_layer=2, n_head=2, d_model=16, block_size=8))
+    x, y = torch.randint(0, 50, (3, 8)), torch.randint(0, 50, (3, 8))
+    m = torch.zeros(3, 8)
+    m[0, 5:], m[1, 2], m[2, :] = 1, 1, 0.1  # answers, and a row of mixed text at its weight
+    runs = []
+    for keep in (None, m > 0):
+        model.zero_grad()
+        ce = token_losses(model, x, y, keep)
+        loss = (ce * m).sum() / m.sum()
+        loss.backward()
+        runs.append((loss.detach(), ce.detach(), [p.grad.clone() for p in model.parameters()]))
+    (full_loss, full_ce, full_grads), (kept_loss, kept_ce, kept_grads) = runs
+    assert torch.allclose(kept_loss, full_loss, atol=1e-6)
+    assert torch.allclose(kept_ce[m > 0], full_ce[m > 0], atol=1e-6) and not kept_ce[m == 0].any()
+    for a, b in zip(full_grads, kept_grads):
+        assert torch.allclose(a, b, atol=1e-6)
+    assert all(g.abs().sum() > 0 for g in kept_grads)  # every weight learns from the kept targets
 
 def _toy_examples(root: Path, fmt: ChatFormat) -> tuple[Path, Path]:
     convs = [[{"role": "user", "content": f"Who says line {i}?"}, {"role": "assistant", "content": f"Hamlet {i}"}]
@@ -161,7 +184,6 @@ def test_the_logged_losses_are_the_answers_the_text_and_their_weighted_mean(tmp_
     from tokenizers import Tokenizer
 
     from llmpipe.stages.finetune import mixed_text
-    from llmpipe.training.finetune import token_losses
 
     train_dir, val_dir = _toy_examples(tmp_path, ChatFormat(Tokenizer.from_file(str(tokenizer_file))))
     text = TokenData(write_toy_tokens(tmp_path / "tokens", vocab=300), "train")
