@@ -18,11 +18,9 @@ from __future__ import annotations
 import subprocess
 from pathlib import Path
 
-import yaml
-
 from llmpipe.stages.registry import STAGES
 from llmpipe.util import envlock
-from llmpipe.util.io import InputError
+from llmpipe.util.io import InputError, load_yaml
 
 # The data outputs of the registry's stages: what a model is made of (reports, plots, metrics and
 # training state are not lineage).
@@ -37,11 +35,11 @@ def read_lock(root: Path, commit: str | None = None) -> dict:
         path = root / "dvc.lock"
         if not path.exists():
             raise InputError(f"{path}: not found (run `dvc repro` first)")
-        return yaml.safe_load(path.read_text()) or {}
+        return load_yaml(path.read_text()) or {}
     proc = subprocess.run(["git", "show", f"{commit}:dvc.lock"], cwd=root, capture_output=True, text=True)
     if proc.returncode != 0:
         raise InputError(f"dvc.lock at {commit}: {proc.stderr.strip() or 'not found'}")
-    return yaml.safe_load(proc.stdout) or {}
+    return load_yaml(proc.stdout) or {}
 
 
 def resolve_commit(root: Path, rev: str) -> str | None:

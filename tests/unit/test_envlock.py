@@ -125,3 +125,12 @@ def test_the_header_reader_agrees_with_importlib_metadata(tmp_path):
                                    "Name: not-this\nVersion: 9.9\n")
     (dist,) = metadata.distributions(path=[str(tmp_path)])
     assert envlock.name_and_version(dist) == ("zz-pkg", "2.0")
+    # a folded header line before Name, lower-case field names, and a legacy .egg-info file (not a folder)
+    other = tmp_path / "other"
+    (other / "yy_pkg-1.0.dist-info").mkdir(parents=True)
+    (other / "yy_pkg-1.0.dist-info" / "METADATA").write_text(
+        "Metadata-Version: 2.1\nLicense: line one\n  \n  line three\nname: yy-pkg\nversion: 1.0\n\nbody\n")
+    (other / "xx_legacy-3.1-py3.11.egg-info").write_text("Metadata-Version: 1.0\nName: xx-legacy\nVersion: 3.1\n")
+    found = {envlock.name_and_version(d) for d in metadata.distributions(path=[str(other)])}
+    assert found == {(d.metadata["Name"], d.version) for d in metadata.distributions(path=[str(other)])}
+    assert found == {("yy-pkg", "1.0"), ("xx-legacy", "3.1")}

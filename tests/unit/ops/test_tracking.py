@@ -93,12 +93,12 @@ def test_stage_run_records_its_environment(tmp_path, monkeypatch):
 
 
 def test_dvc_files_load_as_safe_yaml_does():
-    """load_yaml (libyaml's parser where PyYAML has it) reads the repository's dvc.yaml and params.yaml as
-    yaml.safe_load does, and refuses what safe_load refuses (a Python object tag)."""
+    """load_yaml (libyaml's parser where PyYAML has it) reads the repository's dvc.yaml, dvc.lock and
+    params.yaml as yaml.safe_load does, and refuses what safe_load refuses (a Python object tag)."""
     from llmpipe.util.io import load_yaml
 
     root = Path(__file__).resolve().parents[3]
-    for name in ("dvc.yaml", "params.yaml"):
+    for name in ("dvc.yaml", "dvc.lock", "params.yaml"):
         text = (root / name).read_text()
         assert load_yaml(text) == yaml.safe_load(text)
     with pytest.raises(yaml.YAMLError):

@@ -82,28 +82,35 @@ def test_masked_loss_counts_only_the_masked_targets():
     assert torch.allclose(masked_loss(model, x, y2, m), expected, atol=1e-6)
 
 
-
-def test_kept_targets_give_the_full_losses_and_gradients():
+@pytest.mark.parametrize("autocast", [False, True], ids=["fp32", "bf16-autocast"])
+def test_kept_targets_give_the_full_losses_and_gradients(autocast):
     """Only the weighted targets go through the output layer (token_losses' `keep`): the loss, every
-    gradient and the kept targets' losses are those of the full computation; the others read 0."""
+    gradient and the kept targets' losses are those of the full computation; the others read 0. A
+    batch with no weighted target gives a zero loss and zero gradients, not NaN."""
     torch.manual_seed(0)
     model = GPT(GPTConfig(vocab_size=50, n_layer=2, n_head=2, d_model=16, block_size=8))
     x, y = torch.randint(0, 50, (3, 8)), torch.randint(0, 50, (3, 8))
     m = torch.zeros(3, 8)
     m[0, 5:], m[1, 2], m[2, :] = 1, 1, 0.1  # answers, and a row of mixed text at its weight
-    runs = []
-    for keep in (None, m > 0):
+
+    def run(keep, weights):
         model.zero_grad()
-        ce = token_losses(model, x, y, keep)
-        loss = (ce * m).sum() / m.sum()
+        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=autocast):
+            ce = token_losses(model, x, y, keep)
+        loss = (ce * weights).sum() / weights.sum().clamp(min=1.0)
         loss.backward()
-        runs.append((loss.detach(), ce.detach(), [p.grad.clone() for p in model.parameters()]))
-    (full_loss, full_ce, full_grads), (kept_loss, kept_ce, kept_grads) = runs
+        return loss.detach(), ce.detach(), [p.grad.clone() for p in model.parameters()]
+
+    (full_loss, full_ce, full_grads), (kept_loss, kept_ce, kept_grads) = run(None, m), run(m > 0, m)
     assert torch.allclose(kept_loss, full_loss, atol=1e-6)
     assert torch.allclose(kept_ce[m > 0], full_ce[m > 0], atol=1e-6) and not kept_ce[m == 0].any()
     for a, b in zip(full_grads, kept_grads):
         assert torch.allclose(a, b, atol=1e-6)
     assert all(g.abs().sum() > 0 for g in kept_grads)  # every weight learns from the kept targets
+    none = torch.zeros_like(m)
+    loss, ce, grads = run(none > 0, none)
+    assert loss == 0 and not ce.any() and all(torch.isfinite(g).all() and not g.any() for g in grads)
+
 
 def _toy_examples(root: Path, fmt: ChatFormat) -> tuple[Path, Path]:
     convs = [[{"role": "user", "content": f"Who says line {i}?"}, {"role": "assistant", "content": f"Hamlet {i}"}]
