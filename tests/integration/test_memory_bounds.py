@@ -34,7 +34,10 @@ from llmpipe.stages.registry import output
 MB = 1_000_000
 FEW, MANY = 4, 12
 BUFFER = 4 * MB  # every stage's byte bound in this test
-GROWTH = 64 * MB  # allocator noise (measured 7-47 MB); before the bounds: 208-305 MB
+# Allocator noise: 7-47 MB measured alone; 72 MB once for tokenize inside the full suite on a 2-core
+# AVX2-only EPYC (2026-12-07; 4 of 4 runs of this file alone passed at 64 MB). A peak that follows the
+# document count grew 208-305 MB before the bounds, so 96 MB still tells the two apart.
+GROWTH = 96 * MB
 # measured: scrape ~9, filter ~19, tokenize ~22 (~45 while tiktoken's ids came back as Python ints, whose
 # freed objects also fragmented the heap so that the peak crept up ~60 MB from 4 to 12 documents), dedup
 # ~29 (80-100 before its shingling went piece by piece)
