@@ -102,10 +102,14 @@ def test_kept_targets_give_the_full_losses_and_gradients(autocast):
         return loss.detach(), ce.detach(), [p.grad.clone() for p in model.parameters()]
 
     (full_loss, full_ce, full_grads), (kept_loss, kept_ce, kept_grads) = run(None, m), run(m > 0, m)
-    assert torch.allclose(kept_loss, full_loss, atol=1e-6)
-    assert torch.allclose(kept_ce[m > 0], full_ce[m > 0], atol=1e-6) and not kept_ce[m == 0].any()
+    # fp32: equal to rounding. bf16: the output layer's products are bf16 and a CPU with bf16 units may
+    # block a 24-row product differently from a 13-row one, so a result can differ by a bf16 step (2^-8)
+    close = dict(rtol=1e-5, atol=1e-6) if not autocast else dict(rtol=2 ** -6, atol=1e-3)
+    torch.testing.assert_close(kept_loss, full_loss, **close)
+    torch.testing.assert_close(kept_ce[m > 0], full_ce[m > 0], **close)
+    assert not kept_ce[m == 0].any()
     for a, b in zip(full_grads, kept_grads):
-        assert torch.allclose(a, b, atol=1e-6)
+        torch.testing.assert_close(b, a, **close)
     assert all(g.abs().sum() > 0 for g in kept_grads)  # every weight learns from the kept targets
     none = torch.zeros_like(m)
     loss, ce, grads = run(none > 0, none)
