@@ -2,7 +2,7 @@
 on the held-out items per type, with the copy probe (llmpipe/evals/copying.py) before and after.
 
     python bench/sft_variants.py [--root .] [--model DIR] [--steps 150] [--lr 1e-3] [--prompt-weight 0]
-                                 [--random-passages 0] [--mix-rows 0] [--seed 0]
+                                 [--random-passages 0] [--mix-rows 0] [--mix-target-share 1] [--seed 0]
 
 Needs data/model, data/tokenizer and data/sft (after `dvc repro sft-data pretrain`). Variants:
 --prompt-weight W puts the loss on the user's turn too, at weight W (the quoted line of a next-line or
@@ -93,6 +93,8 @@ def main() -> None:
     ap.add_argument("--mix-rows", type=int, default=0)
     ap.add_argument("--mix-repeat-share", type=float, default=0.5)
     ap.add_argument("--mix-weight", type=float, default=0.1)
+    ap.add_argument("--mix-target-share", type=float, default=1.0,
+                    help="of the mixed rows' targets, the share put through the output layer (finetune.mix.target_share)")
     ap.add_argument("--model", type=Path, default=None, help="the model to finetune (default: ROOT/data/model)")
     ap.add_argument("--seed", type=int, default=0)
     args = ap.parse_args()
@@ -101,6 +103,8 @@ def main() -> None:
     if args.mix_rows < 0 or args.mix_weight < 0 or not 0.0 <= args.mix_repeat_share <= 1.0:
         ap.error(f"--mix-rows {args.mix_rows} and --mix-weight {args.mix_weight} take at least 0, "
                  f"--mix-repeat-share {args.mix_repeat_share} a share from 0 to 1")
+    if not 0.0 < args.mix_target_share <= 1.0:
+        ap.error(f"--mix-target-share is a share above 0, at most 1 (got {args.mix_target_share})")
     t0 = time.perf_counter()
     root, sft = args.root, args.root / "data/sft"
     model_dir = args.model or root / "data/model"
@@ -115,7 +119,8 @@ def main() -> None:
     train = read_conversations(sft / "train")
     tokens, weights = training_rows(train, fmt, base.cfg.block_size, args.prompt_weight, args.random_passages,
                                     args.seed)
-    mix = {"rows": args.mix_rows, "repeat_share": args.mix_repeat_share, "weight": args.mix_weight}
+    mix = {"rows": args.mix_rows, "repeat_share": args.mix_repeat_share, "weight": args.mix_weight,
+           "target_share": args.mix_target_share}
     cfg = FinetuneParams(max_steps=args.steps, lr=args.lr, seed=1337 + args.seed, device="cpu", eval_interval=10**9,
                          checkpoint_interval=10**9, log_interval=50, mix=mix if args.mix_rows else {})
     original = finetune_module.read_examples

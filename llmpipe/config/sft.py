@@ -39,13 +39,16 @@ class SftDataParams(Section):
 class PretrainingMix(Section):
     """Rows of the train split's pretraining text replayed in every finetuning micro-batch (as
     InstructGPT's PPO-ptx mixes pretraining gradients in): finetuning alone wears down the base
-    model's copying (its induction heads), which the passage questions need (docs/assistant.md, issue 26)."""
+    model's copying (at half the context back, docs/assistant.md), which the passage questions need (issue 26)."""
 
     rows: Annotated[int, Field(ge=0, le=4096)] = 0  # per micro-batch; 0: none
     # of them showing their first half twice (pretrain.repeat_share's rows), which only copying predicts
     repeat_share: Annotated[float, Field(ge=0.0, le=1.0)] = 0.5
     # loss weight of each of their tokens (an answer token weighs 1); the loss is the weighted mean
     weight: Annotated[float, Field(gt=0.0, le=1.0)] = 0.1
+    # of their targets, the share that goes through the output layer, each at weight / target_share (the
+    # same loss in expectation): on a small model the 8,192-word output layer is most of a text row's cost
+    target_share: Annotated[float, Field(gt=0.0, le=1.0)] = 1.0
 
     @model_validator(mode="after")
     def _repeats_a_row(self) -> "PretrainingMix":

@@ -77,13 +77,25 @@ def masked_loss(model: GPT, x, y, m) -> torch.Tensor:
 
 def training_batch(train: Examples, text: TokenData | None, cfg: FinetuneParams, step: int, micro: int):
     """Batch (step, micro): micro_batch_size example rows, then cfg.mix.rows rows of pretraining text
-    (cut to the examples' row length) whose targets all weigh cfg.mix.weight."""
+    (cut to the examples' row length), their targets weighted by `mix_weights`."""
     x, y, m = train.batch(cfg.seed, step, micro, cfg.micro_batch_size)
     if not cfg.mix.rows:
         return x, y, m
     tx, ty = text.random_batch(step, micro, cfg.mix.rows, x.size(1), cfg.seed, stream=MIX_STREAM,
                                repeat_share=cfg.mix.repeat_share)
-    return torch.cat([x, tx]), torch.cat([y, ty]), torch.cat([m, torch.full(tx.shape, cfg.mix.weight)])
+    return torch.cat([x, tx]), torch.cat([y, ty]), torch.cat([m, mix_weights(cfg, step, micro, tx.shape)])
+
+
+def mix_weights(cfg: FinetuneParams, step: int, micro: int, shape) -> torch.Tensor:
+    """The text rows' loss weights: cfg.mix.weight on every target, or with target_share < 1 on a seeded
+    draw of that share of them at weight / target_share (0 elsewhere: never computed), a pure function of
+    (seed, step, micro) like the rows themselves, so a resumed run draws the same targets."""
+    share = cfg.mix.target_share
+    if share >= 1.0:
+        return torch.full(shape, cfg.mix.weight)
+    rng = np.random.default_rng([cfg.seed, step, micro, MIX_STREAM])
+    kept = torch.from_numpy(rng.random(tuple(shape)) < share)
+    return kept.float() * (cfg.mix.weight / share)
 
 
 @torch.no_grad()
@@ -150,7 +162,9 @@ def finetune(cfg: FinetuneParams, model: GPT, train_dir: Path, val_dir: Path, ck
             loss_sum += float(loss.detach())
             ce, answers = ce.detach(), slice(0, x.size(0) - n_text)  # the examples' loss and the text's apart
             answer_sum += float((ce[answers] * m[answers]).sum() / m[answers].sum().clamp(min=1.0))
-            text_sum += float(ce[x.size(0) - n_text:].mean()) if n_text else 0.0
+            if n_text:  # the mean over the text targets computed (all, or target_share's draw)
+                kept = m[x.size(0) - n_text:] > 0
+                text_sum += float(ce[x.size(0) - n_text:][kept].sum() / kept.sum().clamp(min=1))
             targets += float(m[answers].sum())
         loss_val = loss_sum / cfg.grad_accum_steps
         if not math.isfinite(loss_val):

@@ -191,6 +191,40 @@ def test_mixed_pretraining_rows_join_each_batch_at_their_weight_and_resume_exact
     FinetuneParams(mix={"rows": 8, "repeat_share": 0.0625})  # the share the message names is accepted
 
 
+
+def test_a_target_share_computes_a_seeded_draw_of_the_text_targets_at_the_same_expected_weight(tmp_path, tokenizer_file):
+    from tokenizers import Tokenizer
+
+    train_dir, val_dir = _toy_examples(tmp_path, ChatFormat(Tokenizer.from_file(str(tokenizer_file))))
+    text = TokenData(write_toy_tokens(tmp_path / "tokens", vocab=300), "train")
+    mix = {"rows": 4, "repeat_share": 0.5, "weight": 0.1, "target_share": 0.25}
+    cfg = FinetuneParams(max_steps=6, micro_batch_size=3, warmup_steps=1, precision="fp32", checkpoint_interval=2,
+                         eval_interval=3, log_interval=1, eval_batches=1, threads=1, mix=mix)
+    examples = Examples(train_dir, 32)
+    x, y, m = training_batch(examples, text, cfg, step=2, micro=0)
+    full = training_batch(examples, text, FinetuneParams(**{**cfg.model_dump(), "mix": {**mix, "target_share": 1.0}}), 2, 0)
+    assert torch.equal(x, full[0]) and torch.equal(y, full[1]) and torch.equal(m[:3], full[2][:3])  # same rows
+    kept = m[3:] > 0
+    assert bool(torch.isclose(m[3:][kept], torch.tensor(0.4)).all())  # weight / share on what is computed
+    assert 0 < int(kept.sum()) < kept.numel()
+    again = training_batch(examples, text, cfg, step=2, micro=0)[2]
+    assert torch.equal(again, m) and not torch.equal(training_batch(examples, text, cfg, step=3, micro=0)[2][3:], m[3:])
+    draws = torch.cat([training_batch(examples, text, cfg, step=s, micro=0)[2][3:] for s in range(200)])
+    assert abs(float((draws > 0).float().mean()) - 0.25) < 0.01  # 25,600 targets: 8 standard errors
+    assert abs(float(draws.mean()) - 0.1) < 0.004  # the expected weight of a target is the full mix's
+
+    def base():
+        torch.manual_seed(0)
+        return GPT(GPTConfig(vocab_size=300, n_layer=1, n_head=2, d_model=16, block_size=32))
+
+    whole = finetune(cfg, base(), train_dir, val_dir, tmp_path / "ck_a", {"t": 1}, text=text)
+    finetune(cfg, base(), train_dir, val_dir, tmp_path / "ck_b", {"t": 1}, stop_after=3, text=text)
+    resumed = finetune(cfg, base(), train_dir, val_dir, tmp_path / "ck_b", {"t": 1}, text=text)
+    a, b = model_state(whole.model), model_state(resumed.model)
+    assert all(torch.equal(a[k], b[k]) for k in a)
+    with pytest.raises(ValidationError, match="target_share"):
+        FinetuneParams(mix={"rows": 4, "target_share": 0.0})
+
 def test_the_logged_losses_are_the_answers_the_text_and_their_weighted_mean(tmp_path, tokenizer_file):
     from tokenizers import Tokenizer
 
