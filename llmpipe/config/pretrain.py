@@ -133,9 +133,9 @@ class PretrainParams(TrainingRun):
     # than this has no warm-up).
     seq_warmup_min: Annotated[int, Field(ge=1)] = 64
     # This share of each batch's rows shows its first half twice: natural text whose second showing
-    # only copying from the context predicts (issue 26: the small model's corpus alone gives it no
-    # induction heads in a few thousand steps). During the sequence-length warm-up a cut row holds
-    # no repeat.
+    # only copying from the context predicts (issue 26). Every repeat is half a row back, so what a
+    # small model learns from them is a copy from that one distance, not induction by content
+    # (docs/assistant.md). During the sequence-length warm-up a cut row holds no repeat.
     repeat_share: Annotated[float, Field(ge=0.0, le=1.0)] = 0.0
 
     @model_validator(mode="after")

@@ -9,6 +9,13 @@ second showing are set beside the first. A model that copies predicts the repeat
 one that does not scores both showings alike. Beside them, the copy rule (predict the token that followed
 the latest earlier occurrence of the longest suffix seen before) is the trivial rule that reads the
 context alone.
+
+That probe repeats at one distance, half the context, and a model can learn to copy from exactly that
+far back without matching content: `pretrain.repeat_share`'s rows repeated at the same distance, and
+models trained with them scored 0.95-0.97 on the repeat at half the context but 0.20-0.32, as without
+copying, at any other distance, 127 tokens included (docs/assistant.md). So `varied_copy_probe` repeats
+spans of lengths spread from block_size // 16 to block_size // 2 - 1, each after natural text: only a
+model that finds the earlier occurrence by its content, as the passage questions need, reads those repeats.
 """
 
 from __future__ import annotations
@@ -45,6 +52,18 @@ def copy_rule(row: np.ndarray, positions: range, longest: int = 8) -> np.ndarray
     return guess
 
 
+def _scored(model: GPT, rows: np.ndarray, batch_size: int, device) -> tuple[np.ndarray, np.ndarray]:
+    """Per-target loss (nats) and top-1 hit of each row's tokens after its first, `batch_size` rows a pass."""
+    losses, hits = [], []
+    for b in range(0, len(rows), batch_size):
+        x = torch.from_numpy(rows[b : b + batch_size, :-1]).to(device)
+        y = torch.from_numpy(rows[b : b + batch_size, 1:]).to(device)
+        logits, _ = model(x)
+        losses.append(F.cross_entropy(logits.float().transpose(1, 2), y, reduction="none").cpu().numpy())
+        hits.append((logits.argmax(-1) == y).cpu().numpy())
+    return np.concatenate(losses), np.concatenate(hits)
+
+
 @torch.no_grad()
 def copy_probe(model: GPT, stream: np.ndarray, spans: int, batch_size: int = 8) -> dict:
     """Loss (nats per token) and top-1 accuracy on a span's first and second showing, and the copy
@@ -58,14 +77,7 @@ def copy_probe(model: GPT, stream: np.ndarray, spans: int, batch_size: int = 8) 
     model.eval()
     device = next(model.parameters()).device
     rows = np.stack([np.concatenate([stream[s : s + length]] * 2).astype(np.int64) for s in starts])
-    losses, hits = [], []
-    for b in range(0, len(rows), batch_size):
-        x = torch.from_numpy(rows[b : b + batch_size, :-1]).to(device)
-        y = torch.from_numpy(rows[b : b + batch_size, 1:]).to(device)
-        logits, _ = model(x)
-        losses.append(F.cross_entropy(logits.float().transpose(1, 2), y, reduction="none").cpu().numpy())
-        hits.append((logits.argmax(-1) == y).cpu().numpy())
-    loss, top1 = np.concatenate(losses), np.concatenate(hits)
+    loss, top1 = _scored(model, rows, batch_size, device)
     # target j is row[j + 1]: the first showing's are 0..length-2, the repeat's length..2*length-2
     first, second = slice(0, length - 1), slice(length, 2 * length - 1)
     repeat = range(length, 2 * length - 1)
@@ -75,3 +87,36 @@ def copy_probe(model: GPT, stream: np.ndarray, spans: int, batch_size: int = 8) 
             "copy_gain_nats": float(loss[:, first].mean() - loss[:, second].mean()),
             "copy_first_top1": float(top1[:, first].mean()), "copy_repeat_top1": float(top1[:, second].mean()),
             "copy_rule_top1": float(rule.mean())}
+
+
+def varied_lengths(block: int, count: int) -> list[int]:
+    """Span lengths of the varied probe: `count` of them spread from block // 16 to block // 2 - 1 (never
+    the half context at which the other probe, and repeat_share's rows, repeat)."""
+    low, high = max(2, block // 16), block // 2 - 1
+    return [int(round(v)) for v in np.linspace(low, high, count)] if high >= low else []
+
+
+@torch.no_grad()
+def varied_copy_probe(model: GPT, stream: np.ndarray, spans: int, batch_size: int = 8) -> dict:
+    """Top-1 and loss on the repeat of a val span against its first showing, over `spans` rows of a context's
+    length: natural val text, then its last L tokens again, L from `varied_lengths` (one per row). The
+    targets are a showing's tokens after its first, as in copy_probe. {} when no row fits."""
+    block = model.cfg.block_size
+    lengths = varied_lengths(block, spans)
+    starts = span_starts(len(stream), block - max(lengths, default=0), len(lengths)) if lengths else []
+    if len(starts) < len(lengths):
+        return {}
+    model.eval()
+    device = next(model.parameters()).device
+    rows, first, repeat = [], np.zeros((len(lengths), block - 1), bool), np.zeros((len(lengths), block - 1), bool)
+    for i, (s, length) in enumerate(zip(starts, lengths)):
+        text = stream[s : s + block - length].astype(np.int64)
+        rows.append(np.concatenate([text, text[-length:]]))
+        # target j is row[j + 1]; the first showing is row[block - 2L : block - L], the repeat row[block - L :]
+        first[i, block - 2 * length : block - length - 1] = True
+        repeat[i, block - length : block - 1] = True
+    rows = np.stack(rows)
+    loss, top1 = _scored(model, rows, batch_size, device)
+    return {"copy_varied_spans": len(rows), "copy_varied_min_tokens": min(lengths), "copy_varied_max_tokens": max(lengths),
+            "copy_varied_first_top1": float(top1[first].mean()), "copy_varied_repeat_top1": float(top1[repeat].mean()),
+            "copy_varied_gain_nats": float(loss[first].mean() - loss[repeat].mean())}

@@ -32,7 +32,7 @@ import numpy as np
 from tokenizers import Tokenizer
 
 from llmpipe.evals.answer_loss import AnswerLoss, answer_losses
-from llmpipe.evals.copying import copy_probe
+from llmpipe.evals.copying import copy_probe, varied_copy_probe
 from llmpipe.evals.trivial import (FILES, Baselines, Gain, baselines, case_of, chance, is_checkable, is_right,
                                    paired_gain)
 from llmpipe.model.gpt import GPT
@@ -183,6 +183,8 @@ def run(params: StageParams, root: Path, sink=None) -> StageResult:
             else:
                 log.warning("chat-eval: no copy probe: the %d val tokens hold no span of block_size // 2 = %d "
                             "tokens (chat_eval.copy_spans)", len(stream), model.cfg.block_size // 2)
+            if varied := varied_copy_probe(model, stream, cfg.copy_spans, min(cfg.batch_size, 8)):
+                metrics.update({f"{name}_{k}": round(varied[k], 4) for k in ("copy_varied_repeat_top1", "copy_varied_first_top1")})
         if free:
             losses[name] = answer_losses(model, fmt, free, cfg.batch_size)
             free_replies[name] = answers(model, fmt, free_prompts, cfg.max_new_tokens, cfg.batch_size)

@@ -11,7 +11,7 @@ from pathlib import Path
 from tokenizers import Tokenizer
 
 from llmpipe.evals.baselines import baseline_metrics
-from llmpipe.evals.copying import copy_probe
+from llmpipe.evals.copying import copy_probe, varied_copy_probe
 from llmpipe.model.weights import load_model
 from llmpipe.stages.registry import StageParams, StageResult, stage
 from llmpipe.tokens.bpe import token_byte_lengths, token_bytes
@@ -43,6 +43,11 @@ def run(params: StageParams, root: Path, sink=None) -> StageResult:
         else:
             log.warning("evaluate: no copy probe: the %d scored val tokens hold no span of block_size // 2 = %d "
                         "tokens (evaluate.copy_spans)", len(stream), model.cfg.block_size // 2)
+        if varied := varied_copy_probe(model, stream, cfg.copy_spans, cfg.batch_size):
+            metrics.update(varied)  # copying found by content: spans of other lengths than the half context
+            log.info("evaluate: spans of %d-%d tokens shown twice: top-1 %.3f on the repeat against %.3f",
+                     varied["copy_varied_min_tokens"], varied["copy_varied_max_tokens"],
+                     varied["copy_varied_repeat_top1"], varied["copy_varied_first_top1"])
     metrics["model_seconds"] = round(time.perf_counter() - t0, 3)
     log.info("evaluate: val loss %.4f, perplexity %.2f, %.4f bits per byte over %d tokens",
              metrics["val_loss"], metrics["perplexity"], metrics["bits_per_byte"], metrics["tokens"])

@@ -130,9 +130,9 @@ def repeat_picks(step: int, micro_step: int, rows: int, seed: int, rank: int | N
     """Which of `rank`'s rows of global batch (step, micro_step) repeat their first half (a bool per
     row; rank None: all ranks' rows in rank order): repeat_count(share, the global batch's rows) of
     them, drawn from (seed, stream, step, micro_step) alone, so N ranks together pick the rows one
-    process would. A repeated half is natural text that only copying from the context predicts: rows
-    like these give a small model induction heads (docs/assistant.md), which its corpus alone does not
-    in a few thousand steps."""
+    process would. A repeated half is natural text that only copying from the context predicts; since
+    every repeat sits half a row back, a small model learns to copy from that one distance, not induction
+    by content (docs/assistant.md, "The copying was one distance")."""
     total = rows * world
     chosen = np.random.default_rng([seed, stream, step, micro_step, 1]).permutation(total)[: repeat_count(share, total)]
     mask = np.zeros(total, dtype=bool)

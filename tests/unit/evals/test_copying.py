@@ -5,7 +5,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from llmpipe.evals.copying import copy_probe, copy_rule, span_starts
+from llmpipe.evals.copying import copy_probe, copy_rule, span_starts, varied_copy_probe, varied_lengths
 from llmpipe.model.gpt import GPT, GPTConfig
 
 VOCAB = 64
@@ -83,3 +83,38 @@ def test_the_probe_scores_exactly_the_predictable_targets():
 
 def test_no_span_fits_no_figures():
     assert copy_probe(tiny(), np.arange(20) % VOCAB, 8) == {}  # a stream shorter than a span
+
+
+class Copier(torch.nn.Module):
+    """Predicts each next token by a rule over the row: `offset` copies the token that many positions back
+    (a head that learned one distance); None reads the context as the copy rule does (by content)."""
+
+    def __init__(self, offset: int | None):
+        super().__init__()
+        self.cfg = GPTConfig(n_layer=1, n_head=1, d_model=8, block_size=64, vocab_size=VOCAB)
+        self.offset = offset
+        self.anchor = torch.nn.Parameter(torch.zeros(1))
+
+    def forward(self, x):
+        rows = x.numpy()
+        if self.offset is None:
+            nxt = np.stack([copy_rule(r, range(len(r))) for r in rows]).clip(min=0)
+        else:  # target t + 1 read from t + 1 - offset
+            nxt = np.zeros_like(rows)
+            nxt[:, self.offset - 1 :] = rows[:, : rows.shape[1] - self.offset + 1]
+        return F.one_hot(torch.from_numpy(nxt), VOCAB).float() * 10, None
+
+
+def test_the_varied_probe_tells_a_one_distance_copier_from_one_that_matches_content():
+    stream = np.random.default_rng(2).integers(0, VOCAB, 4000)
+    lengths = varied_lengths(64, 16)
+    assert lengths[0] == 4 and lengths[-1] == 31 and 32 not in lengths  # never the half context
+    one_distance, content = Copier(offset=32), Copier(offset=None)
+    assert copy_probe(one_distance, stream, 8)["copy_repeat_top1"] == 1.0  # the half-context probe is fooled
+    fooled = varied_copy_probe(one_distance, stream, 16)
+    assert fooled["copy_varied_repeat_top1"] < 0.1 and fooled["copy_varied_spans"] == 16
+    reads = varied_copy_probe(content, stream, 16)
+    assert reads["copy_varied_repeat_top1"] > 0.98  # the repeat by its match (random text may hold a longer one)
+    assert reads["copy_varied_first_top1"] < 0.3 < reads["copy_varied_gain_nats"]  # random text: little to match
+    assert (reads["copy_varied_min_tokens"], reads["copy_varied_max_tokens"]) == (4, 31)
+    assert varied_copy_probe(content, np.arange(40) % VOCAB, 16) == {}  # a stream shorter than the rows
