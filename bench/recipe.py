@@ -163,7 +163,8 @@ CHANGES = {
     # is scored in windows of its own context, on the same val text), and twice the tokens a step
     "block512": {"model": {"block_size": 512}, "micro_batch_size": 4},
     "rows16": {"micro_batch_size": 16},
-    # issue 26: what the repeat rows that give the model induction heads cost in bits per byte, untied and tied
+    # issue 26: what the repeat rows cost in bits per byte, untied and tied (they teach a copy from half the
+    # context back, not induction: docs/assistant.md)
     "repeat_quarter": {"repeat_share": 0.25},
     "repeat_quarter_tied": {"repeat_share": 0.25, "model": {"tie_embeddings": True}},
     "tied": {"model": {"tie_embeddings": True}},

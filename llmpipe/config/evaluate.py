@@ -31,6 +31,8 @@ class EvaluateParams(Section):
     max_tokens: Annotated[int, Field(ge=1)] | None = None
     batch_size: Annotated[int, Field(ge=1)] = 8
     # In-context copying (llmpipe/evals/copying.py): this many val spans of block_size // 2 tokens, each
-    # shown twice; the loss and top-1 on the repeat against the first showing. 0: not measured.
+    # shown twice, and as many rows of val text ending in a repeat of its last 1/16 to 1/2 context (the
+    # varied probe: copying by content, not from one distance); the loss and top-1 on the repeat against
+    # the first showing. 0: not measured.
     copy_spans: Annotated[int, Field(ge=0)] = 32
     baselines: BaselineParams = BaselineParams()  # n-gram, unigram and xz on the same val targets

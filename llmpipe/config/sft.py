@@ -76,7 +76,8 @@ class ChatEvalParams(Section):
     max_new_tokens: Annotated[int, Field(ge=1, le=4096)] = 32
     batch_size: Annotated[int, Field(ge=1, le=1024)] = 32
     samples: Annotated[int, Field(ge=0)] = 12  # conversations written to the samples file
-    # evaluate's copy probe (llmpipe/evals/copying.py) on every model here, over this many spans of the
-    # whole val split (evaluate's spans when evaluate.max_tokens is null and both copy_spans agree):
-    # does finetuning keep the copying the questions need? 0: not measured.
+    # evaluate's copy probes (llmpipe/evals/copying.py, at half the context and at varied distances) on
+    # every model here, over this many spans of the whole val split (evaluate's spans when
+    # evaluate.max_tokens is null and both copy_spans agree): does finetuning keep the copying the
+    # questions need? 0: not measured.
     copy_spans: Annotated[int, Field(ge=0)] = 32

@@ -13,7 +13,7 @@ context alone.
 That probe repeats at one distance, half the context, and a model can learn to copy from exactly that
 far back without matching content: `pretrain.repeat_share`'s rows repeated at the same distance, and
 models trained with them scored 0.95-0.97 on the repeat at half the context but 0.20-0.32, as without
-copying, at any other distance, 127 tokens included (docs/assistant.md). So `varied_copy_probe` repeats
+copying, at the five other distances measured (16-127 tokens) (docs/assistant.md). So `varied_copy_probe` repeats
 spans of lengths spread from block_size // 16 to block_size // 2 - 1, each after natural text: only a
 model that finds the earlier occurrence by its content, as the passage questions need, reads those repeats.
 """
@@ -96,26 +96,34 @@ def varied_lengths(block: int, count: int) -> list[int]:
     return [int(round(v)) for v in np.linspace(low, high, count)] if high >= low else []
 
 
+def showing_masks(block: int, lengths: list[int]) -> tuple[np.ndarray, np.ndarray]:
+    """(first, repeat): for rows of `block` tokens whose last L are a repeat of the L before them, which
+    targets (target j is row[j + 1]) are a showing's tokens after its first: the first showing is
+    row[block - 2L : block - L], the repeat row[block - L :]."""
+    first, repeat = np.zeros((len(lengths), block - 1), bool), np.zeros((len(lengths), block - 1), bool)
+    for i, length in enumerate(lengths):
+        first[i, block - 2 * length : block - length - 1] = True
+        repeat[i, block - length : block - 1] = True
+    return first, repeat
+
+
 @torch.no_grad()
 def varied_copy_probe(model: GPT, stream: np.ndarray, spans: int, batch_size: int = 8) -> dict:
     """Top-1 and loss on the repeat of a val span against its first showing, over `spans` rows of a context's
-    length: natural val text, then its last L tokens again, L from `varied_lengths` (one per row). The
-    targets are a showing's tokens after its first, as in copy_probe. {} when no row fits."""
+    length: natural val text, then its last L tokens again, L from `varied_lengths` (one per row, in a
+    fixed shuffled order, so that the span's length does not follow its place in the stream). The targets
+    are a showing's tokens after its first, as in copy_probe. {} when the stream is too short for them."""
     block = model.cfg.block_size
-    lengths = varied_lengths(block, spans)
-    starts = span_starts(len(stream), block - max(lengths, default=0), len(lengths)) if lengths else []
-    if len(starts) < len(lengths):
+    spread = varied_lengths(block, spans)
+    lengths = [spread[k] for k in np.random.default_rng(0).permutation(len(spread))]
+    starts = span_starts(len(stream), block - min(lengths, default=0), len(lengths)) if lengths else []
+    if len(starts) < len(lengths):  # the row with the shortest span needs block - L text tokens
         return {}
     model.eval()
     device = next(model.parameters()).device
-    rows, first, repeat = [], np.zeros((len(lengths), block - 1), bool), np.zeros((len(lengths), block - 1), bool)
-    for i, (s, length) in enumerate(zip(starts, lengths)):
-        text = stream[s : s + block - length].astype(np.int64)
-        rows.append(np.concatenate([text, text[-length:]]))
-        # target j is row[j + 1]; the first showing is row[block - 2L : block - L], the repeat row[block - L :]
-        first[i, block - 2 * length : block - length - 1] = True
-        repeat[i, block - length : block - 1] = True
-    rows = np.stack(rows)
+    rows = np.stack([np.concatenate([text, text[-length:]]) for text, length in
+                     ((stream[s : s + block - length].astype(np.int64), length) for s, length in zip(starts, lengths))])
+    first, repeat = showing_masks(block, lengths)
     loss, top1 = _scored(model, rows, batch_size, device)
     return {"copy_varied_spans": len(rows), "copy_varied_min_tokens": min(lengths), "copy_varied_max_tokens": max(lengths),
             "copy_varied_first_top1": float(top1[first].mean()), "copy_varied_repeat_top1": float(top1[repeat].mean()),

@@ -184,7 +184,13 @@ def run(params: StageParams, root: Path, sink=None) -> StageResult:
                 log.warning("chat-eval: no copy probe: the %d val tokens hold no span of block_size // 2 = %d "
                             "tokens (chat_eval.copy_spans)", len(stream), model.cfg.block_size // 2)
             if varied := varied_copy_probe(model, stream, cfg.copy_spans, min(cfg.batch_size, 8)):
-                metrics.update({f"{name}_{k}": round(varied[k], 4) for k in ("copy_varied_repeat_top1", "copy_varied_first_top1")})
+                keys = ("copy_varied_repeat_top1", "copy_varied_first_top1")
+                metrics.update({f"{name}_{k}": round(varied[k], 4) for k in keys})
+                log.info("chat-eval: %s model, spans of %d-%d tokens shown twice: top-1 %.3f on the repeat (first %.3f)",
+                         name, varied["copy_varied_min_tokens"], varied["copy_varied_max_tokens"], *(varied[k] for k in keys))
+            else:
+                log.warning("chat-eval: no varied copy probe: the %d val tokens hold too few rows of %d tokens",
+                            len(stream), model.cfg.block_size)
         if free:
             losses[name] = answer_losses(model, fmt, free, cfg.batch_size)
             free_replies[name] = answers(model, fmt, free_prompts, cfg.max_new_tokens, cfg.batch_size)

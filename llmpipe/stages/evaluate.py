@@ -48,6 +48,9 @@ def run(params: StageParams, root: Path, sink=None) -> StageResult:
             log.info("evaluate: spans of %d-%d tokens shown twice: top-1 %.3f on the repeat against %.3f",
                      varied["copy_varied_min_tokens"], varied["copy_varied_max_tokens"],
                      varied["copy_varied_repeat_top1"], varied["copy_varied_first_top1"])
+        else:
+            log.warning("evaluate: no varied copy probe: the %d scored val tokens hold too few rows of %d tokens",
+                        len(stream), model.cfg.block_size)
     metrics["model_seconds"] = round(time.perf_counter() - t0, 3)
     log.info("evaluate: val loss %.4f, perplexity %.2f, %.4f bits per byte over %d tokens",
              metrics["val_loss"], metrics["perplexity"], metrics["bits_per_byte"], metrics["tokens"])

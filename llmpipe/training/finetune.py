@@ -93,7 +93,7 @@ def mix_weights(cfg: FinetuneParams, step: int, micro: int, shape) -> torch.Tens
     share = cfg.mix.target_share
     if share >= 1.0:
         return torch.full(shape, cfg.mix.weight)
-    rng = np.random.default_rng([cfg.seed, step, micro, MIX_STREAM])
+    rng = np.random.default_rng([cfg.seed, MIX_STREAM, step, micro, 2])  # apart from the rows' and repeats' draws
     kept = torch.from_numpy(rng.random(tuple(shape)) < share)
     return kept.float() * (cfg.mix.weight / share)
 

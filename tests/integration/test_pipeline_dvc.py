@@ -12,7 +12,7 @@ from tokenizers import Tokenizer
 from llmpipe.config.evaluate import BaselineParams, EvaluateParams
 from llmpipe.config.sft import ChatEvalParams
 from llmpipe.data.playqa import normalize
-from llmpipe.evals.copying import copy_probe
+from llmpipe.evals.copying import copy_probe, varied_copy_probe
 from llmpipe.evals.trivial import baselines, case_of, sign_test_p
 from llmpipe.model.weights import load_model
 from llmpipe.stages.registry import STAGE_NAMES as STAGES, stage
@@ -56,6 +56,9 @@ def test_every_stage_output_is_there(repro_repo):
     assert ev["copy_spans"] == EvaluateParams().copy_spans  # the stage takes the param
     assert ev["copy_span_tokens"] == TINY_PARAMS["pretrain"]["model"]["block_size"] // 2
     assert ev["copy_rule_top1"] > ev["copy_first_top1"]
+    block = TINY_PARAMS["pretrain"]["model"]["block_size"]  # and the varied probe: spans of block/16 to block/2 - 1
+    assert (ev["copy_varied_spans"], ev["copy_varied_min_tokens"], ev["copy_varied_max_tokens"]) == (
+        EvaluateParams().copy_spans, block // 16, block // 2 - 1)
     samples = [json.loads(s) for s in (data / "samples" / "samples.jsonl").read_text().splitlines()]
     assert [s["prompt"] for s in samples] == TINY_PARAMS["sample"]["prompts"]
     assert all(0 < s["new_tokens"] <= 24 or s["stopped_at_eot"] for s in samples)
@@ -136,9 +139,13 @@ def test_the_chat_stages_report_what_they_did(repro_repo):
     # evaluate's copy probe on each model, over the whole val split (chat_eval.copy_spans)
     stream = TokenData(data / "tokens", "val").scored()[0]
     for name, folder in (("base", "model"), ("finetuned", "finetune/model"), ("rl", "rl/model")):
-        probe = copy_probe(load_model(data / folder), stream, ChatEvalParams().copy_spans, 8)
+        model = load_model(data / folder)
+        probe = copy_probe(model, stream, ChatEvalParams().copy_spans, 8)
         assert (ev[f"{name}_copy_repeat_top1"], ev[f"{name}_copy_first_top1"]) == (
             round(probe["copy_repeat_top1"], 4), round(probe["copy_first_top1"], 4)), name
+        varied = varied_copy_probe(model, stream, ChatEvalParams().copy_spans, 8)  # copying by content
+        assert (ev[f"{name}_copy_varied_repeat_top1"], ev[f"{name}_copy_varied_first_top1"]) == (
+            round(varied["copy_varied_repeat_top1"], 4), round(varied["copy_varied_first_top1"], 4)), name
     assert ev["copy_spans"] == probe["copy_spans"] > 0
     # the mixed pretraining rows' loss, apart from the answers' (finetune.mix)
     logged = (data / "plots" / "finetune.tsv").read_text().splitlines()

@@ -5,7 +5,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from llmpipe.evals.copying import copy_probe, copy_rule, span_starts, varied_copy_probe, varied_lengths
+from llmpipe.evals.copying import copy_probe, copy_rule, showing_masks, span_starts, varied_copy_probe, varied_lengths
 from llmpipe.model.gpt import GPT, GPTConfig
 
 VOCAB = 64
@@ -17,7 +17,8 @@ def tiny(seed: int = 0) -> GPT:
 
 
 def trained_to_copy(steps: int = 150) -> GPT:
-    """A tiny model trained on random spans shown twice: it learns induction, nothing else."""
+    """A tiny model trained on random spans shown twice, always half the row apart: it learns to copy (from
+    that distance at least), nothing else."""
     model, gen = tiny(), torch.Generator().manual_seed(1)
     opt = torch.optim.AdamW(model.parameters(), lr=3e-3)
     for _ in range(steps):
@@ -118,3 +119,15 @@ def test_the_varied_probe_tells_a_one_distance_copier_from_one_that_matches_cont
     assert reads["copy_varied_first_top1"] < 0.3 < reads["copy_varied_gain_nats"]  # random text: little to match
     assert (reads["copy_varied_min_tokens"], reads["copy_varied_max_tokens"]) == (4, 31)
     assert varied_copy_probe(content, np.arange(40) % VOCAB, 16) == {}  # a stream shorter than the rows
+    # a stream too short for rows of the longest spans' text, long enough for the shortest's: still 16 rows
+    assert varied_copy_probe(content, stream[:75], 16)["copy_varied_spans"] == 16
+
+
+def test_the_varied_probe_scores_each_showing_after_its_first_token():
+    first, repeat = showing_masks(8, [2, 3])  # target j is row[j + 1]
+    # L = 2: first showing row[4:6] (its second token: j = 4), repeat row[6:8] (j = 6)
+    assert first[0].tolist() == [False, False, False, False, True, False, False]
+    assert repeat[0].tolist() == [False, False, False, False, False, False, True]
+    # L = 3: first showing row[2:5] (j = 2, 3), repeat row[5:8] (j = 5, 6)
+    assert first[1].tolist() == [False, False, True, True, False, False, False]
+    assert repeat[1].tolist() == [False, False, False, False, False, True, True]
