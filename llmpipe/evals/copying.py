@@ -116,13 +116,14 @@ def varied_copy_probe(model: GPT, stream: np.ndarray, spans: int, batch_size: in
     block = model.cfg.block_size
     spread = varied_lengths(block, spans)
     lengths = [spread[k] for k in np.random.default_rng(0).permutation(len(spread))]
-    starts = span_starts(len(stream), block - min(lengths, default=0), len(lengths)) if lengths else []
-    if len(starts) < len(lengths):  # the row with the shortest span needs block - L text tokens
+    # the row with the shortest span needs the most text: block - L tokens
+    starts = span_starts(len(stream), block - min(lengths), len(lengths)) if lengths else []
+    if not lengths or len(starts) < len(lengths):
         return {}
     model.eval()
     device = next(model.parameters()).device
-    rows = np.stack([np.concatenate([text, text[-length:]]) for text, length in
-                     ((stream[s : s + block - length].astype(np.int64), length) for s, length in zip(starts, lengths))])
+    texts = [stream[s : s + block - length].astype(np.int64) for s, length in zip(starts, lengths)]
+    rows = np.stack([np.concatenate([text, text[-length:]]) for text, length in zip(texts, lengths)])
     first, repeat = showing_masks(block, lengths)
     loss, top1 = _scored(model, rows, batch_size, device)
     return {"copy_varied_spans": len(rows), "copy_varied_min_tokens": min(lengths), "copy_varied_max_tokens": max(lengths),
