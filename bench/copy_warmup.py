@@ -8,8 +8,11 @@ Phase 2: params.yaml's pretraining recipe (no budget) on the demo's token shards
 starting from phase 1's weights. `--baseline-steps N` first trains the recipe alone for N steps from the
 same seed's initial weights, the reference (`--copy-steps 0` alone gives it too). `--repeat-share S`
 runs phase 2 with `pretrain.repeat_share` S (rows that show their first half twice; the reference
-without), `--tie` ties the embeddings in both arms (docs/assistant.md). The copy probe
-(llmpipe.evals.copying, as `evaluate` runs it) is taken after each phase; bits per byte on the val
+without), `--tie` ties the embeddings in both arms (docs/assistant.md). `--periodic-share S` swaps that share
+of phase 2's rows for periodic rows: a sequence of P tokens (P drawn from `--periodic-min` to `--periodic-max`
+per row, so the repeats sit at varied distances and only copying by content predicts them) repeated to fill
+the row, its tokens drawn uniformly from the `--periodic-alphabet` most frequent train tokens. The copy probe
+(llmpipe.evals.copying, as `evaluate` runs it, at half the context and at varied distances) is taken after each phase; bits per byte on the val
 split's first `--eval-bytes` bytes at the end.
 
     python bench/copy_warmup.py --copy-steps 500 --copy-vocab 256 --copy-vocab-steps 250 --steps 945
@@ -18,7 +21,8 @@ split's first `--eval-bytes` bytes at the end.
 Needs data/tokens and data/tokenizer (`dvc repro tokenize`).
 Last line: RESULT bpb=<x> baseline_bpb=<x> delta_bpb=<x> baseline_copy_gain_nats=<x> copy_gain_nats=<after phase 2> copy_repeat_top1=<x> copy_first_top1=<x>
     copy_gain_nats_warm=<after phase 1> copy_seconds=<phase 1> train_seconds=<phase 2> steps=<phase 2> copy_steps=<phase 1>
-    baseline_steps=<n> repeat_share=<x>
+    baseline_steps=<n> repeat_share=<x> copy_varied_repeat_top1=<x> copy_varied_first_top1=<x>
+    baseline_copy_varied_repeat_top1=<x> periodic_share=<x>
 """
 
 from __future__ import annotations
@@ -26,6 +30,7 @@ from __future__ import annotations
 import _root  # noqa: F401  (first: takes bench/ off the import path, see bench/_root.py)
 
 import argparse
+import contextlib
 import logging
 import sys
 import tempfile
@@ -41,7 +46,7 @@ ROOT = Path(__file__).resolve().parent.parent
 
 from llmpipe.config.pretrain import PretrainParams  # noqa: E402
 from llmpipe.config.sections import load_sections  # noqa: E402
-from llmpipe.evals.copying import copy_probe  # noqa: E402
+from llmpipe.evals.copying import copy_probe, varied_copy_probe  # noqa: E402
 from llmpipe.model.gpt import GPT, GPTConfig  # noqa: E402
 from llmpipe.model.weights import save_model  # noqa: E402
 from llmpipe.stages.registry import output  # noqa: E402
@@ -81,9 +86,35 @@ def copy_phase(model: GPT, args, vocab: int, dtype: torch.dtype) -> float:
     return time.perf_counter() - t0
 
 
-def recipe(run: PretrainParams, token_dir: Path, vocab: int, state: dict | None) -> tuple[GPT, float]:
+def periodic_rows(rng: np.random.Generator, n: int, width: int, alphabet: np.ndarray, low: int, high: int) -> np.ndarray:
+    """`n` rows of `width` tokens, each a random sequence of P ids of `alphabet` (P from low to high) repeated."""
+    return np.stack([np.resize(alphabet[rng.integers(0, len(alphabet), size=int(rng.integers(low, high + 1)))], width)
+                     for _ in range(n)]).astype(np.int64)
+
+
+def with_periodic_rows(share: float, alphabet: np.ndarray, low: int, high: int):
+    """TokenData.random_batch with `share` of the training stream's rows swapped for periodic_rows, drawn from
+    (seed, step, micro-step) alone like the loader's own rows; val batches (stream 1) are left as they are."""
+    original = TokenData.random_batch
+
+    def random_batch(self, step, micro_step, rows, block, seed, rank=0, world=1, stream=0, doc_aligned=False,
+                     repeat_share=0.0):
+        x, y = original(self, step, micro_step, rows, block, seed, rank, world, stream, doc_aligned, repeat_share)
+        if stream != 0:
+            return x, y
+        rng = np.random.default_rng([seed, 77, step, micro_step])
+        picked = rng.permutation(rows)[: int(share * rows + 0.5)]
+        batch = torch.cat([x, y[:, -1:]], dim=1)
+        batch[picked] = torch.from_numpy(periodic_rows(rng, len(picked), block + 1, alphabet, low, high))
+        return batch[:, :-1], batch[:, 1:]
+
+    return mock.patch.object(TokenData, "random_batch", random_batch)
+
+
+def recipe(run: PretrainParams, token_dir: Path, vocab: int, state: dict | None, periodic=None) -> tuple[GPT, float]:
     """The params' recipe for run.max_steps from `state` (None: the loop's own initial weights); the
-    model and its seconds. The loop builds its model itself, so it is handed the weights through it."""
+    model and its seconds. The loop builds its model itself, so it is handed the weights through it.
+    `periodic`: a with_periodic_rows patch for the run's batches."""
     original = loop.GPT
 
     def from_state(mcfg):
@@ -93,7 +124,8 @@ def recipe(run: PretrainParams, token_dir: Path, vocab: int, state: dict | None)
         return model
 
     t0 = time.perf_counter()
-    with mock.patch.object(loop, "GPT", from_state), tempfile.TemporaryDirectory() as tmp:
+    with mock.patch.object(loop, "GPT", from_state), tempfile.TemporaryDirectory() as tmp, \
+            (periodic or contextlib.nullcontext()):
         res = loop.train(run, token_dir, Path(tmp) / "ckpt", vocab, {"bench": "copy_warmup"})
     return res.model, time.perf_counter() - t0
 
@@ -106,6 +138,13 @@ def checked_args(ap: argparse.ArgumentParser) -> argparse.Namespace:
     for name in ("copy_steps", "copy_vocab_steps", "baseline_steps"):
         if getattr(args, name) < 0:
             ap.error(f"--{name.replace('_', '-')} {getattr(args, name)}: takes at least 0")
+    if not 0.0 <= args.periodic_share <= 1.0:
+        ap.error(f"--periodic-share {args.periodic_share}: takes a share of the rows, 0 to 1")
+    if not 2 <= args.periodic_min <= args.periodic_max or 2 * args.periodic_max > args.block + 1:
+        ap.error(f"--periodic-min {args.periodic_min} / --periodic-max {args.periodic_max}: take 2 <= min <= max, "
+                 f"and a row of --block {args.block} must hold two periods of the longest")
+    if args.periodic_alphabet < 2:
+        ap.error(f"--periodic-alphabet {args.periodic_alphabet}: takes at least 2 ids")
     if not 0.0 <= args.repeat_share <= 1.0:
         ap.error(f"--repeat-share {args.repeat_share}: takes a share of the rows, 0 to 1")
     if args.copy_lr <= 0:
@@ -133,6 +172,11 @@ def main() -> None:
     ap.add_argument("--steps", type=int, default=945, help="phase 2's steps of the recipe")
     ap.add_argument("--repeat-share", type=float, default=0.0,
                     help="phase 2's pretrain.repeat_share: rows showing their first half twice (the recipe alone: 0)")
+    ap.add_argument("--periodic-share", type=float, default=0.0,
+                    help="phase 2's share of rows swapped for periodic rows (repeats at varied distances; 0: none)")
+    ap.add_argument("--periodic-alphabet", type=int, default=512, help="a periodic row's ids: the most frequent train tokens")
+    ap.add_argument("--periodic-min", type=int, default=8, help="the shortest period, tokens")
+    ap.add_argument("--periodic-max", type=int, default=96, help="the longest period, tokens")
     ap.add_argument("--baseline-steps", type=int, default=0,
                     help="first train the recipe alone this many steps, the reference (0: none)")
     ap.add_argument("--n-layer", type=int, default=4)
@@ -183,7 +227,7 @@ def main() -> None:
 
     def scored(model: GPT) -> tuple[float, dict]:
         return (evaluate_model(model, val, table, batch_size=8, max_tokens=max_tokens)["bits_per_byte"],
-                copy_probe(model, stream, args.probe_spans))
+                {**copy_probe(model, stream, args.probe_spans), **varied_copy_probe(model, stream, args.probe_spans)})
 
     base_bpb, base_probe, base_s = nan, {}, 0.0
     if args.baseline_steps:
@@ -200,8 +244,15 @@ def main() -> None:
               f"{probe_warm['copy_repeat_top1']:.3f} on the repeat against {probe_warm['copy_first_top1']:.3f}",
               flush=True)
     repeating = PretrainParams.model_validate({**run.model_dump(mode="json"), "repeat_share": args.repeat_share})
+    periodic = None
+    if args.periodic_share:
+        counts = np.bincount(np.concatenate([np.asarray(a) for a in TokenData(token_dir, "train").arrays]),
+                             minlength=vocab)
+        counts[:FIRST_ID] = 0  # never the special tokens
+        periodic = with_periodic_rows(args.periodic_share, np.argsort(-counts, kind="stable")[: args.periodic_alphabet],
+                                      args.periodic_min, args.periodic_max)
     model, train_s = recipe(repeating, token_dir, vocab,
-                            {k: v.detach().clone() for k, v in warm.state_dict().items()})
+                            {k: v.detach().clone() for k, v in warm.state_dict().items()}, periodic)
     bpb, probe = scored(model)
     if args.save:
         save_model(model, args.save)
@@ -212,7 +263,11 @@ def main() -> None:
           f"copy_first_top1={probe.get('copy_first_top1', nan):.3f} "
           f"copy_gain_nats_warm={probe_warm.get('copy_gain_nats', nan):.3f} copy_seconds={copy_s:.1f} "
           f"train_seconds={train_s:.1f} baseline_seconds={base_s:.1f} steps={args.steps} "
-          f"copy_steps={args.copy_steps} baseline_steps={args.baseline_steps} repeat_share={args.repeat_share}", flush=True)
+          f"copy_steps={args.copy_steps} baseline_steps={args.baseline_steps} repeat_share={args.repeat_share} "
+          f"copy_varied_repeat_top1={probe.get('copy_varied_repeat_top1', nan):.3f} "
+          f"copy_varied_first_top1={probe.get('copy_varied_first_top1', nan):.3f} "
+          f"baseline_copy_varied_repeat_top1={base_probe.get('copy_varied_repeat_top1', nan):.3f} "
+          f"periodic_share={args.periodic_share}", flush=True)
 
 
 if __name__ == "__main__":

@@ -21,7 +21,12 @@ finetune's defaults (FinetuneParams, not params.yaml) with --steps and --lr; sco
 
     RESULT acc=<x> best_baseline_acc=<x> gain_over_best_baseline=<x> p_value=<x> acc_<type>=<x> best_baseline_<type>=<x> ...
            copy_repeat_top1_before=<x> copy_first_top1_before=<x> copy_repeat_top1_after=<x>
-           copy_first_top1_after=<x> mix_rows=<k> n_val_items=<n> seconds=<x>
+           copy_first_top1_after=<x> copy_varied_repeat_top1_before=<x> copy_varied_first_top1_before=<x>
+           copy_varied_repeat_top1_after=<x> copy_varied_first_top1_after=<x> mix_rows=<k> n_val_items=<n> seconds=<x>
+
+The copy_varied_* figures are the varied-distance probe (spans of block/16 to block/2 - 1 tokens, shown twice
+after natural text): copying by content, which the half-context copy_* figures cannot tell from a copy at
+that one distance (docs/assistant.md). --save DIR keeps the finetuned model (safetensors) for other probes.
 """
 
 from __future__ import annotations
@@ -42,9 +47,9 @@ import llmpipe.training.finetune as finetune_module
 
 from llmpipe.config.sft import FinetuneParams
 from llmpipe.data import playqa
-from llmpipe.evals.copying import copy_probe
+from llmpipe.evals.copying import copy_probe, varied_copy_probe
 from llmpipe.evals.trivial import is_checkable
-from llmpipe.model.weights import load_model
+from llmpipe.model.weights import load_model, save_model
 from llmpipe.stages.chat_eval import answers, baseline_metrics, score
 from llmpipe.tokens.chat import ChatFormat, Rendered, prompt_and_reference
 from llmpipe.tokens.examples import packed, read_conversations
@@ -97,6 +102,7 @@ def main() -> None:
                     help="of the mixed rows' targets, the share put through the output layer (finetune.mix.target_share)")
     ap.add_argument("--model", type=Path, default=None, help="the model to finetune (default: ROOT/data/model)")
     ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--save", type=Path, default=None, help="keep the finetuned model in this folder")
     args = ap.parse_args()
     if not 0.0 <= args.random_passages <= 1.0:
         ap.error(f"--random-passages is a share of the training items, 0 to 1 (got {args.random_passages})")
@@ -115,7 +121,7 @@ def main() -> None:
     fmt = ChatFormat(Tokenizer.from_file(str(root / "data/tokenizer/tokenizer.json")))
     base = load_model(model_dir)
     stream = TokenData(root / "data/tokens", "val").scored()[0]
-    before = copy_probe(base, stream, 32)
+    before, varied_before = copy_probe(base, stream, 32), varied_copy_probe(base, stream, 48)
     train = read_conversations(sft / "train")
     tokens, weights = training_rows(train, fmt, base.cfg.block_size, args.prompt_weight, args.random_passages,
                                     args.seed)
@@ -132,7 +138,9 @@ def main() -> None:
                                              text=text).model
     finally:
         finetune_module.read_examples = original
-    after = copy_probe(model, stream, 32)
+    after, varied_after = copy_probe(model, stream, 32), varied_copy_probe(model, stream, 48)
+    if args.save:
+        save_model(model, args.save)
     held_out = [c for c in read_conversations(sft / "val") if is_checkable(c)]
     prompts = [prompt_and_reference(c["messages"])[0] for c in held_out]
     replies = answers(model, fmt, prompts, 32, 32)
@@ -145,6 +153,10 @@ def main() -> None:
           + " ".join(f"acc_{t}={a:.3f} best_baseline_{t}={versus[f'best_baseline_{t}']:.3f}" for t, a in per_task.items())
           + f" copy_repeat_top1_before={before['copy_repeat_top1']:.3f} copy_first_top1_before={before['copy_first_top1']:.3f}"
           f" copy_repeat_top1_after={after['copy_repeat_top1']:.3f} copy_first_top1_after={after['copy_first_top1']:.3f}"
+          f" copy_varied_repeat_top1_before={varied_before['copy_varied_repeat_top1']:.3f}"
+          f" copy_varied_first_top1_before={varied_before['copy_varied_first_top1']:.3f}"
+          f" copy_varied_repeat_top1_after={varied_after['copy_varied_repeat_top1']:.3f}"
+          f" copy_varied_first_top1_after={varied_after['copy_varied_first_top1']:.3f}"
           f" mix_rows={args.mix_rows} n_val_items={len(held_out)} seconds={time.perf_counter() - t0:.0f}")
 
 

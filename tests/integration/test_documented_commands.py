@@ -129,7 +129,8 @@ SMOKE = {
     "ladder.py": ["--ratio", "0.001", "--eval-tokens", "512"],
     "copy_warmup.py": ["--copy-steps", "4", "--copy-vocab", "16", "--copy-vocab-steps", "2", "--steps", "3",
                        "--baseline-steps", "2", "--n-layer", "1", "--d-model", "32", "--block", "64",
-                       "--eval-bytes", "2048", "--probe-spans", "2", "--tie", "--repeat-share", "0.5"],
+                       "--eval-bytes", "2048", "--probe-spans", "2", "--tie", "--repeat-share", "0.5",
+                       "--periodic-share", "0.5", "--periodic-max", "16", "--periodic-alphabet", "8"],
     "train.py": ["--steps", "10", "--threads", "1", "--eval-tokens", "512"],  # it logs every 10 steps
     "tokenize.py": ["--repeats", "1", "--threads", "1"],  # fetches GPT-2's ranks (an sdist) as scrape does
     "sft.py": [],  # dvc repro chat-eval: up to date in the tiny pipeline's copy, so it reports
