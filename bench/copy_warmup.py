@@ -11,8 +11,10 @@ runs phase 2 with `pretrain.repeat_share` S (rows that show their first half twi
 without), `--tie` ties the embeddings in both arms (docs/assistant.md). `--periodic-share S` swaps that share
 of phase 2's rows for periodic rows: a sequence of P tokens (P drawn from `--periodic-min` to `--periodic-max`
 per row, so the repeats sit at varied distances and only copying by content predicts them) repeated to fill
-the row, its tokens drawn uniformly from the `--periodic-alphabet` most frequent train tokens. The copy probe
-(llmpipe.evals.copying, as `evaluate` runs it, at half the context and at varied distances) is taken after each phase; bits per byte on the val
+the row, its tokens drawn uniformly from the `--periodic-alphabet` most frequent train tokens (the loop's
+sequence-length warm-up cuts rows into pieces of 64 and 128 tokens at first, so there longer periods repeat
+inside no piece). The copy probe (llmpipe.evals.copying, as `evaluate` runs it) is taken after each phase, at
+half the context; the varied-distance probe after phase 2 and the reference; bits per byte on the val
 split's first `--eval-bytes` bytes at the end.
 
     python bench/copy_warmup.py --copy-steps 500 --copy-vocab 256 --copy-vocab-steps 250 --steps 945
@@ -20,9 +22,9 @@ split's first `--eval-bytes` bytes at the end.
 
 Needs data/tokens and data/tokenizer (`dvc repro tokenize`).
 Last line: RESULT bpb=<x> baseline_bpb=<x> delta_bpb=<x> baseline_copy_gain_nats=<x> copy_gain_nats=<after phase 2> copy_repeat_top1=<x> copy_first_top1=<x>
-    copy_gain_nats_warm=<after phase 1> copy_seconds=<phase 1> train_seconds=<phase 2> steps=<phase 2> copy_steps=<phase 1>
-    baseline_steps=<n> repeat_share=<x> copy_varied_repeat_top1=<x> copy_varied_first_top1=<x>
-    baseline_copy_varied_repeat_top1=<x> periodic_share=<x>
+    copy_gain_nats_warm=<after phase 1> copy_seconds=<phase 1> train_seconds=<phase 2> baseline_seconds=<x> steps=<phase 2>
+    copy_steps=<phase 1> baseline_steps=<n> repeat_share=<x> copy_varied_repeat_top1=<x> copy_varied_first_top1=<x>
+    baseline_copy_varied_repeat_top1=<x> baseline_copy_varied_first_top1=<x> periodic_share=<x> periodic_rows=<a micro-batch's swapped rows>
 """
 
 from __future__ import annotations
@@ -140,10 +142,10 @@ def checked_args(ap: argparse.ArgumentParser) -> argparse.Namespace:
             ap.error(f"--{name.replace('_', '-')} {getattr(args, name)}: takes at least 0")
     if not 0.0 <= args.periodic_share <= 1.0:
         ap.error(f"--periodic-share {args.periodic_share}: takes a share of the rows, 0 to 1")
-    if not 2 <= args.periodic_min <= args.periodic_max or 2 * args.periodic_max > args.block + 1:
+    if args.periodic_share and (not 2 <= args.periodic_min <= args.periodic_max or 2 * args.periodic_max > args.block + 1):
         ap.error(f"--periodic-min {args.periodic_min} / --periodic-max {args.periodic_max}: take 2 <= min <= max, "
                  f"and a row of --block {args.block} must hold two periods of the longest")
-    if args.periodic_alphabet < 2:
+    if args.periodic_share and args.periodic_alphabet < 2:
         ap.error(f"--periodic-alphabet {args.periodic_alphabet}: takes at least 2 ids")
     if not 0.0 <= args.repeat_share <= 1.0:
         ap.error(f"--repeat-share {args.repeat_share}: takes a share of the rows, 0 to 1")
@@ -173,7 +175,8 @@ def main() -> None:
     ap.add_argument("--repeat-share", type=float, default=0.0,
                     help="phase 2's pretrain.repeat_share: rows showing their first half twice (the recipe alone: 0)")
     ap.add_argument("--periodic-share", type=float, default=0.0,
-                    help="phase 2's share of rows swapped for periodic rows (repeats at varied distances; 0: none)")
+                    help="phase 2's share of each micro-batch's rows swapped for periodic rows (repeats at varied "
+                         "distances; 0: none), rounded to whole rows: with 8 rows, below 1/16 swaps none")
     ap.add_argument("--periodic-alphabet", type=int, default=512, help="a periodic row's ids: the most frequent train tokens")
     ap.add_argument("--periodic-min", type=int, default=8, help="the shortest period, tokens")
     ap.add_argument("--periodic-max", type=int, default=96, help="the longest period, tokens")
@@ -249,8 +252,12 @@ def main() -> None:
         counts = np.bincount(np.concatenate([np.asarray(a) for a in TokenData(token_dir, "train").arrays]),
                              minlength=vocab)
         counts[:FIRST_ID] = 0  # never the special tokens
-        periodic = with_periodic_rows(args.periodic_share, np.argsort(-counts, kind="stable")[: args.periodic_alphabet],
-                                      args.periodic_min, args.periodic_max)
+        seen = np.flatnonzero(counts)
+        if len(seen) < args.periodic_alphabet:
+            ap.error(f"--periodic-alphabet {args.periodic_alphabet}: the train split has {len(seen)} distinct ids "
+                     f"past the special tokens")
+        alphabet = seen[np.argsort(-counts[seen], kind="stable")][: args.periodic_alphabet]
+        periodic = with_periodic_rows(args.periodic_share, alphabet, args.periodic_min, args.periodic_max)
     model, train_s = recipe(repeating, token_dir, vocab,
                             {k: v.detach().clone() for k, v in warm.state_dict().items()}, periodic)
     bpb, probe = scored(model)
@@ -267,7 +274,9 @@ def main() -> None:
           f"copy_varied_repeat_top1={probe.get('copy_varied_repeat_top1', nan):.3f} "
           f"copy_varied_first_top1={probe.get('copy_varied_first_top1', nan):.3f} "
           f"baseline_copy_varied_repeat_top1={base_probe.get('copy_varied_repeat_top1', nan):.3f} "
-          f"periodic_share={args.periodic_share}", flush=True)
+          f"baseline_copy_varied_first_top1={base_probe.get('copy_varied_first_top1', nan):.3f} "
+          f"periodic_share={args.periodic_share} "
+          f"periodic_rows={int(args.periodic_share * run.micro_batch_size + 0.5) if args.periodic_share else 0}", flush=True)
 
 
 if __name__ == "__main__":

@@ -138,6 +138,7 @@ def main() -> None:
                                              text=text).model
     finally:
         finetune_module.read_examples = original
+    nan = float("nan")  # a val stream too short for the varied probe's rows gives {} (printed as nan)
     after, varied_after = copy_probe(model, stream, 32), varied_copy_probe(model, stream, 48)
     if args.save:
         save_model(model, args.save)
@@ -153,10 +154,10 @@ def main() -> None:
           + " ".join(f"acc_{t}={a:.3f} best_baseline_{t}={versus[f'best_baseline_{t}']:.3f}" for t, a in per_task.items())
           + f" copy_repeat_top1_before={before['copy_repeat_top1']:.3f} copy_first_top1_before={before['copy_first_top1']:.3f}"
           f" copy_repeat_top1_after={after['copy_repeat_top1']:.3f} copy_first_top1_after={after['copy_first_top1']:.3f}"
-          f" copy_varied_repeat_top1_before={varied_before['copy_varied_repeat_top1']:.3f}"
-          f" copy_varied_first_top1_before={varied_before['copy_varied_first_top1']:.3f}"
-          f" copy_varied_repeat_top1_after={varied_after['copy_varied_repeat_top1']:.3f}"
-          f" copy_varied_first_top1_after={varied_after['copy_varied_first_top1']:.3f}"
+          f" copy_varied_repeat_top1_before={varied_before.get('copy_varied_repeat_top1', nan):.3f}"
+          f" copy_varied_first_top1_before={varied_before.get('copy_varied_first_top1', nan):.3f}"
+          f" copy_varied_repeat_top1_after={varied_after.get('copy_varied_repeat_top1', nan):.3f}"
+          f" copy_varied_first_top1_after={varied_after.get('copy_varied_first_top1', nan):.3f}"
           f" mix_rows={args.mix_rows} n_val_items={len(held_out)} seconds={time.perf_counter() - t0:.0f}")
 
 
