@@ -131,6 +131,9 @@ SMOKE = {
                        "--baseline-steps", "2", "--n-layer", "1", "--d-model", "32", "--block", "64",
                        "--eval-bytes", "2048", "--probe-spans", "2", "--tie", "--repeat-share", "0.5",
                        "--periodic-share", "0.5", "--periodic-max", "16", "--periodic-alphabet", "8"],
+    "copy_curriculum.py": ["--phases", "3:periodic=1,decay=0.5;2:periodic=0.25,text_periodic=0.5", "--baseline-steps", "2",
+                           "--n-layer", "1", "--d-model", "32", "--block", "64", "--pmax", "16", "--alphabet", "8",
+                           "--eval-bytes", "2048", "--probe-spans", "2", "--tie", "--threads", "1"],
     "train.py": ["--steps", "10", "--threads", "1", "--eval-tokens", "512"],  # it logs every 10 steps
     "tokenize.py": ["--repeats", "1", "--threads", "1"],  # fetches GPT-2's ranks (an sdist) as scrape does
     "sft.py": [],  # dvc repro chat-eval: up to date in the tiny pipeline's copy, so it reports
