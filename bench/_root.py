@@ -54,3 +54,64 @@ def run_main(main) -> None:
                 shutil.rmtree(path, ignore_errors=True)
             else:
                 print(f"kept {path} ({why})", file=sys.stderr)
+
+
+def train_from_state(run, token_dir, vocab: int, state: dict | None, tag: str, batches=None):
+    """llmpipe's training loop on the PretrainParams `run`, from the weights `state` (None: the loop's own
+    initial ones), under the context manager `batches` (a patch of the loader's batches, say) -> (model,
+    seconds). The loop builds its model itself, so the weights go in through its GPT class."""
+    import contextlib
+    import tempfile
+    import time
+    from pathlib import Path
+    from unittest import mock
+
+    from llmpipe.training import loop
+
+    original = loop.GPT
+
+    def from_state(mcfg):
+        model = original(mcfg)
+        if state is not None:
+            model.load_state_dict(state)
+        return model
+
+    t0 = time.perf_counter()
+    with mock.patch.object(loop, "GPT", from_state), tempfile.TemporaryDirectory() as tmp, \
+            (batches or contextlib.nullcontext()):
+        res = loop.train(run, token_dir, Path(tmp) / "ckpt", vocab, {"bench": tag})
+    return res.model, time.perf_counter() - t0
+
+
+def swapped_rows(shares: dict, alphabet, low: int, high: int):
+    """A patch of the loader's training batches (TokenData.random_batch, stream 0; val batches stay as
+    they are): shares["periodic"] of a micro-batch's rows become a random sequence of P ids of `alphabet`
+    (P from low to high per row) repeated to fill the row, shares["text_periodic"] of them repeat their own
+    first P tokens so; drawn from (seed, step, micro-step) alone, rounded to whole rows. Only copying by
+    content predicts the repeats, at a distance that changes from row to row (docs/assistant.md)."""
+    from unittest import mock
+
+    import numpy as np
+    import torch
+
+    from llmpipe.tokens.loader import TokenData
+
+    original = TokenData.random_batch
+
+    def random_batch(self, step, micro_step, rows, block, seed, rank=0, world=1, stream=0, doc_aligned=False,
+                     repeat_share=0.0):
+        x, y = original(self, step, micro_step, rows, block, seed, rank, world, stream, doc_aligned, repeat_share)
+        if stream != 0:
+            return x, y
+        rng = np.random.default_rng([seed, 77, step, micro_step])
+        order = rng.permutation(rows)
+        n_random, n_text = (int(shares.get(k, 0.0) * rows + 0.5) for k in ("periodic", "text_periodic"))
+        batch = torch.cat([x, y[:, -1:]], dim=1).numpy()
+        for r in order[:n_random]:
+            batch[r] = np.resize(alphabet[rng.integers(0, len(alphabet), size=int(rng.integers(low, high + 1)))], block + 1)
+        for r in order[n_random : n_random + n_text]:
+            batch[r] = np.resize(batch[r, : int(rng.integers(low, high + 1))].copy(), block + 1)
+        batch = torch.from_numpy(batch)
+        return batch[:, :-1], batch[:, 1:]
+
+    return mock.patch.object(TokenData, "random_batch", random_batch)

@@ -23,16 +23,13 @@ RESULT bpb=<x> baseline_bpb=<x> delta_bpb=<x> varied_repeat_top1=<x> varied_firs
 
 from __future__ import annotations
 
-import _root  # noqa: F401  (first: takes bench/ off the import path, see bench/_root.py)
+import _root  # first: takes bench/ off the import path, see bench/_root.py
 
 import argparse
 import contextlib
 import logging
 import sys
-import tempfile
-import time
 from pathlib import Path
-from unittest import mock
 
 import numpy as np
 import torch
@@ -80,50 +77,11 @@ def parse_phases(spec: str) -> list[tuple[int, dict]]:
     return phases
 
 
-def periodic(seq: np.ndarray, width: int) -> np.ndarray:
-    return np.resize(seq, width)
-
-
-def swapped_batches(opts: dict, alphabet: np.ndarray, low: int, high: int):
-    """A patch of TokenData.random_batch: the training stream's rows swapped as the phase says, drawn from
-    (seed, step, micro-step) alone; val batches (stream 1) as they are."""
-    original = TokenData.random_batch
-
-    def random_batch(self, step, micro_step, rows, block, seed, rank=0, world=1, stream=0, doc_aligned=False,
-                     repeat_share=0.0):
-        x, y = original(self, step, micro_step, rows, block, seed, rank, world, stream, doc_aligned, repeat_share)
-        if stream != 0:
-            return x, y
-        rng = np.random.default_rng([seed, 77, step, micro_step])
-        order = rng.permutation(rows)
-        n_random, n_text = (int(opts.get(k, 0.0) * rows + 0.5) for k in ("periodic", "text_periodic"))
-        batch = torch.cat([x, y[:, -1:]], dim=1).numpy()
-        for r in order[:n_random]:
-            batch[r] = periodic(alphabet[rng.integers(0, len(alphabet), size=int(rng.integers(low, high + 1)))], block + 1)
-        for r in order[n_random : n_random + n_text]:
-            batch[r] = periodic(batch[r, : int(rng.integers(low, high + 1))].copy(), block + 1)
-        batch = torch.from_numpy(batch)
-        return batch[:, :-1], batch[:, 1:]
-
-    return mock.patch.object(TokenData, "random_batch", random_batch)
-
-
 def train_phase(cfg: dict, steps: int, opts: dict, state: dict | None, token_dir: Path, vocab: int, patch):
     """The recipe for `steps` from `state` (None: the loop's own initial weights) -> (model, seconds)."""
     run = PretrainParams.model_validate({**cfg, "max_steps": steps, "warmup_steps": scaled_warmup(cfg["warmup_steps"], steps),
                                          **({"decay_frac": opts["decay"]} if "decay" in opts else {})})
-    original = loop.GPT
-
-    def from_state(mcfg):
-        model = original(mcfg)
-        if state is not None:
-            model.load_state_dict(state)
-        return model
-
-    t0 = time.perf_counter()
-    with mock.patch.object(loop, "GPT", from_state), patch, tempfile.TemporaryDirectory() as tmp:
-        res = loop.train(run, token_dir, Path(tmp) / "ckpt", vocab, {"bench": "copy_curriculum"})
-    return res.model, time.perf_counter() - t0
+    return _root.train_from_state(run, token_dir, vocab, state, "copy_curriculum", patch)
 
 
 @torch.no_grad()
@@ -187,8 +145,8 @@ def main() -> None:
     table = token_byte_lengths(tok)
     reached = np.flatnonzero(np.cumsum(table[stream[mask]]) >= args.eval_bytes)
     max_tokens = int(reached[0]) + 1 if len(reached) else int(mask.sum())
-    probe_rows = np.stack([periodic(alphabet[r.integers(0, len(alphabet), size=int(r.integers(args.pmin, args.pmax + 1)))],
-                                    args.block + 1) for r in [np.random.default_rng([99, i]) for i in range(16)]])
+    probe_rows = np.stack([np.resize(alphabet[r.integers(0, len(alphabet), size=int(r.integers(args.pmin, args.pmax + 1)))],
+                                     args.block + 1) for r in [np.random.default_rng([99, i]) for i in range(16)]])
     nan = float("nan")
 
     def probes(model) -> dict:
@@ -204,7 +162,7 @@ def main() -> None:
               f"{base.get('copy_varied_repeat_top1', nan):.3f} / {base.get('copy_varied_first_top1', nan):.3f} ({base_s:.0f} s)", flush=True)
     state, total_s = None, 0.0
     for i, (steps, opts) in enumerate(phases, 1):
-        model, secs = train_phase(cfg, steps, opts, state, token_dir, vocab, swapped_batches(opts, alphabet, args.pmin, args.pmax))
+        model, secs = train_phase(cfg, steps, opts, state, token_dir, vocab, _root.swapped_rows(opts, alphabet, args.pmin, args.pmax))
         state, total_s = {k: v.detach().clone() for k, v in model.state_dict().items()}, total_s + secs
         p = probes(model)
         print(f"phase {i} ({steps} steps, {opts}): varied probe {p.get('copy_varied_repeat_top1', nan):.3f} on the repeat / "

@@ -29,16 +29,13 @@ Last line: RESULT bpb=<x> baseline_bpb=<x> delta_bpb=<x> baseline_copy_gain_nats
 
 from __future__ import annotations
 
-import _root  # noqa: F401  (first: takes bench/ off the import path, see bench/_root.py)
+import _root  # first: takes bench/ off the import path, see bench/_root.py
 
 import argparse
-import contextlib
 import logging
 import sys
-import tempfile
 import time
 from pathlib import Path
-from unittest import mock
 
 import numpy as np
 import torch
@@ -88,48 +85,10 @@ def copy_phase(model: GPT, args, vocab: int, dtype: torch.dtype) -> float:
     return time.perf_counter() - t0
 
 
-def periodic_rows(rng: np.random.Generator, n: int, width: int, alphabet: np.ndarray, low: int, high: int) -> np.ndarray:
-    """`n` rows of `width` tokens, each a random sequence of P ids of `alphabet` (P from low to high) repeated."""
-    return np.stack([np.resize(alphabet[rng.integers(0, len(alphabet), size=int(rng.integers(low, high + 1)))], width)
-                     for _ in range(n)]).astype(np.int64)
-
-
-def with_periodic_rows(share: float, alphabet: np.ndarray, low: int, high: int):
-    """TokenData.random_batch with `share` of the training stream's rows swapped for periodic_rows, drawn from
-    (seed, step, micro-step) alone like the loader's own rows; val batches (stream 1) are left as they are."""
-    original = TokenData.random_batch
-
-    def random_batch(self, step, micro_step, rows, block, seed, rank=0, world=1, stream=0, doc_aligned=False,
-                     repeat_share=0.0):
-        x, y = original(self, step, micro_step, rows, block, seed, rank, world, stream, doc_aligned, repeat_share)
-        if stream != 0:
-            return x, y
-        rng = np.random.default_rng([seed, 77, step, micro_step])
-        picked = rng.permutation(rows)[: int(share * rows + 0.5)]
-        batch = torch.cat([x, y[:, -1:]], dim=1)
-        batch[picked] = torch.from_numpy(periodic_rows(rng, len(picked), block + 1, alphabet, low, high))
-        return batch[:, :-1], batch[:, 1:]
-
-    return mock.patch.object(TokenData, "random_batch", random_batch)
-
-
 def recipe(run: PretrainParams, token_dir: Path, vocab: int, state: dict | None, periodic=None) -> tuple[GPT, float]:
     """The params' recipe for run.max_steps from `state` (None: the loop's own initial weights); the
-    model and its seconds. The loop builds its model itself, so it is handed the weights through it.
-    `periodic`: a with_periodic_rows patch for the run's batches."""
-    original = loop.GPT
-
-    def from_state(mcfg):
-        model = original(mcfg)
-        if state is not None:
-            model.load_state_dict(state)
-        return model
-
-    t0 = time.perf_counter()
-    with mock.patch.object(loop, "GPT", from_state), tempfile.TemporaryDirectory() as tmp, \
-            (periodic or contextlib.nullcontext()):
-        res = loop.train(run, token_dir, Path(tmp) / "ckpt", vocab, {"bench": "copy_warmup"})
-    return res.model, time.perf_counter() - t0
+    model and its seconds. `periodic`: a patch of the run's batches (_root.swapped_rows)."""
+    return _root.train_from_state(run, token_dir, vocab, state, "copy_warmup", periodic)
 
 
 def checked_args(ap: argparse.ArgumentParser) -> argparse.Namespace:
@@ -257,7 +216,7 @@ def main() -> None:
             ap.error(f"--periodic-alphabet {args.periodic_alphabet}: the train split has {len(seen)} distinct ids "
                      f"past the special tokens")
         alphabet = seen[np.argsort(-counts[seen], kind="stable")][: args.periodic_alphabet]
-        periodic = with_periodic_rows(args.periodic_share, alphabet, args.periodic_min, args.periodic_max)
+        periodic = _root.swapped_rows({"periodic": args.periodic_share}, alphabet, args.periodic_min, args.periodic_max)
     model, train_s = recipe(repeating, token_dir, vocab,
                             {k: v.detach().clone() for k, v in warm.state_dict().items()}, periodic)
     bpb, probe = scored(model)
