@@ -8,7 +8,9 @@ weights, with shares of each micro-batch's rows swapped:
                    the repeats, at a distance that changes from row to row;
   text_periodic=S  rows whose own first P text tokens repeat to fill the row (the same, on text);
   decay=F          the phase's wsd decay fraction (default: params.yaml's).
-After each phase: the varied-distance copy probe on val text (llmpipe.evals.copying, as evaluate runs it),
+Each phase starts the optimizer, the lr warm-up and the sequence-length warm-up afresh (the warm-up
+cuts rows into pieces of 64 and 128 tokens over up to half a phase's steps, where longer periods repeat
+inside no piece). After each phase: the varied-distance copy probe on val text (llmpipe.evals.copying, as evaluate runs it),
 the half-context probe, and the loss and top-1 on 16 fixed periodic rows (positions --pmax on; ln of the
 alphabet is no copying). At the end, val bits per byte on the first --eval-bytes; `--baseline-steps N`
 first trains the recipe on text alone for N steps from the same seed, the reference.
@@ -26,7 +28,6 @@ from __future__ import annotations
 import _root  # first: takes bench/ off the import path, see bench/_root.py
 
 import argparse
-import contextlib
 import logging
 import sys
 from pathlib import Path
@@ -44,7 +45,6 @@ from llmpipe.model.weights import save_model  # noqa: E402
 from llmpipe.stages.registry import output  # noqa: E402
 from llmpipe.tokens.loader import TokenData  # noqa: E402
 from llmpipe.tokens.shards import load_manifest  # noqa: E402
-from llmpipe.training import loop  # noqa: E402
 from llmpipe.training.budget import scaled_warmup  # noqa: E402
 from llmpipe.training.evaluate import evaluate_model  # noqa: E402
 
@@ -67,8 +67,9 @@ def parse_phases(spec: str) -> list[tuple[int, dict]]:
                 opts[key] = float(value)
             except ValueError:
                 raise ValueError(f"--phases {piece!r}: {key} takes a number, got {value!r}") from None
-            if not 0.0 <= opts[key] <= 1.0:
-                raise ValueError(f"--phases {piece!r}: {key} takes a share from 0 to 1")
+            if not 0.0 <= opts[key] <= 1.0 or (key == "decay" and opts[key] == 0.0):
+                raise ValueError(f"--phases {piece!r}: {key} takes a share from 0 to 1"
+                                 + (" (above 0: the decay's length)" if key == "decay" else ""))
         if opts.get("periodic", 0) + opts.get("text_periodic", 0) > 1:
             raise ValueError(f"--phases {piece!r}: periodic and text_periodic share the rows, at most 1 together")
         phases.append((int(steps), opts))
@@ -114,6 +115,8 @@ def main() -> None:
         phases = parse_phases(args.phases)
     except ValueError as e:
         ap.error(str(e))
+    if args.baseline_steps < 0:
+        ap.error(f"--baseline-steps {args.baseline_steps}: takes at least 0")
     if not 2 <= args.pmin <= args.pmax or 2 * args.pmax > args.block + 1 or args.d_model % 32 or args.alphabet < 2:
         ap.error(f"--pmin {args.pmin} / --pmax {args.pmax} take 2 <= min <= max with two of the longest in a row of "
                  f"--block {args.block}; --d-model {args.d_model} a multiple of 32; --alphabet {args.alphabet} at least 2")
@@ -156,7 +159,7 @@ def main() -> None:
 
     base_bpb, base, base_s = nan, {}, 0.0
     if args.baseline_steps:
-        model, base_s = train_phase(cfg, args.baseline_steps, {}, None, token_dir, vocab, contextlib.nullcontext())
+        model, base_s = train_phase(cfg, args.baseline_steps, {}, None, token_dir, vocab, None)
         base_bpb, base = evaluate_model(model, val, table, batch_size=8, max_tokens=max_tokens)["bits_per_byte"], probes(model)
         print(f"text alone, {args.baseline_steps} steps: {base_bpb:.4f} bpb, varied probe "
               f"{base.get('copy_varied_repeat_top1', nan):.3f} / {base.get('copy_varied_first_top1', nan):.3f} ({base_s:.0f} s)", flush=True)
