@@ -115,3 +115,18 @@ def swapped_rows(shares: dict, alphabet, low: int, high: int):
         return batch[:, :-1], batch[:, 1:]
 
     return mock.patch.object(TokenData, "random_batch", random_batch)
+
+
+def commonest_ids(token_dir, vocab: int, count: int, excluded) -> "np.ndarray":
+    """The `count` most frequent ids of the train split's tokens, leaving out `excluded` (the special
+    tokens), in a stable order; ValueError naming the shortfall when fewer distinct ids occur."""
+    import numpy as np
+
+    from llmpipe.tokens.loader import TokenData
+
+    counts = np.bincount(np.concatenate([np.asarray(a) for a in TokenData(token_dir, "train").arrays]), minlength=vocab)
+    counts[list(excluded)] = 0
+    seen = np.flatnonzero(counts)
+    if len(seen) < count:
+        raise ValueError(f"the train split has {len(seen)} distinct ids besides the special tokens")
+    return seen[np.argsort(-counts[seen], kind="stable")][:count]

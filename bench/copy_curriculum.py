@@ -126,15 +126,13 @@ def main() -> None:
         sys.exit(f"{token_dir}: no token shards; run `dvc repro tokenize` first")
     vocab = load_manifest(token_dir).vocab_size
     torch.set_num_threads(args.threads)
-    counts = np.bincount(np.concatenate([np.asarray(a) for a in TokenData(token_dir, "train").arrays]), minlength=vocab)
     from tokenizers import Tokenizer
 
     tok = Tokenizer.from_file(str(ROOT / output("tokenizer.tokenizer")))
-    counts[list(tok.get_added_tokens_decoder())] = 0  # never a special token (<|endoftext|>, the chat markers)
-    seen = np.flatnonzero(counts)
-    if len(seen) < args.alphabet:
-        ap.error(f"--alphabet {args.alphabet}: the train split has {len(seen)} distinct ids besides the special tokens")
-    alphabet = seen[np.argsort(-counts[seen], kind="stable")][: args.alphabet]
+    try:  # never a special token (<|endoftext|>, the chat markers)
+        alphabet = _root.commonest_ids(token_dir, vocab, args.alphabet, tok.get_added_tokens_decoder())
+    except ValueError as e:
+        ap.error(f"--alphabet {args.alphabet}: {e}")
     cfg = load_sections(ROOT / "params.yaml", ["pretrain"]).pretrain.model_dump(mode="json")
     cfg.update(budget=None, grad_accum_steps=1, batch_tokens=None, device="cpu", precision="auto", threads=args.threads,
                log_interval=10**6, eval_interval=10**9, checkpoint_interval=10**9, eval_batches=1, seed=args.seed)

@@ -208,14 +208,10 @@ def main() -> None:
     repeating = PretrainParams.model_validate({**run.model_dump(mode="json"), "repeat_share": args.repeat_share})
     periodic = None
     if args.periodic_share:
-        counts = np.bincount(np.concatenate([np.asarray(a) for a in TokenData(token_dir, "train").arrays]),
-                             minlength=vocab)
-        counts[:FIRST_ID] = 0  # never the special tokens
-        seen = np.flatnonzero(counts)
-        if len(seen) < args.periodic_alphabet:
-            ap.error(f"--periodic-alphabet {args.periodic_alphabet}: the train split has {len(seen)} distinct ids "
-                     f"past the special tokens")
-        alphabet = seen[np.argsort(-counts[seen], kind="stable")][: args.periodic_alphabet]
+        try:  # never the special tokens (ids below FIRST_ID)
+            alphabet = _root.commonest_ids(token_dir, vocab, args.periodic_alphabet, range(FIRST_ID))
+        except ValueError as e:
+            ap.error(f"--periodic-alphabet {args.periodic_alphabet}: {e}")
         periodic = _root.swapped_rows({"periodic": args.periodic_share}, alphabet, args.periodic_min, args.periodic_max)
     model, train_s = recipe(repeating, token_dir, vocab,
                             {k: v.detach().clone() for k, v in warm.state_dict().items()}, periodic)
