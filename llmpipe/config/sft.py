@@ -20,6 +20,10 @@ class DemoInstructions(Section):
     max_speeches: Annotated[int, Field(ge=2, le=20)] = 3  # speeches in a passage
     max_lines: Annotated[int, Field(ge=1, le=20)] = 2  # lines kept of each speech
     max_chars: Annotated[int, Field(ge=40)] = 320  # characters of a passage
+    # The reply to "which line follows" repeats the quoted line first, then the answer as the passage
+    # writes it: a small model finds a line by content only by continuing a copy (docs/assistant.md).
+    # chat-eval and rl score what follows the repeat.
+    quote_first: bool = True
 
 
 class SftDataParams(Section):
@@ -73,7 +77,7 @@ class ChatEvalParams(Section):
     """Exact match on the held-out items, base and finetuned model alike (same prompt, greedy)."""
 
     max_items: Annotated[int, Field(ge=1)] | None = None  # null: every held-out item
-    max_new_tokens: Annotated[int, Field(ge=1, le=4096)] = 32
+    max_new_tokens: Annotated[int, Field(ge=1, le=4096)] = 48  # a quoted line and its answer: up to ~45
     batch_size: Annotated[int, Field(ge=1, le=1024)] = 32
     samples: Annotated[int, Field(ge=0)] = 12  # conversations written to the samples file
     # evaluate's copy probes (llmpipe/evals/copying.py, at half the context and at varied distances) on

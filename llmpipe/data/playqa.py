@@ -19,7 +19,10 @@ speaker chosen from the turns alone is right 1/c of the time. next: the group is
 any fixed line is right at most 1/(L-1) of the time. Chance is defined alike in llmpipe.evals.trivial.
 
 The answers are copied or counted from the prompt, so a small model can learn the skill rather than
-the plays. Items are made per document: the caller splits documents, so held-out items come from
+the plays. With quote_first (`reply_of`), the reply to a question that quotes a line first repeats
+that line, then gives the answer on the next line: a small model finds a line by its content only by
+continuing a copy, and at a plain reply's first token it has nothing to continue (docs/assistant.md).
+The answer is what follows the repeat (`answer_in_reply`), as GSM8K scores the number after the working. Items are made per document: the caller splits documents, so held-out items come from
 plays the model never finetuned on.
 """
 
@@ -32,6 +35,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass, field
 
 TASKS = ("speaker", "next", "count")
+QUOTING = ("next",)  # the tasks whose reply repeats the quoted line first, with quote_first
 # "Hor." or "First Witch." alone on a line (modern layout); "  Hor. Haile ..." (Folio layout).
 _ALONE = re.compile(r"^([A-Z][A-Za-z'\-]*(?: [A-Z][A-Za-z'\-]*){0,2})\.$")
 _FOLIO = re.compile(r"^ {1,6}([A-Z][A-Za-z'\-]*(?: [A-Z][A-Za-z'\-]*){0,2})\. (\S.*)$")
@@ -109,6 +113,41 @@ def turns(rows: list[tuple[str, str]]) -> str:
 def _quotable(rows: list[tuple[str, str]], k: int) -> bool:
     line = rows[k][1]
     return len(line) >= MIN_QUOTED_CHARS and sum(r[1] == line for r in rows) == 1
+
+
+def rendered_line(rows: list[tuple[str, str]], k: int) -> str:
+    """Line k as `passage_text` writes it: "Speaker: line" where a speech starts."""
+    speaker, line = rows[k]
+    return f"{speaker}: {line}" if k == 0 or rows[k - 1][0] != speaker else line
+
+
+def quoted_line(question: str) -> str | None:
+    """The line a question quotes: the text between its last pair of double quotes, None if it has none."""
+    tail = question.rsplit("\n", 1)[-1]
+    return tail[tail.index('"') + 1 : tail.rindex('"')] if tail.count('"') >= 2 else None
+
+
+def reply_of(item: Item, quote_first: bool) -> str:
+    """The assistant's reply to an item: its answer; with quote_first, for a task in QUOTING, the quoted
+    line, a newline and the answer as the passage writes it (the line it continues with)."""
+    if not quote_first or item.task not in QUOTING:
+        return item.answer
+    quote = quoted_line(item.question)
+    k = next(k for k, (_, line) in enumerate(item.passage) if line == quote)
+    return f"{quote}\n{rendered_line(item.passage, k + 1)}"
+
+
+def answer_in_reply(reply: str, quoted: bool, names: list[str] | tuple[str, ...] = ()) -> str:
+    """What a reply answers: all of it; for a reply that repeats the quoted line first (quoted), what
+    follows its first line, less a leading "Speaker: " of a character in `names` (the passage writes a
+    speech's first line so, and a line is right with or without it)."""
+    if not quoted:
+        return reply
+    rest = reply.partition("\n")[2]
+    for name in sorted(names, key=len, reverse=True):
+        if rest.startswith(f"{name}: "):
+            return rest[len(name) + 2 :]
+    return rest
 
 
 def make_item(rows: list[tuple[str, str]], task: str, rng: random.Random) -> Item | None:

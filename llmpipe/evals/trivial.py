@@ -31,7 +31,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from llmpipe.data.playqa import normalize, speakers_in_order
+from llmpipe.data.playqa import answer_in_reply, normalize, speakers_in_order
 
 RULES = ("majority", "first_speaker", "last_speaker", "first_line", "last_line", "random_line")
 FILES = "files"  # the type of conversations that are not demo items
@@ -45,15 +45,38 @@ class Case:
 
 
 def case_of(conversation: dict) -> Case:
-    """A held-out conversation (sft-data's conversations.jsonl record) as a case: its last reply is the answer."""
-    return Case(conversation.get("task") or FILES, conversation["messages"][-1]["content"],
+    """A held-out conversation (sft-data's conversations.jsonl record) as a case: its answer, which is its
+    last reply unless the record says otherwise (a reply that repeats the quoted line first)."""
+    return Case(conversation.get("task") or FILES, answer_of(conversation),
                 [tuple(r) for r in conversation.get("passage") or []])
+
+
+def answer_of(conversation: dict) -> str:
+    return conversation.get("answer", conversation["messages"][-1]["content"])
+
+
+@dataclass(frozen=True)
+class Check:
+    """Exact match of a reply against a conversation's answer, after the working a reply is taught to
+    show (llmpipe.data.playqa.answer_in_reply): what chat-eval scores and rl rewards alike."""
+
+    answer: str
+    quoted: bool = False  # the reply repeats the quoted line first: its answer is what follows
+    names: tuple[str, ...] = ()  # the passage's characters (a "Speaker: " before a line is allowed)
+
+    def __call__(self, reply: str | None) -> bool:
+        return reply is not None and is_right(answer_in_reply(reply, self.quoted, self.names), self.answer)
+
+
+def check_of(conversation: dict) -> Check:
+    return Check(answer_of(conversation), bool(conversation.get("quoted")),
+                 tuple(speakers_in_order([tuple(r) for r in conversation.get("passage") or []])))
 
 
 def is_checkable(conversation: dict) -> bool:
     """Whether exact match can score the conversation's last reply: the demo's typed items (their answers
     are read off the passage), not the free text of instruction files."""
-    return (conversation.get("task") or FILES) != FILES and bool(conversation["messages"][-1]["content"].strip())
+    return (conversation.get("task") or FILES) != FILES and bool(answer_of(conversation).strip())
 
 
 def is_right(reply: str | None, answer: str) -> bool:

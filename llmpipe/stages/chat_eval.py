@@ -3,8 +3,9 @@ against the best trivial baseline of each item type; the base model and the rewa
 alike, the rl model also against the finetuned one it started from; samples side by side.
 
 An item is a held-out conversation: the prompt is everything before its last assistant turn, the
-reference is that turn; an answer counts when it equals the reference after `normalize` (case,
-whitespace and trailing punctuation). The headline is the gain over the best trivial rule
+reference is that turn; an answer counts when it equals the item's answer after `normalize` (case,
+whitespace and trailing punctuation); a reply taught to repeat the quoted line first is scored on what
+follows that line (llmpipe.evals.trivial.Check). The headline is the gain over the best trivial rule
 (llmpipe.evals.trivial: the train items' majority answer, the passage's first or last speaker or line,
 a seeded random one): per type the best rule on the held-out items, combined over types, with a paired
 bootstrap interval and an exact sign test. The base model never saw the chat markers, so its accuracy
@@ -33,7 +34,7 @@ from tokenizers import Tokenizer
 
 from llmpipe.evals.answer_loss import AnswerLoss, answer_losses
 from llmpipe.evals.copying import copy_probe, varied_copy_probe
-from llmpipe.evals.trivial import (FILES, Baselines, Gain, baselines, case_of, chance, is_checkable, is_right,
+from llmpipe.evals.trivial import (FILES, Baselines, Gain, baselines, case_of, chance, check_of, is_checkable,
                                    paired_gain)
 from llmpipe.model.gpt import GPT
 from llmpipe.model.weights import WEIGHTS, is_pass_through, load_model
@@ -65,7 +66,7 @@ def answers(model: GPT, fmt: ChatFormat, prompts: list[list[dict]], max_new_toke
 
 def score(conversations: list[dict], replies: list[str]) -> tuple[float, dict[str, float], list[bool]]:
     """(accuracy, accuracy per task, right or wrong per item)."""
-    right = [is_right(r, prompt_and_reference(c["messages"])[1]) for c, r in zip(conversations, replies)]
+    right = [check_of(c)(r) for c, r in zip(conversations, replies)]
     per: dict[str, list[bool]] = {}
     for c, ok in zip(conversations, right):
         per.setdefault(c.get("task") or FILES, []).append(ok)

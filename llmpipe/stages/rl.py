@@ -15,7 +15,7 @@ from pathlib import Path
 
 from tokenizers import Tokenizer
 
-from llmpipe.evals.trivial import is_checkable
+from llmpipe.evals.trivial import check_of, is_checkable
 from llmpipe.model.weights import PASS_THROUGH, WEIGHTS, load_model, save_model
 from llmpipe.stages.registry import StageParams, StageResult, stage
 from llmpipe.tokens.chat import ChatFormat, prompt_and_reference
@@ -33,8 +33,8 @@ COLUMNS = ["step", "mean_reward", "distinct_answers", "answers", "group_distinct
 def questions_of(conversations: list[dict], fmt: ChatFormat) -> list[Question]:
     out = []
     for c in conversations:
-        prompt, reference = prompt_and_reference(c["messages"])
-        out.append(Question(fmt.prompt(prompt), reference))
+        prompt, _ = prompt_and_reference(c["messages"])
+        out.append(Question(fmt.prompt(prompt), check_of(c)))
     return out
 
 

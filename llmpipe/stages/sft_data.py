@@ -26,7 +26,7 @@ from tokenizers import Tokenizer
 
 from llmpipe.data.instructions import BadRecord, read_records, to_conversation
 from llmpipe.data.ngrams import NgramSet
-from llmpipe.data.playqa import balanced, items_of_play
+from llmpipe.data.playqa import balanced, items_of_play, reply_of
 from llmpipe.stages.registry import StageParams, StageResult, stage
 from llmpipe.tokens.chat import ChatFormat
 from llmpipe.tokens.examples import packed, padded, write_examples
@@ -91,10 +91,13 @@ def demo_conversations(docs: Path, assignments: Path, params: StageParams, fits=
     for doc_id, text, val in zip(ids, texts, held_out):
         for k, item in enumerate(items_of_play(text, params.sft_data.seed, doc_id, demo.max_speeches,
                                                demo.max_lines, demo.max_chars)):
-            pools[int(val)].append(({"messages": [{"role": "user", "content": item.question},
-                                                  {"role": "assistant", "content": item.answer}],
-                                     "source": f"demo:{doc_id}#{k}", "task": item.task, "passage": item.passage,
-                                     "stratum": item.stratum}, item))
+            reply = reply_of(item, demo.quote_first)
+            record = {"messages": [{"role": "user", "content": item.question}, {"role": "assistant", "content": reply}],
+                      "source": f"demo:{doc_id}#{k}", "task": item.task, "passage": item.passage,
+                      "stratum": item.stratum}
+            if reply != item.answer:  # the reply shows its working (the quoted line): scored on what follows
+                record.update(answer=item.answer, quoted=True)
+            pools[int(val)].append((record, item))
     # Balanced in every prefix, whatever number of items is taken, and so no trivial rule beats chance;
     # the passage's rows go along, for chat-eval's trivial baselines (llmpipe.evals.trivial).
     if training is not None:

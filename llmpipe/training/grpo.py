@@ -1,8 +1,9 @@
 """Reinforcement learning with a verifiable reward: group-baseline policy gradient (GRPO-style REINFORCE).
 
 Each step takes `questions_per_step` questions, samples `samples_per_question` answers to each from the
-current model, rewards an answer 1 when it equals the reference after exact match's normalisation (the
-same function chat-eval scores with) and 0 otherwise, and follows the gradient of
+current model, rewards an answer 1 when it is right by the question's Check (exact match after
+normalisation, of what follows the repeated quote where the reply is taught to repeat one: the same
+check chat-eval scores with) and 0 otherwise, and follows the gradient of
 
     - sum over sampled answer tokens of  advantage(answer) * log p(token | prompt, earlier answer tokens)
       / number of answer tokens in the batch
@@ -38,7 +39,7 @@ import torch.nn.functional as F
 
 from llmpipe.config.rl import RlParams
 from llmpipe.data.playqa import normalize
-from llmpipe.evals.trivial import is_right
+from llmpipe.evals.trivial import Check
 from llmpipe.model.gpt import GPT
 from llmpipe.model.weights import load_weights, model_state
 from llmpipe.tokens.chat import ChatFormat
@@ -56,7 +57,7 @@ log = logging.getLogger(__name__)
 @dataclass(frozen=True)
 class Question:
     prompt: list[int]  # the chat prompt's ids, ending with the generation prompt
-    reference: str  # the checkable answer
+    check: Check  # whether a reply is right: exact match of its answer
 
 
 class Collapsed(TrainingDiverged):
@@ -194,8 +195,8 @@ def train_step(model: GPT, opt: torch.optim.Optimizer, fmt: ChatFormat, question
     answers = sample_answers(model, fmt, questions, cfg, step)
     texts = [fmt.reply_text(a) for a in answers]
     S = cfg.samples_per_question
-    refs = [q.reference for q in questions for _ in range(S)]
-    rewards = torch.tensor([float(is_right(t, r)) for t, r in zip(texts, refs)]).reshape(len(questions), S)
+    checks = [q.check for q in questions for _ in range(S)]
+    rewards = torch.tensor([float(check(t)) for t, check in zip(texts, checks)]).reshape(len(questions), S)
     adv = group_advantages(rewards, cfg.normalize_advantage).reshape(-1)
     n_tokens = sum(len(a) for a in answers)
     # rows with a zero advantage add exactly nothing to the gradient: only the others go through the model

@@ -7,7 +7,7 @@ import json
 import pytest
 
 from llmpipe.data.instructions import BadRecord, read_records, to_conversation
-from llmpipe.data.playqa import items_of_play, normalize, passage_text, speeches
+from llmpipe.data.playqa import answer_in_reply, items_of_play, normalize, passage_text, reply_of, speeches
 
 ALPACA = {"instruction": "Name the speaker.", "input": "Ham. To be.", "output": "Hamlet"}
 SHAREGPT = {"conversations": [{"from": "system", "value": "Be brief."}, {"from": "human", "value": "Hi"},
@@ -116,4 +116,13 @@ def test_items_are_answerable_from_their_passage_and_deterministic():
             quoted = question.split('"')[1]
             rows = [line for _, line in item.passage]
             assert rows[rows.index(quoted) + 1] == item.answer
+            # quote_first: the quote, then the answer's line as the passage writes it, "Speaker: " and all
+            reply = reply_of(item, quote_first=True)
+            head, written = reply.split("\n")
+            assert head == quoted and written in passage.splitlines() and written.endswith(item.answer)
+            names = [spk for spk, _ in item.passage]
+            assert answer_in_reply(reply, True, names) == item.answer
+        assert reply_of(item, quote_first=False) == item.answer
+        if item.task != "next":
+            assert reply_of(item, quote_first=True) == item.answer
     assert normalize("  Good  morrow. ") == normalize("good morrow") == "good morrow"

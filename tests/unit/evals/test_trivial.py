@@ -11,7 +11,7 @@ import pytest
 
 from llmpipe.config.sft import DemoInstructions
 from llmpipe.data.playqa import balanced, items_of_play, normalize, passage_text
-from llmpipe.evals.trivial import RULES, Case, baselines, chance, paired_gain, sign_test_p
+from llmpipe.evals.trivial import RULES, Case, baselines, case_of, chance, check_of, paired_gain, sign_test_p
 from llmpipe.stages.chat_eval import baseline_metrics
 
 PASSAGE2 = [("Ham", "To be, or not to be"), ("Hor", "That is the question")]
@@ -220,3 +220,30 @@ def test_sft_data_keeps_the_demo_items_balanced_and_their_passages(tmp_path):
     assert_balanced_prefixes(items, sizes=(30, 90))
     for c in val:  # the passage kept beside each item is the one in its question
         assert c["messages"][0]["content"].startswith(passage_text([tuple(r) for r in c["passage"]]) + "\n\n")
+    for c in val:  # a "which line follows" reply repeats the quote; the record keeps the answer it is scored on
+        reply = c["messages"][-1]["content"]
+        if c["task"] == "next":
+            assert c["quoted"] and reply.split("\n")[0] in c["messages"][0]["content"] and reply != c["answer"]
+            assert check_of(c)(reply) and not check_of(c)(c["answer"])  # the bare answer lacks the quote line
+        else:
+            assert "answer" not in c and check_of(c)(reply)
+
+
+def test_a_quoted_reply_is_scored_on_what_follows_the_quote_and_the_rules_on_the_answer():
+    passage = [("Ham", "To be, or not to be"), ("Hor", "That is the question"), ("Hor", "Whether tis nobler")]
+    conversation = {"task": "next", "passage": passage, "answer": "That is the question", "quoted": True,
+                    "messages": [{"role": "user", "content": "..."},
+                                 {"role": "assistant", "content": "To be, or not to be\nHor: That is the question"}]}
+    check = check_of(conversation)
+    assert check("To be, or not to be\nHor: That is the question")
+    assert check("anything\nthat is the question.")  # the working is not scored, the answer is
+    assert not check("That is the question")  # no working line: the answer is what follows it
+    assert not check("To be, or not to be\nHam: Whether tis nobler")
+    assert not check("To be, or not to be\nThat is the question\nWhether tis nobler")
+    assert not check("To be, or not to be\nOsr: That is the question")  # not a character of the passage
+    assert case_of(conversation).answer == "That is the question"
+    base = baselines([case_of(conversation)], [case_of(conversation)])
+    assert base.acc["next"]["majority"] == 1.0  # the rules answer the answer, not the reply
+    plain = {**conversation, "messages": conversation["messages"][:1] + [{"role": "assistant", "content": "2"}]}
+    del plain["answer"], plain["quoted"]
+    assert check_of(plain)("2") and not check_of(plain)("x\n2")

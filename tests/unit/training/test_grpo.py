@@ -15,6 +15,7 @@ from tokenizers import Tokenizer
 
 from llmpipe.config.rl import RlParams
 from llmpipe.data.playqa import normalize
+from llmpipe.evals.trivial import Check
 from llmpipe.config.tokens import TokenizerParams
 from llmpipe.model.gpt import GPT, GPTConfig
 from llmpipe.model.weights import model_state, save_model
@@ -70,7 +71,7 @@ def warm_model(state) -> GPT:
 
 
 def questions(fmt, n=6) -> list[Question]:
-    return [Question(fmt.prompt(conversation(i, "")["messages"][:1]), NAMES[0]) for i in range(n)]
+    return [Question(fmt.prompt(conversation(i, "")["messages"][:1]), Check(NAMES[0])) for i in range(n)]
 
 
 CFG = dict(steps=6, questions_per_step=3, samples_per_question=6, max_new_tokens=6, lr=3e-3, checkpoint_every=2,
