@@ -17,7 +17,8 @@ over the weighted tokens, so the mixed rows' tokens, 8 x 256 x 0.1 at the defaul
 gradient from the answers; the log shows the answers' and the text's loss apart. With --prompt-weight the loss is
 still a mean over the weighted tokens, so the answers' share of the gradient shrinks.) Finetuning uses
 finetune's defaults (FinetuneParams, not params.yaml) with --steps and --lr; scoring is chat-eval's (greedy,
-32 new tokens) on every held-out item, beside the best trivial rule per type. Ends with
+chat_eval.max_new_tokens's default of new tokens, a quoted reply scored after its quote) on every held-out
+item, beside the best trivial rule per type. Ends with
 
     RESULT acc=<x> best_baseline_acc=<x> gain_over_best_baseline=<x> p_value=<x> acc_<type>=<x> best_baseline_<type>=<x> ...
            copy_repeat_top1_before=<x> copy_first_top1_before=<x> copy_repeat_top1_after=<x>
@@ -45,7 +46,7 @@ from tokenizers import Tokenizer
 
 import llmpipe.training.finetune as finetune_module
 
-from llmpipe.config.sft import FinetuneParams
+from llmpipe.config.sft import ChatEvalParams, FinetuneParams
 from llmpipe.data import playqa
 from llmpipe.evals.copying import copy_probe, varied_copy_probe
 from llmpipe.evals.trivial import is_checkable
@@ -66,8 +67,11 @@ def randomized(conversation: dict, lines: list[str], names: list[str], rng: rand
         rows.append((renamed[speaker], rng.choice(lines)))
     for _ in range(20):  # a draw can fail (a line too short to quote): draw the question again
         if (item := playqa.make_item(rows, conversation["task"], rng)) is not None:
-            return {**conversation, "passage": rows, "messages": [{"role": "user", "content": item.question},
-                                                                  {"role": "assistant", "content": item.answer}]}
+            reply = playqa.reply_of(item, bool(conversation.get("quoted")))  # the record's reply format kept
+            plain = {k: v for k, v in conversation.items() if k not in ("answer", "quoted")}
+            return {**plain, "passage": rows, "stratum": item.stratum, **({"answer": item.answer, "quoted": True}
+                                                                         if reply != item.answer else {}),
+                    "messages": [{"role": "user", "content": item.question}, {"role": "assistant", "content": reply}]}
     return conversation
 
 
@@ -144,7 +148,7 @@ def main() -> None:
         save_model(model, args.save)
     held_out = [c for c in read_conversations(sft / "val") if is_checkable(c)]
     prompts = [prompt_and_reference(c["messages"])[0] for c in held_out]
-    replies = answers(model, fmt, prompts, 32, 32)
+    replies = answers(model, fmt, prompts, ChatEvalParams().max_new_tokens, 32)
     acc, per_task, right = score(held_out, replies)
     versus, _, _ = baseline_metrics(held_out, train, right)
     for c, reply in list(zip(held_out, replies))[:6]:

@@ -45,9 +45,9 @@ TINY_PARAMS = {
                  "eval_batches": 2, "log_interval": 5, "checkpoint_interval": 5,
                  "mix": {"rows": 2}},  # pretraining rows in each batch: the stage reads data/tokens (issue 26)
     # two reward steps: the stage, its checkpoint, its MLflow version with lineage (tests/unit/training/test_grpo.py
-    # tests what it learns)
-    "rl": {"steps": 2, "questions_per_step": 4, "samples_per_question": 4, "max_new_tokens": 12, "checkpoint_every": 1},
-    "chat_eval": {"max_new_tokens": 12, "batch_size": 16, "samples": 4},
+    # tests what it learns); 64 new tokens: a quoted reply fits (a whole conversation is at most 65 tokens)
+    "rl": {"steps": 2, "questions_per_step": 4, "samples_per_question": 4, "max_new_tokens": 64, "checkpoint_every": 1},
+    "chat_eval": {"max_new_tokens": 64, "batch_size": 16, "samples": 4},
     "tracking": {"experiment": "llmpipe-test"},
 }
 

@@ -11,7 +11,7 @@ from llmpipe.config.base import Seed, Section
 
 class RlParams(Section):
     """Sample `samples_per_question` answers to each of `questions_per_step` train questions, reward an
-    exact match with the reference, and step along the policy gradient with each question's mean reward
+    exact match with the item's answer (chat-eval's check), and step along the policy gradient with each question's mean reward
     as the baseline (REINFORCE with a group baseline, as GRPO and nanochat's chat RL; one update per
     sample, so no importance ratio or clipping). The defaults keep the demo's extra time short: few
     steps of many questions, each step's gradient averaged over many groups (on the demo's finetuned

@@ -121,20 +121,13 @@ def rendered_line(rows: list[tuple[str, str]], k: int) -> str:
     return f"{speaker}: {line}" if k == 0 or rows[k - 1][0] != speaker else line
 
 
-def quoted_line(question: str) -> str | None:
-    """The line a question quotes: the text between its last pair of double quotes, None if it has none."""
-    tail = question.rsplit("\n", 1)[-1]
-    return tail[tail.index('"') + 1 : tail.rindex('"')] if tail.count('"') >= 2 else None
-
-
 def reply_of(item: Item, quote_first: bool) -> str:
     """The assistant's reply to an item: its answer; with quote_first, for a task in QUOTING, the quoted
     line, a newline and the answer as the passage writes it (the line it continues with)."""
     if not quote_first or item.task not in QUOTING:
         return item.answer
-    quote = quoted_line(item.question)
-    k = next(k for k, (_, line) in enumerate(item.passage) if line == quote)
-    return f"{quote}\n{rendered_line(item.passage, k + 1)}"
+    pos = item.stratum[1]  # next: the answer's row; the quoted line is the one before it
+    return f"{item.passage[pos - 1][1]}\n{rendered_line(item.passage, pos)}"
 
 
 def answer_in_reply(reply: str, quoted: bool, names: list[str] | tuple[str, ...] = ()) -> str:

@@ -32,6 +32,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from llmpipe.data.playqa import answer_in_reply, normalize, speakers_in_order
+from llmpipe.util.io import InputError
 
 RULES = ("majority", "first_speaker", "last_speaker", "first_line", "last_line", "random_line")
 FILES = "files"  # the type of conversations that are not demo items
@@ -52,7 +53,15 @@ def case_of(conversation: dict) -> Case:
 
 
 def answer_of(conversation: dict) -> str:
-    return conversation.get("answer", conversation["messages"][-1]["content"])
+    """The answer a reply is scored against: the record's `answer` where its reply shows working (a quote
+    first), else its last reply. A quoted record without a text answer is bad input, not a wrong reply."""
+    if "answer" not in conversation and not conversation.get("quoted"):
+        return conversation["messages"][-1]["content"]
+    answer = conversation.get("answer")
+    if not isinstance(answer, str) or not answer.strip():
+        raise InputError(f"{conversation.get('source', 'a conversation')}: `quoted` reply without a text `answer` "
+                         f"to score it against (got {answer!r}); rebuild it with `llmpipe sft-data`")
+    return answer
 
 
 @dataclass(frozen=True)
@@ -64,8 +73,12 @@ class Check:
     quoted: bool = False  # the reply repeats the quoted line first: its answer is what follows
     names: tuple[str, ...] = ()  # the passage's characters (a "Speaker: " before a line is allowed)
 
+    def answer_in(self, reply: str) -> str:
+        """The part of a reply that is scored (all of it unless the reply quotes first)."""
+        return answer_in_reply(reply, self.quoted, self.names)
+
     def __call__(self, reply: str | None) -> bool:
-        return reply is not None and is_right(answer_in_reply(reply, self.quoted, self.names), self.answer)
+        return reply is not None and is_right(self.answer_in(reply), self.answer)
 
 
 def check_of(conversation: dict) -> Check:
@@ -74,8 +87,8 @@ def check_of(conversation: dict) -> Check:
 
 
 def is_checkable(conversation: dict) -> bool:
-    """Whether exact match can score the conversation's last reply: the demo's typed items (their answers
-    are read off the passage), not the free text of instruction files."""
+    """Whether exact match can score the conversation's replies: the demo's typed items (their answers are
+    read off the passage), not the free text of instruction files."""
     return (conversation.get("task") or FILES) != FILES and bool(answer_of(conversation).strip())
 
 

@@ -34,12 +34,12 @@ from tokenizers import Tokenizer
 
 from llmpipe.evals.answer_loss import AnswerLoss, answer_losses
 from llmpipe.evals.copying import copy_probe, varied_copy_probe
-from llmpipe.evals.trivial import (FILES, Baselines, Gain, baselines, case_of, chance, check_of, is_checkable,
-                                   paired_gain)
+from llmpipe.evals.trivial import (FILES, Baselines, Gain, answer_of, baselines, case_of, chance, check_of,
+                                   is_checkable, paired_gain)
 from llmpipe.model.gpt import GPT
 from llmpipe.model.weights import WEIGHTS, is_pass_through, load_model
 from llmpipe.stages.registry import StageParams, StageResult, stage
-from llmpipe.tokens.chat import ChatFormat, prompt_and_reference
+from llmpipe.tokens.chat import ChatFormat, check_reply_budget, prompt_and_reference
 from llmpipe.tokens.examples import read_conversations
 from llmpipe.tokens.loader import TokenData
 from llmpipe.training.generate import generate_batch
@@ -155,6 +155,7 @@ def run(params: StageParams, root: Path, sink=None) -> StageResult:
     # exact match where the answer is checkable (the demo's items); the answers' loss for free text (files)
     conversations = [c for c in held_out if is_checkable(c)]
     free = [c for c in held_out if not is_checkable(c)]
+    check_reply_budget(conversations, fmt, cfg.max_new_tokens, "chat_eval.max_new_tokens")
     prompts = [prompt_and_reference(c["messages"])[0] for c in conversations]
     free_prompts = [prompt_and_reference(c["messages"])[0] for c in free[: cfg.samples]]
     metrics: dict = {"n_val_items": len(conversations), "n_free_items": len(free)}
@@ -237,7 +238,7 @@ def exact_match_report(conversations: list[dict], train: list[dict], prompts: li
                  100 * metrics["rl_gain_over_sft_ci_low"], 100 * metrics["rl_gain_over_sft_ci_high"],
                  metrics["rl_gain_over_sft_p_value"])
     return [{"source": c.get("source"), "task": c.get("task"), "prompt": prompts[i],
-             "reference": prompt_and_reference(c["messages"])[1],
+             "reference": prompt_and_reference(c["messages"])[1], "answer": answer_of(c),
              "base": replies["base"][i], "base_ok": right["base"][i],
              "finetuned": replies["finetuned"][i], "finetuned_ok": right["finetuned"][i],
              **({"rl": replies["rl"][i], "rl_ok": right["rl"][i]} if "rl" in right else {}),

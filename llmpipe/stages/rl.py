@@ -18,7 +18,7 @@ from tokenizers import Tokenizer
 from llmpipe.evals.trivial import check_of, is_checkable
 from llmpipe.model.weights import PASS_THROUGH, WEIGHTS, load_model, save_model
 from llmpipe.stages.registry import StageParams, StageResult, stage
-from llmpipe.tokens.chat import ChatFormat, prompt_and_reference
+from llmpipe.tokens.chat import ChatFormat, check_reply_budget, prompt_and_reference
 from llmpipe.tokens.examples import CONVERSATIONS, read_conversations
 from llmpipe.training.device import trained_precision
 from llmpipe.training.grpo import Question, grpo
@@ -68,6 +68,7 @@ def run(params: StageParams, root: Path, sink=None) -> StageResult:
     if not items:
         raise InputError(f"{STAGE.inp('train') / CONVERSATIONS}: no train item with a checkable answer (rl rewards "
                          "exact match on the demo's questions: enable sft_data.demo, or set rl.enabled: false)")
+    check_reply_budget(items, fmt, cfg.max_new_tokens, "rl.max_new_tokens")
     sft_md5 = dvc_md5(sft_dir)
     # A checkpoint is resumed only by a run with the same params, finetuned model, questions and precision.
     identity = {"rl": cfg.model_dump(mode="json"), "sft_model_md5": sft_md5,

@@ -21,6 +21,7 @@ from dataclasses import dataclass
 from tokenizers import Tokenizer
 
 from llmpipe.tokens.bpe import CHAT_TOKENS, EOT
+from llmpipe.util.io import InputError
 
 SYSTEM, USER, ASSISTANT, END = CHAT_TOKENS
 ROLE_TOKENS = {"system": SYSTEM, "user": USER, "assistant": ASSISTANT}
@@ -104,3 +105,12 @@ class ChatFormat:
 def prompt_and_reference(messages: list[dict]) -> tuple[list[dict], str]:
     """A conversation ending with the assistant -> (the messages before its last reply, that reply)."""
     return messages[:-1], messages[-1]["content"]
+
+
+def check_reply_budget(conversations: list[dict], fmt: ChatFormat, max_new_tokens: int, key: str) -> None:
+    """InputError naming `key` when `max_new_tokens` would cut the longest taught reply (with its <|end|>):
+    a cut reply scores 0 with no message, so a too small budget looks like a worse model."""
+    longest = max((len(fmt.text_ids(c["messages"][-1]["content"])) + 1 for c in conversations), default=0)
+    if longest > max_new_tokens:
+        raise InputError(f"{key}: {max_new_tokens} new tokens would cut the longest reply these items teach "
+                         f"({longest} tokens with <|end|>), and a cut reply scores 0: set {key} to {longest} or more")

@@ -223,7 +223,8 @@ def train_step(model: GPT, opt: torch.optim.Optimizer, fmt: ChatFormat, question
             raise TrainingDiverged(f"gradient norm is {grad_norm} at step {step + 1}")
         opt.step()
         opt.zero_grad(set_to_none=True)
-    keys = [normalize(t) for t in texts]
+    # the answers themselves: a quoted reply's first line differs by question and would hide a collapse
+    keys = [normalize(check.answer_in(t)) for t, check in zip(texts, checks)]
     counts: dict[str, int] = {}
     for k in keys:
         counts[k] = counts.get(k, 0) + 1

@@ -11,9 +11,8 @@ from tokenizers import Tokenizer
 
 from llmpipe.config.evaluate import BaselineParams, EvaluateParams
 from llmpipe.config.sft import ChatEvalParams
-from llmpipe.data.playqa import normalize
 from llmpipe.evals.copying import copy_probe, varied_copy_probe
-from llmpipe.evals.trivial import baselines, case_of, sign_test_p
+from llmpipe.evals.trivial import answer_of, baselines, case_of, check_of, sign_test_p
 from llmpipe.model.weights import load_model
 from llmpipe.stages.registry import STAGE_NAMES as STAGES, stage
 from llmpipe.tokens.examples import read_conversations
@@ -133,7 +132,9 @@ def test_the_chat_stages_report_what_they_did(repro_repo):
     samples = [json.loads(s) for s in (data / "chat_eval" / "samples.jsonl").read_text().splitlines()]
     assert len(samples) == TINY_PARAMS["chat_eval"]["samples"]
     assert {"base", "finetuned", "reference", "baseline", "baseline_rule"} <= set(samples[0])
-    assert [s["finetuned_ok"] for s in samples] == [normalize(s["finetuned"]) == normalize(s["reference"]) for s in samples]
+    by_source = {c["source"]: c for c in val}  # each reply scored as chat-eval scores it (after a taught quote)
+    assert [s["finetuned_ok"] for s in samples] == [check_of(by_source[s["source"]])(s["finetuned"]) for s in samples]
+    assert all(s["answer"] == answer_of(by_source[s["source"]]) for s in samples)
     ft = json.loads((data / "metrics" / "finetune.json").read_text())
     assert ft["steps"] == TINY_PARAMS["finetune"]["max_steps"] and (data / "finetune" / "checkpoints" / "state.json").exists()
     # evaluate's copy probe on each model, over the whole val split (chat_eval.copy_spans)
@@ -155,7 +156,7 @@ def test_the_chat_stages_report_what_they_did(repro_repo):
     assert rl["steps"] == TINY_PARAMS["rl"]["steps"] and rl["stopped"] == "no" and rl["base_model_dvc_md5"] == ft["model_dvc_md5"]
     assert rl["questions"] == sum(1 for c in train if c.get("task"))  # the train items only
     assert {"rl", "rl_ok"} <= set(samples[0]) and "rl_acc" in ev
-    assert [s["rl_ok"] for s in samples] == [normalize(s["rl"]) == normalize(s["reference"]) for s in samples]
+    assert [s["rl_ok"] for s in samples] == [check_of(by_source[s["source"]])(s["rl"]) for s in samples]
     assert ev["rl_gain_over_sft"] == pytest.approx(ev["rl_acc"] - ev["finetuned_acc"], abs=2e-4)
     assert ev["rl_gain_over_sft_p_value"] == pytest.approx(
         sign_test_p(ev["items_rl_only_right"], ev["items_sft_only_right"]), abs=1e-6)

@@ -3,11 +3,12 @@ checkable items made from plays."""
 
 import gzip
 import json
+import random
 
 import pytest
 
 from llmpipe.data.instructions import BadRecord, read_records, to_conversation
-from llmpipe.data.playqa import answer_in_reply, items_of_play, normalize, passage_text, reply_of, speeches
+from llmpipe.data.playqa import answer_in_reply, items_of_play, make_item, normalize, passage_text, reply_of, speeches
 
 ALPACA = {"instruction": "Name the speaker.", "input": "Ham. To be.", "output": "Hamlet"}
 SHAREGPT = {"conversations": [{"from": "system", "value": "Be brief."}, {"from": "human", "value": "Hi"},
@@ -125,4 +126,18 @@ def test_items_are_answerable_from_their_passage_and_deterministic():
         assert reply_of(item, quote_first=False) == item.answer
         if item.task != "next":
             assert reply_of(item, quote_first=True) == item.answer
+    # both forms occur: an answer line that starts a speech ("Speaker: line") and one that goes on a speech
+    written = [reply_of(i, True).split("\n")[1] for i in items if i.task == "next"]
+    assert any(w != i.answer for w, i in zip(written, [i for i in items if i.task == "next"]))
+    assert any(w == i.answer for w, i in zip(written, [i for i in items if i.task == "next"]))
+
+
+def test_a_quoted_line_with_double_quotes_is_repeated_whole():
+    rows = [("Macb", 'Sleepe no more: Macbeth does murther Sleepe,"--the innocent Sleepe'),
+            ("Macb", "Sleepe that knits vp the rauel'd Sleeue of Care"), ("Lady", "What doe you meane?")]
+    # the draw whose quoted line is the one with the double quote in it
+    item = next(i for seed in range(50) if (i := make_item(rows, "next", random.Random(seed))) and i.stratum[1] == 1)
+    assert '"--the innocent' in item.question
+    assert reply_of(item, True) == rows[0][1] + "\n" + rows[1][1]
+    assert answer_in_reply(reply_of(item, True), True, ["Macb", "Lady"]) == item.answer == rows[1][1]
     assert normalize("  Good  morrow. ") == normalize("good morrow") == "good morrow"

@@ -247,3 +247,31 @@ def test_a_quoted_reply_is_scored_on_what_follows_the_quote_and_the_rules_on_the
     plain = {**conversation, "messages": conversation["messages"][:1] + [{"role": "assistant", "content": "2"}]}
     del plain["answer"], plain["quoted"]
     assert check_of(plain)("2") and not check_of(plain)("x\n2")
+
+
+def test_a_quoted_record_without_its_answer_is_refused_by_source():
+    from llmpipe.util.io import InputError
+
+    broken = {"task": "next", "quoted": True, "source": "demo:play1#4",
+              "messages": [{"role": "user", "content": "q"}, {"role": "assistant", "content": "a\nb"}]}
+    for answer in (None, "", 3):
+        record = broken if answer is None else {**broken, "answer": answer}
+        with pytest.raises(InputError, match="demo:play1#4"):
+            check_of(record)
+
+
+def test_a_reply_budget_that_would_cut_a_taught_reply_is_refused_by_key():
+    from tokenizers import Tokenizer, models, pre_tokenizers
+
+    from llmpipe.tokens.bpe import CHAT_TOKENS, EOT
+    from llmpipe.tokens.chat import ChatFormat, check_reply_budget
+    from llmpipe.util.io import InputError
+
+    tok = Tokenizer(models.WordLevel({w: i for i, w in enumerate(["[UNK]", "a", "b"])}, unk_token="[UNK]"))
+    tok.pre_tokenizer = pre_tokenizers.Whitespace()
+    tok.add_special_tokens([EOT, *CHAT_TOKENS])
+    fmt = ChatFormat(tok)
+    items = [{"messages": [{"role": "user", "content": "a"}, {"role": "assistant", "content": "a b a"}]}]
+    check_reply_budget(items, fmt, 4, "chat_eval.max_new_tokens")  # 3 tokens and <|end|>
+    with pytest.raises(InputError, match=r"chat_eval.max_new_tokens: 3 new tokens .* \(4 tokens with <\|end\|>\)"):
+        check_reply_budget(items, fmt, 3, "chat_eval.max_new_tokens")

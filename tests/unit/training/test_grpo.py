@@ -294,3 +294,13 @@ def test_disabled_rl_passes_the_finetuned_model_through_and_nothing_counts_it(tm
     save_model(warm_model(warm_state), root / "data/model")
     metrics = chat_eval.run(SimpleNamespace(chat_eval=ChatEvalParams(max_new_tokens=4, copy_spans=0)), root).metrics
     assert "rl_answer_loss" not in metrics and "finetuned_answer_loss" in metrics
+
+
+def test_a_quoted_question_rewards_the_line_after_the_quote_as_chat_eval_scores_it(fmt):
+    speaker = conversation(0, "")["passage"][0][0]
+    record = {**conversation(0, f"a quoted line\n{speaker}: the answer"), "task": "next", "answer": "the answer",
+              "quoted": True}
+    (q,) = rl_stage.questions_of([record], fmt)
+    assert q.prompt == fmt.prompt(record["messages"][:1])
+    assert q.check(f"a quoted line\n{speaker}: the answer") and q.check("another line\nthe answer.")
+    assert not q.check("the answer") and not q.check("a quoted line\nthe answer\nmore")
