@@ -26,7 +26,8 @@ class RlParams(Section):
     samples_per_question: Annotated[int, Field(ge=2)] = 8  # a group: its mean reward is the baseline
     temperature: Annotated[float, Field(gt=0.0, le=4.0)] = 1.0  # sampling temperature of the answers
     top_k: Annotated[int, Field(ge=0)] = 0  # 0: the whole vocabulary
-    max_new_tokens: Annotated[int, Field(ge=1, le=4096)] = 48  # a longer reply is cut (scores 0) (~45 with a quote)
+    # a longer reply is cut (and scores 0); less than the longest taught reply: the stage refuses to start
+    max_new_tokens: Annotated[int, Field(ge=1, le=4096)] = 48
     # divide each group's advantages by its standard deviation (GRPO); off: reward - group mean only
     # (nanochat, Dr. GRPO: the division weights questions the model nearly always or never gets right up)
     normalize_advantage: bool = False

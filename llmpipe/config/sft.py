@@ -77,7 +77,8 @@ class ChatEvalParams(Section):
     """Exact match on the held-out items, base and finetuned model alike (same prompt, greedy)."""
 
     max_items: Annotated[int, Field(ge=1)] | None = None  # null: every held-out item
-    max_new_tokens: Annotated[int, Field(ge=1, le=4096)] = 48  # a quoted line and its answer: up to ~45
+    # a quoted line and its answer take up to ~44 tokens; less than the longest reply: the stage refuses
+    max_new_tokens: Annotated[int, Field(ge=1, le=4096)] = 48
     batch_size: Annotated[int, Field(ge=1, le=1024)] = 32
     samples: Annotated[int, Field(ge=0)] = 12  # conversations written to the samples file
     # evaluate's copy probes (llmpipe/evals/copying.py, at half the context and at varied distances) on

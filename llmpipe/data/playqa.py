@@ -127,6 +127,8 @@ def reply_of(item: Item, quote_first: bool) -> str:
     if not quote_first or item.task not in QUOTING:
         return item.answer
     pos = item.stratum[1]  # next: the answer's row; the quoted line is the one before it
+    if not 1 <= pos < len(item.passage) or item.passage[pos][1] != item.answer:
+        raise ValueError(f"a next-line item whose stratum {item.stratum} does not point at its answer {item.answer!r}")
     return f"{item.passage[pos - 1][1]}\n{rendered_line(item.passage, pos)}"
 
 

@@ -108,9 +108,10 @@ def prompt_and_reference(messages: list[dict]) -> tuple[list[dict], str]:
 
 
 def check_reply_budget(conversations: list[dict], fmt: ChatFormat, max_new_tokens: int, key: str) -> None:
-    """InputError naming `key` when `max_new_tokens` would cut the longest taught reply (with its <|end|>):
-    a cut reply scores 0 with no message, so a too small budget looks like a worse model."""
-    longest = max((len(fmt.text_ids(c["messages"][-1]["content"])) + 1 for c in conversations), default=0)
+    """InputError naming `key` when `max_new_tokens` would cut the longest taught reply (a reply cut before
+    its <|end|> still decodes whole): a cut reply scores 0 with no message, so a too small budget would
+    look like a worse model. Checked when the stage starts, before any generation."""
+    longest = max((len(fmt.text_ids(c["messages"][-1]["content"])) for c in conversations), default=0)
     if longest > max_new_tokens:
         raise InputError(f"{key}: {max_new_tokens} new tokens would cut the longest reply these items teach "
-                         f"({longest} tokens with <|end|>), and a cut reply scores 0: set {key} to {longest} or more")
+                         f"({longest} tokens), and a cut reply scores 0: set {key} to {longest} or more")

@@ -14,7 +14,8 @@ included, so the model also learns where to stop. Every answer is sampled by the
 and used for one update, so the update is on-policy: no importance ratio, no clipping.
 
 No KL term to the finetuned model: the run is a few steps at a small, decaying learning rate, the reward
-is exact (nothing to hack), and a KL term would need a second model's forward pass per step, a third
+is exact match on the answer (a quoted reply's first line, the working, is not scored: what drifts there
+shows only in chat-eval's samples), and a KL term would need a second model's forward pass per step, a third
 more time on the demo's budget of well under a minute. What a KL term guards against, the policy collapsing
 onto one answer, is watched instead: when every sampled answer of a batch is the same `collapse_steps`
 steps in a row, or the loss is not finite, the run stops and the last good checkpoint is the result.

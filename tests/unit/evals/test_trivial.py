@@ -272,6 +272,6 @@ def test_a_reply_budget_that_would_cut_a_taught_reply_is_refused_by_key():
     tok.add_special_tokens([EOT, *CHAT_TOKENS])
     fmt = ChatFormat(tok)
     items = [{"messages": [{"role": "user", "content": "a"}, {"role": "assistant", "content": "a b a"}]}]
-    check_reply_budget(items, fmt, 4, "chat_eval.max_new_tokens")  # 3 tokens and <|end|>
-    with pytest.raises(InputError, match=r"chat_eval.max_new_tokens: 3 new tokens .* \(4 tokens with <\|end\|>\)"):
-        check_reply_budget(items, fmt, 3, "chat_eval.max_new_tokens")
+    check_reply_budget(items, fmt, 3, "chat_eval.max_new_tokens")  # 3 tokens: whole before its <|end|>
+    with pytest.raises(InputError, match=r"chat_eval.max_new_tokens: 2 new tokens .* \(3 tokens\)"):
+        check_reply_budget(items, fmt, 2, "chat_eval.max_new_tokens")
