@@ -22,7 +22,8 @@ The answers are copied or counted from the prompt, so a small model can learn th
 the plays. With quote_first (`reply_of`), the reply to a question that quotes a line first repeats
 that line, then gives the answer on the next line: a small model finds a line by its content only by
 continuing a copy, and at a plain reply's first token it has nothing to continue (docs/assistant.md).
-The answer is what follows the repeat (`answer_in_reply`), as GSM8K scores the number after the working. Items are made per document: the caller splits documents, so held-out items come from
+The answer is what follows the repeat (`answer_in_reply`), as GSM8K scores the number after the
+working. Items are made per document: the caller splits documents, so held-out items come from
 plays the model never finetuned on.
 """
 
@@ -94,8 +95,7 @@ def _rows(window: list[Speech], max_lines: int) -> list[tuple[str, str]]:
 def passage_text(rows: list[tuple[str, str]]) -> str:
     """"Speaker: line" where a speech starts, its further lines below as they are (a speaker's two
     speeches in a row, a stage direction between them, read as one)."""
-    text = [f"{spk}: {line}" if k == 0 or rows[k - 1][0] != spk else line for k, (spk, line) in enumerate(rows)]
-    return "\n".join(text)
+    return "\n".join(rendered_line(rows, k) for k in range(len(rows)))
 
 
 def speakers_in_order(rows: list[tuple[str, str]]) -> list[str]:
