@@ -24,6 +24,10 @@ class DemoInstructions(Section):
     # writes it: a small model finds a line by content only by continuing a copy (docs/assistant.md).
     # chat-eval and rl score what follows the repeat.
     quote_first: bool = True
+    # A who-says question writes its passage with each line's speaker after it, "line (Speaker)", and,
+    # with quote_first, its reply repeats the quoted line with its tag: the name is then where a copy of
+    # the line runs on to, as the next line is (docs/assistant.md). The other questions keep the layout.
+    speaker_tags: bool = True
 
 
 class SftDataParams(Section):
@@ -70,6 +74,9 @@ class FinetuneParams(TrainingRun):
     schedule: Literal["cosine", "linear", "constant"] = "cosine"  # after the warmup
     warmup_steps: Annotated[int, Field(ge=0)] = 10
     weight_decay: Annotated[float, Field(ge=0.0)] = 0.0
+    # token: every answer token weighs 1, so a long reply outweighs a one-token answer; reply: every reply
+    # weighs the same in total (its tokens 1/its length, scaled to the same sum).
+    reply_weight: Literal["token", "reply"] = "reply"
     mix: PretrainingMix = PretrainingMix()
 
 

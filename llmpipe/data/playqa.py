@@ -36,7 +36,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass, field
 
 TASKS = ("speaker", "next", "count")
-QUOTING = ("next",)  # the tasks whose reply repeats the quoted line first, with quote_first
+QUOTING = ("next", "speaker")  # the tasks whose reply repeats the quoted line first, with quote_first
 # "Hor." or "First Witch." alone on a line (modern layout); "  Hor. Haile ..." (Folio layout).
 _ALONE = re.compile(r"^([A-Z][A-Za-z'\-]*(?: [A-Z][A-Za-z'\-]*){0,2})\.$")
 _FOLIO = re.compile(r"^ {1,6}([A-Z][A-Za-z'\-]*(?: [A-Z][A-Za-z'\-]*){0,2})\. (\S.*)$")
@@ -86,16 +86,20 @@ class Item:
     answer: str
     passage: list[tuple[str, str]] = field(default_factory=list)  # its lines as (speaker, line)
     stratum: tuple[str, int] = ("", 0)  # (group, cell) that `balanced` evens out
+    quote_row: int = -1  # the row of the quoted line (speaker, next)
+    tagged: bool = False  # the question writes its passage with speaker tags (`tagged_line`)
 
 
 def _rows(window: list[Speech], max_lines: int) -> list[tuple[str, str]]:
     return [(s.speaker, line) for s in window for line in s.lines[:max_lines]]
 
 
-def passage_text(rows: list[tuple[str, str]]) -> str:
+def passage_text(rows: list[tuple[str, str]], tagged: bool = False) -> str:
     """"Speaker: line" where a speech starts, its further lines below as they are (a speaker's two
-    speeches in a row, a stage direction between them, read as one)."""
-    return "\n".join(rendered_line(rows, k) for k in range(len(rows)))
+    speeches in a row, a stage direction between them, read as one); tagged: every line followed by
+    its speaker (`tagged_line`)."""
+    write = tagged_line if tagged else rendered_line
+    return "\n".join(write(rows, k) for k in range(len(rows)))
 
 
 def speakers_in_order(rows: list[tuple[str, str]]) -> list[str]:
@@ -121,23 +125,40 @@ def rendered_line(rows: list[tuple[str, str]], k: int) -> str:
     return f"{speaker}: {line}" if k == 0 or rows[k - 1][0] != speaker else line
 
 
+def tagged_line(rows: list[tuple[str, str]], k: int) -> str:
+    """Line k with its speaker after it, "line (Speaker)": a who-says passage with speaker_tags writes
+    every line so, and its reply repeats the quoted line so, which puts the name where a copy of the
+    line runs on to (docs/assistant.md: a name before the speech is read by no copy)."""
+    speaker, line = rows[k]
+    return f"{line} ({speaker})"
+
+
 def reply_of(item: Item, quote_first: bool) -> str:
     """The assistant's reply to an item: its answer; with quote_first, for a task in QUOTING, the quoted
-    line, a newline and the answer as the passage writes it (the line it continues with)."""
-    if not quote_first or item.task not in QUOTING:
+    line and the answer as the passage writes them: for next, the quoted line, a newline and the line
+    it continues with; for speaker, when its passage is tagged, the quoted line with its tag."""
+    if not quote_first or item.task not in QUOTING or (item.task == "speaker" and not item.tagged):
         return item.answer
+    if item.task == "speaker":
+        if not 0 <= item.quote_row < len(item.passage) or item.passage[item.quote_row][0] != item.answer:
+            raise ValueError(f"a who-says item whose quote_row {item.quote_row} is not a line of {item.answer!r}")
+        return tagged_line(item.passage, item.quote_row)
     pos = item.stratum[1]  # next: the answer's row; the quoted line is the one before it
     if not 1 <= pos < len(item.passage) or item.passage[pos][1] != item.answer:
         raise ValueError(f"a next-line item whose stratum {item.stratum} does not point at its answer {item.answer!r}")
     return f"{item.passage[pos - 1][1]}\n{rendered_line(item.passage, pos)}"
 
 
-def answer_in_reply(reply: str, quoted: bool, names: list[str] | tuple[str, ...] = ()) -> str:
+def answer_in_reply(reply: str, quoted: bool, names: list[str] | tuple[str, ...] = (), task: str = "next") -> str:
     """What a reply answers: all of it; for a reply that repeats the quoted line first (quoted), what
     follows its first line, less a leading "Speaker: " of a character in `names` (the passage writes a
-    speech's first line so, and a line is right with or without it)."""
+    speech's first line so, and a line is right with or without it); for a who-says reply, the tag that
+    ends it ("" when there is none: the name is scored only after the working)."""
     if not quoted:
         return reply
+    if task == "speaker":  # one line that ends with the tag; a reply running on past it answers nothing
+        line = reply.strip()
+        return line[line.rindex(" (") + 2 : -1] if line.endswith(")") and " (" in line and "\n" not in line else ""
     rest = reply.partition("\n")[2]
     for name in sorted(names, key=len, reverse=True):
         if rest.startswith(f"{name}: "):
@@ -145,9 +166,10 @@ def answer_in_reply(reply: str, quoted: bool, names: list[str] | tuple[str, ...]
     return rest
 
 
-def make_item(rows: list[tuple[str, str]], task: str, rng: random.Random) -> Item | None:
+def make_item(rows: list[tuple[str, str]], task: str, rng: random.Random, speaker_tags: bool = False) -> Item | None:
     """The item of `task` on this passage, or None when the passage cannot carry it. The asked cell
-    (the character's rank, the answer's position) is drawn uniformly; `balanced` then evens it out."""
+    (the character's rank, the answer's position) is drawn uniformly; `balanced` then evens it out.
+    speaker_tags: a who-says question writes its passage tagged (`tagged_line`)."""
     head = passage_text(rows) + "\n\n"
     names = speakers_in_order(rows)
     if task == "count":
@@ -160,18 +182,20 @@ def make_item(rows: list[tuple[str, str]], task: str, rng: random.Random) -> Ite
         if not lines:
             return None
         k = rng.choice(lines)
-        return Item(task, head + f'Who says "{rows[k][1]}"?', names[rank], rows, (f"speaker:{turns(rows)}", rank))
+        head = passage_text(rows, speaker_tags) + "\n\n"
+        return Item(task, head + f'Who says "{rows[k][1]}"?', names[rank], rows, (f"speaker:{turns(rows)}", rank),
+                    k, speaker_tags)
     if len(rows) < 3:  # next: with two lines the answer is simply the other one
         return None
     pos = rng.randrange(1, len(rows))  # the answer's index; the quoted line is the one before it
     if not _quotable(rows, pos - 1):
         return None
     return Item(task, head + f'Which line follows "{rows[pos - 1][1]}"?', rows[pos][1], rows,
-                (f"next:{len(rows)}", pos))
+                (f"next:{len(rows)}", pos), pos - 1)
 
 
 def items_of_play(text: str, seed: int, doc_id: str, max_speeches: int = 3, max_lines: int = 2,
-                  max_chars: int = 320) -> list[Item]:
+                  max_chars: int = 320, speaker_tags: bool = False) -> list[Item]:
     """Candidate items of one play: a window of 1..max_speeches speeches at every speech (speeches
     dropped from its end until the passage has at most max_chars characters), one task each, taken in
     turn. Unbalanced: pass the pooled candidates through `balanced`. Deterministic in (seed, doc_id)."""
@@ -186,7 +210,7 @@ def items_of_play(text: str, seed: int, doc_id: str, max_speeches: int = 3, max_
             rows = _rows(window, max_lines)
         if len(passage_text(rows)) > max_chars:
             continue
-        if (item := make_item(rows, TASKS[start % len(TASKS)], rng)) is not None:
+        if (item := make_item(rows, TASKS[start % len(TASKS)], rng, speaker_tags)) is not None:
             out.append(item)
     return out
 

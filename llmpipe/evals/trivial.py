@@ -72,10 +72,11 @@ class Check:
     answer: str
     quoted: bool = False  # the reply repeats the quoted line first: its answer is what follows
     names: tuple[str, ...] = ()  # the passage's characters (a "Speaker: " before a line is allowed)
+    task: str = "next"  # what the working leads to: the line after the quote, or (speaker) its tag
 
     def answer_in(self, reply: str) -> str:
         """The part of a reply that is scored (all of it unless the reply quotes first)."""
-        return answer_in_reply(reply, self.quoted, self.names)
+        return answer_in_reply(reply, self.quoted, self.names, self.task)
 
     def __call__(self, reply: str | None) -> bool:
         return reply is not None and is_right(self.answer_in(reply), self.answer)
@@ -83,7 +84,8 @@ class Check:
 
 def check_of(conversation: dict) -> Check:
     return Check(answer_of(conversation), bool(conversation.get("quoted")),
-                 tuple(speakers_in_order([tuple(r) for r in conversation.get("passage") or []])))
+                 tuple(speakers_in_order([tuple(r) for r in conversation.get("passage") or []])),
+                 conversation.get("task") or FILES)
 
 
 def is_checkable(conversation: dict) -> bool:

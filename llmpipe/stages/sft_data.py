@@ -90,7 +90,7 @@ def demo_conversations(docs: Path, assignments: Path, params: StageParams, fits=
     pools: tuple[list, list] = ([], [])
     for doc_id, text, val in zip(ids, texts, held_out):
         for k, item in enumerate(items_of_play(text, params.sft_data.seed, doc_id, demo.max_speeches,
-                                               demo.max_lines, demo.max_chars)):
+                                               demo.max_lines, demo.max_chars, demo.speaker_tags)):
             reply = reply_of(item, demo.quote_first)
             record = {"messages": [{"role": "user", "content": item.question}, {"role": "assistant", "content": reply}],
                       "source": f"demo:{doc_id}#{k}", "task": item.task, "passage": item.passage,

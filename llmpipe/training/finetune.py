@@ -37,11 +37,13 @@ MIX_STREAM = 3  # the mixed rows' own draw, apart from pretraining's streams (it
 class Examples:
     """Rows of (block_size + 1) tokens with their loss mask; batches by (seed, step, micro-step)."""
 
-    def __init__(self, folder: Path, block_size: int):
+    def __init__(self, folder: Path, block_size: int, per_reply: bool = False):
         self.tokens, self.mask = read_examples(folder)
         if self.tokens.shape[1] > block_size + 1:
             raise InputError(f"{folder}: rows of {self.tokens.shape[1] - 1} tokens exceed the model's context "
                              f"of {block_size} (set sft_data.block_size to at most {block_size})")
+        if per_reply:
+            self.mask = reply_weights(self.mask)
 
     def __len__(self) -> int:
         return self.tokens.shape[0]
@@ -54,6 +56,20 @@ class Examples:
     def batch(self, seed: int, step: int, micro: int, rows: int):
         rng = np.random.default_rng([seed, step, micro])
         return self.rows(rng.integers(0, len(self), rows))
+
+
+def reply_weights(mask: np.ndarray) -> np.ndarray:
+    """The mask as weights under which every reply (a run of masked tokens in a row) weighs the same,
+    scaled so the total is unchanged: a one-token answer ("2") counts as much as a quoted line and its
+    answer, where per token it would count a twentieth as much."""
+    m = mask > 0
+    starts = m & ~np.pad(m, ((0, 0), (1, 0)))[:, :-1]
+    run = np.cumsum(starts.ravel()).reshape(m.shape) - 1  # the reply each masked token belongs to
+    lengths = np.bincount(run[m], minlength=int(starts.sum()))
+    out = np.zeros(m.shape, np.float32)
+    if lengths.size:
+        out[m] = (m.sum() / lengths.size) / lengths[run[m]]
+    return out
 
 
 def token_losses(model: GPT, x, y, keep: torch.Tensor | None = None) -> torch.Tensor:
@@ -128,7 +144,9 @@ def finetune(cfg: FinetuneParams, model: GPT, train_dir: Path, val_dir: Path, ck
     dtype = resolve_dtype(cfg, device)
     torch.manual_seed(cfg.seed)
     model = model.to(device).train()
-    train, val = Examples(train_dir, model.cfg.block_size), Examples(val_dir, model.cfg.block_size)
+    # val loss stays per token, comparable across runs whatever the weighting
+    train = Examples(train_dir, model.cfg.block_size, per_reply=cfg.reply_weight == "reply")
+    val = Examples(val_dir, model.cfg.block_size)
     if len(train) == 0:
         raise InputError(f"{train_dir}: no training rows")
     if cfg.mix.rows and text is None:

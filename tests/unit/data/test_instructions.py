@@ -132,6 +132,35 @@ def test_items_are_answerable_from_their_passage_and_deterministic():
     assert any(w == i.answer for w, i in zip(written, [i for i in items if i.task == "next"]))
 
 
+def test_tagged_who_says_items_write_each_speaker_after_its_line_and_reply_with_the_tag():
+    play = (MODERN + "\n") * 30
+    items = [i for i in items_of_play(play, seed=0, doc_id="d", speaker_tags=True) if i.task == "speaker"]
+    plain = [i for i in items_of_play(play, seed=0, doc_id="d") if i.task == "speaker"]
+    assert items and [(i.answer, i.passage, i.stratum) for i in items] == [(i.answer, i.passage, i.stratum) for i in plain]
+    for item, untagged in zip(items, plain):
+        passage, question = item.question.rsplit("\n\n", 1)
+        assert passage == passage_text(item.passage, tagged=True) != untagged.question.rsplit("\n\n", 1)[0]
+        assert passage.splitlines() == [f"{line} ({spk})" for spk, line in item.passage]
+        quoted = question.split('"')[1]
+        reply = reply_of(item, quote_first=True)
+        assert reply in passage.splitlines() and reply == f"{quoted} ({item.answer})"  # a copy of its passage line
+        names = [spk for spk, _ in item.passage]
+        assert answer_in_reply(reply, True, names, "speaker") == item.answer
+        assert answer_in_reply(item.answer, True, names, "speaker") == ""  # no working, nothing scored
+        assert reply_of(item, quote_first=False) == item.answer
+    # the other tasks keep their layout
+    assert all(i.question.startswith(passage_text(i.passage) + "\n\n")
+               for i in items_of_play(play, seed=0, doc_id="d", speaker_tags=True) if i.task != "speaker")
+
+
+def test_a_who_says_item_whose_quoted_row_is_another_speakers_is_refused():
+    rows = [("Macb", "Sleepe no more, Macbeth does murther Sleepe"), ("Lady", "What doe you meane?")]
+    item = make_item(rows, "speaker", random.Random(0), speaker_tags=True)
+    broken = type(item)(**{**item.__dict__, "quote_row": 1 - item.quote_row})
+    with pytest.raises(ValueError, match="quote_row"):
+        reply_of(broken, True)
+
+
 def test_a_quoted_line_with_double_quotes_is_repeated_whole():
     rows = [("Macb", 'Sleepe no more: Macbeth does murther Sleepe,"--the innocent Sleepe'),
             ("Macb", "Sleepe that knits vp the rauel'd Sleeue of Care"), ("Lady", "What doe you meane?")]

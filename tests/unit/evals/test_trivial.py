@@ -218,13 +218,15 @@ def test_sft_data_keeps_the_demo_items_balanced_and_their_passages(tmp_path):
         {c["source"].split("#")[0] for c in train})
     items = [SimpleNamespace(task=c["task"], stratum=tuple(c["stratum"])) for c in val]
     assert_balanced_prefixes(items, sizes=(30, 90))
-    for c in val:  # the passage kept beside each item is the one in its question
-        assert c["messages"][0]["content"].startswith(passage_text([tuple(r) for r in c["passage"]]) + "\n\n")
-    for c in val:  # a "which line follows" reply repeats the quote; the record keeps the answer it is scored on
+    tags = params.sft_data.demo.speaker_tags
+    for c in val:  # the passage kept beside each item is the one in its question (who says: tagged lines)
+        tagged = tags and c["task"] == "speaker"
+        assert c["messages"][0]["content"].startswith(passage_text([tuple(r) for r in c["passage"]], tagged) + "\n\n")
+    for c in val:  # a quoting reply repeats the quote; the record keeps the answer it is scored on
         reply = c["messages"][-1]["content"]
-        if c["task"] == "next":
+        if c["task"] == "next" or (tags and c["task"] == "speaker"):
             assert c["quoted"] and reply.split("\n")[0] in c["messages"][0]["content"] and reply != c["answer"]
-            assert check_of(c)(reply) and not check_of(c)(c["answer"])  # the bare answer lacks the quote line
+            assert check_of(c)(reply) and not check_of(c)(c["answer"])  # the bare answer lacks the working
         else:
             assert "answer" not in c and check_of(c)(reply)
 
@@ -247,6 +249,20 @@ def test_a_quoted_reply_is_scored_on_what_follows_the_quote_and_the_rules_on_the
     plain = {**conversation, "messages": conversation["messages"][:1] + [{"role": "assistant", "content": "2"}]}
     del plain["answer"], plain["quoted"]
     assert check_of(plain)("2") and not check_of(plain)("x\n2")
+
+
+def test_a_tagged_who_says_reply_is_scored_on_its_tag():
+    passage = [("Ham", "To be, or not to be"), ("Hor", "That is the question (aside)")]
+    conversation = {"task": "speaker", "passage": passage, "answer": "Hor", "quoted": True,
+                    "messages": [{"role": "user", "content": "..."},
+                                 {"role": "assistant", "content": "That is the question (aside) (Hor)"}]}
+    check = check_of(conversation)
+    assert check("That is the question (aside) (Hor)") and check("anything (hor) ")  # the working is not scored
+    assert not check("Hor")  # no working, no tag
+    assert not check("That is the question (aside) (Ham)") and not check("That is the question (aside)")
+    assert not check("That is the question (Hor)\nTo be, or not to be (Ham)")  # running on past the tag
+    assert case_of(conversation).answer == "Hor"
+    assert baselines([case_of(conversation)], [case_of(conversation)]).acc["speaker"]["majority"] == 1.0
 
 
 def test_a_quoted_record_without_its_answer_is_refused_by_source():

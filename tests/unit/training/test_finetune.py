@@ -20,7 +20,8 @@ from llmpipe.tokens.bpe import train_tokenizer
 from llmpipe.tokens.chat import ChatFormat, Rendered
 from llmpipe.tokens.examples import packed, padded, read_conversations, read_examples, write_examples
 from llmpipe.tokens.loader import TokenData
-from llmpipe.training.finetune import MIX_STREAM, Examples, finetune, masked_loss, token_losses, training_batch
+from llmpipe.training.finetune import (MIX_STREAM, Examples, finetune, masked_loss, reply_weights, token_losses,
+                                      training_batch)
 from llmpipe.util.io import InputError
 from tests.toy_tokens import write_toy_tokens
 
@@ -80,6 +81,19 @@ def test_masked_loss_counts_only_the_masked_targets():
     y2 = y.clone()
     y2[m == 0] = 7  # unmasked targets do not matter
     assert torch.allclose(masked_loss(model, x, y2, m), expected, atol=1e-6)
+
+
+def test_reply_weights_give_every_reply_the_same_total_and_keep_the_sum(tmp_path):
+    # row 0: a 3-token reply and a 1-token one; row 1: a reply running to the row's end, and one at its start
+    mask = np.array([[0, 1, 1, 1, 0, 0, 1], [1, 0, 0, 1, 1, 0, 0], [0, 0, 0, 0, 0, 1, 1]], np.uint8)
+    w = reply_weights(mask)
+    assert ((w > 0) == (mask > 0)).all() and w.sum() == pytest.approx(mask.sum())
+    totals = [w[0, 1:4].sum(), w[0, 6], w[1, 0], w[1, 3:5].sum(), w[2, 5:].sum()]
+    assert totals == pytest.approx([mask.sum() / 5] * 5)
+    assert reply_weights(np.zeros((2, 4), np.uint8)).sum() == 0
+    write_examples(tmp_path / "ex", np.arange(21).reshape(3, 7), mask, [])
+    assert (Examples(tmp_path / "ex", 6, per_reply=True).mask == w).all()
+    assert (Examples(tmp_path / "ex", 6).mask == mask).all()
 
 
 @pytest.mark.parametrize("autocast", [False, True], ids=["fp32", "bf16-autocast"])
@@ -243,7 +257,7 @@ def test_the_logged_losses_are_the_answers_the_text_and_their_weighted_mean(tmp_
     expected = {"loss": 0.0, "answer_loss": 0.0, "text_loss": 0.0}
     with torch.no_grad():  # the first step's losses are the base model's on the two micro-batches
         for micro in range(2):
-            x, y, m = training_batch(Examples(train_dir, 32), text, cfg, 0, micro)
+            x, y, m = training_batch(Examples(train_dir, 32, per_reply=True), text, cfg, 0, micro)  # reply_weight
             ce = token_losses(base.eval(), x, y)
             a, t = (ce[:3] * m[:3]).sum() / m[:3].sum(), ce[3:].mean()
             weight = m[:3].sum()
