@@ -65,8 +65,11 @@ def randomized(conversation: dict, lines: list[str], names: list[str], rng: rand
         if speaker not in renamed:
             renamed[speaker] = rng.choice([n for n in names if n not in renamed.values()])
         rows.append((renamed[speaker], rng.choice(lines)))
+    # the record's passage layout kept: tagged lines ("line (Speaker)") where its question shows them
+    tagged = conversation["messages"][0]["content"].startswith(
+        playqa.passage_text([tuple(r) for r in conversation["passage"]], tagged=True))
     for _ in range(20):  # a draw can fail (a line too short to quote): draw the question again
-        if (item := playqa.make_item(rows, conversation["task"], rng)) is not None:
+        if (item := playqa.make_item(rows, conversation["task"], rng, speaker_tags=tagged)) is not None:
             reply = playqa.reply_of(item, bool(conversation.get("quoted")))  # the record's reply format kept
             plain = {k: v for k, v in conversation.items() if k not in ("answer", "quoted")}
             return {**plain, "passage": rows, "stratum": item.stratum, **({"answer": item.answer, "quoted": True}
@@ -131,8 +134,10 @@ def main() -> None:
                                     args.seed)
     mix = {"rows": args.mix_rows, "repeat_share": args.mix_repeat_share, "weight": args.mix_weight,
            "target_share": args.mix_target_share}
+    # reply_weight token: the rows carry this bench's own weights (prompt tokens at --prompt-weight), not a 0/1 mask
     cfg = FinetuneParams(max_steps=args.steps, lr=args.lr, seed=1337 + args.seed, device="cpu", eval_interval=10**9,
-                         checkpoint_interval=10**9, log_interval=50, mix=mix if args.mix_rows else {})
+                         checkpoint_interval=10**9, log_interval=50, mix=mix if args.mix_rows else {},
+                         reply_weight="token")
     original = finetune_module.read_examples
     finetune_module.read_examples = lambda src: (tokens, weights) if src == sft / "train" else original(src)
     text = TokenData(root / "data/tokens", "train") if args.mix_rows else None

@@ -19,7 +19,7 @@ class DemoInstructions(Section):
     val_items: Annotated[int, Field(ge=0)] = 300
     max_speeches: Annotated[int, Field(ge=2, le=20)] = 3  # speeches in a passage
     max_lines: Annotated[int, Field(ge=1, le=20)] = 2  # lines kept of each speech
-    max_chars: Annotated[int, Field(ge=40)] = 320  # characters of a passage
+    max_chars: Annotated[int, Field(ge=40)] = 320  # characters of a passage ("Speaker: line" layout)
     # The reply to "which line follows" repeats the quoted line first, then the answer as the passage
     # writes it: a small model finds a line by content only by continuing a copy (docs/assistant.md).
     # chat-eval and rl score what follows the repeat.

@@ -3,10 +3,12 @@
 A play is read into speeches (speaker, lines), in both layouts of the corpus: the modern one (the
 speaker's name alone on a line, "Hor.", then the speech) and the Folio one ("  Hor. Haile to your
 Lordship", continuation lines below). A passage is 1..max_speeches consecutive speeches, each cut to
-its first lines, written as "Speaker: line" (continuation lines below, unprefixed); each item asks one
+its first lines, written as "Speaker: line" (continuation lines below, unprefixed; who-says passages
+with speaker_tags: "line (Speaker)" on every line); each item asks one
 question whose answer can be read off the passage and is checked by exact match (see `normalize`):
 
-- speaker: who says a quoted line of the passage (a name from the passage; 2 or more speak);
+- speaker: who says a quoted line of the passage (a name from the passage, 2 or more speak; with
+  speaker_tags the reply is the quoted line and its tag);
 - next: which line follows a quoted line (a line of the passage; 3 or more lines);
 - count: how many characters speak in the passage (a number, 1..max_speeches).
 
@@ -23,8 +25,10 @@ the plays. With quote_first (`reply_of`), the reply to a question that quotes a 
 that line, then gives the answer on the next line: a small model finds a line by its content only by
 continuing a copy, and at a plain reply's first token it has nothing to continue (docs/assistant.md).
 The answer is what follows the repeat (`answer_in_reply`), as GSM8K scores the number after the
-working. Items are made per document: the caller splits documents, so held-out items come from
-plays the model never finetuned on.
+working. A who-says answer sits before its line, where no copy runs on to; with speaker_tags its
+question writes every line "line (Speaker)" (`tagged_line`), and its reply is the quoted line so, scored
+on the tag. Items are made per document: the caller splits documents, so held-out items come from plays
+the model never finetuned on.
 """
 
 from __future__ import annotations
@@ -157,7 +161,7 @@ def answer_in_reply(reply: str, quoted: bool, names: list[str] | tuple[str, ...]
     if not quoted:
         return reply
     if task == "speaker":  # one line that ends with the tag; a reply running on past it answers nothing
-        line = reply.strip()
+        line = reply.strip().rstrip(".,;:!? ")  # trailing punctuation aside, as `normalize` has it
         return line[line.rindex(" (") + 2 : -1] if line.endswith(")") and " (" in line and "\n" not in line else ""
     rest = reply.partition("\n")[2]
     for name in sorted(names, key=len, reverse=True):

@@ -43,7 +43,7 @@ class Examples:
             raise InputError(f"{folder}: rows of {self.tokens.shape[1] - 1} tokens exceed the model's context "
                              f"of {block_size} (set sft_data.block_size to at most {block_size})")
         if per_reply:
-            self.mask = reply_weights(self.mask)
+            self.mask = reply_weights(self.mask, str(folder))
 
     def __len__(self) -> int:
         return self.tokens.shape[0]
@@ -58,11 +58,16 @@ class Examples:
         return self.rows(rng.integers(0, len(self), rows))
 
 
-def reply_weights(mask: np.ndarray) -> np.ndarray:
-    """The mask as weights under which every reply (a run of masked tokens in a row) weighs the same,
-    scaled so the total is unchanged: a one-token answer ("2") counts as much as a quoted line and its
-    answer, where per token it would count a twentieth as much."""
+def reply_weights(mask: np.ndarray, where: str = "examples") -> np.ndarray:
+    """The 0/1 mask as weights under which every reply (a run of masked targets in a row) weighs the
+    same, scaled so the split's total is unchanged: a one-token answer ("2") counts as much as a quoted
+    line and its answer, where per token it would count a twentieth as much. Column 0 is no target
+    (`Examples.rows`), so it counts for no reply."""
+    if not np.isin(mask, (0, 1)).all():
+        raise InputError(f"{where}: finetune.reply_weight: reply needs a 0/1 loss mask; these rows carry "
+                         f"other weights (set finetune.reply_weight: token)")
     m = mask > 0
+    m[:, :1] = False
     starts = m & ~np.pad(m, ((0, 0), (1, 0)))[:, :-1]
     run = np.cumsum(starts.ravel()).reshape(m.shape) - 1  # the reply each masked token belongs to
     lengths = np.bincount(run[m], minlength=int(starts.sum()))
@@ -183,7 +188,7 @@ def finetune(cfg: FinetuneParams, model: GPT, train_dir: Path, val_dir: Path, ck
             if n_text:  # the mean over the text targets computed (all, or target_share's draw)
                 kept = m[x.size(0) - n_text:] > 0
                 text_sum += float(ce[x.size(0) - n_text:][kept].sum() / kept.sum().clamp(min=1))
-            targets += float(m[answers].sum())
+            targets += float((m[answers] > 0).sum())  # tokens, not their weights
         loss_val = loss_sum / cfg.grad_accum_steps
         if not math.isfinite(loss_val):
             raise TrainingDiverged(f"loss is {loss_val} at step {step}; the last good checkpoint in {ckpt_dir} is kept")

@@ -87,3 +87,28 @@ def test_phases_parse_and_a_bad_piece_is_named():
                       ("10:periodic=0.6,text_periodic=0.6", "at most 1 together"), (" ; ", "names no phase")]:
         with pytest.raises(ValueError, match=why):
             parse(spec)
+
+
+@pytest.mark.parametrize("speaker_tags", [True, False])
+def test_sft_variants_random_passages_keep_the_records_layout_and_reply_format(speaker_tags):
+    """bench/sft_variants.py's --random-passages rebuilds an item on random lines and names: a tagged who-says
+    record stays tagged and quoted (its reply the quoted line with its tag), an untagged one stays plain."""
+    import random
+
+    from llmpipe.data import playqa
+    from llmpipe.evals.trivial import check_of
+
+    variants = bench_module("sft_variants")
+    rows = [("Ham", "To be, or not to be, that is the question"), ("Hor", "Whether tis nobler in the mind"),
+            ("Ham", "The slings and arrowes of outragious fortune")]
+    item = next(i for s in range(50) if (i := playqa.make_item(rows, "speaker", random.Random(s), speaker_tags)))
+    reply = playqa.reply_of(item, True)
+    record = {"task": "speaker", "passage": item.passage, "stratum": item.stratum, "source": "demo:x#0",
+              "messages": [{"role": "user", "content": item.question}, {"role": "assistant", "content": reply}],
+              **({"answer": item.answer, "quoted": True} if reply != item.answer else {})}
+    lines = [f"a line of the train text, number {k}" for k in range(20)]
+    new = variants.randomized(record, lines, ["Alpha", "Beta", "Gamma", "Delta"], random.Random(1))
+    assert new["passage"] != record["passage"]
+    rows = [tuple(r) for r in new["passage"]]
+    assert new["messages"][0]["content"].startswith(playqa.passage_text(rows, speaker_tags) + "\n\n")
+    assert bool(new.get("quoted")) == speaker_tags and check_of(new)(new["messages"][-1]["content"])

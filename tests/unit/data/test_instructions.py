@@ -148,6 +148,7 @@ def test_tagged_who_says_items_write_each_speaker_after_its_line_and_reply_with_
         assert answer_in_reply(reply, True, names, "speaker") == item.answer
         assert answer_in_reply(item.answer, True, names, "speaker") == ""  # no working, nothing scored
         assert reply_of(item, quote_first=False) == item.answer
+        assert reply_of(untagged, quote_first=True) == untagged.answer  # no tags: the bare name, as before
     # the other tasks keep their layout
     assert all(i.question.startswith(passage_text(i.passage) + "\n\n")
                for i in items_of_play(play, seed=0, doc_id="d", speaker_tags=True) if i.task != "speaker")

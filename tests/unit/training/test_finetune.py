@@ -84,16 +84,21 @@ def test_masked_loss_counts_only_the_masked_targets():
 
 
 def test_reply_weights_give_every_reply_the_same_total_and_keep_the_sum(tmp_path):
-    # row 0: a 3-token reply and a 1-token one; row 1: a reply running to the row's end, and one at its start
-    mask = np.array([[0, 1, 1, 1, 0, 0, 1], [1, 0, 0, 1, 1, 0, 0], [0, 0, 0, 0, 0, 1, 1]], np.uint8)
+    # row 0: a 3-token reply and a 1-token one; row 1: one at column 0 (no target: it counts from column 1) and
+    # a 2-token one; row 2: a reply running to the row's end
+    mask = np.array([[0, 1, 1, 1, 0, 0, 1], [1, 1, 0, 1, 1, 0, 0], [0, 0, 0, 0, 0, 1, 1]], np.uint8)
     w = reply_weights(mask)
-    assert ((w > 0) == (mask > 0)).all() and w.sum() == pytest.approx(mask.sum())
-    totals = [w[0, 1:4].sum(), w[0, 6], w[1, 0], w[1, 3:5].sum(), w[2, 5:].sum()]
-    assert totals == pytest.approx([mask.sum() / 5] * 5)
+    targets = mask.copy()
+    targets[:, 0] = 0
+    assert ((w > 0) == (targets > 0)).all() and w.sum() == pytest.approx(targets.sum())
+    totals = [w[0, 1:4].sum(), w[0, 6], w[1, 1], w[1, 3:5].sum(), w[2, 5:].sum()]
+    assert totals == pytest.approx([targets.sum() / 5] * 5)
     assert reply_weights(np.zeros((2, 4), np.uint8)).sum() == 0
     write_examples(tmp_path / "ex", np.arange(21).reshape(3, 7), mask, [])
     assert (Examples(tmp_path / "ex", 6, per_reply=True).mask == w).all()
     assert (Examples(tmp_path / "ex", 6).mask == mask).all()
+    with pytest.raises(InputError, match="finetune.reply_weight"):  # weights already, not a mask
+        reply_weights(np.array([[0, 0.5, 1]], np.float32), "bench rows")
 
 
 @pytest.mark.parametrize("autocast", [False, True], ids=["fp32", "bf16-autocast"])
@@ -243,7 +248,8 @@ def test_a_target_share_computes_a_seeded_draw_of_the_text_targets_at_the_same_e
         FinetuneParams(mix={"rows": 4, "target_share": 0.0})
 
 
-def test_the_logged_losses_are_the_answers_the_text_and_their_weighted_mean(tmp_path, tokenizer_file):
+@pytest.mark.parametrize("reply_weight", ["token", "reply"])
+def test_the_logged_losses_are_the_answers_the_text_and_their_weighted_mean(tmp_path, tokenizer_file, reply_weight):
     from tokenizers import Tokenizer
 
     from llmpipe.stages.finetune import mixed_text
@@ -251,13 +257,16 @@ def test_the_logged_losses_are_the_answers_the_text_and_their_weighted_mean(tmp_
     train_dir, val_dir = _toy_examples(tmp_path, ChatFormat(Tokenizer.from_file(str(tokenizer_file))))
     text = TokenData(write_toy_tokens(tmp_path / "tokens", vocab=300), "train")
     cfg = FinetuneParams(max_steps=1, micro_batch_size=3, grad_accum_steps=2, warmup_steps=0, precision="fp32",
-                         log_interval=1, eval_batches=1, threads=1, mix={"rows": 2, "weight": 0.3})
+                         log_interval=1, eval_batches=1, threads=1, mix={"rows": 2, "weight": 0.3},
+                         reply_weight=reply_weight)
     torch.manual_seed(0)
     base = GPT(GPTConfig(vocab_size=300, n_layer=1, n_head=2, d_model=16, block_size=32))
+    mask = Examples(train_dir, 32).mask
+    assert (reply_weights(mask) != mask).any()  # replies of unequal lengths: the two weightings differ here
     expected = {"loss": 0.0, "answer_loss": 0.0, "text_loss": 0.0}
     with torch.no_grad():  # the first step's losses are the base model's on the two micro-batches
         for micro in range(2):
-            x, y, m = training_batch(Examples(train_dir, 32, per_reply=True), text, cfg, 0, micro)  # reply_weight
+            x, y, m = training_batch(Examples(train_dir, 32, per_reply=reply_weight == "reply"), text, cfg, 0, micro)
             ce = token_losses(base.eval(), x, y)
             a, t = (ce[:3] * m[:3]).sum() / m[:3].sum(), ce[3:].mean()
             weight = m[:3].sum()

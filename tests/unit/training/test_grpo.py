@@ -304,3 +304,9 @@ def test_a_quoted_question_rewards_the_line_after_the_quote_as_chat_eval_scores_
     assert q.prompt == fmt.prompt(record["messages"][:1])
     assert q.check(f"a quoted line\n{speaker}: the answer") and q.check("another line\nthe answer.")
     assert not q.check("the answer") and not q.check("a quoted line\nthe answer\nmore")
+    # a tagged who-says question: rewarded, and keyed for the collapse watch, on the name in its tag
+    who = {**conversation(0, f"a quoted line ({speaker})"), "task": "speaker", "answer": speaker, "quoted": True}
+    (w,) = rl_stage.questions_of([who], fmt)
+    assert w.check(f"a quoted line ({speaker})") and w.check(f"another line ({speaker}).")
+    assert not w.check(speaker) and not w.check(f"a quoted line ({speaker})\nmore")
+    assert w.check.answer_in(f"any line ({speaker})") == speaker and w.check.answer_in(speaker) == ""
