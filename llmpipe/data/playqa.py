@@ -174,7 +174,7 @@ def make_item(rows: list[tuple[str, str]], task: str, rng: random.Random, speake
     """The item of `task` on this passage, or None when the passage cannot carry it. The asked cell
     (the character's rank, the answer's position) is drawn uniformly; `balanced` then evens it out.
     speaker_tags: a who-says question writes its passage tagged (`tagged_line`)."""
-    head = passage_text(rows) + "\n\n"
+    head = passage_text(rows, speaker_tags and task == "speaker") + "\n\n"
     names = speakers_in_order(rows)
     if task == "count":
         return Item(task, head + "How many characters speak?", str(len(names)), rows, ("count", len(names)))
@@ -186,7 +186,6 @@ def make_item(rows: list[tuple[str, str]], task: str, rng: random.Random, speake
         if not lines:
             return None
         k = rng.choice(lines)
-        head = passage_text(rows, speaker_tags) + "\n\n"
         return Item(task, head + f'Who says "{rows[k][1]}"?', names[rank], rows, (f"speaker:{turns(rows)}", rank),
                     k, speaker_tags)
     if len(rows) < 3:  # next: with two lines the answer is simply the other one
