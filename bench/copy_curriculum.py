@@ -7,7 +7,9 @@ weights, with shares of each micro-batch's rows swapped:
                    most frequent train tokens, repeated to fill the row: only a lookup by content predicts
                    the repeats, at a distance that changes from row to row;
   text_periodic=S  rows whose own first P text tokens repeat to fill the row (the same, on text);
-  decay=F          the phase's wsd decay fraction (default: params.yaml's).
+  decay=F          the phase's wsd decay fraction (default: params.yaml's);
+  block=N, rows=N  the phase's row length (at most --block; RoPE's weights do not depend on it) and rows
+                   per micro-batch (default: --block and params.yaml's micro_batch_size): a cheaper phase.
 Each phase starts the optimizer, the lr warm-up and the sequence-length warm-up afresh (the warm-up
 cuts rows into pieces of 64 and 128 tokens over up to half a phase's steps, where longer periods repeat
 inside no piece). After each phase: the varied-distance copy probe on val text (llmpipe.evals.copying, as evaluate runs it),
@@ -41,6 +43,7 @@ ROOT = Path(__file__).resolve().parent.parent
 from llmpipe.config.pretrain import PretrainParams  # noqa: E402
 from llmpipe.config.sections import load_sections  # noqa: E402
 from llmpipe.evals.copying import copy_probe, varied_copy_probe  # noqa: E402
+from llmpipe.model.gpt import GPT, GPTConfig  # noqa: E402
 from llmpipe.model.weights import save_model  # noqa: E402
 from llmpipe.stages.registry import output  # noqa: E402
 from llmpipe.tokens.loader import TokenData  # noqa: E402
@@ -48,10 +51,11 @@ from llmpipe.tokens.shards import load_manifest  # noqa: E402
 from llmpipe.training.budget import scaled_warmup  # noqa: E402
 from llmpipe.training.evaluate import evaluate_model  # noqa: E402
 
-KEYS = {"periodic", "text_periodic", "decay"}
+KEYS = {"periodic", "text_periodic", "decay", "block", "rows"}
+WHOLE = {"block", "rows"}  # whole numbers: the phase's row length and rows per micro-batch
 
 
-def parse_phases(spec: str) -> list[tuple[int, dict]]:
+def parse_phases(spec: str, block: int = 10**9) -> list[tuple[int, dict]]:
     """"STEPS:key=value,...;STEPS:..." -> [(steps, {key: value})], with a clear error for a bad piece."""
     phases = []
     for piece in filter(None, (p.strip() for p in spec.split(";"))):
@@ -63,6 +67,11 @@ def parse_phases(spec: str) -> list[tuple[int, dict]]:
             key, _, value = item.partition("=")
             if key not in KEYS:
                 raise ValueError(f"--phases {piece!r}: unknown key {key!r} (known: {', '.join(sorted(KEYS))})")
+            if key in WHOLE:
+                if not value.strip().isdigit() or int(value) < 1:
+                    raise ValueError(f"--phases {piece!r}: {key} takes a positive whole number, got {value!r}")
+                opts[key] = int(value)
+                continue
             try:
                 opts[key] = float(value)
             except ValueError:
@@ -75,13 +84,18 @@ def parse_phases(spec: str) -> list[tuple[int, dict]]:
         phases.append((int(steps), opts))
     if not phases:
         raise ValueError("--phases: names no phase")
+    if any(o.get("block", 0) > block for _, o in phases):
+        raise ValueError(f"--phases: a phase's block exceeds --block {block}")
     return phases
 
 
 def train_phase(cfg: dict, steps: int, opts: dict, state: dict | None, token_dir: Path, vocab: int, patch):
     """The recipe for `steps` from `state` (None: the loop's own initial weights) -> (model, seconds)."""
-    run = PretrainParams.model_validate({**cfg, "max_steps": steps, "warmup_steps": scaled_warmup(cfg["warmup_steps"], steps),
-                                         **({"decay_frac": opts["decay"]} if "decay" in opts else {})})
+    model = {**cfg["model"], **({"block_size": opts["block"]} if "block" in opts else {})}
+    run = PretrainParams.model_validate({**cfg, "model": model, "max_steps": steps,
+                                         "warmup_steps": scaled_warmup(cfg["warmup_steps"], steps),
+                                         **({"decay_frac": opts["decay"]} if "decay" in opts else {}),
+                                         **({"micro_batch_size": opts["rows"]} if "rows" in opts else {})})
     return _root.train_from_state(run, token_dir, vocab, state, "copy_curriculum", patch)
 
 
@@ -112,7 +126,7 @@ def main() -> None:
     ap.add_argument("--save", type=Path, default=None, help="keep the last phase's model here")
     args = ap.parse_args()
     try:
-        phases = parse_phases(args.phases)
+        phases = parse_phases(args.phases, args.block)
     except ValueError as e:
         ap.error(str(e))
     if args.baseline_steps < 0:
@@ -165,6 +179,9 @@ def main() -> None:
     for i, (steps, opts) in enumerate(phases, 1):
         model, secs = train_phase(cfg, steps, opts, state, token_dir, vocab, _root.swapped_rows(opts, alphabet, args.pmin, args.pmax))
         state, total_s = {k: v.detach().clone() for k, v in model.state_dict().items()}, total_s + secs
+        if model.cfg.block_size != args.block:  # a shorter phase's model, back at the full block for the probes
+            model = GPT(GPTConfig(**{**model.cfg.to_dict(), "block_size": args.block}))
+            model.load_state_dict(state)
         p = probes(model)
         print(f"phase {i} ({steps} steps, {opts}): varied probe {p.get('copy_varied_repeat_top1', nan):.3f} on the repeat / "
               f"{p.get('copy_varied_first_top1', nan):.3f} first, half-context {p.get('copy_repeat_top1', nan):.3f}, periodic rows "

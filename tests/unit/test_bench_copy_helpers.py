@@ -84,9 +84,14 @@ def test_phases_parse_and_a_bad_piece_is_named():
     for spec, why in [("0:periodic=1", "positive whole number"), ("x:periodic=1", "positive whole number"),
                       ("10:shuffle=1", "unknown key 'shuffle'"), ("10:periodic=half", "takes a number"),
                       ("10:periodic=1.5", "from 0 to 1"), ("10:decay=0", "above 0"),
-                      ("10:periodic=0.6,text_periodic=0.6", "at most 1 together"), (" ; ", "names no phase")]:
+                      ("10:periodic=0.6,text_periodic=0.6", "at most 1 together"), (" ; ", "names no phase"),
+                      ("10:block=0.5", "positive whole number"), ("10:rows=0", "positive whole number")]:
         with pytest.raises(ValueError, match=why):
             parse(spec)
+    # a cheaper phase: its own row length (whole numbers, not shares) and rows, no longer than the bench's block
+    assert parse("700:periodic=1,block=128,rows=4;10:", 256) == [(700, {"periodic": 1.0, "block": 128, "rows": 4}), (10, {})]
+    with pytest.raises(ValueError, match="exceeds --block 256"):
+        parse("700:block=512", 256)
 
 
 @pytest.mark.parametrize("speaker_tags", [True, False])
