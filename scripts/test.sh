@@ -5,7 +5,7 @@ cd "$(dirname "$0")/.."
 SUDO=""; [ "$(id -u)" = 0 ] || SUDO="sudo -n"
 apt_ok() { command -v apt-get >/dev/null && { [ -z "$SUDO" ] || sudo -n true 2>/dev/null; }; }
 # The dev extra's llama-cpp-python is an sdist that compiles llama.cpp (cmake, ninja, a C++ compiler);
-# pip caches the built wheel, so this costs minutes once per machine.
+# the installer (uv, else pip) caches the built wheel, so this costs minutes once per machine.
 if ! command -v cmake >/dev/null || ! command -v ninja >/dev/null || ! command -v g++ >/dev/null; then
   if apt_ok; then
     mkdir -p .venv
