@@ -68,7 +68,7 @@ def parse_phases(spec: str, block: int = 10**9) -> list[tuple[int, dict]]:
             if key not in KEYS:
                 raise ValueError(f"--phases {piece!r}: unknown key {key!r} (known: {', '.join(sorted(KEYS))})")
             if key in WHOLE:
-                if not value.strip().isdigit() or int(value) < 1:
+                if not (value.strip().isascii() and value.strip().isdigit()) or int(value) < 1:
                     raise ValueError(f"--phases {piece!r}: {key} takes a positive whole number, got {value!r}")
                 opts[key] = int(value)
                 continue
@@ -135,6 +135,8 @@ def main() -> None:
         ap.error(f"--pmin {args.pmin} / --pmax {args.pmax} take 2 <= min <= max with two of the longest in a row of "
                  f"--block {args.block}; --d-model {args.d_model} a multiple of 32; --alphabet {args.alphabet} at least 2")
     logging.basicConfig(level=logging.WARNING)
+    if any("block" in o for _, o in phases) and load_sections(ROOT / "params.yaml", ["pretrain"]).pretrain.model.pos != "rope":
+        ap.error("--phases: a phase's own block needs pretrain.model.pos: rope (learned positions are one table per block)")
     token_dir = ROOT / output("tokenize.tokens")
     if not (token_dir / "manifest.json").exists():
         sys.exit(f"{token_dir}: no token shards; run `dvc repro tokenize` first")

