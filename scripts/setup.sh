@@ -62,7 +62,7 @@ if [ ! -f "$STAMP" ] || [ "$(cat "$STAMP")" != "$WANT" ]; then
       "${PIP[@]}" --no-compile --require-hashes --no-deps "${FIND_LINKS[@]}" -r "$LOCK" &&
       "${PIP[@]}" --no-deps -e "$ROOT"
     fi &&
-    # Bytecode, on every core (pip compiles one file at a time: 100 of its 155 s), for all but the packages'
+    # Bytecode, on every core (pip left to compile does it one file at a time: 100 s of a 155-s install, before 2026-12-07), for all but the packages'
     # own test suites (a fifth of the files, never imported): without it each process compiles its imports
     # again where PYTHONDONTWRITEBYTECODE is set (10 s more a stage). Two files in the lock are Python 3.12
     # syntax and stay uncompiled; any other failure stops here.
