@@ -135,8 +135,6 @@ def main() -> None:
         ap.error(f"--pmin {args.pmin} / --pmax {args.pmax} take 2 <= min <= max with two of the longest in a row of "
                  f"--block {args.block}; --d-model {args.d_model} a multiple of 32; --alphabet {args.alphabet} at least 2")
     logging.basicConfig(level=logging.WARNING)
-    if any("block" in o for _, o in phases) and load_sections(ROOT / "params.yaml", ["pretrain"]).pretrain.model.pos != "rope":
-        ap.error("--phases: a phase's own block needs pretrain.model.pos: rope (learned positions are one table per block)")
     token_dir = ROOT / output("tokenize.tokens")
     if not (token_dir / "manifest.json").exists():
         sys.exit(f"{token_dir}: no token shards; run `dvc repro tokenize` first")
@@ -150,6 +148,8 @@ def main() -> None:
     except ValueError as e:
         ap.error(f"--alphabet {args.alphabet}: {e}")
     cfg = load_sections(ROOT / "params.yaml", ["pretrain"]).pretrain.model_dump(mode="json")
+    if any("block" in o for _, o in phases) and cfg["model"]["pos"] != "rope":
+        ap.error("--phases: a phase's own block needs pretrain.model.pos: rope (learned positions are one table per block)")
     cfg.update(budget=None, grad_accum_steps=1, batch_tokens=None, device="cpu", precision="auto", threads=args.threads,
                log_interval=10**6, eval_interval=10**9, checkpoint_interval=10**9, eval_batches=1, seed=args.seed)
     cfg["model"].update(n_layer=args.n_layer, d_model=args.d_model, n_head=args.d_model // 32, n_kv_head=None,

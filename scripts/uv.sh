@@ -7,10 +7,11 @@
 LLMPIPE_UV_TOOLS="${LLMPIPE_LOCK_TOOLS:-${XDG_CACHE_HOME:-$HOME/.cache}/llmpipe/lock-tools}"
 LLMPIPE_UV_REQ="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)/requirements/uv.txt"
 LLMPIPE_UV_VERSION="$(sed -n 's/^uv==\([^ ]*\).*/\1/p' "$LLMPIPE_UV_REQ")"
+# `uv --version` prints "uv 0.13.9 (x86_64-unknown-linux-gnu)": the second word is the version
+llmpipe_uv_in() { [ "$("$1/bin/uv" --version 2>/dev/null | cut -d' ' -f2)" = "$LLMPIPE_UV_VERSION" ]; }
 llmpipe_uv() {
   local dest="$LLMPIPE_UV_TOOLS/uv-$LLMPIPE_UV_VERSION" build
-  # `uv --version` prints "uv 0.13.9 (x86_64-unknown-linux-gnu)": the second word is the version
-  if [ "$("$dest/bin/uv" --version 2>/dev/null | cut -d' ' -f2)" != "$LLMPIPE_UV_VERSION" ]; then
+  if ! llmpipe_uv_in "$dest"; then
     mkdir -p "$LLMPIPE_UV_TOOLS" && build="$(mktemp -d "$LLMPIPE_UV_TOOLS/.build-XXXXXX")" || {
       echo "[uv] cannot write to $LLMPIPE_UV_TOOLS (LLMPIPE_LOCK_TOOLS)" >&2; return 1; }
     # hash-checked (requirements/uv.txt holds the linux-x86_64 wheel's hash); LLMPIPE_UV_UNHASHED=1, which
@@ -25,7 +26,7 @@ llmpipe_uv() {
       echo "[uv] could not install uv $LLMPIPE_UV_VERSION from $LLMPIPE_UV_REQ (the lines above say why)" >&2
       return 1
     fi
-    if [ "$("$dest/bin/uv" --version 2>/dev/null | cut -d' ' -f2)" = "$LLMPIPE_UV_VERSION" ]; then
+    if llmpipe_uv_in "$dest"; then
       rm -rf "$build"  # a set-up beside this one put it in place meanwhile: keep that one
     else
       # only a venv of ours (a broken one) is replaced; anything else there stays, and the check below says so
